@@ -1,0 +1,76 @@
+"""Attention backends behind one interface.
+
+``TorchAttention`` is the portable path (CPU, and CUDA when flash-attn is absent): it scatters
+new K/V into the paged cache, gathers each sequence's context through its slot table and runs
+``scaled_dot_product_attention`` with the metadata's mask. It is the reference every faster
+backend must match.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from saguaro.attention.metadata import AttentionMetadata
+
+
+class AttentionBackend(Protocol):
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        """q: [T, H, D]; k, v: [T, Hkv, D]; caches: [slots, Hkv, D]. Returns [T, H*D]."""
+        ...
+
+
+def store_kv(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata
+) -> None:
+    """Write new tokens' K/V into their slots; slot -1 means the token is not cached."""
+    slots = meta.slot_mapping
+    if not meta.writes_all:
+        keep = slots >= 0
+        slots, k, v = slots[keep], k[keep], v[keep]
+    k_cache.index_copy_(0, slots, k)
+    v_cache.index_copy_(0, slots, v)
+
+
+class TorchAttention:
+    """Portable paged attention: gather by slot table, mask, SDPA."""
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        store_kv(k, v, k_cache, v_cache, meta)
+        heads, dim = q.shape[1], q.shape[2]
+        queries = q[meta.query_index].transpose(1, 2)  # [B, H, Q, D]
+        keys = k_cache[meta.context_slots].transpose(1, 2)  # [B, Hkv, L, D]
+        values = v_cache[meta.context_slots].transpose(1, 2)
+        mask = None if meta.mask is None else meta.mask[:, None]
+        out = F.scaled_dot_product_attention(
+            queries, keys, values, attn_mask=mask, scale=scale, enable_gqa=keys.shape[1] != heads
+        )
+        out = out.transpose(1, 2)  # [B, Q, H, D]
+        if out.shape[1] == 1 and meta.query_valid.all():
+            return out.reshape(-1, heads * dim)
+        return out[meta.query_valid].reshape(-1, heads * dim)
+
+
+def select_backend(device: torch.device) -> AttentionBackend:
+    """The portable backend everywhere for now; flash-attn slots in here on CUDA."""
+    return TorchAttention()

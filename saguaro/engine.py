@@ -1,0 +1,119 @@
+"""The autoregressive engine: scheduler + model runner + sampler, one step at a time.
+
+Speculative modes reuse the same pieces (the runner's causal forward for verify, the block
+manager's lookahead reservation and rollback); this module is the plain decoding loop and the
+request bookkeeping every mode shares.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from saguaro.config import EngineConfig
+from saguaro.errors import InvalidRequestError
+from saguaro.model_runner import CausalChunk, ModelRunner
+from saguaro.sampling import SamplingParams, make_generator, sample
+from saguaro.scheduler import Scheduler
+from saguaro.sequence import FinishReason, Sequence
+
+
+def stop_token_ids(model_dir: Path, config_eos: tuple[int, ...]) -> frozenset[int]:
+    """EOS ids from config.json and generation_config.json (either may list several)."""
+    ids = set(config_eos)
+    gen = model_dir / "generation_config.json"
+    if gen.is_file():
+        eos = json.loads(gen.read_text()).get("eos_token_id")
+        ids |= set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
+    return frozenset(ids)
+
+
+class RequestTracker:
+    """Validation, stop conditions and finishing — the same for every decoding mode."""
+
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler, seed: int):
+        self.runner = runner
+        self.scheduler = scheduler
+        self.eos_ids = stop_token_ids(runner.model_dir, runner.model_config.eos_token_ids)
+        self.ids = itertools.count()
+        self.rng = torch.Generator().manual_seed(seed)
+
+    def new_sequence(self, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
+        params.validate()
+        if not prompt_token_ids:
+            raise InvalidRequestError("the prompt is empty; give at least one token")
+        vocab = self.runner.vocab_size
+        bad = [t for t in prompt_token_ids if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequestError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        limit = self.runner.max_model_len
+        if len(prompt_token_ids) >= limit:
+            raise InvalidRequestError(
+                f"the prompt has {len(prompt_token_ids)} tokens but max_model_len is {limit}: "
+                f"no room to generate; shorten the prompt to at most {limit - 1} tokens"
+            )
+        gen = None if params.greedy else make_generator(params.seed, self.rng)
+        seq = Sequence(next(self.ids), list(prompt_token_ids), len(prompt_token_ids), params, gen)
+        self.scheduler.add(seq)
+        return seq
+
+    def append(self, seq: Sequence, tokens: list[int]) -> None:
+        """Commit output tokens, cut at the first stop condition, finish if one was met."""
+        if seq.first_token_time is None:
+            seq.first_token_time = time.perf_counter()
+        params = seq.params
+        for token in tokens:
+            seq.token_ids.append(token)
+            reason = None
+            if (token in self.eos_ids and not params.ignore_eos) or token in params.stop_token_ids:
+                reason = FinishReason.STOP
+            elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.runner.max_model_len:
+                reason = FinishReason.LENGTH
+            if reason is not None:
+                self.finish(seq, reason)
+                return
+
+    def finish(self, seq: Sequence, reason: FinishReason) -> None:
+        seq.finish_reason = reason
+        seq.finish_time = time.perf_counter()
+        self.scheduler.finish(seq)
+
+
+class LLMEngine:
+    """Plain autoregressive decoding with continuous batching."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.runner = ModelRunner(config)
+        self.scheduler = Scheduler(self.runner.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        self.requests = RequestTracker(self.runner, self.scheduler, config.seed)
+
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
+        return self.requests.new_sequence(prompt_token_ids, params)
+
+    def abort(self, seq: Sequence) -> None:
+        if not seq.finished:
+            self.requests.finish(seq, FinishReason.ABORT)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def step(self) -> list[Sequence]:
+        """Run one prefill or decode batch; return the sequences that advanced."""
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return []
+        seqs = batch.sequences
+        chunks = [CausalChunk(s.table.blocks, s.num_computed, s.token_ids[s.num_computed :]) for s in seqs]
+        logits = self.runner.run_causal(chunks)
+        tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs]).tolist()
+        blocks = self.runner.blocks
+        for seq, token in zip(seqs, tokens):
+            seq.num_computed = seq.num_tokens
+            blocks.register_computed(seq.table, seq.token_ids, seq.num_computed)
+            self.requests.append(seq, [token])
+        return seqs

@@ -1,0 +1,86 @@
+"""Sampling parameters and the batched sampler.
+
+Each request that samples owns a ``torch.Generator`` (seeded from its ``seed`` when given), and
+draws exactly one noise vector per generated token from it. A seeded request therefore yields
+the same tokens whatever else shares its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from saguaro.errors import InvalidRequestError
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables
+    seed: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+
+    def validate(self) -> None:
+        if not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
+            raise InvalidRequestError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if self.temperature < 0:
+            raise InvalidRequestError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise InvalidRequestError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def make_generator(seed: int | None, fallback: torch.Generator) -> torch.Generator:
+    """A request's private generator: seeded, or seeded from the engine's generator."""
+    gen = torch.Generator()
+    gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,), generator=fallback)))
+    return gen
+
+
+def filter_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Temperature, top-k and top-p applied row-wise; returns fp32 probabilities.
+
+    top-k keeps the k largest logits; top-p keeps the smallest set of most likely tokens whose
+    mass reaches p (always at least one token).
+    """
+    logits = logits.float() / temperature[:, None]
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    ranks = torch.arange(logits.shape[-1], device=logits.device)[None, :]
+    drop = (top_k[:, None] > 0) & (ranks >= top_k[:, None])
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs
+    sorted_logits = sorted_logits.masked_fill(mass_before >= top_p[:, None], float("-inf"))
+    filtered = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return filtered.softmax(dim=-1)
+
+
+def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> torch.Tensor:
+    """One token per row: argmax for greedy rows, an exponential race for sampled rows.
+
+    The race (argmax of p / E with E ~ Exp(1) from the row's own generator) draws exactly
+    from p, and keeps the per-row randomness in that row's generator.
+    """
+    tokens = logits.argmax(dim=-1)
+    rows = [i for i, p in enumerate(params) if not p.greedy]
+    if not rows:
+        return tokens
+    sub = logits[rows]
+    temperature = torch.tensor([params[i].temperature for i in rows], dtype=torch.float32)
+    top_k = torch.tensor([params[i].top_k for i in rows], dtype=torch.long)
+    top_p = torch.tensor([params[i].top_p for i in rows], dtype=torch.float32)
+    probs = filter_logits(sub, temperature, top_k, top_p)
+    noise = torch.stack(
+        [torch.empty(sub.shape[-1]).exponential_(generator=generators[i]) for i in rows]
+    )
+    tokens[rows] = (probs / noise).argmax(dim=-1)
+    return tokens
