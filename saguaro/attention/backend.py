@@ -58,9 +58,12 @@ class TorchAttention:
     ) -> torch.Tensor:
         store_kv(k, v, k_cache, v_cache, meta)
         heads, dim = q.shape[1], q.shape[2]
-        queries = q[meta.query_index].transpose(1, 2)  # [B, H, Q, D]
-        keys = k_cache[meta.context_slots].transpose(1, 2)  # [B, Hkv, L, D]
-        values = v_cache[meta.context_slots].transpose(1, 2)
+        batch, width = meta.context_slots.shape
+        flat = meta.context_slots.view(-1)
+        # index_select is several times faster than advanced indexing for this gather.
+        queries = q.index_select(0, meta.query_index.view(-1)).view(batch, -1, heads, dim).transpose(1, 2)
+        keys = k_cache.index_select(0, flat).view(batch, width, -1, dim).transpose(1, 2)  # [B, Hkv, L, D]
+        values = v_cache.index_select(0, flat).view(batch, width, -1, dim).transpose(1, 2)
         mask = None if meta.mask is None else meta.mask[:, None]
         out = F.scaled_dot_product_attention(
             queries, keys, values, attn_mask=mask, scale=scale, enable_gqa=keys.shape[1] != heads

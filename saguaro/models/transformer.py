@@ -14,15 +14,15 @@ from torch import nn
 
 from saguaro.attention import AttentionBackend, AttentionMetadata
 from saguaro.config import ModelConfig
-from saguaro.models.rope import RotaryEmbedding
+from saguaro.models.rope import RotaryEmbedding, apply_rotary
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm computed in fp32 and cast back, as the reference implementations do."""
-    dtype = x.dtype
+    """RMSNorm with fp32 statistics (torch's fused op; equals the reference formula in fp32)."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
     x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(dtype)
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 class DecoderLayer(nn.Module):
@@ -47,8 +47,7 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         hidden: torch.Tensor,
-        positions: torch.Tensor,
-        rotary: RotaryEmbedding,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
         kv: tuple[torch.Tensor, torch.Tensor],
         meta: AttentionMetadata,
         attention: AttentionBackend,
@@ -63,7 +62,7 @@ class DecoderLayer(nn.Module):
         if self.q_norm is not None:
             q = rms_norm(q, self.q_norm, cfg.rms_norm_eps)
             k = rms_norm(k, self.k_norm, cfg.rms_norm_eps)
-        q, k = rotary.apply(q, k, positions)
+        q, k = apply_rotary(q, k, cos_sin)
         attn = attention(q, k, v, kv[0], kv[1], meta, self.scale)
         hidden = hidden + F.linear(attn, self.o_weight)
         x = rms_norm(hidden, self.post_attn_norm, cfg.rms_norm_eps)
@@ -99,8 +98,9 @@ class CausalLM(nn.Module):
     ) -> torch.Tensor:
         """Run T new tokens; return fp32 logits for the rows in ``logits_index`` (all if None)."""
         hidden = F.embedding(input_ids, self.embed)
+        cos_sin = self.rotary.tables(positions)
         for layer, kv in zip(self.layers, kv_caches):
-            hidden = layer(hidden, positions, self.rotary, kv, meta, attention)
+            hidden = layer(hidden, cos_sin, kv, meta, attention)
         if logits_index is not None:
             hidden = hidden[logits_index]
         hidden = rms_norm(hidden, self.final_norm, self.cfg.rms_norm_eps)

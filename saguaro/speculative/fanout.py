@@ -1,0 +1,317 @@
+"""Fan-out (branches per depth) of the speculation cache, ALGORITHM.md §3.6.
+
+Depth j in 0..K of a round's speculation corresponds to the verification outcome n = j:
+the target accepts j draft tokens and emits r' after them. The draft pre-computes one
+branch per (j, candidate r') for the F_j most likely candidates under its glue row j. The
+total budget M = sum_j F_j is held constant (hit and miss lists alike) so every buffer,
+attention mask and CUDA graph of the tree decode keeps a static shape (§10.10).
+
+Exactness never depends on the fan-out: fork tokens are chosen deterministically from the
+draft logits and only decide *which* outcomes are covered, not the proposal law of a
+covered outcome (§4.3). Fan-out is purely a speed knob (hit rate vs. tree compute).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from numbers import Integral, Real
+
+import torch
+from torch import Tensor
+
+from saguaro.speculative.verification import rank_keys
+
+__all__ = [
+    "depth_probabilities",
+    "fork_candidates",
+    "geometric_fan_out",
+    "select_fan_out",
+    "uniform_fan_out",
+    "validate_fan_out",
+]
+
+
+def _as_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    return int(value)
+
+
+def uniform_fan_out(k: int, f: int) -> list[int]:
+    """The reference default: F branches at every depth, ``[f] * (k + 1)``."""
+    k = _as_int(k, "k")
+    f = _as_int(f, "f")
+    if k < 0:
+        raise ValueError(f"k (lookahead) must be >= 0, got {k}")
+    if f < 1:
+        raise ValueError(f"f (fan-out per depth) must be >= 1, got {f}")
+    return [f] * (k + 1)
+
+
+def validate_fan_out(fan_out: Sequence[int], k: int) -> list[int]:
+    """Check a fan-out list for lookahead k and return it as a list of Python ints.
+
+    Requirements: exactly k + 1 entries (depths 0..K), each a non-negative int, and a
+    positive sum (M = sum must be >= 1 so at least one branch exists).
+    """
+    k = _as_int(k, "k")
+    if k < 0:
+        raise ValueError(f"k (lookahead) must be >= 0, got {k}")
+    if isinstance(fan_out, (str, bytes)) or not isinstance(fan_out, Sequence):
+        raise ValueError(f"fan_out must be a sequence of k+1={k + 1} ints, got {fan_out!r}")
+    if len(fan_out) != k + 1:
+        raise ValueError(
+            f"fan_out must have k+1={k + 1} entries (one per depth 0..{k}), got {len(fan_out)}"
+        )
+    out: list[int] = []
+    for j, f in enumerate(fan_out):
+        if isinstance(f, bool) or not isinstance(f, Integral):
+            raise ValueError(f"fan_out[{j}] must be an int, got {f!r}")
+        if f < 0:
+            raise ValueError(f"fan_out[{j}] must be >= 0, got {f}")
+        out.append(int(f))
+    if sum(out) <= 0:
+        raise ValueError("fan_out must have a positive sum (total branch budget M >= 1)")
+    return out
+
+
+def depth_probabilities(k: int, acceptance: float) -> list[float]:
+    """P(n = j) for i.i.d. per-token acceptance α: α^j (1 - α) for j < K, α^K for j = K."""
+    k = _as_int(k, "k")
+    if k < 0:
+        raise ValueError(f"k (lookahead) must be >= 0, got {k}")
+    if isinstance(acceptance, bool) or not isinstance(acceptance, Real):
+        raise ValueError(f"acceptance must be a real number in [0, 1], got {acceptance!r}")
+    a = float(acceptance)
+    if not (0.0 <= a <= 1.0):  # also rejects NaN
+        raise ValueError(f"acceptance must be in [0, 1], got {acceptance!r}")
+    return [a**j * (1.0 - a) for j in range(k)] + [a**k]
+
+
+def _capped_proportional(
+    weights: list[float], budget: float, cap: float | None, alloc: list[float]
+) -> float:
+    """Water-fill ``budget`` onto the positive-weight depths ∝ weight, at most ``cap`` each.
+
+    Depths whose proportional share would exceed the cap are pinned at the cap and the rest
+    is redistributed over the others. Updates ``alloc`` in place and returns what could not
+    be placed (> 0 only when every positive-weight depth is capped).
+    """
+    free = [j for j, w in enumerate(weights) if w > 0 and (cap is None or alloc[j] < cap)]
+    remaining = budget
+    while free and remaining > 0:
+        scale = remaining / sum(weights[j] for j in free)
+        over = [j for j in free if cap is not None and alloc[j] + weights[j] * scale >= cap]
+        if not over:
+            for j in free:
+                alloc[j] += weights[j] * scale
+            return 0.0
+        for j in over:
+            remaining -= cap - alloc[j]
+            alloc[j] = float(cap)
+        free = [j for j in free if j not in over]
+    return remaining
+
+
+def geometric_fan_out(
+    k: int,
+    budget: int,
+    acceptance: float,
+    power: float = 1.0,
+    cap: int | None = None,
+) -> list[int]:
+    """Budget-optimal fan-out over depths 0..K (the paper's capped geometric series, §3.6).
+
+    Derivation. With per-token acceptance α the outcome n of a round has
+    P(n=j) = α^j (1-α) for j < K and P(n=K) = α^K. Model the miss probability of depth j
+    with F_j cached candidates as c·F_j^(-r) (the paper's power law, r = ``power`` > 0).
+    The expected hit rate is H(F) = Σ_j P(n=j) (1 - c F_j^(-r)); maximise it subject to
+    Σ_j F_j = M. Stationarity of the Lagrangian gives, for every depth,
+        c r P(n=j) F_j^(-r-1) = λ   ⇒   F_j = (c r P(n=j) / λ)^(1/(1+r)) ∝ P(n=j)^(1/(1+r)).
+    H is concave in F (F^(-r) is convex), so this is the maximum. For j < K the shares decay
+    geometrically with ratio α^(1/(1+r)); depth K lacks the (1-α) factor and is boosted.
+    Example: α=0.8, r=1, K=7, M=24 gives ≈[3.9, 3.5, 3.1, 2.8, 2.5, 2.2, 2.0, 4.0].
+
+    Integer form. A per-depth ``cap`` pins depths at the cap and redistributes the excess
+    proportionally over the others (water-filling, i.e. the KKT solution with the bound);
+    the real shares are then rounded by largest remainder (ties: more probable depth first,
+    then shallower depth), never pushing a depth above its cap, so the result sums to
+    exactly ``budget`` — M is fixed so buffers stay static. Every depth gets >= 0.
+
+    Edge cases. α = 0: all probability is on n = 0, so the whole budget goes to depth 0
+    (with a cap, the excess fills depths 1, 2, ... in order, the α → 0+ limit). α = 1: all
+    budget goes to depth K (with a cap, the excess is spread evenly over depths 0..K-1,
+    which are equally likely in the α → 1- limit). The same ascending fill is used if α^j
+    underflows to 0 for very deep j.
+
+    Args:
+        k: lookahead K >= 0 (K+1 depths).
+        budget: M >= 1, total number of branches per sequence.
+        acceptance: α in [0, 1].
+        power: r > 0, exponent of the miss-rate power law.
+        cap: optional maximum F_j (>= 1); requires cap * (k + 1) >= budget.
+    Returns:
+        list of k + 1 non-negative ints summing to ``budget``.
+    """
+    k = _as_int(k, "k")
+    budget = _as_int(budget, "budget")
+    if k < 0:
+        raise ValueError(f"k (lookahead) must be >= 0, got {k}")
+    if budget < 1:
+        raise ValueError(f"budget (total branches M) must be >= 1, got {budget}")
+    probs = depth_probabilities(k, acceptance)
+    if isinstance(power, bool) or not isinstance(power, Real):
+        raise ValueError(f"power must be a positive real number, got {power!r}")
+    r = float(power)
+    if not (math.isfinite(r) and r > 0):
+        raise ValueError(f"power (miss-rate exponent r) must be finite and > 0, got {power!r}")
+    if cap is not None:
+        cap = _as_int(cap, "cap")
+        if cap < 1:
+            raise ValueError(f"cap must be >= 1, got {cap}")
+        if cap * (k + 1) < budget:
+            raise ValueError(
+                f"cap={cap} over {k + 1} depths allows at most {cap * (k + 1)} branches, "
+                f"less than budget={budget}"
+            )
+
+    weights = [p ** (1.0 / (1.0 + r)) for p in probs]
+    alloc = [0.0] * (k + 1)
+    remaining = _capped_proportional(weights, float(budget), cap, alloc)
+    if remaining > 1e-9:
+        # Only possible with a cap and zero-probability depths: use the α-limit order.
+        assert cap is not None
+        if float(acceptance) >= 1.0:
+            spread = [1.0 if (j < k and weights[j] == 0) else 0.0 for j in range(k + 1)]
+            remaining = _capped_proportional(spread, remaining, cap, alloc)
+        for j in range(k + 1):
+            if remaining <= 1e-9:
+                break
+            if weights[j] == 0:
+                take = min(cap - alloc[j], remaining)
+                alloc[j] += take
+                remaining -= take
+
+    # Largest-remainder rounding that respects the cap.
+    floors = [min(math.floor(a + 1e-9), cap if cap is not None else budget) for a in alloc]
+    fracs = [max(a - f, 0.0) for a, f in zip(alloc, floors)]
+    short = budget - sum(floors)
+    order = sorted(range(k + 1), key=lambda j: (-round(fracs[j], 9), -weights[j], j))
+    while short > 0:
+        progressed = False
+        for j in order:
+            if short == 0:
+                break
+            if cap is None or floors[j] < cap:
+                floors[j] += 1
+                short -= 1
+                progressed = True
+        if not progressed:  # pragma: no cover - excluded by the feasibility check above
+            raise AssertionError("fan-out rounding could not place the budget")
+    while short < 0:  # pragma: no cover - only under pathological float error
+        j = max((j for j in range(k + 1) if floors[j] > 0), key=lambda j: (-fracs[j], j))
+        floors[j] -= 1
+        short += 1
+    return floors
+
+
+def select_fan_out(
+    hit: Tensor, hit_fan_out: Sequence[int], miss_fan_out: Sequence[int]
+) -> Tensor:
+    """Per-row fan-out LongTensor[B, K+1]: ``hit_fan_out`` where ``hit``, else the miss list.
+
+    Both lists must have the same length and the same sum M (static buffers, §3.6).
+    """
+    k = len(hit_fan_out) - 1
+    hit_list = validate_fan_out(hit_fan_out, k)
+    miss_list = validate_fan_out(miss_fan_out, k)
+    if sum(hit_list) != sum(miss_list):
+        raise ValueError(
+            f"hit and miss fan-out lists must have the same sum M, got {sum(hit_list)} "
+            f"and {sum(miss_list)}"
+        )
+    if hit.dim() != 1:
+        raise ValueError(f"hit must be a [B] tensor, got shape {tuple(hit.shape)}")
+    h = torch.tensor(hit_list, dtype=torch.long, device=hit.device)
+    m = torch.tensor(miss_list, dtype=torch.long, device=hit.device)
+    return torch.where(hit.to(torch.bool).unsqueeze(1), h, m)
+
+
+def fork_candidates(
+    glue_logits: Tensor, draft_tokens: Tensor, fan_out: Sequence[int] | Tensor
+) -> tuple[Tensor, Tensor]:
+    """Fork tokens of every sequence: top-F_j of glue row j, excluding s_{j+1} for j < K.
+
+    Glue row j is the draft's distribution after r, s_1..s_j, i.e. where r' lands if the
+    target accepts exactly j tokens. For j < K the draft's own s_{j+1} is excluded: if it is
+    rejected the target cannot emit it (greedy: the argmax differs; sampling: the residual
+    max(0, p - q) is 0 at a rejected token, §4.2). Nothing is excluded at j = K (the bonus
+    can be anything). Ranking is by logit (temperature-free), descending, ties to the
+    lowest token id (:func:`~saguaro.speculative.verification.rank_keys`), so tokens at one
+    depth are distinct and keys (seq, j, token) unique.
+
+    Branch order inside a row: depth 0's F_0 tokens (best first), then depth 1's, ...
+
+    Args:
+        glue_logits: Tensor[B, K+1, V].
+        draft_tokens: LongTensor[B, K], the speculation actually sent this round.
+        fan_out: list of K+1 ints, or LongTensor[B, K+1] (per-row lists, e.g. hit vs miss)
+            whose rows all have the same sum M. Needs F_j <= V-1 for j < K, F_K <= V.
+    Returns:
+        ``(fork_tokens: LongTensor[B, M], fork_depth: LongTensor[B, M])``.
+    """
+    if glue_logits.dim() != 3 or glue_logits.shape[1] < 1:
+        raise ValueError(f"glue_logits must be [B, K+1, V], got {tuple(glue_logits.shape)}")
+    b, k1, v = glue_logits.shape
+    k = k1 - 1
+    if draft_tokens.dtype.is_floating_point or draft_tokens.dtype == torch.bool:
+        raise ValueError(f"draft_tokens must be an integer tensor, got {draft_tokens.dtype}")
+    if tuple(draft_tokens.shape) != (b, k):
+        raise ValueError(f"draft_tokens shape {tuple(draft_tokens.shape)} != (B, K) = {(b, k)}")
+    device = glue_logits.device
+
+    if isinstance(fan_out, Tensor):
+        f = fan_out.to(device=device, dtype=torch.long)
+        if f.dim() == 1:
+            f = f.unsqueeze(0).expand(b, -1)
+        if tuple(f.shape) != (b, k1):
+            raise ValueError(f"fan_out tensor shape {tuple(fan_out.shape)} != (B, K+1) = {(b, k1)}")
+        host = f.cpu()
+        if bool((host < 0).any()):
+            raise ValueError("fan_out entries must be >= 0")
+        sums = host.sum(dim=1)
+        if b > 0 and bool((sums != sums[0]).any()):
+            raise ValueError(f"all rows of fan_out must have the same sum M, got {sums.tolist()}")
+        m = int(sums[0]) if b > 0 else 0
+        if b > 0 and m <= 0:
+            raise ValueError("fan_out must have a positive sum (total branch budget M >= 1)")
+        per_depth_max = host.amax(dim=0).tolist() if b > 0 else [0] * k1
+    else:
+        lst = validate_fan_out(fan_out, k)
+        m = sum(lst)
+        per_depth_max = lst
+        f = torch.tensor(lst, dtype=torch.long, device=device).unsqueeze(0).expand(b, -1)
+    for j, fj in enumerate(per_depth_max):
+        limit = v - 1 if j < k else v
+        if fj > limit:
+            raise ValueError(
+                f"fan_out at depth {j} is {fj} but only {limit} candidate tokens exist "
+                f"(V={v}{', minus the excluded draft token' if j < k else ''})"
+            )
+    f_max = max(per_depth_max) if per_depth_max else 0
+
+    keys = rank_keys(glue_logits)  # [B, K+1, V], unique per row
+    if k > 0:
+        excluded = draft_tokens.to(device=device, dtype=torch.long).unsqueeze(-1)
+        keys[:, :k].scatter_(-1, excluded, torch.iinfo(torch.int64).min)
+    top = keys.topk(f_max, dim=-1, largest=True, sorted=True).indices  # [B, K+1, Fmax]
+
+    cum = f.cumsum(dim=1)  # [B, K+1], end offset of each depth's slots
+    slots = torch.arange(m, device=device)
+    fork_depth = (cum.unsqueeze(1) <= slots.view(1, -1, 1)).sum(dim=-1)  # [B, M]
+    start = (cum - f).gather(1, fork_depth)
+    rank = slots.unsqueeze(0) - start
+    flat = fork_depth * f_max + rank
+    fork_tokens = top.reshape(b, -1).gather(1, flat)
+    return fork_tokens, fork_depth
