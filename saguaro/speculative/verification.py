@@ -23,6 +23,7 @@ Why the rules below are exact (ALGORITHM.md §4):
   the verifier uses the same q' (q' is a legitimate proposal, so the lemma still applies).
   Proposals that are not q-samples at all (fast-backup junk, §4.5.1) must not go through
   the ratio test: those rows are forced to n = 0 and r' ~ p_0, which is trivially exact.
+  (At T = 0 no forcing is needed: the greedy comparison is exact for any proposal.)
 * Speculating on predicted outcomes (§4.3) keeps exactness because which cached branch is
   looked up depends only on the target's randomness, never on the proposal's values.
 
@@ -362,8 +363,12 @@ def rejection_verify(
     if tuple(uniforms.shape) != (b, k):
         raise ValueError(f"uniforms shape {tuple(uniforms.shape)} != (B, K) = {(b, k)}")
     if tuple(residual_uniforms.shape) != (b,):
-        raise ValueError(f"residual_uniforms shape {tuple(residual_uniforms.shape)} != (B,) = {(b,)}")
-    return _rejection_core(target_probs, draft_probs, draft_tokens, uniforms, residual_uniforms, None)
+        raise ValueError(
+            f"residual_uniforms shape {tuple(residual_uniforms.shape)} != (B,) = {(b,)}"
+        )
+    return _rejection_core(
+        target_probs, draft_probs, draft_tokens, uniforms, residual_uniforms, None
+    )
 
 
 def draw_verification_uniforms(
@@ -449,7 +454,9 @@ def verify(
         is_sample = torch.ones(b, dtype=torch.bool, device=device)
     else:
         if tuple(proposal_is_sample.shape) != (b,):
-            raise ValueError(f"proposal_is_sample shape {tuple(proposal_is_sample.shape)} != (B,) = {(b,)}")
+            raise ValueError(
+                f"proposal_is_sample shape {tuple(proposal_is_sample.shape)} != (B,) = {(b,)}"
+            )
         is_sample = proposal_is_sample.to(device=device, dtype=torch.bool)
     if draft_probs is None:
         if bool((~greedy_rows & is_sample).any()):
@@ -460,7 +467,9 @@ def verify(
         q = torch.zeros((), dtype=torch.float32, device=device).expand(b, k, v)
     else:
         if tuple(draft_probs.shape) != (b, k, v):
-            raise ValueError(f"draft_probs shape {tuple(draft_probs.shape)} != (B, K, V) = {(b, k, v)}")
+            raise ValueError(
+                f"draft_probs shape {tuple(draft_probs.shape)} != (B, K, V) = {(b, k, v)}"
+            )
         q = draft_probs.to(device)
 
     if (uniforms is None) != (residual_uniforms is None):
@@ -484,10 +493,14 @@ def verify(
     if tuple(uniforms.shape) != (b, k):
         raise ValueError(f"uniforms shape {tuple(uniforms.shape)} != (B, K) = {(b, k)}")
     if tuple(residual_uniforms.shape) != (b,):
-        raise ValueError(f"residual_uniforms shape {tuple(residual_uniforms.shape)} != (B,) = {(b,)}")
+        raise ValueError(
+            f"residual_uniforms shape {tuple(residual_uniforms.shape)} != (B,) = {(b,)}"
+        )
 
     p = probs_from_logits(target_logits, temps)
-    sampled = _rejection_core(p, q, draft_tokens, uniforms.to(device), residual_uniforms.to(device), is_sample)
+    sampled = _rejection_core(
+        p, q, draft_tokens, uniforms.to(device), residual_uniforms.to(device), is_sample
+    )
     greedy = greedy_verify(target_logits, draft_tokens)
     return VerifyResult(
         torch.where(greedy_rows, greedy.accepted, sampled.accepted),
