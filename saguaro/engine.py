@@ -86,14 +86,19 @@ class RequestTracker:
 class LLMEngine:
     """Plain autoregressive decoding with continuous batching."""
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, lookahead: int = 0):
+        """``lookahead``: KV slots a decode step may write past the newest token (K for SD/SSD)."""
         self.config = config
-        self.runner = ModelRunner(config)
-        self.scheduler = Scheduler(self.runner.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        self.runner = ModelRunner(config, lookahead_slots=lookahead, extra_positions=lookahead + 1)
+        self.scheduler = Scheduler(self.runner.blocks, config.max_num_seqs, config.max_num_batched_tokens, lookahead)
         self.requests = RequestTracker(self.runner, self.scheduler, config.seed)
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
         return self.requests.new_sequence(prompt_token_ids, params)
+
+    def request_stats(self, seq: Sequence) -> dict:
+        """Mode-specific statistics reported with a finished request."""
+        return {}
 
     def abort(self, seq: Sequence) -> None:
         if not seq.finished:
@@ -107,13 +112,28 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if batch is None:
             return []
-        seqs = batch.sequences
+        if batch.is_prefill:
+            self._prefill(batch.sequences)
+        else:
+            self._decode(batch.sequences)
+        return batch.sequences
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
         chunks = [CausalChunk(s.table.blocks, s.num_computed, s.token_ids[s.num_computed :]) for s in seqs]
-        logits = self.runner.run_causal(chunks)
+        self._sample_and_commit(seqs, self.runner.run_causal(chunks))
+
+    def _decode(self, seqs: list[Sequence]) -> None:
+        chunks = [CausalChunk(s.table.blocks, s.num_tokens - 1, s.token_ids[-1:]) for s in seqs]
+        self._sample_and_commit(seqs, self.runner.run_causal(chunks))
+
+    def _sample_and_commit(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        """One new token per sequence from its last-position logits."""
         tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs]).tolist()
-        blocks = self.runner.blocks
         for seq, token in zip(seqs, tokens):
-            seq.num_computed = seq.num_tokens
-            blocks.register_computed(seq.table, seq.token_ids, seq.num_computed)
-            self.requests.append(seq, [token])
-        return seqs
+            self.commit(seq, seq.num_tokens, [token])
+
+    def commit(self, seq: Sequence, num_computed: int, new_tokens: list[int]) -> None:
+        """Record that KV is valid for ``num_computed`` tokens and append the new tokens."""
+        seq.num_computed = num_computed
+        self.runner.blocks.register_computed(seq.table, seq.token_ids, num_computed)
+        self.requests.append(seq, new_tokens)

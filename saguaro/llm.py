@@ -58,6 +58,13 @@ class LLM:
         self.engine = LLMEngine(EngineConfig(model=model, **engine_options))
         self.tokenizer = load_tokenizer(model)
 
+    @classmethod
+    def from_engine(cls, engine: LLMEngine, tokenizer) -> "LLM":
+        """Wrap an already built engine (e.g. a speculative one) in the same API."""
+        llm = cls.__new__(cls)
+        llm.engine, llm.tokenizer = engine, tokenizer
+        return llm
+
     def generate(
         self,
         prompts: str | list[int] | Seq[str | list[int]],
@@ -79,7 +86,7 @@ class LLM:
                 finished = sum(s.finished for s in seqs)
                 bar.update(finished - done)
                 done = finished
-        return [request_output(s, self.tokenizer) for s in seqs]
+        return [request_output(s, self.tokenizer, self.engine.request_stats(s)) for s in seqs]
 
 
 def _is_token_list(value: object) -> bool:

@@ -1,0 +1,99 @@
+"""Pairing checks: a draft serves a target only if their token spaces agree.
+
+Speculation is exact for any proposal, but a draft with another vocabulary or tokenizer would
+propose meaningless ids (and sampled verification would index the wrong rows), so such a pair
+is refused at handshake with a message that names the mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+from saguaro.model_runner import ModelRunner
+from saguaro.tokenizer import tokenizer_fingerprint
+from saguaro.v1 import speculation_pb2 as pb
+from saguaro.services.draft.settings import DraftSettings
+
+PROTOCOL_VERSION = pb.PROTOCOL_VERSION_1
+_DTYPES = {"torch.float32": pb.DTYPE_FLOAT32, "torch.bfloat16": pb.DTYPE_BFLOAT16, "torch.float16": pb.DTYPE_FLOAT16}
+
+
+def model_facts(runner: ModelRunner) -> pb.ModelFacts:
+    cfg = runner.model_config
+    fingerprint = tokenizer_fingerprint(runner.model_dir)
+    return pb.ModelFacts(
+        model_name=runner.model_dir.name,
+        architecture=cfg.architecture,
+        vocab_size=cfg.vocab_size,
+        tokenizer_fingerprint=f"sha256:{fingerprint}" if fingerprint else "",
+        dtype=_DTYPES[str(runner.dtype)],
+        max_model_len=runner.max_model_len,
+        eos_token_ids=list(cfg.eos_token_ids),
+    )
+
+
+def host_identity() -> pb.HostIdentity:
+    boot_id = ""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot_id = f.read().strip()
+    except OSError:
+        pass
+    ipc = ""
+    try:
+        ipc = os.readlink("/proc/self/ns/ipc")
+    except OSError:
+        pass
+    return pb.HostIdentity(hostname=socket.gethostname(), boot_id=boot_id, ipc_namespace=ipc)
+
+
+def pairing_problems(request: pb.HandshakeRequest, draft: pb.ModelFacts) -> list[str]:
+    target = request.target_model
+    problems = []
+    if request.protocol_version != PROTOCOL_VERSION:
+        problems.append(f"protocol version {request.protocol_version} is not supported (this draft speaks {PROTOCOL_VERSION})")
+    if target.vocab_size != draft.vocab_size:
+        problems.append(f"vocabulary sizes differ: target {target.vocab_size}, draft {draft.vocab_size}")
+    if target.tokenizer_fingerprint and draft.tokenizer_fingerprint and target.tokenizer_fingerprint != draft.tokenizer_fingerprint:
+        problems.append("tokenizers differ (tokenizer.json fingerprints do not match)")
+    if request.config.max_model_len > draft.max_model_len:
+        problems.append(f"target max_model_len {request.config.max_model_len} exceeds the draft's {draft.max_model_len}")
+    return problems
+
+
+def answer_handshake(request: pb.HandshakeRequest, runner: ModelRunner, instance_id: str) -> tuple[pb.HandshakeResponse, DraftSettings | None]:
+    """Check the pair and the session settings; on success return the settings to use."""
+    facts = model_facts(runner)
+    response = pb.HandshakeResponse(draft_model=facts, protocol_version=PROTOCOL_VERSION, host=host_identity(),
+                                    draft_instance_id=instance_id)
+    problems = pairing_problems(request, facts)
+    settings = None
+    if not problems:
+        try:
+            settings = DraftSettings.from_proto(request.config)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        response.accepted = False
+        response.error_message = "; ".join(problems)
+        return response, None
+    response.accepted = True
+    response.chosen_transport = pb.TRANSPORT_GRPC
+    response.session_id = uuid.uuid4().hex
+    return response, settings
+
+
+def handshake_request(target_runner: ModelRunner, settings: DraftSettings, max_batch_size: int) -> pb.HandshakeRequest:
+    config = settings.to_proto()
+    config.max_batch_size = max_batch_size
+    config.max_model_len = target_runner.max_model_len
+    return pb.HandshakeRequest(
+        protocol_version=PROTOCOL_VERSION,
+        target_model=model_facts(target_runner),
+        config=config,
+        transports_offered=[pb.TRANSPORT_GRPC],
+        host=host_identity(),
+        target_instance_id=uuid.uuid4().hex,
+    )

@@ -1,0 +1,78 @@
+"""Speculation settings of one target<->draft session, agreed at handshake."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from saguaro.speculative.fanout import uniform_fan_out, validate_fan_out
+from saguaro.v1 import speculation_pb2 as pb
+
+
+@dataclass
+class DraftSettings:
+    """K, fan-out lists (hit and miss, equal sums M), backup policy, Saguaro C, wire dtype."""
+
+    k: int = 4
+    fan_out: int = 2
+    fan_out_hit: list[int] = field(default_factory=list)
+    fan_out_miss: list[int] = field(default_factory=list)
+    backup_policy: int = pb.BACKUP_POLICY_JIT
+    jit_max_batch_size: int = 4
+    downweight: float = 1.0
+    probs_dtype: int = pb.DTYPE_FLOAT32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k <= 0:
+            raise ValueError(f"K (lookahead) must be positive, got {self.k}")
+        self.fan_out_hit = validate_fan_out(self.fan_out_hit or uniform_fan_out(self.k, self.fan_out), self.k)
+        self.fan_out_miss = validate_fan_out(self.fan_out_miss or list(self.fan_out_hit), self.k)
+        if sum(self.fan_out_hit) != sum(self.fan_out_miss):
+            raise ValueError(
+                f"hit and miss fan-out lists must have equal sums (the budget M), got "
+                f"{sum(self.fan_out_hit)} and {sum(self.fan_out_miss)}"
+            )
+        if not 0 < self.downweight <= 1:
+            raise ValueError(f"Saguaro downweight C must be in (0, 1], got {self.downweight}")
+
+    @property
+    def budget(self) -> int:
+        """M: branches per sequence."""
+        return sum(self.fan_out_hit)
+
+    def use_jit(self, batch_size: int) -> bool:
+        """Backup for a miss: JIT drafts real samples (small batches); fast costs nothing."""
+        if self.backup_policy == pb.BACKUP_POLICY_FAST:
+            return False
+        if self.backup_policy == pb.BACKUP_POLICY_ADAPTIVE:
+            return batch_size <= self.jit_max_batch_size
+        return True
+
+    def to_proto(self) -> pb.SpeculationConfig:
+        config = pb.SpeculationConfig(
+            lookahead_k=self.k,
+            fan_out=self.fan_out,
+            fan_out_budget=self.budget,
+            fan_out_list_hit=self.fan_out_hit,
+            fan_out_list_miss=self.fan_out_miss,
+            backup_policy=self.backup_policy,
+            jit_max_batch_size=self.jit_max_batch_size,
+            probs_dtype=self.probs_dtype,
+        )
+        if self.downweight != 1.0:
+            config.saguaro_downweight = self.downweight
+        return config
+
+    @classmethod
+    def from_proto(cls, config: pb.SpeculationConfig, seed: int = 0) -> "DraftSettings":
+        return cls(
+            k=config.lookahead_k,
+            fan_out=config.fan_out or 1,
+            fan_out_hit=list(config.fan_out_list_hit),
+            fan_out_miss=list(config.fan_out_list_miss),
+            backup_policy=config.backup_policy or pb.BACKUP_POLICY_JIT,
+            jit_max_batch_size=config.jit_max_batch_size or 4,
+            downweight=config.saguaro_downweight if config.HasField("saguaro_downweight") else 1.0,
+            probs_dtype=config.probs_dtype or pb.DTYPE_FLOAT32,
+            seed=seed,
+        )

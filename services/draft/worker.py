@@ -1,0 +1,333 @@
+"""The draft worker: the draft model, its own KV cache, and the speculation cache.
+
+Transport-agnostic: it consumes and produces ``saguaro.v1.speculation_pb2`` messages, so the
+same object serves an in-process target, the gRPC stream and the torch.distributed fast path.
+
+One round, from the draft's side (ALGORITHM.md §3.3):
+
+1. ``speculate``: apply the tokens the target committed since it last spoke about each
+   sequence, look the outcome key (seq_id, n, r) up in the speculation cache, fill misses with
+   the backup (JIT: K draft steps now; fast: placeholder tokens), reply.
+2. ``build`` (off the critical path, while the target verifies): glue forward over
+   ``[r, s_1..s_K]``, fork the top-F_j tokens of glue row j (excluding s_{j+1} for j < K), run
+   a K-step tree decode of the forks, and store each branch under its outcome key.
+
+In synchronous SD mode (``build_cache=False``) only step 1 runs, always with JIT.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from saguaro.cache import BlockTable
+from saguaro.model_runner import CausalChunk, ModelRunner
+from saguaro.speculative import proposal_codec
+from saguaro.speculative.fanout import fork_candidates, select_fan_out
+from saguaro.speculative.verification import proposal_probs
+from saguaro.v1 import speculation_pb2 as pb
+from saguaro.services.draft.speculation_cache import CachedDraft, SpeculationCache
+from saguaro.services.draft.tree import tree_scratch_slots, tree_step_metadata
+from saguaro.services.draft.settings import DraftSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DraftSequence:
+    """Committed tokens (as the target told us) and the tokens whose KV our cache holds.
+
+    Invariant between rounds: ``kv_tokens`` agrees with ``tokens`` on their common length,
+    so a new commit only needs comparing over the few tokens it added.
+    """
+
+    seq_id: int
+    tokens: list[int]
+    generator: torch.Generator
+    kv_tokens: list[int] = field(default_factory=list)
+    table: BlockTable = field(default_factory=BlockTable)
+
+
+@dataclass
+class PendingRow:
+    """A row answered this round, which ``build`` will extend into cache entries."""
+
+    seq: DraftSequence
+    recovery: int
+    proposal: list[int]
+    hit: bool
+    draft_temperature: float
+    ship_probs: bool
+
+
+class DraftWorker:
+    def __init__(self, runner: ModelRunner, settings: DraftSettings, build_cache: bool = True):
+        self.runner = runner
+        self.settings = settings
+        self.build_cache = build_cache
+        self.sequences: dict[int, DraftSequence] = {}
+        self.cache = SpeculationCache()
+        self.pending: list[PendingRow] = []
+        self.rng = torch.Generator().manual_seed(settings.seed)
+        self.last_build_us = 0
+        self._idle_since = time.perf_counter()
+
+    @property
+    def k(self) -> int:
+        return self.settings.k
+
+    # -- dispatch -------------------------------------------------------------------------
+    def handle(self, request: pb.SpeculationRequest) -> pb.SpeculationResponse:
+        """Answer one request; malformed ones get an error reply and change nothing."""
+        kind = request.WhichOneof("kind")
+        try:
+            if kind == "prefill":
+                return pb.SpeculationResponse(round_id=request.round_id, prefill=self.prefill(request.prefill))
+            if kind == "speculate":
+                return pb.SpeculationResponse(round_id=request.round_id, speculate=self.speculate(request.speculate))
+            if kind == "release":
+                return pb.SpeculationResponse(round_id=request.round_id, release=self.release(request.release))
+            raise ValueError("request carries no prefill, speculate or release")
+        except ValueError as exc:
+            self.pending = []
+            error = pb.SpeculationError(code=pb.ERROR_CODE_INVALID_REQUEST, message=str(exc))
+            return pb.SpeculationResponse(round_id=request.round_id, error=error)
+
+    # -- prefill / release ----------------------------------------------------------------
+    def prefill(self, request: pb.PrefillRequest) -> pb.PrefillReply:
+        start = time.perf_counter()
+        vocab = self.runner.vocab_size
+        fresh: list[DraftSequence] = []
+        rows = []
+        for item in request.sequences:
+            tokens = list(item.prompt_token_ids)
+            if not tokens or min(tokens) < 0 or max(tokens) >= vocab:
+                raise ValueError(f"sequence {item.seq_id}: prompt is empty or has token ids outside [0, {vocab})")
+            seq = self.sequences.get(item.seq_id)
+            if seq is None or item.reset:
+                self._forget(item.seq_id)
+                seed = item.seed if item.HasField("seed") else int(torch.randint(0, 2**62, (1,), generator=self.rng))
+                seq = DraftSequence(item.seq_id, tokens, torch.Generator().manual_seed(seed))
+                self.sequences[item.seq_id] = seq
+            else:
+                seq.tokens.extend(tokens)
+            if self.runner.blocks.ensure_slots(seq.table, len(seq.tokens)):
+                fresh.append(seq)
+                status = pb.ROW_STATUS_OK
+            else:
+                status = pb.ROW_STATUS_OUT_OF_MEMORY
+            rows.append(pb.PrefillRowReply(seq_id=item.seq_id, status=status, committed_len=len(seq.tokens)))
+        if fresh:
+            self._forward_catch_up(fresh)
+        return pb.PrefillReply(rows=rows, prefill_us=int((time.perf_counter() - start) * 1e6))
+
+    def _forward_catch_up(self, seqs: list[DraftSequence]) -> None:
+        chunks = [CausalChunk(s.table.blocks, len(s.kv_tokens), s.tokens[len(s.kv_tokens) :]) for s in seqs]
+        self.runner.run_causal(chunks)
+        for s in seqs:
+            s.kv_tokens = list(s.tokens)
+
+    def release(self, request: pb.ReleaseRequest) -> pb.ReleaseReply:
+        known = [sid for sid in request.seq_ids if sid in self.sequences]
+        for sid in known:
+            self._forget(sid)
+        return pb.ReleaseReply(released=len(known))
+
+    def _forget(self, seq_id: int) -> None:
+        seq = self.sequences.pop(seq_id, None)
+        if seq is not None:
+            self.runner.blocks.free(seq.table)
+        self.cache.drop(seq_id)
+
+    # -- speculate ------------------------------------------------------------------------
+    def speculate(self, request: pb.SpeculateRequest) -> pb.SpeculateReply:
+        arrived = time.perf_counter()
+        idle_us = int((arrived - self._idle_since) * 1e6)
+        replies: list[pb.SpeculateRowReply] = []
+        pending: list[PendingRow] = []
+        misses: list[tuple[int, PendingRow]] = []
+        for row in request.rows:
+            reply, plan = self._lookup(row)
+            replies.append(reply)
+            if plan is not None:
+                pending.append(plan)
+                if not plan.hit:
+                    misses.append((len(replies) - 1, plan))
+        lookup_done = time.perf_counter()
+        if misses:
+            self._fill_misses(misses, replies, len(request.rows))
+        backup_us = int((time.perf_counter() - lookup_done) * 1e6)
+        self.pending = pending
+        timings = pb.DraftTimings(
+            lookup_us=int((lookup_done - arrived) * 1e6),
+            backup_us=backup_us,
+            prev_build_us=self.last_build_us,
+            idle_us=idle_us,
+        )
+        return pb.SpeculateReply(rows=replies, probs_dtype=self.settings.probs_dtype, timings=timings)
+
+    def _lookup(self, row: pb.SpeculateRow) -> tuple[pb.SpeculateRowReply, PendingRow | None]:
+        seq = self.sequences.get(row.seq_id)
+        if seq is None:
+            return pb.SpeculateRowReply(seq_id=row.seq_id, status=pb.ROW_STATUS_UNKNOWN_SEQUENCE), None
+        if len(seq.tokens) + len(row.committed_tokens) != row.committed_len:
+            self._forget(row.seq_id)
+            return pb.SpeculateRowReply(seq_id=row.seq_id, status=pb.ROW_STATUS_DESYNC), None
+        if not 0 <= row.recovery_token < self.runner.vocab_size or row.draft_temperature < 0:
+            return pb.SpeculateRowReply(seq_id=row.seq_id, status=pb.ROW_STATUS_INVALID), None
+        self._commit(seq, list(row.committed_tokens))
+        if not self.runner.blocks.ensure_slots(seq.table, self._slots_needed(len(seq.tokens))):
+            self.cache.drop(row.seq_id)
+            return pb.SpeculateRowReply(seq_id=row.seq_id, status=pb.ROW_STATUS_OUT_OF_MEMORY), None
+        cached = self.cache.take(row.seq_id, row.n_prev, row.recovery_token)
+        ship = row.draft_temperature > 0 and row.target_temperature > 0
+        if cached is not None and (cached.probs is not None) != (row.draft_temperature > 0):
+            cached = None  # built under another temperature regime: not a draw from this q
+        plan = PendingRow(seq, row.recovery_token, [], cached is not None, row.draft_temperature, ship)
+        reply = pb.SpeculateRowReply(seq_id=row.seq_id, status=pb.ROW_STATUS_OK, hit=cached is not None)
+        if cached is not None:
+            plan.proposal = cached.tokens.tolist()
+            reply.tokens.extend(plan.proposal)
+            reply.proposal_is_sample = True
+            if ship:
+                reply.probs = proposal_codec.encode(cached.probs, self.settings.probs_dtype)
+        return reply, plan
+
+    def _slots_needed(self, committed: int) -> int:
+        if self.build_cache:
+            return tree_scratch_slots(committed, self.k, self.settings.budget)
+        return committed + self.k + 1
+
+    def _commit(self, seq: DraftSequence, new_tokens: list[int]) -> None:
+        """Append committed tokens; keep only the KV computed for exactly these tokens."""
+        old = len(seq.tokens)
+        seq.tokens.extend(new_tokens)
+        kv = seq.kv_tokens
+        valid = min(len(kv), old)
+        limit = min(len(kv), len(seq.tokens))
+        while valid < limit and kv[valid] == seq.tokens[valid]:
+            valid += 1
+        del kv[valid:]
+
+    def _fill_misses(self, misses: list[tuple[int, PendingRow]], replies: list, batch_size: int) -> None:
+        use_jit = self.settings.use_jit(batch_size)
+        plans = [p for _, p in misses]
+        if use_jit:
+            tokens, probs = self._jit(plans)
+        else:
+            tokens = [torch.randint(0, self.runner.vocab_size, (self.k,), generator=p.seq.generator) for p in plans]
+            probs = [None] * len(plans)
+        for (index, plan), toks, q in zip(misses, tokens, probs):
+            plan.proposal = toks.tolist()
+            reply = replies[index]
+            reply.tokens.extend(plan.proposal)
+            reply.backup = pb.BACKUP_KIND_JIT if use_jit else pb.BACKUP_KIND_FAST
+            reply.proposal_is_sample = use_jit
+            if use_jit and plan.ship_probs:
+                reply.probs = proposal_codec.encode(q, self.settings.probs_dtype)
+
+    def _jit(self, plans: list[PendingRow]) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """Ordinary SD drafting for the given rows: K sequential draft steps from r."""
+        seqs = [p.seq for p in plans]
+        temps = torch.tensor([p.draft_temperature for p in plans])
+        gens = [s.generator for s in seqs]
+        chunks = [CausalChunk(s.table.blocks, len(s.kv_tokens), s.tokens[len(s.kv_tokens) :] + [p.recovery])
+                  for s, p in zip(seqs, plans)]
+        steps_tokens, steps_probs = [], []
+        for step in range(self.k):
+            logits = self.runner.run_causal(chunks)
+            tokens, probs = self._sample(logits[:, None, :], temps, gens)
+            steps_tokens.append(tokens[:, 0])
+            steps_probs.append(probs)
+            for s, c in zip(seqs, chunks):
+                s.kv_tokens.extend(c.token_ids)
+            if step + 1 < self.k:
+                chunks = [CausalChunk(s.table.blocks, len(s.kv_tokens), [t]) for s, t in zip(seqs, tokens[:, 0].tolist())]
+        tokens = torch.stack(steps_tokens, dim=1)
+        if steps_probs[0] is None:
+            return list(tokens), [None] * len(plans)
+        probs = torch.cat(steps_probs, dim=1)
+        return list(tokens), [probs[i] if temps[i] > 0 else None for i in range(len(plans))]
+
+    def _sample(
+        self, logits: torch.Tensor, temps: torch.Tensor, gens: list[torch.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sample [B, X] tokens from [B, X, V] logits; rows with temperature 0 take the argmax.
+
+        Sampled rows draw from the canonical proposal q (the one the verifier reconstructs),
+        by an exponential race with noise from the sequence's own generator. Returns the
+        tokens and, if any row samples, the [B, X, V] distributions (one-hot rows unused).
+        """
+        tokens = logits.argmax(dim=-1)
+        sampled = (temps > 0).nonzero().flatten().tolist()
+        if not sampled:
+            return tokens, None
+        settings = self.settings
+        q = proposal_probs(logits, temps, fan_out=settings.fan_out, downweight=settings.downweight)
+        q = proposal_codec.canonical(q, settings.probs_dtype)
+        for i in sampled:
+            noise = torch.empty(q.shape[1:]).exponential_(generator=gens[i])
+            tokens[i] = (q[i] / noise).argmax(dim=-1)
+        return tokens, q
+
+    # -- build (off the critical path) -----------------------------------------------------
+    def build(self) -> None:
+        """Glue, fork, tree decode and store for the rows answered last (no-op in SD mode)."""
+        pending, self.pending = self.pending, []
+        if not self.build_cache or not pending:
+            self._idle_since = time.perf_counter()
+            return
+        start = time.perf_counter()
+        k = self.k
+        seqs = [p.seq for p in pending]
+        committed = [len(s.tokens) for s in seqs]
+        glue = self._glue(pending)
+        proposals = torch.tensor([p.proposal for p in pending], dtype=torch.long)
+        hit = torch.tensor([p.hit for p in pending])
+        fan = select_fan_out(hit, self.settings.fan_out_hit, self.settings.fan_out_miss)
+        forks, depth = fork_candidates(glue, proposals, fan)
+        temps = torch.tensor([p.draft_temperature for p in pending])
+        gens = [s.generator for s in seqs]
+        tables = [s.table.blocks for s in seqs]
+        batch, m = forks.shape
+        current = forks
+        tree_tokens, tree_probs = [], []
+        for step in range(k):
+            meta, positions = tree_step_metadata(tables, committed, depth, k, step, self.runner.config.block_size)
+            logits = self.runner.forward(current.reshape(-1), positions, meta).view(batch, m, -1)
+            current, probs = self._sample(logits, temps, gens)
+            tree_tokens.append(current)
+            tree_probs.append(probs)
+        tokens = torch.stack(tree_tokens, dim=2)  # [B, M, K]
+        probs = None if tree_probs[0] is None else torch.stack(tree_probs, dim=2)  # [B, M, K, V]
+        for b, plan in enumerate(pending):
+            keep_probs = probs is not None and plan.draft_temperature > 0
+            entries = {
+                (int(depth[b, j]), int(forks[b, j])): CachedDraft(tokens[b, j], probs[b, j] if keep_probs else None)
+                for j in range(m)
+            }
+            self.cache.store(plan.seq.seq_id, entries)
+        self._idle_since = time.perf_counter()
+        self.last_build_us = int((self._idle_since - start) * 1e6)
+
+    def _glue(self, pending: list[PendingRow]) -> torch.Tensor:
+        """Forward ``[r, s_1..s_K]`` at positions C..C+K for every row: [B, K+1, V] logits.
+
+        This also (re)writes the draft KV of the region that becomes committed once the target's
+        outcome is known, always under the true context (ALGORITHM.md §10.4).
+        """
+        k = self.k
+        chunks = []
+        for p in pending:
+            s = p.seq
+            start = min(len(s.kv_tokens), len(s.tokens))
+            chunks.append(CausalChunk(s.table.blocks, start, s.tokens[start:] + [p.recovery] + p.proposal))
+        logits = self.runner.run_causal(chunks, all_logits=True)
+        ends = torch.cumsum(torch.tensor([len(c.token_ids) for c in chunks]), 0)
+        rows = (ends[:, None] - (k + 1) + torch.arange(k + 1)[None, :]).reshape(-1)
+        for p, c in zip(pending, chunks):
+            p.seq.kv_tokens = p.seq.tokens + [p.recovery] + p.proposal
+        return logits[rows].view(len(pending), k + 1, -1)

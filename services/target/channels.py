@@ -1,0 +1,150 @@
+"""Channels from the target to its draft: one interface, several transports.
+
+A channel carries ``SpeculationRequest`` messages and returns futures of the matching
+``SpeculationResponse``. Requests are answered strictly in order, one at a time, exactly as
+the draft's own loop runs: answer, then build the speculation cache, then take the next
+request. ``submit`` returns immediately, so the target can overlap its own work (prefill,
+verification) with the draft's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from concurrent.futures import Future
+from typing import Protocol
+
+import grpc
+
+from saguaro.v1 import speculation_pb2 as pb
+from saguaro.v1 import speculation_pb2_grpc as pb_grpc
+
+
+class ChannelClosed(ConnectionError):
+    """The draft went away; pending and future requests fail with this."""
+
+
+class DraftChannel(Protocol):
+    name: str
+
+    def handshake(self, request: pb.HandshakeRequest, timeout: float) -> pb.HandshakeResponse: ...
+
+    def submit(self, request: pb.SpeculationRequest) -> Future: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessChannel:
+    """The draft worker in a thread of the target's process (SD baseline, tests, demos)."""
+
+    name = "inprocess"
+
+    def __init__(self, worker, handshake_fn=None):
+        self.worker = worker
+        self._handshake_fn = handshake_fn
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="draft-worker", daemon=True)
+        self._closed = False
+        self._thread.start()
+
+    def handshake(self, request: pb.HandshakeRequest, timeout: float) -> pb.HandshakeResponse:
+        if self._handshake_fn is None:
+            return pb.HandshakeResponse(accepted=True, chosen_transport=pb.TRANSPORT_UNSPECIFIED)
+        return self._handshake_fn(request)
+
+    def submit(self, request: pb.SpeculationRequest) -> Future:
+        future: Future = Future()
+        if self._closed:
+            future.set_exception(ChannelClosed("in-process draft channel is closed"))
+        else:
+            self._queue.put((request, future))
+        return future
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            request, future = item
+            try:
+                future.set_result(self.worker.handle(request))
+                self.worker.build()
+            except Exception as exc:  # surfaced to the target, which falls back
+                if not future.done():
+                    future.set_exception(exc)
+
+    def close(self) -> None:
+        self._closed = True
+        self._queue.put(None)
+
+
+class GrpcChannel:
+    """The ``Speculation.Session`` bidirectional stream over TCP or a Unix socket."""
+
+    name = "grpc"
+
+    def __init__(self, address: str):
+        self.address = address
+        self._channel = grpc.insecure_channel(address, options=[
+            ("grpc.max_send_message_length", 256 << 20),
+            ("grpc.max_receive_message_length", 256 << 20),
+        ])
+        self._stub = pb_grpc.SpeculationStub(self._channel)
+        self._outbox: queue.Queue = queue.Queue()
+        self._pending: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._reader: threading.Thread | None = None
+
+    def handshake(self, request: pb.HandshakeRequest, timeout: float) -> pb.HandshakeResponse:
+        response = self._stub.Handshake(request, timeout=timeout)
+        if response.accepted:
+            metadata = (("saguaro-session-id", response.session_id),)
+            self._responses = self._stub.Session(self._requests(), metadata=metadata)
+            self._reader = threading.Thread(target=self._read, name="draft-reader", daemon=True)
+            self._reader.start()
+        return response
+
+    def _requests(self):
+        while True:
+            request = self._outbox.get()
+            if request is None:
+                return
+            yield request
+
+    def _read(self) -> None:
+        try:
+            for response in self._responses:
+                with self._lock:
+                    future = self._pending.pop(response.round_id, None)
+                if future is not None:
+                    future.set_result(response)
+        except grpc.RpcError as exc:
+            self._fail(ChannelClosed(f"draft stream to {self.address} ended: {exc.code().name} {exc.details()}"))
+            return
+        self._fail(ChannelClosed(f"draft stream to {self.address} closed"))
+
+    def _fail(self, exc: Exception) -> None:
+        with self._lock:
+            self._closed = True
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            future.set_exception(exc)
+
+    def submit(self, request: pb.SpeculationRequest) -> Future:
+        future: Future = Future()
+        with self._lock:
+            if self._closed or self._reader is None:
+                future.set_exception(ChannelClosed(f"draft stream to {self.address} is not open"))
+                return future
+            request.round_id = next(self._ids)
+            self._pending[request.round_id] = future
+        self._outbox.put(request)
+        return future
+
+    def close(self) -> None:
+        self._outbox.put(None)
+        self._fail(ChannelClosed("channel closed by the target"))
+        self._channel.close()

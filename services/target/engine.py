@@ -1,0 +1,154 @@
+"""The target's engine: continuous batching where each decode step is a speculation round.
+
+Modes (per deployment): ``ar`` (plain decoding), ``sd`` (synchronous speculative decoding with
+the draft in this process), ``ssd`` (speculative speculative decoding with a draft service that
+builds its speculation cache while the target verifies). A request may opt out to ``ar``.
+Rows without a proposal — AR requests, draft down, a row the draft could not serve — ride in
+the same verify forward as one-token chunks, so a batch never waits for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+
+from saguaro.config import EngineConfig
+from saguaro.engine import LLMEngine
+from saguaro.errors import ConfigError, InvalidRequestError
+from saguaro.model_runner import CausalChunk
+from saguaro.sampling import sample
+from saguaro.sequence import Sequence
+from saguaro.services.draft.handshake import handshake_request
+from saguaro.services.draft.settings import DraftSettings
+from saguaro.services.target.channels import DraftChannel
+from saguaro.services.target.proposer import DraftProposer, Proposal
+from saguaro.services.target.stats import SpecStats
+from saguaro.services.target.verifier import verify_rows
+
+MODES = ("ar", "sd", "ssd")
+
+log = logging.getLogger(__name__)
+
+
+class SpeculativeEngine(LLMEngine):
+    def __init__(
+        self,
+        config: EngineConfig,
+        mode: str = "ar",
+        settings: DraftSettings | None = None,
+        connect: Callable[[], DraftChannel] | None = None,
+        draft_timeout_s: float = 5.0,
+        retry_interval_s: float = 1.0,
+    ):
+        """``connect`` opens a channel to the draft (called again to reconnect after a failure).
+
+        An incompatible draft is refused here with ``IncompatibleDraft``; an unreachable one
+        only delays speculation: the engine decodes plainly and keeps retrying.
+        """
+        if mode not in MODES:
+            raise ConfigError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+        if mode != "ar" and connect is None:
+            raise ConfigError(f"mode {mode!r} needs a draft")
+        self.mode = mode
+        self.k = settings.k if mode != "ar" else 0
+        super().__init__(config, lookahead=self.k)
+        self.stats: dict[int, SpecStats] = {}
+        self.proposer: DraftProposer | None = None
+        if mode != "ar":
+            request = handshake_request(self.runner, settings, config.max_num_seqs)
+            self.proposer = DraftProposer(connect, request, settings, self.runner.vocab_size, draft_timeout_s, retry_interval_s)
+            try:
+                self.proposer.connect()
+            except ConnectionError as exc:
+                log.warning("starting without a draft (will retry): %s", exc)
+                self.proposer.available()  # records the failure time for the retry schedule
+
+    def add_request(self, prompt_token_ids, params) -> Sequence:
+        if params.mode not in (None, "ar", self.mode):
+            raise InvalidRequestError(
+                f"this deployment decodes with mode {self.mode!r}; a request may only opt out to 'ar' (got {params.mode!r})"
+            )
+        seq = super().add_request(prompt_token_ids, params)
+        self.stats[seq.seq_id] = SpecStats(mode="ar" if params.mode == "ar" else self.mode)
+        return seq
+
+    def request_stats(self, seq: Sequence) -> dict:
+        return self.stats[seq.seq_id].to_json()
+
+    def _speculates(self, seq: Sequence) -> bool:
+        return self.proposer is not None and seq.params.mode != "ar"
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        spec = [s for s in seqs if self._speculates(s)]
+        pending = self.proposer.start_prefill(spec) if spec else None
+        super()._prefill(seqs)
+        if pending is not None:
+            self.proposer.finish_prefill(pending)
+        self._release_finished(seqs)
+
+    def _decode(self, seqs: list[Sequence]) -> None:
+        spec = [s for s in seqs if self._speculates(s)]
+        started = time.perf_counter()
+        proposals = self.proposer.propose(spec) if spec else {}
+        draft_time = time.perf_counter() - started
+        chunks = [
+            CausalChunk(s.table.blocks, s.num_tokens - 1,
+                        s.token_ids[-1:] + (proposals[s.seq_id].tokens if s.seq_id in proposals else []))
+            for s in seqs
+        ]
+        started = time.perf_counter()
+        logits = self.runner.run_causal(chunks, all_logits=True)
+        ends = torch.cumsum(torch.tensor([len(c.token_ids) for c in chunks]), 0)
+        plain = [i for i, s in enumerate(seqs) if s.seq_id not in proposals]
+        verified = [i for i, s in enumerate(seqs) if s.seq_id in proposals]
+        if plain:
+            rows = logits[ends[plain] - 1]
+            picked = [seqs[i] for i in plain]
+            tokens = sample(rows, [s.params for s in picked], [s.generator for s in picked]).tolist()
+            for seq, token in zip(picked, tokens):
+                self._commit_round(seq, 0, [token], None, draft_time)
+        if verified:
+            block = logits[(ends[verified, None] - (self.k + 1) + torch.arange(self.k + 1)[None, :]).reshape(-1)]
+            picked = [seqs[i] for i in verified]
+            props = [proposals[s.seq_id] for s in picked]
+            accepted, next_tokens = verify_rows(
+                block.view(len(picked), self.k + 1, -1), props, [s.params for s in picked], [s.generator for s in picked]
+            )
+            for seq, prop, n, r in zip(picked, props, accepted, next_tokens):
+                self._commit_round(seq, n, prop.tokens[:n] + [r], prop, draft_time)
+        verify_time = time.perf_counter() - started
+        for seq in seqs:
+            self.stats[seq.seq_id].verify_time_s += verify_time
+        self._release_finished(seqs)
+
+    def _commit_round(self, seq: Sequence, accepted: int, new_tokens: list[int], proposal: Proposal | None, draft_time: float) -> None:
+        stats = self.stats[seq.seq_id]
+        stats.transport = self.proposer.transport if self.proposer else "none"
+        if proposal is None:
+            if self._speculates(seq):
+                stats.fallback_rounds += 1
+        else:
+            stats.draft_time_s += draft_time
+            stats.cache_hits += proposal.hit
+            stats.cache_misses += not proposal.hit
+            stats.backups_jit += proposal.backup == 1
+            stats.backups_fast += proposal.backup == 2
+            self.proposer.observe(seq, accepted)
+        before = seq.num_output_tokens
+        self.commit(seq, seq.num_tokens + accepted, new_tokens)
+        stats.record_round(None if proposal is None else accepted, seq.num_output_tokens - before, self.k)
+        if not seq.finished:
+            self.runner.blocks.truncate(seq.table, seq.num_tokens + self.k)
+
+    def _release_finished(self, seqs: list[Sequence]) -> None:
+        if self.proposer is not None:
+            done = [s.seq_id for s in seqs if s.finished and self._speculates(s)]
+            if done:
+                self.proposer.release(done)
+
+    def abort(self, seq: Sequence) -> None:
+        super().abort(seq)
+        self._release_finished([seq])

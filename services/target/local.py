@@ -1,0 +1,71 @@
+"""Wire a target engine to its draft: in this process, or over gRPC to a draft service."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+
+from saguaro.config import EngineConfig
+from saguaro.llm import LLM
+from saguaro.model_runner import ModelRunner
+from saguaro.tokenizer import load_tokenizer
+from saguaro.services.draft.handshake import answer_handshake
+from saguaro.services.draft.settings import DraftSettings
+from saguaro.services.draft.tree import tree_scratch_slots
+from saguaro.services.draft.worker import DraftWorker
+from saguaro.services.target.channels import DraftChannel, GrpcChannel, InProcessChannel
+from saguaro.services.target.engine import SpeculativeEngine
+
+
+def draft_runner(config: EngineConfig, settings: DraftSettings) -> ModelRunner:
+    """The draft's model and KV cache, with room for glue + tree scratch per sequence."""
+    lookahead = tree_scratch_slots(0, settings.k, settings.budget)
+    return ModelRunner(replace(config, enable_prefix_caching=False), lookahead_slots=lookahead,
+                       extra_positions=2 * settings.k + 2)
+
+
+def in_process_connector(draft: EngineConfig, settings: DraftSettings, build_cache: bool) -> Callable[[], DraftChannel]:
+    """Each (re)connect starts a fresh draft worker on its own thread in this process."""
+
+    def connect() -> DraftChannel:
+        runner = draft_runner(draft, settings)
+        worker = DraftWorker(runner, settings, build_cache=build_cache)
+        instance = uuid.uuid4().hex
+        return InProcessChannel(worker, handshake_fn=lambda request: answer_handshake(request, runner, instance)[0])
+
+    return connect
+
+
+def speculative_engine(
+    target: EngineConfig,
+    mode: str = "ssd",
+    draft: EngineConfig | None = None,
+    settings: DraftSettings | None = None,
+    draft_address: str | None = None,
+    **proposer_options,
+) -> SpeculativeEngine:
+    """``mode='sd'`` keeps the draft in this process (the synchronous baseline); ``'ssd'`` talks
+    to the draft service at ``draft_address`` over gRPC, or runs an in-process draft worker on
+    its own thread when no address is given."""
+    if mode == "ar":
+        return SpeculativeEngine(target, "ar")
+    settings = settings or DraftSettings()
+    if draft_address is not None:
+        connect = lambda: GrpcChannel(draft_address)  # noqa: E731
+    elif draft is not None:
+        draft = replace(draft, max_model_len=target.max_model_len or draft.max_model_len)
+        connect = in_process_connector(draft, settings, build_cache=mode == "ssd")
+    else:
+        raise ValueError(f"mode {mode!r} needs a draft: an in-process draft config or a draft address")
+    return SpeculativeEngine(target, mode, settings, connect, **proposer_options)
+
+
+def speculative_llm(target_model: str, draft_model: str | None = None, mode: str = "ssd",
+                    settings: DraftSettings | None = None, draft_address: str | None = None,
+                    **engine_options) -> LLM:
+    """The offline API over a speculative engine (same ``generate`` as ``saguaro.LLM``)."""
+    target = EngineConfig(model=target_model, **engine_options)
+    draft = EngineConfig(model=draft_model, **engine_options) if draft_model else None
+    engine = speculative_engine(target, mode, draft, settings, draft_address)
+    return LLM.from_engine(engine, load_tokenizer(target_model))

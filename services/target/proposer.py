@@ -1,0 +1,222 @@
+"""The target's side of the speculation protocol: ask the draft, survive its failures.
+
+The proposer keeps, per sequence, what the draft already knows (how many committed tokens it
+has seen and the previous round's accepted count n), turns a decode batch into one
+``SpeculateRequest``, and turns the reply into proposals. Any failure — timeout, closed stream,
+error reply — costs only speculation: the round runs without proposals (plain decoding, still
+exact), the proposer marks the draft down, and it reconnects and re-prefills later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+import torch
+
+from saguaro.sequence import Sequence
+from saguaro.services.draft.settings import DraftSettings
+from saguaro.services.target.channels import DraftChannel
+from saguaro.speculative import proposal_codec
+from saguaro.v1 import speculation_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+NO_PREVIOUS_ROUND = -1  # n_prev sentinel: never matches a cache key (0..K), forces a miss
+
+
+class IncompatibleDraft(RuntimeError):
+    """The draft refused the pairing at handshake (different vocabulary, tokenizer, ...)."""
+
+
+@dataclass
+class Proposal:
+    tokens: list[int]
+    probs: torch.Tensor | None  # [K, V] canonical proposal law, when the row samples
+    is_sample: bool
+    hit: bool
+    backup: int
+
+
+@dataclass
+class DraftView:
+    """What the draft knows of one sequence."""
+
+    seen: int  # committed tokens the draft has
+    n_prev: int = NO_PREVIOUS_ROUND
+
+
+class DraftProposer:
+    def __init__(
+        self,
+        connect: Callable[[], DraftChannel],
+        handshake: pb.HandshakeRequest,
+        settings: DraftSettings,
+        vocab_size: int,
+        timeout_s: float = 5.0,
+        retry_interval_s: float = 1.0,
+    ):
+        self._connect = connect
+        self._handshake = handshake
+        self.settings = settings
+        self.vocab_size = vocab_size
+        self.timeout_s = timeout_s
+        self.retry_interval_s = retry_interval_s
+        self.channel: DraftChannel | None = None
+        self.transport = "none"
+        self.views: dict[int, DraftView] = {}
+        self._down_since: float | None = None
+        self.failures = 0
+
+    # -- connection -----------------------------------------------------------------------
+    def connect(self) -> None:
+        """Handshake; raises IncompatibleDraft on refusal, ConnectionError if unreachable."""
+        channel = self._connect()
+        try:
+            response = channel.handshake(self._handshake, timeout=self.timeout_s)
+        except Exception as exc:
+            channel.close()
+            raise ConnectionError(f"draft handshake failed: {exc}") from None
+        if not response.accepted:
+            channel.close()
+            raise IncompatibleDraft(f"the draft refused this target: {response.error_message}")
+        self.channel = channel
+        self.transport = channel.name
+        self.views.clear()  # a (re)connected draft knows no sequence
+        self._down_since = None
+        log.info("draft connected over %s", self.transport)
+
+    def available(self) -> bool:
+        """Whether to speculate this round; retries a downed draft every retry interval."""
+        if self.channel is not None:
+            return True
+        if self._down_since is not None and time.monotonic() - self._down_since < self.retry_interval_s:
+            return False
+        try:
+            self.connect()
+            return True
+        except (ConnectionError, IncompatibleDraft) as exc:
+            log.warning("draft still unavailable: %s", exc)
+            self._down_since = time.monotonic()
+            return False
+
+    def _mark_down(self, reason: str) -> None:
+        log.warning("draft unavailable, falling back to plain decoding: %s", reason)
+        self.failures += 1
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = None
+        self.transport = "none"
+        self._down_since = time.monotonic()
+
+    def _call(self, futures: list[Future]) -> list[pb.SpeculationResponse] | None:
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            responses = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
+        except FutureTimeout:
+            self._mark_down(f"no reply within {self.timeout_s:.1f} s")
+            return None
+        except Exception as exc:
+            self._mark_down(str(exc))
+            return None
+        for r in responses:
+            if r.WhichOneof("kind") == "error":
+                self._mark_down(f"draft error {pb.ErrorCode.Name(r.error.code)}: {r.error.message}")
+                return None
+        return responses
+
+    # -- protocol -------------------------------------------------------------------------
+    def _prefill_request(self, seqs: list[Sequence], committed: Callable[[Sequence], int]) -> pb.SpeculationRequest:
+        items = []
+        for s in seqs:
+            c = committed(s)
+            item = pb.PrefillSequence(seq_id=s.seq_id, prompt_token_ids=s.token_ids[:c], reset=True)
+            if s.params.seed is not None:
+                item.seed = s.params.seed
+            items.append(item)
+            self.views[s.seq_id] = DraftView(seen=c)
+        return pb.SpeculationRequest(prefill=pb.PrefillRequest(sequences=items))
+
+    def start_prefill(self, seqs: list[Sequence]) -> Future | None:
+        """Send prompts before the target's own prefill so both run at once."""
+        if not seqs or not self.available():
+            return None
+        return self.channel.submit(self._prefill_request(seqs, lambda s: s.num_tokens))
+
+    def finish_prefill(self, future: Future | None) -> None:
+        if future is not None and self.channel is not None:
+            self._call([future])
+
+    def propose(self, seqs: list[Sequence]) -> dict[int, Proposal]:
+        """One speculation round for ``seqs``; {} when the draft is unavailable."""
+        if not seqs or not self.available():
+            return {}
+        futures = []
+        unsynced = [s for s in seqs if s.seq_id not in self.views]
+        if unsynced:
+            futures.append(self.channel.submit(self._prefill_request(unsynced, lambda s: s.num_tokens - 1)))
+        rows = []
+        for s in seqs:
+            view = self.views[s.seq_id]
+            c = s.num_tokens - 1
+            t = s.params.temperature
+            rows.append(pb.SpeculateRow(
+                seq_id=s.seq_id, n_prev=view.n_prev, recovery_token=s.token_ids[-1], committed_len=c,
+                committed_tokens=s.token_ids[view.seen : c], draft_temperature=t, target_temperature=t,
+            ))
+            view.seen = c
+            view.n_prev = NO_PREVIOUS_ROUND  # until this round's outcome is observed
+        futures.append(self.channel.submit(pb.SpeculationRequest(speculate=pb.SpeculateRequest(rows=rows))))
+        responses = self._call(futures)
+        if responses is None:
+            return {}
+        reply = responses[-1].speculate
+        if len(reply.rows) != len(seqs):
+            self._mark_down(f"reply has {len(reply.rows)} rows for {len(seqs)} sequences")
+            return {}
+        return self._proposals(seqs, reply)
+
+    def _proposals(self, seqs: list[Sequence], reply: pb.SpeculateReply) -> dict[int, Proposal]:
+        k = self.settings.k
+        out: dict[int, Proposal] = {}
+        for s, row in zip(seqs, reply.rows):
+            if row.status != pb.ROW_STATUS_OK or row.seq_id != s.seq_id:
+                if row.status in (pb.ROW_STATUS_UNKNOWN_SEQUENCE, pb.ROW_STATUS_DESYNC):
+                    self.views.pop(s.seq_id, None)  # re-prefill next round
+                continue
+            tokens = list(row.tokens)
+            if len(tokens) != k or min(tokens) < 0 or max(tokens) >= self.vocab_size:
+                log.warning("ignoring malformed proposal for sequence %d", s.seq_id)
+                continue
+            probs = None
+            if row.probs:
+                try:
+                    probs = proposal_codec.decode(row.probs, reply.probs_dtype, k, self.vocab_size)
+                except ValueError as exc:
+                    log.warning("ignoring proposal for sequence %d: %s", s.seq_id, exc)
+                    continue
+            elif row.proposal_is_sample and s.params.temperature > 0:
+                continue  # a sampled proposal without its law cannot be verified exactly
+            out[s.seq_id] = Proposal(tokens, probs, row.proposal_is_sample, row.hit, row.backup)
+        return out
+
+    def observe(self, seq: Sequence, accepted: int) -> None:
+        """The verified outcome of this round becomes the next round's cache key."""
+        view = self.views.get(seq.seq_id)
+        if view is not None:
+            view.n_prev = accepted
+
+    def release(self, seq_ids: list[int]) -> None:
+        for sid in seq_ids:
+            self.views.pop(sid, None)
+        if seq_ids and self.channel is not None:
+            self.channel.submit(pb.SpeculationRequest(release=pb.ReleaseRequest(seq_ids=seq_ids)))
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None

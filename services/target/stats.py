@@ -1,0 +1,44 @@
+"""Speculation statistics, per request and per engine."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class SpecStats:
+    """What a request reports about its speculative rounds."""
+
+    mode: str = "ar"
+    transport: str = "none"
+    rounds: int = 0
+    spec_rounds: int = 0
+    tokens_from_rounds: int = 0
+    accepted_per_position: list[int] = field(default_factory=list)
+    cache_hits: int = 0
+    cache_misses: int = 0
+    backups_jit: int = 0
+    backups_fast: int = 0
+    fallback_rounds: int = 0
+    draft_time_s: float = 0.0
+    verify_time_s: float = 0.0
+
+    def record_round(self, accepted: int | None, committed: int, k: int) -> None:
+        """``accepted`` is None for a round that ran without a proposal (AR/fallback)."""
+        self.rounds += 1
+        self.tokens_from_rounds += committed
+        if accepted is None:
+            return
+        self.spec_rounds += 1
+        if len(self.accepted_per_position) < k:
+            self.accepted_per_position.extend([0] * (k - len(self.accepted_per_position)))
+        for i in range(accepted):
+            self.accepted_per_position[i] += 1
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["tokens_per_round"] = self.tokens_from_rounds / self.rounds if self.rounds else 0.0
+        lookups = self.cache_hits + self.cache_misses
+        out["cache_hit_rate"] = self.cache_hits / lookups if lookups else 0.0
+        out["acceptance_per_position"] = [a / self.spec_rounds for a in self.accepted_per_position] if self.spec_rounds else []
+        return out

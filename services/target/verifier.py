@@ -1,0 +1,60 @@
+"""Verify a batch of proposals against the target's logits (ALGORITHM.md §4).
+
+Greedy rows compare with the target argmax. Sampled rows run the rejection rule against the
+target distribution *after* the request's own temperature, top-k and top-p — the same
+distribution plain decoding samples from, so the output law equals the target's under those
+settings. The proposal law q is exactly what the draft sampled from: the shipped canonical
+probabilities, a one-hot for a greedy draft, or nothing at all (q = 0, forcing n = 0) for
+fast-backup placeholders, which are not samples of anything.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saguaro.sampling import SamplingParams, filter_logits
+from saguaro.services.target.proposer import Proposal
+from saguaro.speculative.verification import draw_verification_uniforms, greedy_verify, rejection_verify
+
+
+def proposal_law(proposal: Proposal, vocab: int) -> torch.Tensor:
+    tokens = torch.tensor(proposal.tokens)
+    if not proposal.is_sample:
+        return torch.zeros(len(tokens), vocab)
+    if proposal.probs is not None:
+        return proposal.probs
+    return torch.nn.functional.one_hot(tokens, vocab).float()
+
+
+def verify_rows(
+    logits: torch.Tensor,
+    proposals: list[Proposal],
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None],
+) -> tuple[list[int], list[int]]:
+    """logits: [B, K+1, V] target rows for ``[r, s_1..s_K]``. Returns (n, r') per row."""
+    batch, rows, vocab = logits.shape
+    tokens = torch.tensor([p.tokens for p in proposals], dtype=torch.long)
+    accepted = torch.zeros(batch, dtype=torch.long)
+    next_token = torch.zeros(batch, dtype=torch.long)
+    greedy = [i for i, p in enumerate(params) if p.greedy]
+    sampled = [i for i, p in enumerate(params) if not p.greedy]
+    if greedy:
+        result = greedy_verify(logits[greedy], tokens[greedy])
+        accepted[greedy], next_token[greedy] = result.accepted, result.next_token
+    if sampled:
+        sub = logits[sampled].reshape(-1, vocab)
+        repeat = lambda values, dtype: torch.tensor(values, dtype=dtype).repeat_interleave(rows)  # noqa: E731
+        p = filter_logits(
+            sub,
+            repeat([params[i].temperature for i in sampled], torch.float32),
+            repeat([params[i].top_k for i in sampled], torch.long),
+            repeat([params[i].top_p for i in sampled], torch.float32),
+        ).view(len(sampled), rows, vocab)
+        q = torch.stack([proposal_law(proposals[i], vocab) for i in sampled])
+        draws = [draw_verification_uniforms(1, rows - 1, generators[i]) for i in sampled]
+        uniforms = torch.cat([d[0] for d in draws])
+        residual = torch.cat([d[1] for d in draws])
+        result = rejection_verify(p, q, tokens[sampled], uniforms, residual)
+        accepted[sampled], next_token[sampled] = result.accepted, result.next_token
+    return accepted.tolist(), next_token.tolist()
