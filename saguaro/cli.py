@@ -87,6 +87,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_speculation_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("speculation")
+    group.add_argument("--k", type=int, default=4, help="draft tokens per round, K (default: 4)")
+    group.add_argument("--fan-out", type=int, default=2, help="uniform fan-out F per depth of the speculation tree (default: 2)")
+    group.add_argument("--fan-out-list", type=int, nargs="+", default=None,
+                       help="explicit per-depth fan-out F_0..F_K (K+1 values) for rows whose lookup hit")
+    group.add_argument("--fan-out-list-miss", type=int, nargs="+", default=None,
+                       help="per-depth fan-out after a miss (same sum as --fan-out-list)")
+    group.add_argument("--backup", choices=["jit", "fast", "adaptive"], default="jit",
+                       help="on a cache miss: jit drafts now (real samples), fast sends placeholders, "
+                            "adaptive picks jit up to --jit-max-batch rows (default: jit)")
+    group.add_argument("--jit-max-batch", type=int, default=4, help="largest batch that still uses jit under --backup adaptive")
+    group.add_argument("--saguaro-c", type=float, default=1.0,
+                       help="Saguaro sampling downweight C in (0, 1]: trades acceptance for cache hits at T > 0 (default: 1, off)")
+
+
+def speculation_settings(args: argparse.Namespace):
+    from saguaro.services.draft.settings import DraftSettings
+    from saguaro.v1 import speculation_pb2 as pb
+
+    policy = {"jit": pb.BACKUP_POLICY_JIT, "fast": pb.BACKUP_POLICY_FAST, "adaptive": pb.BACKUP_POLICY_ADAPTIVE}
+    try:
+        return DraftSettings(k=args.k, fan_out=args.fan_out, fan_out_hit=args.fan_out_list or [],
+                             fan_out_miss=args.fan_out_list_miss or [], backup_policy=policy[args.backup],
+                             jit_max_batch_size=args.jit_max_batch, downweight=args.saguaro_c)
+    except ValueError as exc:
+        from saguaro.errors import ConfigError
+
+        raise ConfigError(str(exc)) from None
+
+
+def cmd_draft(args: argparse.Namespace) -> int:
+    from saguaro.config import EngineConfig
+    from saguaro.services.draft.server import serve
+
+    config = EngineConfig(model=args.model, **engine_options(args))
+    address = f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"
+    server = serve(config, address, speculation_settings(args), build_cache=not args.no_tree)
+    print(f"draft service for {args.model} listening on {address}", flush=True)
+    server.wait_for_termination()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="saguaro",
@@ -107,6 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(gen)
     add_engine_args(gen)
     gen.set_defaults(func=cmd_generate)
+
+    draft = sub.add_parser(
+        "draft",
+        help="serve a draft model (the Speculation gRPC service a target connects to)",
+        description="Run the draft service: it owns the draft model, its KV cache and the speculation cache, "
+        "and builds speculations for every likely verification outcome while the target verifies. "
+        "K and fan-out are agreed per session at handshake; the values here size the initial cache.",
+    )
+    draft.add_argument("--model", required=True, help="local Hugging Face folder of the draft model")
+    draft.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    draft.add_argument("--port", type=int, default=50061, help="TCP port (default: 50061)")
+    draft.add_argument("--uds", default=None, help="listen on this Unix socket path instead of TCP")
+    draft.add_argument("--no-tree", action="store_true", help="answer with JIT drafts only (synchronous SD served remotely)")
+    add_speculation_args(draft)
+    add_engine_args(draft)
+    draft.set_defaults(func=cmd_draft)
 
     demo = sub.add_parser("demo", help="run the embedded demo on tiny built-in models (no downloads)",
                           description="Build a tiny target/draft pair locally (cached) and generate with it.")

@@ -79,9 +79,14 @@ class ModelRunner:
                 f"sequence of max_model_len={self.max_model_len} (+{lookahead_slots} lookahead) needs "
                 f"({per_seq}); raise the KV-cache budget or lower max_model_len"
             )
+        self.lookahead_slots = lookahead_slots
         self.kv = KVCache(self.model_config, num_blocks, config.block_size, self.dtype, self.device)
-        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.reset_cache()
         self.attention = select_backend(self.device)
+
+    def reset_cache(self) -> None:
+        """Forget every sequence: all blocks free, no prefix hashes (KV contents are garbage)."""
+        self.blocks = BlockManager(self.kv.num_blocks, self.config.block_size, self.config.enable_prefix_caching)
 
     @property
     def vocab_size(self) -> int:

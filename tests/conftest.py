@@ -43,7 +43,7 @@ def model_dirs(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("models")
     dirs = {name: str(build_tiny_model(root / name, **opts)) for name, opts in TINY_MODELS.items()}
     dirs["llama_draft_copy"] = str(perturbed_copy(dirs["llama"], root / "llama_draft_copy", noise=0.0))
-    dirs["llama_draft_perturbed"] = str(perturbed_copy(dirs["llama"], root / "llama_draft_perturbed", noise=0.3))
+    dirs["llama_draft_perturbed"] = str(perturbed_copy(dirs["llama"], root / "llama_draft_perturbed", noise=0.05))
     dirs["llama_draft_random"] = str(build_tiny_model(root / "llama_draft_random", family="llama", num_layers=1, seed=7))
-    dirs["qwen3_draft_perturbed"] = str(perturbed_copy(dirs["qwen3"], root / "qwen3_draft_perturbed", noise=0.3))
+    dirs["qwen3_draft_perturbed"] = str(perturbed_copy(dirs["qwen3"], root / "qwen3_draft_perturbed", noise=0.05))
     return dirs

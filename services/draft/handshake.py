@@ -21,6 +21,7 @@ _DTYPES = {"torch.float32": pb.DTYPE_FLOAT32, "torch.bfloat16": pb.DTYPE_BFLOAT1
 
 
 def model_facts(runner: ModelRunner) -> pb.ModelFacts:
+    """What a peer must know about a loaded model to decide whether to pair with it."""
     cfg = runner.model_config
     fingerprint = tokenizer_fingerprint(runner.model_dir)
     return pb.ModelFacts(
@@ -63,9 +64,8 @@ def pairing_problems(request: pb.HandshakeRequest, draft: pb.ModelFacts) -> list
     return problems
 
 
-def answer_handshake(request: pb.HandshakeRequest, runner: ModelRunner, instance_id: str) -> tuple[pb.HandshakeResponse, DraftSettings | None]:
+def answer_handshake(request: pb.HandshakeRequest, facts: pb.ModelFacts, instance_id: str) -> tuple[pb.HandshakeResponse, DraftSettings | None]:
     """Check the pair and the session settings; on success return the settings to use."""
-    facts = model_facts(runner)
     response = pb.HandshakeResponse(draft_model=facts, protocol_version=PROTOCOL_VERSION, host=host_identity(),
                                     draft_instance_id=instance_id)
     problems = pairing_problems(request, facts)

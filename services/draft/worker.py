@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from saguaro.cache import BlockTable
+from saguaro.config import EngineConfig
 from saguaro.model_runner import CausalChunk, ModelRunner
 from saguaro.speculative import proposal_codec
 from saguaro.speculative.fanout import fork_candidates, select_fan_out
@@ -331,3 +332,10 @@ class DraftWorker:
         for p, c in zip(pending, chunks):
             p.seq.kv_tokens = p.seq.tokens + [p.recovery] + p.proposal
         return logits[rows].view(len(pending), k + 1, -1)
+
+
+def draft_runner(config: EngineConfig, settings: DraftSettings) -> ModelRunner:
+    """The draft's model and KV cache, with room for glue + tree scratch per sequence."""
+    lookahead = tree_scratch_slots(0, settings.k, settings.budget)
+    return ModelRunner(replace(config, enable_prefix_caching=False), lookahead_slots=lookahead,
+                       extra_positions=2 * settings.k + 2)

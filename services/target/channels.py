@@ -9,6 +9,7 @@ verification) with the draft's.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import queue
 import threading
@@ -47,6 +48,7 @@ class InProcessChannel:
         self._thread = threading.Thread(target=self._loop, name="draft-worker", daemon=True)
         self._closed = False
         self._thread.start()
+        atexit.register(self.close)  # stop the worker thread before the interpreter tears torch down
 
     def handshake(self, request: pb.HandshakeRequest, timeout: float) -> pb.HandshakeResponse:
         if self._handshake_fn is None:
@@ -75,8 +77,11 @@ class InProcessChannel:
                     future.set_exception(exc)
 
     def close(self) -> None:
-        self._closed = True
-        self._queue.put(None)
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            if threading.current_thread() is not self._thread:
+                self._thread.join(timeout=10)
 
 
 class GrpcChannel:

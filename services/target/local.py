@@ -8,21 +8,12 @@ from dataclasses import replace
 
 from saguaro.config import EngineConfig
 from saguaro.llm import LLM
-from saguaro.model_runner import ModelRunner
 from saguaro.tokenizer import load_tokenizer
-from saguaro.services.draft.handshake import answer_handshake
+from saguaro.services.draft.handshake import answer_handshake, model_facts
 from saguaro.services.draft.settings import DraftSettings
-from saguaro.services.draft.tree import tree_scratch_slots
-from saguaro.services.draft.worker import DraftWorker
+from saguaro.services.draft.worker import DraftWorker, draft_runner
 from saguaro.services.target.channels import DraftChannel, GrpcChannel, InProcessChannel
 from saguaro.services.target.engine import SpeculativeEngine
-
-
-def draft_runner(config: EngineConfig, settings: DraftSettings) -> ModelRunner:
-    """The draft's model and KV cache, with room for glue + tree scratch per sequence."""
-    lookahead = tree_scratch_slots(0, settings.k, settings.budget)
-    return ModelRunner(replace(config, enable_prefix_caching=False), lookahead_slots=lookahead,
-                       extra_positions=2 * settings.k + 2)
 
 
 def in_process_connector(draft: EngineConfig, settings: DraftSettings, build_cache: bool) -> Callable[[], DraftChannel]:
@@ -31,8 +22,8 @@ def in_process_connector(draft: EngineConfig, settings: DraftSettings, build_cac
     def connect() -> DraftChannel:
         runner = draft_runner(draft, settings)
         worker = DraftWorker(runner, settings, build_cache=build_cache)
-        instance = uuid.uuid4().hex
-        return InProcessChannel(worker, handshake_fn=lambda request: answer_handshake(request, runner, instance)[0])
+        facts, instance = model_facts(runner), uuid.uuid4().hex
+        return InProcessChannel(worker, handshake_fn=lambda request: answer_handshake(request, facts, instance)[0])
 
     return connect
 
