@@ -1,0 +1,155 @@
+"""The draft worker on its own: speculation-cache semantics and tree correctness.
+
+Requests are real protobuf messages, handled exactly as the gRPC service handles them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saguaro.config import EngineConfig
+from saguaro.services.draft.settings import DraftSettings
+from saguaro.services.draft.worker import DraftWorker, draft_runner
+from saguaro.v1 import speculation_pb2 as pb
+
+K = 3
+
+
+def make_worker(model_dir: str, build_cache: bool = True, **settings) -> DraftWorker:
+    s = DraftSettings(k=K, fan_out=settings.pop("fan_out", 2), **settings)
+    runner = draft_runner(EngineConfig(model=model_dir, block_size=8, kv_cache_bytes=1 << 24, show_progress=False), s)
+    return DraftWorker(runner, s, build_cache=build_cache)
+
+
+def prefill(worker: DraftWorker, seq_id: int, tokens: list[int], seed: int = 0) -> pb.PrefillReply:
+    req = pb.SpeculationRequest(prefill=pb.PrefillRequest(sequences=[
+        pb.PrefillSequence(seq_id=seq_id, prompt_token_ids=tokens, reset=True, seed=seed)]))
+    return worker.handle(req).prefill
+
+
+def speculate(worker: DraftWorker, rows: list[dict]) -> pb.SpeculateReply:
+    req = pb.SpeculationRequest(speculate=pb.SpeculateRequest(rows=[pb.SpeculateRow(**r) for r in rows]))
+    reply = worker.handle(req)
+    assert reply.WhichOneof("kind") == "speculate", reply
+    return reply.speculate
+
+
+def row(seq_id, n_prev, r, committed_len, committed_tokens=(), temperature=0.0):
+    return dict(seq_id=seq_id, n_prev=n_prev, recovery_token=r, committed_len=committed_len,
+                committed_tokens=list(committed_tokens), draft_temperature=temperature, target_temperature=temperature)
+
+
+PROMPT = [5, 17, 42, 99, 7, 23, 61]
+
+
+def test_sentinel_misses_and_jit_fills(model_dirs):
+    worker = make_worker(model_dirs["llama_draft_perturbed"])
+    prefill(worker, 1, PROMPT)
+    reply = speculate(worker, [row(1, -1, 11, len(PROMPT))])
+    (r,) = reply.rows
+    assert r.status == pb.ROW_STATUS_OK and not r.hit
+    assert r.backup == pb.BACKUP_KIND_JIT and r.proposal_is_sample and len(r.tokens) == K
+    assert r.probs == b""  # greedy rows carry no probabilities
+
+
+def jit_tokens(model_dir: str, context: list[int], recovery: int, temperature: float = 0.0, seed: int = 0):
+    """What a fresh worker drafts just in time for this context (the reference for branches)."""
+    fresh = make_worker(model_dir, build_cache=False)
+    prefill(fresh, 9, context, seed=seed)
+    out = speculate(fresh, [row(9, -1, recovery, len(context), temperature=temperature)]).rows[0]
+    return list(out.tokens)
+
+
+def test_every_cached_branch_equals_a_fresh_jit_draft(model_dirs):
+    """Tree decode with logical positions and masks must draft exactly what plain decoding
+    would under the branch's context: every (j, t) entry is checked against a fresh JIT."""
+    model = model_dirs["llama_draft_perturbed"]
+    worker = make_worker(model, fan_out=2)
+    prefill(worker, 1, PROMPT)
+    proposal = list(speculate(worker, [row(1, -1, 11, len(PROMPT))]).rows[0].tokens)
+    worker.build()
+    entries = worker.cache._by_seq[1]
+    assert len(entries) == worker.settings.budget == 2 * (K + 1)
+    for (j, t), cached in entries.items():
+        if j < K:
+            assert t != proposal[j], "the proposed token must be excluded from forks at depth j < K"
+        context = PROMPT + [11] + proposal[:j]
+        assert cached.tokens.tolist() == jit_tokens(model, context, t), f"branch (j={j}, t={t}) differs"
+
+
+def test_covered_outcome_hits_then_uncovered_and_stale_miss(model_dirs):
+    worker = make_worker(model_dirs["llama_draft_perturbed"])
+    prefill(worker, 1, PROMPT)
+    proposal = list(speculate(worker, [row(1, -1, 11, len(PROMPT))]).rows[0].tokens)
+    worker.build()
+    (j, t), entry = next(iter(worker.cache._by_seq[1].items()))
+    committed = [11] + proposal[:j]
+    reply = speculate(worker, [row(1, j, t, len(PROMPT) + len(committed), committed)]).rows[0]
+    assert reply.hit and reply.backup == pb.BACKUP_KIND_NONE and list(reply.tokens) == entry.tokens.tolist()
+    worker.build()
+    # an outcome the tree did not cover: the recovery token of a non-forked value
+    forks = {tok for (_, tok) in worker.cache._by_seq[1]}
+    uncovered = next(tok for tok in range(3, 500) if tok not in forks)
+    c = len(PROMPT) + len(committed)
+    reply = speculate(worker, [row(1, 0, uncovered, c + 1, [t])]).rows[0]
+    assert not reply.hit and reply.backup == pb.BACKUP_KIND_JIT
+    # the previous round's entries are gone: asking for the consumed key again misses
+    worker.build()
+    worker.cache._by_seq.pop(1)
+    reply = speculate(worker, [row(1, j, t, c + 2, [uncovered])]).rows[0]
+    assert not reply.hit
+
+
+def test_reset_prefill_forces_a_miss(model_dirs):
+    worker = make_worker(model_dirs["llama_draft_copy"])
+    prefill(worker, 1, PROMPT)
+    speculate(worker, [row(1, -1, 11, len(PROMPT))])
+    worker.build()
+    assert len(worker.cache) > 0
+    prefill(worker, 1, PROMPT + [11])  # e.g. the target preempted and re-prefilled the sequence
+    assert len(worker.cache) == 0
+    assert not speculate(worker, [row(1, -1, 12, len(PROMPT) + 1)]).rows[0].hit
+
+
+def test_sampled_rows_ship_the_law_they_were_drawn_from(model_dirs):
+    worker = make_worker(model_dirs["llama_draft_perturbed"], downweight=0.5)
+    prefill(worker, 1, PROMPT, seed=3)
+    reply = speculate(worker, [row(1, -1, 11, len(PROMPT), temperature=0.8)])
+    r = reply.rows[0]
+    from saguaro.speculative import proposal_codec
+
+    q = proposal_codec.decode(r.probs, reply.probs_dtype, K, worker.runner.vocab_size)
+    assert torch.allclose(q.sum(-1), torch.ones(K), atol=1e-5)
+    assert all(q[i, tok] > 0 for i, tok in enumerate(r.tokens))
+
+
+def test_fast_backup_sends_placeholders_not_samples(model_dirs):
+    worker = make_worker(model_dirs["llama_draft_perturbed"], backup_policy=pb.BACKUP_POLICY_FAST)
+    prefill(worker, 1, PROMPT)
+    r = speculate(worker, [row(1, -1, 11, len(PROMPT), temperature=0.7)]).rows[0]
+    assert r.backup == pb.BACKUP_KIND_FAST and not r.proposal_is_sample and r.probs == b"" and len(r.tokens) == K
+
+
+def test_bad_rows_and_requests_get_clear_answers_and_the_worker_keeps_serving(model_dirs):
+    worker = make_worker(model_dirs["llama_draft_perturbed"])
+    prefill(worker, 1, PROMPT)
+    rows = speculate(worker, [row(2, -1, 11, 5), row(1, -1, 11, len(PROMPT) + 3, [1, 2])]).rows
+    assert [r.status for r in rows] == [pb.ROW_STATUS_UNKNOWN_SEQUENCE, pb.ROW_STATUS_DESYNC]
+    empty = worker.handle(pb.SpeculationRequest(round_id=7))
+    assert empty.round_id == 7 and empty.error.code == pb.ERROR_CODE_INVALID_REQUEST
+    bad_prompt = worker.handle(pb.SpeculationRequest(prefill=pb.PrefillRequest(sequences=[
+        pb.PrefillSequence(seq_id=3, prompt_token_ids=[5, 10_000])])))
+    assert "outside [0, 500)" in bad_prompt.error.message
+    prefill(worker, 1, PROMPT)
+    assert speculate(worker, [row(1, -1, 11, len(PROMPT))]).rows[0].status == pb.ROW_STATUS_OK
+
+
+@pytest.mark.parametrize("fan_out_list", [[3, 1, 1, 1], [1, 1, 1, 3]])
+def test_explicit_fan_out_lists_shape_the_tree(model_dirs, fan_out_list):
+    worker = make_worker(model_dirs["llama_draft_perturbed"], fan_out_hit=fan_out_list)
+    prefill(worker, 1, PROMPT)
+    speculate(worker, [row(1, -1, 11, len(PROMPT))])
+    worker.build()
+    depths = [j for (j, _) in worker.cache._by_seq[1]]
+    assert [depths.count(j) for j in range(K + 1)] == fan_out_list
