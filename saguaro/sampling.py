@@ -7,6 +7,7 @@ the same tokens whatever else shares its batch.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +43,17 @@ class SamplingParams:
         return self.temperature == 0
 
 
+def role_seed(seed: int, role: str) -> int:
+    """An independent seed per randomness role (target sampling, draft sampling, ...).
+
+    A request's seed must not drive two roles with the *same* stream: if the draft's sampling
+    noise and the target's acceptance uniforms were equal, the proposal would be correlated
+    with its own acceptance test and sampled output would no longer follow the target's law.
+    """
+    digest = hashlib.sha256(f"{role}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def make_generator(seed: int | None, fallback: torch.Generator) -> torch.Generator:
     """A request's private generator: seeded, or seeded from the engine's generator."""
     gen = torch.Generator()
@@ -62,7 +74,9 @@ def filter_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     probs = sorted_logits.softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs
-    sorted_logits = sorted_logits.masked_fill(mass_before >= top_p[:, None], float("-inf"))
+    # top_p == 1 must keep every token even when the cumulative sum rounds past 1.
+    drop = (mass_before >= top_p[:, None]) & (top_p[:, None] < 1)
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     filtered = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return filtered.softmax(dim=-1)
 

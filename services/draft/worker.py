@@ -26,6 +26,7 @@ import torch
 from saguaro.cache import BlockTable
 from saguaro.config import EngineConfig
 from saguaro.model_runner import CausalChunk, ModelRunner
+from saguaro.sampling import role_seed
 from saguaro.speculative import proposal_codec
 from saguaro.speculative.fanout import fork_candidates, select_fan_out
 from saguaro.speculative.verification import proposal_probs
@@ -110,7 +111,8 @@ class DraftWorker:
             seq = self.sequences.get(item.seq_id)
             if seq is None or item.reset:
                 self._forget(item.seq_id)
-                seed = item.seed if item.HasField("seed") else int(torch.randint(0, 2**62, (1,), generator=self.rng))
+                seed = role_seed(item.seed, "draft") if item.HasField("seed") else int(
+                    torch.randint(0, 2**62, (1,), generator=self.rng))
                 seq = DraftSequence(item.seq_id, tokens, torch.Generator().manual_seed(seed))
                 self.sequences[item.seq_id] = seq
             else:

@@ -1,0 +1,121 @@
+"""Sampled SD/SSD output follows the target's distribution: seeded chi-square tests.
+
+A tiny-vocabulary target (V = 10) makes the exact law of the first generated tokens
+enumerable with transformers. Every request has its own seed, so the test is deterministic.
+Token 1 comes from the target's prefill; tokens 2 and 3 come from speculative rounds — with
+K = 1 the third token is drafted from the speculation cache whenever round 1 was a covered
+outcome, so hits, misses, rejections, residual draws and bonus tokens are all exercised.
+The verification math itself is proven by exact enumeration in test_verification.py; this
+test checks the plumbing around it (the shipped q is the sampled q, RNG roles are separate,
+cached branches are drawn under the right context).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from saguaro import LLM, SamplingParams
+from saguaro.config import EngineConfig
+from saguaro.services.draft.settings import DraftSettings
+from saguaro.services.target.local import speculative_engine
+from saguaro.tiny_models import build_tiny_model, perturbed_copy
+from saguaro.v1 import speculation_pb2 as pb
+from tests_support import hf_logits
+
+VOCAB = 10
+PROMPT = [4, 7, 3]
+SAMPLES = 3000
+SIGNIFICANCE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_vocab")
+    target = build_tiny_model(root / "target", vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                              init_range=0.6, seed=4, with_tokenizer=False)
+    draft = perturbed_copy(target, root / "draft", noise=0.6, seed=5)
+    return str(target), str(draft)
+
+
+@pytest.fixture(scope="module")
+def exact_law(pair):
+    """P(t2, t3) under the target at temperature 1 (t1 marginalised), [V, V]."""
+    target, _ = pair
+    p1 = hf_logits(target, PROMPT)[-1].softmax(-1)
+    law = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
+    for t1 in range(VOCAB):
+        p2 = hf_logits(target, PROMPT + [t1])[-1].softmax(-1)
+        for t2 in range(VOCAB):
+            p3 = hf_logits(target, PROMPT + [t1, t2])[-1].softmax(-1)
+            law[t2] += p1[t1].double() * p2[t2].double() * p3.double()
+    return law
+
+
+def sample_pairs(engine) -> torch.Tensor:
+    llm = LLM.from_engine(engine, None)
+    params = [SamplingParams(max_tokens=3, temperature=1.0, seed=i, ignore_eos=True) for i in range(SAMPLES)]
+    outputs = llm.generate([PROMPT] * SAMPLES, params)
+    counts = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
+    for o in outputs:
+        counts[o.token_ids[1], o.token_ids[2]] += 1
+    return counts, outputs
+
+
+def assert_same_law(counts: torch.Tensor, law: torch.Tensor) -> None:
+    expected = (law / law.sum() * counts.sum()).flatten()  # fp32 softmax sums to 1 only to ~1e-7
+    observed = counts.flatten()
+    order = torch.argsort(expected)
+    small = expected[order].cumsum(0) < 5 * 4  # pool the rarest cells into one bucket (expected >= 20)
+    pooled = order[small]
+    keep = order[~small]
+    obs = torch.cat([observed[keep], observed[pooled].sum().view(1)])
+    exp = torch.cat([expected[keep], expected[pooled].sum().view(1)])
+    stat = chisquare(obs.numpy(), exp.numpy())
+    assert stat.pvalue > SIGNIFICANCE, f"chi-square p-value {stat.pvalue:.2e} (statistic {stat.statistic:.1f})"
+
+
+CONFIGS = {
+    "ar": dict(mode="ar"),
+    "sd": dict(mode="sd", settings=DraftSettings(k=1, fan_out=2)),
+    "ssd_c1": dict(mode="ssd", settings=DraftSettings(k=1, fan_out=4)),
+    "ssd_c05": dict(mode="ssd", settings=DraftSettings(k=1, fan_out=4, downweight=0.5)),
+    "ssd_fast_backup": dict(mode="ssd", settings=DraftSettings(k=2, fan_out=2, backup_policy=pb.BACKUP_POLICY_FAST)),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_sampled_output_has_the_target_law(pair, exact_law, name):
+    target, draft = pair
+    cfg = CONFIGS[name]
+    make = lambda model: EngineConfig(model=model, max_num_seqs=64, block_size=8, kv_cache_bytes=1 << 24,  # noqa: E731
+                                      show_progress=False)
+    engine = speculative_engine(make(target), cfg["mode"], make(draft), cfg.get("settings"))
+    try:
+        counts, outputs = sample_pairs(engine)
+    finally:
+        if engine.proposer is not None:
+            engine.proposer.close()
+    assert_same_law(counts, exact_law)
+    if cfg["mode"] != "ar":
+        stats = [o.stats for o in outputs]
+        assert sum(s["spec_rounds"] for s in stats) > 0
+        if name.startswith("ssd_c"):
+            assert sum(s["cache_hits"] for s in stats) > SAMPLES // 10, "the cache path must be exercised"
+            assert sum(sum(s["accepted_per_position"]) for s in stats) > 0
+        if name == "ssd_fast_backup":
+            assert sum(s["backups_fast"] for s in stats) > 0
+
+
+def test_the_chi_square_check_detects_a_wrong_law(pair, exact_law):
+    """Guard against a vacuous test: sampling at the wrong temperature must be rejected."""
+    target, _ = pair
+    engine = speculative_engine(EngineConfig(model=target, max_num_seqs=64, show_progress=False), "ar")
+    llm = LLM.from_engine(engine, None)
+    params = [SamplingParams(max_tokens=3, temperature=0.8, seed=i, ignore_eos=True) for i in range(SAMPLES)]
+    counts = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
+    for o in llm.generate([PROMPT] * SAMPLES, params):
+        counts[o.token_ids[1], o.token_ids[2]] += 1
+    with pytest.raises(AssertionError, match="chi-square"):
+        assert_same_law(counts, exact_law)
