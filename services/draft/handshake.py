@@ -64,6 +64,14 @@ def pairing_problems(request: pb.HandshakeRequest, draft: pb.ModelFacts) -> list
     return problems
 
 
+def choose_transport(request: pb.HandshakeRequest, ours: pb.HostIdentity) -> int:
+    """The fast path when the target offers it from this very host (same boot id), else gRPC."""
+    same_host = bool(ours.boot_id) and request.host.boot_id == ours.boot_id
+    if same_host and pb.TRANSPORT_TORCH_DISTRIBUTED in request.transports_offered:
+        return pb.TRANSPORT_TORCH_DISTRIBUTED
+    return pb.TRANSPORT_GRPC
+
+
 def answer_handshake(request: pb.HandshakeRequest, facts: pb.ModelFacts, instance_id: str) -> tuple[pb.HandshakeResponse, DraftSettings | None]:
     """Check the pair and the session settings; on success return the settings to use."""
     response = pb.HandshakeResponse(draft_model=facts, protocol_version=PROTOCOL_VERSION, host=host_identity(),
@@ -80,7 +88,7 @@ def answer_handshake(request: pb.HandshakeRequest, facts: pb.ModelFacts, instanc
         response.error_message = "; ".join(problems)
         return response, None
     response.accepted = True
-    response.chosen_transport = pb.TRANSPORT_GRPC
+    response.chosen_transport = choose_transport(request, response.host)
     response.session_id = uuid.uuid4().hex
     return response, settings
 

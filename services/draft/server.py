@@ -9,6 +9,7 @@ order: answer a request, then build the speculation cache, then read the next re
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import uuid
 from concurrent import futures
@@ -16,6 +17,7 @@ from concurrent import futures
 import grpc
 
 from saguaro.config import EngineConfig
+from saguaro.p2p import P2PLink
 from saguaro.services.draft.handshake import answer_handshake, model_facts
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.draft.tree import tree_scratch_slots
@@ -44,30 +46,66 @@ class SpeculationService(pb_grpc.SpeculationServicer):
         if not response.accepted:
             log.warning("refused target %s: %s", request.target_instance_id, response.error_message)
             return response
-        with self._lock:
+        with self._lock:  # waits for the previous session's current request to finish
             self.worker = None
             if tree_scratch_slots(0, settings.k, settings.budget) > self.runner.lookahead_slots:
                 self.runner = draft_runner(self.config, settings)  # the session needs more scratch room
             self.runner.reset_cache()  # a new session starts with no sequences
             self.worker = DraftWorker(self.runner, settings, build_cache=self.build_cache)
             self.session_id = response.session_id
+        if response.chosen_transport == pb.TRANSPORT_TORCH_DISTRIBUTED:
+            port = free_port()
+            response.transport_params["host"] = "127.0.0.1"
+            response.transport_params["port"] = str(port)
+            threading.Thread(target=self._serve_p2p, args=(response.session_id, port), daemon=True,
+                             name="draft-p2p").start()
         log.info("session %s: K=%d, fan-out %s, backup %s", response.session_id, settings.k, settings.fan_out_hit,
                  pb.BackupPolicy.Name(settings.backup_policy))
         return response
 
+    def _serve_one(self, session: str, request: pb.SpeculationRequest) -> pb.SpeculationResponse | None:
+        """Answer one request of ``session``; None once a newer handshake replaced it."""
+        with self._lock:
+            if session != self.session_id or self.worker is None:
+                return None
+            return self.worker.handle(request)
+
+    def _build(self, session: str) -> None:
+        with self._lock:
+            if session == self.session_id and self.worker is not None:
+                self.worker.build()
+
+    def _serve_p2p(self, session: str, port: int) -> None:
+        try:
+            link = P2PLink("127.0.0.1", port, rank=1)
+            while True:
+                response = self._serve_one(session, pb.SpeculationRequest.FromString(link.recv()))
+                if response is None:
+                    return
+                link.send(response.SerializeToString())
+                self._build(session)
+        except Exception as exc:  # the target went away or the link broke: the session ends
+            log.info("fast-path session %s ended: %s", session, exc)
+
     def Session(self, requests, context):
         session = dict(context.invocation_metadata()).get("saguaro-session-id", "")
-        worker = self.worker
-        if worker is None or session != self.session_id:
+        if not session or session != self.session_id:
             error = pb.SpeculationError(code=pb.ERROR_CODE_NO_SESSION, fatal=True,
                                         message="no handshake for this session id; call Handshake first")
             yield pb.SpeculationResponse(error=error)
             return
         for request in requests:
-            if session != self.session_id:
+            response = self._serve_one(session, request)
+            if response is None:
                 return  # superseded by a newer handshake
-            yield worker.handle(request)
-            worker.build()
+            yield response
+            self._build(session)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def serve(config: EngineConfig, address: str, settings: DraftSettings | None = None, build_cache: bool = True) -> grpc.Server:

@@ -84,13 +84,15 @@ class InProcessChannel:
                 self._thread.join(timeout=10)
 
 
-class GrpcChannel:
-    """The ``Speculation.Session`` bidirectional stream over TCP or a Unix socket."""
+class RemoteChannel:
+    """A draft service in another process: handshake over gRPC, rounds over the transport the
+    draft chose — the ``Session`` bidirectional stream, or the torch.distributed fast path
+    when both run on one host (offered unless ``fast_path=False``)."""
 
-    name = "grpc"
-
-    def __init__(self, address: str):
+    def __init__(self, address: str, fast_path: bool = True):
         self.address = address
+        self.fast_path = fast_path
+        self.name = "grpc"
         self._channel = grpc.insecure_channel(address, options=[
             ("grpc.max_send_message_length", 256 << 20),
             ("grpc.max_receive_message_length", 256 << 20),
@@ -101,17 +103,31 @@ class GrpcChannel:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._closed = False
-        self._reader: threading.Thread | None = None
+        self._open = False
 
     def handshake(self, request: pb.HandshakeRequest, timeout: float) -> pb.HandshakeResponse:
-        response = self._stub.Handshake(request, timeout=timeout)
-        if response.accepted:
+        offer = pb.HandshakeRequest()
+        offer.CopyFrom(request)
+        offer.transports_offered[:] = ([pb.TRANSPORT_TORCH_DISTRIBUTED] if self.fast_path else []) + [pb.TRANSPORT_GRPC]
+        response = self._stub.Handshake(offer, timeout=timeout)
+        if not response.accepted:
+            return response
+        if response.chosen_transport == pb.TRANSPORT_TORCH_DISTRIBUTED:
+            from saguaro.p2p import P2PLink
+
+            params = response.transport_params
+            link = P2PLink(params["host"], int(params["port"]), rank=0, timeout_s=max(timeout, 10.0))
+            self.name = "torch.distributed"
+            worker = threading.Thread(target=self._p2p_loop, args=(link,), name="draft-p2p", daemon=True)
+        else:
             metadata = (("saguaro-session-id", response.session_id),)
             self._responses = self._stub.Session(self._requests(), metadata=metadata)
-            self._reader = threading.Thread(target=self._read, name="draft-reader", daemon=True)
-            self._reader.start()
+            worker = threading.Thread(target=self._read_stream, name="draft-reader", daemon=True)
+        self._open = True
+        worker.start()
         return response
 
+    # -- gRPC stream ----------------------------------------------------------------------
     def _requests(self):
         while True:
             request = self._outbox.get()
@@ -119,17 +135,35 @@ class GrpcChannel:
                 return
             yield request
 
-    def _read(self) -> None:
+    def _read_stream(self) -> None:
         try:
             for response in self._responses:
-                with self._lock:
-                    future = self._pending.pop(response.round_id, None)
-                if future is not None:
-                    future.set_result(response)
+                self._resolve(response)
         except grpc.RpcError as exc:
             self._fail(ChannelClosed(f"draft stream to {self.address} ended: {exc.code().name} {exc.details()}"))
             return
         self._fail(ChannelClosed(f"draft stream to {self.address} closed"))
+
+    # -- torch.distributed ----------------------------------------------------------------
+    def _p2p_loop(self, link) -> None:
+        """Requests and replies alternate strictly, as the draft serves them."""
+        try:
+            while True:
+                request = self._outbox.get()
+                if request is None:
+                    link.close_signal()
+                    return
+                link.send(request.SerializeToString())
+                self._resolve(pb.SpeculationResponse.FromString(link.recv()))
+        except Exception as exc:  # gloo reports a dead peer as a RuntimeError
+            self._fail(ChannelClosed(f"fast path to the draft failed: {exc}"))
+
+    # -- shared ---------------------------------------------------------------------------
+    def _resolve(self, response: pb.SpeculationResponse) -> None:
+        with self._lock:
+            future = self._pending.pop(response.round_id, None)
+        if future is not None:
+            future.set_result(response)
 
     def _fail(self, exc: Exception) -> None:
         with self._lock:
@@ -141,8 +175,8 @@ class GrpcChannel:
     def submit(self, request: pb.SpeculationRequest) -> Future:
         future: Future = Future()
         with self._lock:
-            if self._closed or self._reader is None:
-                future.set_exception(ChannelClosed(f"draft stream to {self.address} is not open"))
+            if self._closed or not self._open:
+                future.set_exception(ChannelClosed(f"draft session with {self.address} is not open"))
                 return future
             request.round_id = next(self._ids)
             self._pending[request.round_id] = future

@@ -12,7 +12,7 @@ from saguaro.tokenizer import load_tokenizer
 from saguaro.services.draft.handshake import answer_handshake, model_facts
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.draft.worker import DraftWorker, draft_runner
-from saguaro.services.target.channels import DraftChannel, GrpcChannel, InProcessChannel
+from saguaro.services.target.channels import DraftChannel, InProcessChannel, RemoteChannel
 from saguaro.services.target.engine import SpeculativeEngine
 
 
@@ -34,16 +34,18 @@ def speculative_engine(
     draft: EngineConfig | None = None,
     settings: DraftSettings | None = None,
     draft_address: str | None = None,
+    fast_path: bool = True,
     **proposer_options,
 ) -> SpeculativeEngine:
     """``mode='sd'`` keeps the draft in this process (the synchronous baseline); ``'ssd'`` talks
     to the draft service at ``draft_address`` over gRPC, or runs an in-process draft worker on
-    its own thread when no address is given."""
+    its own thread when no address is given. ``fast_path`` offers the torch.distributed link,
+    which a draft on the same host accepts."""
     if mode == "ar":
         return SpeculativeEngine(target, "ar")
     settings = settings or DraftSettings()
     if draft_address is not None:
-        connect = lambda: GrpcChannel(draft_address)  # noqa: E731
+        connect = lambda: RemoteChannel(draft_address, fast_path)  # noqa: E731
     elif draft is not None:
         draft = replace(draft, max_model_len=target.max_model_len or draft.max_model_len)
         connect = in_process_connector(draft, settings, build_cache=mode == "ssd")

@@ -354,10 +354,11 @@ def prompt_from_proto(request: pb.GenerateRequest, tokenizer) -> list[int]:
 def speculation_to_proto(stats: dict) -> pb.SpeculationStats:
     k = stats.get("lookahead_k", 0)
     accepted = stats.get("accepted_per_position", [])
+    mode = stats.get("mode", "ar")
     transport = stats.get("transport", "")
     return pb.SpeculationStats(
-        decode_mode=MODE_TO_PROTO.get(stats.get("mode", "ar"), pb.DECODE_MODE_AR),
-        transport="" if transport == "none" else transport,
+        decode_mode=MODE_TO_PROTO.get(mode, pb.DECODE_MODE_AR),
+        transport="" if transport == "none" or mode == "ar" else transport,
         rounds=stats.get("rounds", 0),
         lookahead_k=k,
         mean_tokens_per_round=stats.get("tokens_per_round", 0.0),

@@ -51,6 +51,8 @@ CASES = [
     Case("ssd", "llama", "llama_draft_copy", 4, 6, 1, prefix_caching=False, transport="grpc"),
     Case("ssd", "llama", "llama_draft_random", 4, 3, 3, "fast", transport="grpc"),
     Case("ssd", "llama", "llama_draft_copy", 8, 1, 3, "fast", preempt=True, transport="grpc"),
+    Case("ssd", "llama", "llama_draft_perturbed", 4, 3, 2, transport="torch.distributed"),
+    Case("ssd", "qwen3", "qwen3_draft_perturbed", 8, 6, 1, "adaptive", preempt=True, transport="torch.distributed"),
     Case("sd", "llama", "llama_draft_perturbed", 4, 1, 1),
     Case("sd", "llama", "llama_draft_copy", 8, 6, 1, prefix_caching=False),
     Case("sd", "qwen3", "qwen3_draft_perturbed", 8, 3, 1, preempt=True),
@@ -88,10 +90,11 @@ def build(model_dirs, case: Case):
     draft = engine_config(model_dirs[case.draft], case, draft=True)
     server = None
     address = None
-    if case.transport == "grpc":
+    if case.transport != "inprocess":
         address = f"127.0.0.1:{free_port()}"
         server = serve(draft, address, settings)
-    engine = speculative_engine(target, case.mode, draft, settings, draft_address=address)
+    engine = speculative_engine(target, case.mode, draft, settings, draft_address=address,
+                                fast_path=case.transport == "torch.distributed")
     return engine, server
 
 

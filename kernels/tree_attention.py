@@ -1,0 +1,93 @@
+"""Tree attention: the draft's inner loop, one query per branch per step (ALGORITHM.md §3.7).
+
+The torch reference is ``TorchAttention`` on the metadata of
+:func:`saguaro.services.draft.tree.tree_step_metadata` (a dense [B, M, L] mask over the
+whole scratch region). The Triton kernel needs only the compact layout below — per-sequence
+committed length, per-branch fork depth, the step — and derives each branch's visible
+entries itself, so the host builds no mask and the device reads no other branch's K/V.
+
+``tree_attention`` has the ``AttentionBackend`` call signature plus the keyword ``tree``, so
+``functools.partial(tree_attention, tree=layout)`` is a backend the model can run a tree
+step with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saguaro.attention import AttentionMetadata, TorchAttention
+from saguaro.kernels.dispatch import Backend, use_triton
+from saguaro.kernels.kv_store import store_kv
+
+_reference = TorchAttention()
+
+
+@dataclass(frozen=True)
+class TreeStep:
+    """What the kernel needs to know about tree step ``step`` (the arguments of
+    ``tree_step_metadata``, as device tensors). Everything but ``step`` is fixed for the K
+    steps of a round: build it once and ``dataclasses.replace(tree, step=d)``."""
+
+    block_tables: Tensor  # [B, W] int32, block ids of each sequence's table (padded)
+    committed_lens: Tensor  # [B] int32, C per sequence
+    fork_depth: Tensor  # [B, M] int32, depth j_m of each branch
+    k: int
+    step: int
+    block_size: int
+
+    @classmethod
+    def build(
+        cls,
+        block_tables: list[list[int]],
+        committed_lens: list[int],
+        fork_depth: Tensor,
+        k: int,
+        step: int,
+        block_size: int,
+    ) -> TreeStep:
+        """Same arguments as ``tree_step_metadata``; tensors land on ``fork_depth``'s device."""
+        device = fork_depth.device
+        width = max(len(t) for t in block_tables)
+        tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables], dtype=torch.int32)
+        return cls(
+            block_tables=tables.to(device),
+            committed_lens=torch.tensor(committed_lens, dtype=torch.int32).to(device),
+            fork_depth=fork_depth.to(torch.int32).contiguous(),
+            k=k,
+            step=step,
+            block_size=block_size,
+        )
+
+
+def tree_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    *,
+    tree: TreeStep | None,
+    backend: Backend = "auto",
+) -> Tensor:
+    """Store this step's K/V, then attend: q [B*M, H, D] -> [B*M, H*D].
+
+    ``meta`` (from ``tree_step_metadata``) drives the reference; the Triton path reads only
+    its ``slot_mapping`` (for the store) and takes the visibility from ``tree``, which only
+    it needs (CPU callers may pass None).
+    """
+    if not use_triton(backend, q.device):
+        return _reference(q, k, v, k_cache, v_cache, meta, scale)
+    if tree is None:
+        raise ValueError("the Triton tree-attention path needs the TreeStep layout")
+    store_kv(k, v, k_cache, v_cache, meta, backend="triton")
+    from saguaro.kernels.tree_attention_triton import tree_attention_triton
+
+    return tree_attention_triton(
+        q, k_cache, v_cache, tree.block_tables, tree.committed_lens, tree.fork_depth,
+        tree.k, tree.step, tree.block_size, scale,
+    )
