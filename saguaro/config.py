@@ -172,6 +172,9 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     seed: int = 0
     show_progress: bool = True
+    # Benchmarks only: pad every forward to at least this long, to emulate an accelerator's
+    # step time on a CPU (real tokens, realistic target/draft cost ratio). See saguaro/emulation.py.
+    emulate_forward_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:

@@ -8,6 +8,7 @@ forward pass. Engines and services (AR, the target's verify, the draft's glue an
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from saguaro.attention import AttentionMetadata, causal_metadata, select_backend
 from saguaro.cache import BlockManager, KVCache, num_blocks_for_budget
 from saguaro.config import EngineConfig, ModelConfig, parse_dtype
+from saguaro.emulation import pad_to
 from saguaro.errors import ConfigError, ModelLoadError
 from saguaro.models import load_model
 
@@ -100,7 +102,8 @@ class ModelRunner:
         logits_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run prepared tokens; fp32 logits for ``logits_index`` rows (all rows if None)."""
-        return self.model(
+        started = time.perf_counter()
+        logits = self.model(
             input_ids.to(self.device),
             positions.to(self.device),
             self.kv.layers,
@@ -108,6 +111,9 @@ class ModelRunner:
             self.attention,
             None if logits_index is None else logits_index.to(self.device),
         )
+        if self.config.emulate_forward_s:
+            pad_to(started + self.config.emulate_forward_s)
+        return logits
 
     def run_causal(self, chunks: list[CausalChunk], all_logits: bool = False) -> torch.Tensor:
         """Causal forward of several sequences' new tokens.

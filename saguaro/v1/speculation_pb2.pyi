@@ -26,6 +26,12 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_BFLOAT16: _ClassVar[DType]
     DTYPE_FLOAT16: _ClassVar[DType]
 
+class FanOutPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAN_OUT_POLICY_UNSPECIFIED: _ClassVar[FanOutPolicy]
+    FAN_OUT_POLICY_LIST: _ClassVar[FanOutPolicy]
+    FAN_OUT_POLICY_GEOMETRIC: _ClassVar[FanOutPolicy]
+
 class BackupPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     BACKUP_POLICY_UNSPECIFIED: _ClassVar[BackupPolicy]
@@ -65,6 +71,9 @@ DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_BFLOAT16: DType
 DTYPE_FLOAT16: DType
+FAN_OUT_POLICY_UNSPECIFIED: FanOutPolicy
+FAN_OUT_POLICY_LIST: FanOutPolicy
+FAN_OUT_POLICY_GEOMETRIC: FanOutPolicy
 BACKUP_POLICY_UNSPECIFIED: BackupPolicy
 BACKUP_POLICY_JIT: BackupPolicy
 BACKUP_POLICY_FAST: BackupPolicy
@@ -119,7 +128,7 @@ class HostIdentity(_message.Message):
     def __init__(self, hostname: _Optional[str] = ..., boot_id: _Optional[str] = ..., ipc_namespace: _Optional[str] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., pod_uid: _Optional[str] = ...) -> None: ...
 
 class SpeculationConfig(_message.Message):
-    __slots__ = ("lookahead_k", "fan_out", "fan_out_budget", "fan_out_list_hit", "fan_out_list_miss", "backup_policy", "jit_max_batch_size", "saguaro_downweight", "probs_dtype", "max_batch_size", "max_model_len")
+    __slots__ = ("lookahead_k", "fan_out", "fan_out_budget", "fan_out_list_hit", "fan_out_list_miss", "backup_policy", "jit_max_batch_size", "saguaro_downweight", "probs_dtype", "max_batch_size", "max_model_len", "fan_out_policy")
     LOOKAHEAD_K_FIELD_NUMBER: _ClassVar[int]
     FAN_OUT_FIELD_NUMBER: _ClassVar[int]
     FAN_OUT_BUDGET_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +140,7 @@ class SpeculationConfig(_message.Message):
     PROBS_DTYPE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    FAN_OUT_POLICY_FIELD_NUMBER: _ClassVar[int]
     lookahead_k: int
     fan_out: int
     fan_out_budget: int
@@ -142,7 +152,8 @@ class SpeculationConfig(_message.Message):
     probs_dtype: DType
     max_batch_size: int
     max_model_len: int
-    def __init__(self, lookahead_k: _Optional[int] = ..., fan_out: _Optional[int] = ..., fan_out_budget: _Optional[int] = ..., fan_out_list_hit: _Optional[_Iterable[int]] = ..., fan_out_list_miss: _Optional[_Iterable[int]] = ..., backup_policy: _Optional[_Union[BackupPolicy, str]] = ..., jit_max_batch_size: _Optional[int] = ..., saguaro_downweight: _Optional[float] = ..., probs_dtype: _Optional[_Union[DType, str]] = ..., max_batch_size: _Optional[int] = ..., max_model_len: _Optional[int] = ...) -> None: ...
+    fan_out_policy: FanOutPolicy
+    def __init__(self, lookahead_k: _Optional[int] = ..., fan_out: _Optional[int] = ..., fan_out_budget: _Optional[int] = ..., fan_out_list_hit: _Optional[_Iterable[int]] = ..., fan_out_list_miss: _Optional[_Iterable[int]] = ..., backup_policy: _Optional[_Union[BackupPolicy, str]] = ..., jit_max_batch_size: _Optional[int] = ..., saguaro_downweight: _Optional[float] = ..., probs_dtype: _Optional[_Union[DType, str]] = ..., max_batch_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., fan_out_policy: _Optional[_Union[FanOutPolicy, str]] = ...) -> None: ...
 
 class HandshakeRequest(_message.Message):
     __slots__ = ("protocol_version", "target_model", "config", "transports_offered", "host", "target_instance_id")

@@ -20,6 +20,7 @@ class DraftSettings:
     jit_max_batch_size: int = 4
     downweight: float = 1.0
     probs_dtype: int = pb.DTYPE_FLOAT32
+    fan_out_policy: int = pb.FAN_OUT_POLICY_LIST
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -40,13 +41,9 @@ class DraftSettings:
         """M: branches per sequence."""
         return sum(self.fan_out_hit)
 
-    def use_jit(self, batch_size: int) -> bool:
-        """Backup for a miss: JIT drafts real samples (small batches); fast costs nothing."""
-        if self.backup_policy == pb.BACKUP_POLICY_FAST:
-            return False
-        if self.backup_policy == pb.BACKUP_POLICY_ADAPTIVE:
-            return batch_size <= self.jit_max_batch_size
-        return True
+    @property
+    def geometric(self) -> bool:
+        return self.fan_out_policy == pb.FAN_OUT_POLICY_GEOMETRIC
 
     def to_proto(self) -> pb.SpeculationConfig:
         config = pb.SpeculationConfig(
@@ -58,6 +55,7 @@ class DraftSettings:
             backup_policy=self.backup_policy,
             jit_max_batch_size=self.jit_max_batch_size,
             probs_dtype=self.probs_dtype,
+            fan_out_policy=self.fan_out_policy,
         )
         if self.downweight != 1.0:
             config.saguaro_downweight = self.downweight
@@ -74,5 +72,6 @@ class DraftSettings:
             jit_max_batch_size=config.jit_max_batch_size or 4,
             downweight=config.saguaro_downweight if config.HasField("saguaro_downweight") else 1.0,
             probs_dtype=config.probs_dtype or pb.DTYPE_FLOAT32,
+            fan_out_policy=config.fan_out_policy or pb.FAN_OUT_POLICY_LIST,
             seed=seed,
         )

@@ -31,6 +31,7 @@ from saguaro.speculative import proposal_codec
 from saguaro.speculative.fanout import fork_candidates, select_fan_out
 from saguaro.speculative.verification import proposal_probs
 from saguaro.v1 import speculation_pb2 as pb
+from saguaro.services.draft.policy import RoundEconomics
 from saguaro.services.draft.speculation_cache import CachedDraft, SpeculationCache
 from saguaro.services.draft.tree import tree_scratch_slots, tree_step_metadata
 from saguaro.services.draft.settings import DraftSettings
@@ -76,6 +77,9 @@ class DraftWorker:
         self.rng = torch.Generator().manual_seed(settings.seed)
         self.last_build_us = 0
         self._idle_since = time.perf_counter()
+        self._replied_at: float | None = None
+        self.economics = RoundEconomics(settings.k, settings.budget)
+        self.fan_out_hit, self.fan_out_miss = list(settings.fan_out_hit), list(settings.fan_out_miss)
 
     @property
     def k(self) -> int:
@@ -149,6 +153,8 @@ class DraftWorker:
     def speculate(self, request: pb.SpeculateRequest) -> pb.SpeculateReply:
         arrived = time.perf_counter()
         idle_us = int((arrived - self._idle_since) * 1e6)
+        if self._replied_at is not None:
+            self.economics.observe_cycle(arrived - self._replied_at)
         replies: list[pb.SpeculateRowReply] = []
         pending: list[PendingRow] = []
         misses: list[tuple[int, PendingRow]] = []
@@ -164,6 +170,7 @@ class DraftWorker:
             self._fill_misses(misses, replies, len(request.rows))
         backup_us = int((time.perf_counter() - lookup_done) * 1e6)
         self.pending = pending
+        self._replied_at = time.perf_counter()
         timings = pb.DraftTimings(
             lookup_us=int((lookup_done - arrived) * 1e6),
             backup_us=backup_us,
@@ -186,10 +193,13 @@ class DraftWorker:
             self.cache.drop(row.seq_id)
             return pb.SpeculateRowReply(seq_id=row.seq_id, status=pb.ROW_STATUS_OUT_OF_MEMORY), None
         cached = self.cache.take(row.seq_id, row.n_prev, row.recovery_token)
+        if row.n_prev >= 0:
+            self.economics.observe_outcome(row.n_prev)
         ship = row.draft_temperature > 0 and row.target_temperature > 0
         if cached is not None and (cached.probs is not None) != (row.draft_temperature > 0):
             cached = None  # built under another temperature regime: not a draw from this q
         plan = PendingRow(seq, row.recovery_token, [], cached is not None, row.draft_temperature, ship)
+        self.economics.observe_lookup(plan.hit)
         reply = pb.SpeculateRowReply(seq_id=row.seq_id, status=pb.ROW_STATUS_OK, hit=cached is not None)
         if cached is not None:
             plan.proposal = cached.tokens.tolist()
@@ -216,10 +226,12 @@ class DraftWorker:
         del kv[valid:]
 
     def _fill_misses(self, misses: list[tuple[int, PendingRow]], replies: list, batch_size: int) -> None:
-        use_jit = self.settings.use_jit(batch_size)
+        use_jit = self._use_jit(batch_size)
         plans = [p for _, p in misses]
         if use_jit:
+            started = time.perf_counter()
             tokens, probs = self._jit(plans)
+            self.economics.observe_jit(time.perf_counter() - started)
         else:
             tokens = [torch.randint(0, self.runner.vocab_size, (self.k,), generator=p.seq.generator) for p in plans]
             probs = [None] * len(plans)
@@ -231,6 +243,13 @@ class DraftWorker:
             reply.proposal_is_sample = use_jit
             if use_jit and plan.ship_probs:
                 reply.probs = proposal_codec.encode(q, self.settings.probs_dtype)
+
+    def _use_jit(self, batch_size: int) -> bool:
+        """Backup for a miss: JIT drafts real samples now; fast sends placeholders for free."""
+        policy = self.settings.backup_policy
+        if policy == pb.BACKUP_POLICY_ADAPTIVE:
+            return self.economics.use_jit(batch_size, self.settings.jit_max_batch_size)
+        return policy != pb.BACKUP_POLICY_FAST
 
     def _jit(self, plans: list[PendingRow]) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
         """Ordinary SD drafting for the given rows: K sequential draft steps from r."""
@@ -290,7 +309,9 @@ class DraftWorker:
         glue = self._glue(pending)
         proposals = torch.tensor([p.proposal for p in pending], dtype=torch.long)
         hit = torch.tensor([p.hit for p in pending])
-        fan = select_fan_out(hit, self.settings.fan_out_hit, self.settings.fan_out_miss)
+        if self.settings.geometric:
+            self.fan_out_hit = self.fan_out_miss = self.economics.geometric_lists(self.fan_out_hit)
+        fan = select_fan_out(hit, self.fan_out_hit, self.fan_out_miss)
         forks, depth = fork_candidates(glue, proposals, fan)
         temps = torch.tensor([p.draft_temperature for p in pending])
         gens = [s.generator for s in seqs]

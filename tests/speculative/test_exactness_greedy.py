@@ -39,6 +39,7 @@ class Case:
     prefix_caching: bool = True
     preempt: bool = False
     transport: str = "inprocess"
+    geometric: bool = False
 
 
 CASES = [
@@ -53,6 +54,8 @@ CASES = [
     Case("ssd", "llama", "llama_draft_copy", 8, 1, 3, "fast", preempt=True, transport="grpc"),
     Case("ssd", "llama", "llama_draft_perturbed", 4, 3, 2, transport="torch.distributed"),
     Case("ssd", "qwen3", "qwen3_draft_perturbed", 8, 6, 1, "adaptive", preempt=True, transport="torch.distributed"),
+    Case("ssd", "llama", "llama_draft_perturbed", 4, 3, 2, "adaptive", geometric=True),
+    Case("ssd", "qwen3", "qwen3_draft_perturbed", 1, 6, 2, geometric=True, transport="grpc"),
     Case("sd", "llama", "llama_draft_perturbed", 4, 1, 1),
     Case("sd", "llama", "llama_draft_copy", 8, 6, 1, prefix_caching=False),
     Case("sd", "qwen3", "qwen3_draft_perturbed", 8, 3, 1, preempt=True),
@@ -85,7 +88,9 @@ def engine_config(model: str, case: Case, draft: bool = False) -> EngineConfig:
 
 
 def build(model_dirs, case: Case):
-    settings = DraftSettings(k=case.k, fan_out=case.f, backup_policy=BACKUPS[case.backup], jit_max_batch_size=4)
+    policy = pb.FAN_OUT_POLICY_GEOMETRIC if case.geometric else pb.FAN_OUT_POLICY_LIST
+    settings = DraftSettings(k=case.k, fan_out=case.f, backup_policy=BACKUPS[case.backup], jit_max_batch_size=4,
+                             fan_out_policy=policy)
     target = engine_config(model_dirs[case.target], case)
     draft = engine_config(model_dirs[case.draft], case, draft=True)
     server = None

@@ -153,3 +153,22 @@ def test_explicit_fan_out_lists_shape_the_tree(model_dirs, fan_out_list):
     worker.build()
     depths = [j for (j, _) in worker.cache._by_seq[1]]
     assert [depths.count(j) for j in range(K + 1)] == fan_out_list
+
+
+def test_geometric_policy_reallocates_branches_from_reported_outcomes(model_dirs):
+    worker = make_worker(model_dirs["llama_draft_copy"], fan_out=2, fan_out_policy=pb.FAN_OUT_POLICY_GEOMETRIC)
+    prefill(worker, 1, PROMPT)
+    committed = len(PROMPT)
+    proposal = list(speculate(worker, [row(1, -1, 11, committed)]).rows[0].tokens)
+    worker.build()
+    recovery = 11
+    for _ in range(6):  # the target accepts everything each round: n = K
+        new = [recovery] + proposal
+        committed += len(new)
+        recovery = 12
+        proposal = list(speculate(worker, [row(1, K, recovery, committed, new)]).rows[0].tokens)
+        worker.build()
+    assert sum(worker.fan_out_hit) == worker.settings.budget
+    assert worker.fan_out_hit[K] == max(worker.fan_out_hit) and worker.fan_out_hit != [2] * (K + 1)
+    depths = [j for (j, _) in worker.cache._by_seq[1]]
+    assert [depths.count(j) for j in range(K + 1)] == worker.fan_out_hit

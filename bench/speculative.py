@@ -1,0 +1,220 @@
+"""AR vs synchronous SD vs SSD on a real draft/target pair, side by side in one run.
+
+Target and draft run in separate processes on separate cores for SSD (the draft is a
+``saguaro draft`` service pinned to core 1, the target runs here on core 0, one thread each);
+SD keeps its draft in the target's process, as the synchronous baseline does. Two regimes:
+
+* ``raw``: plain CPU timings of these small models;
+* ``emulated``: every target forward padded to 15 ms and every draft forward to 2 ms (profile
+  ``h100-70b-1b``), so the overlap SSD exploits is measured at accelerator-like cost ratios.
+
+Every request decodes exactly ``--new-tokens`` tokens greedily (EOS ignored); the outputs of
+every mode are checked to be identical. transformers ``generate`` and assisted generation
+(``assistant_model=``) run on the same pair and prompts as the peer (raw CPU, batch 1).
+
+    python bench/speculative.py                       # both regimes, batch 1 and 4
+    python bench/speculative.py --regimes emulated --batch-sizes 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import DEFAULT_MODELS, load_prompts, markdown_table, pin_threads
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    regime: str
+    batch: int
+    mode: str
+    k: int
+    tokens_per_s: float
+    tokens_per_round: float = 0.0
+    acceptance: list[float] = field(default_factory=list)
+    hit_rate: float = 0.0
+    jit: int = 0
+    fast: int = 0
+    transport: str = "none"
+    outputs: list[list[int]] = field(default_factory=list, repr=False)
+
+
+def summarise(regime: str, batch: int, mode: str, k: int, outputs, seconds: float) -> Result:
+    stats = [o.stats for o in outputs]
+    tokens = sum(len(o.token_ids) for o in outputs)
+    rounds = sum(s.get("rounds", 0) for s in stats)
+    spec_rounds = sum(s.get("spec_rounds", 0) for s in stats)
+    accepted = [sum(s["accepted_per_position"][i] for s in stats if s.get("accepted_per_position")) for i in range(k)]
+    hits = sum(s.get("cache_hits", 0) for s in stats)
+    lookups = hits + sum(s.get("cache_misses", 0) for s in stats)
+    return Result(
+        regime, batch, mode, k, tokens / seconds,
+        tokens_per_round=sum(s.get("tokens_from_rounds", 0) for s in stats) / rounds if rounds else 0.0,
+        acceptance=[round(a / spec_rounds, 3) for a in accepted] if spec_rounds else [],
+        hit_rate=hits / lookups if lookups else 0.0,
+        jit=sum(s.get("backups_jit", 0) for s in stats),
+        fast=sum(s.get("backups_fast", 0) for s in stats),
+        transport=stats[0].get("transport", "none") if stats else "none",
+        outputs=[o.token_ids for o in outputs],
+    )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_draft(args, port: int, draft_ms: float | None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "saguaro.cli", "draft", "--model", str(args.draft), "--port", str(port),
+           "--k", str(args.ssd_k), "--fan-out", str(args.ssd_fan_out), "--kv-cache-bytes", str(1 << 28)]
+    if draft_ms:
+        cmd += ["--emulate-forward-ms", str(draft_ms)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cores = sorted(os.sched_getaffinity(0))
+    draft_core = {cores[-1]}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: os.sched_setaffinity(0, draft_core))
+    line = proc.stdout.readline()
+    if "listening" not in line:
+        proc.kill()
+        raise SystemExit(f"draft service failed to start: {line!r}")
+    return proc
+
+
+def run_mode(args, regime: str, batch: int, mode: str, k: int, prompts, profile) -> Result:
+    from saguaro import SamplingParams
+    from saguaro.config import EngineConfig
+    from saguaro.llm import LLM
+    from saguaro.services.draft.settings import DraftSettings
+    from saguaro.services.target.local import speculative_engine
+    from saguaro.v1 import speculation_pb2 as pb
+
+    target_s, draft_s = profile if profile else (None, None)
+    common = dict(max_num_seqs=batch, kv_cache_bytes=1 << 28, show_progress=False)
+    target = EngineConfig(model=str(args.target), emulate_forward_s=target_s, **common)
+    draft = EngineConfig(model=str(args.draft), emulate_forward_s=draft_s, **common)
+    policy = {"jit": pb.BACKUP_POLICY_JIT, "fast": pb.BACKUP_POLICY_FAST, "adaptive": pb.BACKUP_POLICY_ADAPTIVE}
+    fan_out = args.ssd_fan_out if mode == "ssd" else 1
+    settings = DraftSettings(k=max(k, 1), fan_out=fan_out, backup_policy=policy[args.backup])
+    draft_proc = None
+    address = None
+    if mode == "ssd":
+        port = free_port()
+        draft_proc = start_draft(args, port, draft_s * 1000 if draft_s else None)
+        address = f"127.0.0.1:{port}"
+    engine = speculative_engine(target, mode, draft if mode == "sd" else None, settings, draft_address=address,
+                                fast_path=args.transport == "torch.distributed")
+    try:
+        llm = LLM.from_engine(engine, None)
+        params = SamplingParams(max_tokens=args.new_tokens, ignore_eos=True)
+        llm.generate(prompts[:1], SamplingParams(max_tokens=8, ignore_eos=True))  # warm-up
+        start = time.perf_counter()
+        outputs = llm.generate(prompts, params)
+        seconds = time.perf_counter() - start
+    finally:
+        if engine.proposer is not None:
+            engine.proposer.close()
+        if draft_proc is not None:
+            draft_proc.kill()
+            draft_proc.wait()
+    return summarise(regime, batch, mode, k, outputs, seconds)
+
+
+def run_peers(args, prompts) -> dict[str, float]:
+    """transformers generate and assisted generation, batch 1, raw CPU (the peer)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32).eval()
+    draft = AutoModelForCausalLM.from_pretrained(args.draft, dtype=torch.float32).eval()
+    out = {}
+    for name, extra in (("transformers generate", {}), ("transformers assisted", {"assistant_model": draft})):
+        tokens, start = 0, time.perf_counter()
+        for p in prompts:
+            ids = torch.tensor([p])
+            with torch.inference_mode():
+                gen = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
+                                      min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=2, **extra)
+            tokens += gen.shape[1] - ids.shape[1]
+        out[name] = tokens / (time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", type=Path, default=DEFAULT_MODELS / "target")
+    parser.add_argument("--draft", type=Path, default=DEFAULT_MODELS / "draft")
+    parser.add_argument("--prompts", type=Path, default=DEFAULT_MODELS / "prompts.jsonl")
+    parser.add_argument("--num-prompts", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--regimes", nargs="+", choices=["raw", "emulated"], default=["raw", "emulated"])
+    parser.add_argument("--profile", default="h100-70b-1b", help="emulation profile (saguaro/emulation.py)")
+    parser.add_argument("--sd-ks", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 7], help="SD lookaheads swept; the best is reported")
+    parser.add_argument("--ssd-k", type=int, default=5)
+    parser.add_argument("--ssd-fan-out", type=int, default=3)
+    parser.add_argument("--backup", choices=["jit", "fast", "adaptive"], default="jit")
+    parser.add_argument("--transport", choices=["grpc", "torch.distributed"], default="torch.distributed")
+    parser.add_argument("--json", type=Path, default=None, help="also write all results here")
+    args = parser.parse_args()
+    pin_threads(1)
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+
+    from saguaro.emulation import PROFILES
+    from saguaro.tokenizer import load_tokenizer
+
+    prompts = load_prompts(args.prompts, load_tokenizer(args.target), args.num_prompts)
+    results: list[Result] = []
+    for regime in args.regimes:
+        profile = PROFILES[args.profile] if regime == "emulated" else None
+        for batch in args.batch_sizes:
+            results.append(run_mode(args, regime, batch, "ar", 0, prompts, profile))
+            results += [run_mode(args, regime, batch, "sd", k, prompts, profile) for k in args.sd_ks]
+            results.append(run_mode(args, regime, batch, "ssd", args.ssd_k, prompts, profile))
+            print(f"done: {regime} batch {batch}", file=sys.stderr, flush=True)
+    reference = results[0].outputs
+    mismatched = [f"{r.regime}/{r.batch}/{r.mode}{r.k}" for r in results if r.outputs != reference]
+
+    rows = []
+    for regime in args.regimes:
+        for batch in args.batch_sizes:
+            group = [r for r in results if r.regime == regime and r.batch == batch]
+            ar = next(r for r in group if r.mode == "ar")
+            best_sd = max((r for r in group if r.mode == "sd"), key=lambda r: r.tokens_per_s)
+            ssd = next(r for r in group if r.mode == "ssd")
+            for r in [ar, *[g for g in group if g.mode == "sd"], ssd]:
+                label = f"{r.mode.upper()}" + (f" K={r.k}" if r.k else "") + (" (best SD)" if r is best_sd else "")
+                rows.append([regime, batch, label, round(r.tokens_per_s, 1), round(r.tokens_per_s / ar.tokens_per_s, 2),
+                             round(r.tokens_per_round, 2), r.acceptance, round(r.hit_rate, 2), f"{r.jit}/{r.fast}",
+                             r.transport])
+            if regime == "emulated":
+                target_s = PROFILES[args.profile][0]
+                ideal = ssd.tokens_per_round * batch / target_s
+                rows.append([regime, batch, "bars", "", "", "", f"SSD/best SD = {ssd.tokens_per_s / best_sd.tokens_per_s:.2f} (bar 1.3)",
+                             f"SSD/AR = {ssd.tokens_per_s / ar.tokens_per_s:.2f} (bar 2.5)",
+                             f"SSD/ideal = {ssd.tokens_per_s / ideal:.2f} (bar 0.85)", ""])
+    print(markdown_table(["regime", "batch", "mode", "tok/s", "vs AR", "tok/round", "acceptance/pos", "hit rate",
+                          "jit/fast backups", "transport"], rows))
+    peers = run_peers(args, prompts)
+    print()
+    print(markdown_table(["peer (raw CPU, batch 1)", "tok/s"], [[k, round(v, 1)] for k, v in peers.items()]))
+    print(f"\nidentical outputs across all modes: {'yes' if not mismatched else 'NO: ' + ', '.join(mismatched)}")
+    if args.json:
+        args.json.write_text(json.dumps({"results": [{k: v for k, v in vars(r).items() if k != "outputs"} for r in results],
+                                         "peers": peers}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
