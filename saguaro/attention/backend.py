@@ -61,7 +61,10 @@ class TorchAttention:
         batch, width = meta.context_slots.shape
         flat = meta.context_slots.view(-1)
         # index_select is several times faster than advanced indexing for this gather.
-        queries = q.index_select(0, meta.query_index.view(-1)).view(batch, -1, heads, dim).transpose(1, 2)
+        if meta.mask is None:  # one query per sequence, in order: no gather needed
+            queries = q.view(batch, 1, heads, dim).transpose(1, 2)
+        else:
+            queries = q.index_select(0, meta.query_index.view(-1)).view(batch, -1, heads, dim).transpose(1, 2)
         keys = k_cache.index_select(0, flat).view(batch, width, -1, dim).transpose(1, 2)  # [B, Hkv, L, D]
         values = v_cache.index_select(0, flat).view(batch, width, -1, dim).transpose(1, 2)
         mask = None if meta.mask is None else meta.mask[:, None]

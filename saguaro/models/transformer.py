@@ -55,14 +55,16 @@ class DecoderLayer(nn.Module):
         cfg = self.cfg
         x = rms_norm(hidden, self.input_norm, cfg.rms_norm_eps)
         qkv = F.linear(x, self.qkv_weight, self.qkv_bias)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(-1, cfg.num_heads, cfg.head_dim)
-        k = k.view(-1, cfg.num_kv_heads, cfg.head_dim)
-        v = v.view(-1, cfg.num_kv_heads, cfg.head_dim)
-        if self.q_norm is not None:
-            q = rms_norm(q, self.q_norm, cfg.rms_norm_eps)
-            k = rms_norm(k, self.k_norm, cfg.rms_norm_eps)
-        q, k = apply_rotary(q, k, cos_sin)
+        heads, kv_heads = cfg.num_heads, cfg.num_kv_heads
+        if self.q_norm is None:
+            # q and k are adjacent in the fused output: rotate both with one set of ops
+            qk = apply_rotary(qkv[:, : self.q_size + self.kv_size].view(-1, heads + kv_heads, cfg.head_dim), cos_sin)
+            q, k = qk.split([heads, kv_heads], dim=1)
+        else:
+            q, k = qkv[:, : self.q_size + self.kv_size].split([self.q_size, self.kv_size], dim=-1)
+            q = apply_rotary(rms_norm(q.view(-1, heads, cfg.head_dim), self.q_norm, cfg.rms_norm_eps), cos_sin)
+            k = apply_rotary(rms_norm(k.view(-1, kv_heads, cfg.head_dim), self.k_norm, cfg.rms_norm_eps), cos_sin)
+        v = qkv[:, self.q_size + self.kv_size :].view(-1, kv_heads, cfg.head_dim)
         attn = attention(q, k, v, kv[0], kv[1], meta, self.scale)
         hidden = hidden + F.linear(attn, self.o_weight)
         x = rms_norm(hidden, self.post_attn_norm, cfg.rms_norm_eps)

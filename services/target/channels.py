@@ -104,7 +104,8 @@ class RemoteChannel:
         self._ids = itertools.count(1)
         self._closed = False
         self._open = False
-
+        self._worker: threading.Thread | None = None
+        atexit.register(self.close)  # end the session cleanly before the interpreter tears down
     def handshake(self, request: pb.HandshakeRequest, timeout: float) -> pb.HandshakeResponse:
         offer = pb.HandshakeRequest()
         offer.CopyFrom(request)
@@ -124,6 +125,7 @@ class RemoteChannel:
             self._responses = self._stub.Session(self._requests(), metadata=metadata)
             worker = threading.Thread(target=self._read_stream, name="draft-reader", daemon=True)
         self._open = True
+        self._worker = worker
         worker.start()
         return response
 
@@ -184,6 +186,11 @@ class RemoteChannel:
         return future
 
     def close(self) -> None:
+        if self._closed and not self._open:
+            return
         self._outbox.put(None)
         self._fail(ChannelClosed("channel closed by the target"))
+        self._open = False
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=2)
         self._channel.close()
