@@ -34,18 +34,19 @@ def fork_candidates(
     batch, k1, vocab = glue_logits.shape
     if tuple(draft_tokens.shape) != (batch, k1 - 1):
         raise ValueError(f"draft_tokens shape {tuple(draft_tokens.shape)} != (B, K) = {(batch, k1 - 1)}")
-    table, branches = _fan_out_table(fan_out, batch, k1, vocab, glue_logits.device)
+    table, branches, max_fan_out = _fan_out_table(fan_out, batch, k1, vocab, glue_logits.device)
     from saguaro.kernels.fork_triton import fork_triton
 
-    return fork_triton(glue_logits, draft_tokens, table, branches)
+    return fork_triton(glue_logits, draft_tokens.to(glue_logits.device), table, branches, max_fan_out)
 
 
 def _fan_out_table(
     fan_out: Sequence[int] | Tensor, batch: int, k1: int, vocab: int, device: torch.device
-) -> tuple[Tensor, int]:
-    """Per-row fan-out [B, K+1] on ``device`` and M, checked as the reference checks it.
+) -> tuple[Tensor, int, int]:
+    """Per-row fan-out [B, K+1] on ``device``, M and max F_j, checked as the reference checks it.
 
-    Reads the table on the host (M sizes the output), like the reference does.
+    Reads the table on the host (M sizes the output, max F_j the kernel's candidate list),
+    like the reference does.
     """
     if isinstance(fan_out, Tensor):
         host = fan_out.to(device="cpu", dtype=torch.long).expand(batch, k1)
@@ -58,4 +59,4 @@ def _fan_out_table(
         raise ValueError(f"fan_out entries must be in [0, V-1] (depth K: [0, V]), V={vocab}")
     if bool((sums != sums[0]).any()) or int(sums[0]) < 1:
         raise ValueError(f"fan_out rows must share one positive sum M, got {sums.tolist()}")
-    return host.to(device), int(sums[0])
+    return host.to(device), int(sums[0]), int(host.max())

@@ -1,8 +1,8 @@
 """Triton kernel: scatter new tokens' K/V into their paged-cache slots (slot -1 = skip).
 
-One program per new token copies its [Hkv, D] rows of K and V. A skipped token's
-program branches out before any load, so skipped tokens cost no memory traffic and prefill, verify and tree
-steps (which may leave tokens uncached) share one kernel.
+One program per new token copies its [Hkv, D] rows of K and V. A skipped token's program
+branches out before any load, so skipped tokens cost no memory traffic, and prefill, verify
+and tree steps (which may leave tokens uncached) share one kernel with no host-side filter.
 """
 
 from __future__ import annotations

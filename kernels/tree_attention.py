@@ -1,10 +1,11 @@
 """Tree attention: the draft's inner loop, one query per branch per step (ALGORITHM.md §3.7).
 
 The torch reference is ``TorchAttention`` on the metadata of
-:func:`saguaro.services.draft.tree.tree_step_metadata` (a dense [B, M, L] mask over the
-whole scratch region). The Triton kernel needs only the compact layout below — per-sequence
-committed length, per-branch fork depth, the step — and derives each branch's visible
-entries itself, so the host builds no mask and the device reads no other branch's K/V.
+:func:`saguaro.services.draft.tree.tree_step_metadata` (a dense [B, M, L] mask, a gather
+of each sequence's whole context, a padded SDPA). The Triton kernel needs only the compact
+layout below — per-sequence committed length, per-branch fork depth, the step — and derives
+the mask per tile, so the host builds no mask and each cached entry is read once per
+sequence and KV head.
 
 ``tree_attention`` has the ``AttentionBackend`` call signature plus the keyword ``tree``, so
 ``functools.partial(tree_attention, tree=layout)`` is a backend the model can run a tree
@@ -28,12 +29,14 @@ _reference = TorchAttention()
 @dataclass(frozen=True)
 class TreeStep:
     """What the kernel needs to know about tree step ``step`` (the arguments of
-    ``tree_step_metadata``, as device tensors). Everything but ``step`` is fixed for the K
-    steps of a round: build it once and ``dataclasses.replace(tree, step=d)``."""
+    ``tree_step_metadata``, as device tensors, plus the longest C on the host so tiling
+    needs no device sync). Everything but ``step`` is fixed for the K steps of a round:
+    build it once and ``dataclasses.replace(tree, step=d)``."""
 
     block_tables: Tensor  # [B, W] int32, block ids of each sequence's table (padded)
     committed_lens: Tensor  # [B] int32, C per sequence
     fork_depth: Tensor  # [B, M] int32, depth j_m of each branch
+    max_committed: int
     k: int
     step: int
     block_size: int
@@ -56,6 +59,7 @@ class TreeStep:
             block_tables=tables.to(device),
             committed_lens=torch.tensor(committed_lens, dtype=torch.int32).to(device),
             fork_depth=fork_depth.to(torch.int32).contiguous(),
+            max_committed=max(committed_lens),
             k=k,
             step=step,
             block_size=block_size,
@@ -89,5 +93,5 @@ def tree_attention(
 
     return tree_attention_triton(
         q, k_cache, v_cache, tree.block_tables, tree.committed_lens, tree.fork_depth,
-        tree.k, tree.step, tree.block_size, scale,
+        tree.k, tree.step, tree.block_size, tree.max_committed, scale,
     )

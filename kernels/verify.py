@@ -59,7 +59,8 @@ def fused_verify(
     from saguaro.kernels.verify_triton import verify_triton
 
     accepted, next_token = verify_triton(
-        p, p if draft_probs is None else draft_probs, draft_tokens, uniforms, residual_uniforms, greedy, is_sample
+        p, p if draft_probs is None else draft_probs.to(device), draft_tokens.to(device),
+        uniforms.to(device), residual_uniforms.to(device), greedy, is_sample,
     )
     return VerifyResult(accepted, next_token)
 

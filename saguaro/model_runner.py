@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from saguaro.attention import AttentionMetadata, causal_metadata, select_backend
+from saguaro.attention import AttentionBackend, AttentionMetadata, causal_metadata, select_backend
 from saguaro.cache import BlockManager, KVCache, num_blocks_for_budget
 from saguaro.config import EngineConfig, ModelConfig, parse_dtype
 from saguaro.emulation import pad_to
@@ -100,15 +100,18 @@ class ModelRunner:
         positions: torch.Tensor,
         meta: AttentionMetadata,
         logits_index: torch.Tensor | None = None,
+        attention: AttentionBackend | None = None,
     ) -> torch.Tensor:
-        """Run prepared tokens; fp32 logits for ``logits_index`` rows (all rows if None)."""
+        """Run prepared tokens; fp32 logits for ``logits_index`` rows (all rows if None).
+
+        ``attention`` overrides the runner's backend for this call (the draft's tree steps)."""
         started = time.perf_counter()
         logits = self.model(
             input_ids.to(self.device),
             positions.to(self.device),
             self.kv.layers,
             _to(meta, self.device),
-            self.attention,
+            attention or self.attention,
             None if logits_index is None else logits_index.to(self.device),
         )
         if self.config.emulate_forward_s:

@@ -44,7 +44,13 @@ def store_kv(
 
 
 class TorchAttention:
-    """Portable paged attention: gather by slot table, mask, SDPA."""
+    """Portable paged attention: gather by slot table, mask, SDPA.
+
+    ``store`` writes the new K/V; on CUDA it is the Triton KV-store kernel's dispatch.
+    """
+
+    def __init__(self, store=store_kv):
+        self.store = store
 
     def __call__(
         self,
@@ -56,7 +62,7 @@ class TorchAttention:
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:
-        store_kv(k, v, k_cache, v_cache, meta)
+        self.store(k, v, k_cache, v_cache, meta)
         heads, dim = q.shape[1], q.shape[2]
         batch, width = meta.context_slots.shape
         flat = meta.context_slots.view(-1)
@@ -78,5 +84,13 @@ class TorchAttention:
 
 
 def select_backend(device: torch.device) -> AttentionBackend:
-    """The portable backend everywhere for now; flash-attn slots in here on CUDA."""
+    """The portable backend; on CUDA its KV writes go through the Triton store kernel.
+
+    flash-attn for prefill/verify belongs here too; it has not been wired (no GPU has been
+    available to test it), see docs/kernels.md.
+    """
+    if device.type == "cuda":
+        from saguaro.kernels import store_kv as kernel_store  # lazy: saguaro.kernels imports this module
+
+        return TorchAttention(kernel_store)
     return TorchAttention()

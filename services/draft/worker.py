@@ -17,6 +17,8 @@ In synchronous SD mode (``build_cache=False``) only step 1 runs, always with JIT
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -28,7 +30,8 @@ from saguaro.config import EngineConfig
 from saguaro.model_runner import CausalChunk, ModelRunner
 from saguaro.sampling import role_seed
 from saguaro.speculative import proposal_codec
-from saguaro.speculative.fanout import fork_candidates, select_fan_out
+from saguaro.kernels import TreeStep, fork_candidates, tree_attention
+from saguaro.speculative.fanout import select_fan_out
 from saguaro.speculative.verification import proposal_probs
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.services.draft.policy import RoundEconomics
@@ -319,9 +322,12 @@ class DraftWorker:
         batch, m = forks.shape
         current = forks
         tree_tokens, tree_probs = [], []
+        block_size = self.runner.config.block_size
+        layout = TreeStep.build(tables, committed, depth, k, 0, block_size) if self.runner.device.type == "cuda" else None
         for step in range(k):
-            meta, positions = tree_step_metadata(tables, committed, depth, k, step, self.runner.config.block_size)
-            logits = self.runner.forward(current.reshape(-1), positions, meta).view(batch, m, -1)
+            meta, positions = tree_step_metadata(tables, committed, depth, k, step, block_size)
+            attend = functools.partial(tree_attention, tree=layout and dataclasses.replace(layout, step=step))
+            logits = self.runner.forward(current.reshape(-1), positions, meta, attention=attend).view(batch, m, -1)
             current, probs = self._sample(logits, temps, gens)
             tree_tokens.append(current)
             tree_probs.append(probs)

@@ -14,6 +14,7 @@ import torch
 
 from saguaro.sampling import SamplingParams, filter_logits
 from saguaro.services.target.proposer import Proposal
+from saguaro.kernels import fused_verify
 from saguaro.speculative.verification import draw_verification_uniforms, greedy_verify, rejection_verify
 
 
@@ -26,35 +27,51 @@ def proposal_law(proposal: Proposal, vocab: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(tokens, vocab).float()
 
 
+def _uniforms(params: list[SamplingParams], generators: list[torch.Generator | None], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Acceptance and residual uniforms from each sampled request's own generator (zeros for greedy rows)."""
+    uniforms = torch.zeros(len(params), k, dtype=torch.float64)
+    residual = torch.zeros(len(params), dtype=torch.float64)
+    for i, p in enumerate(params):
+        if not p.greedy:
+            u, r = draw_verification_uniforms(1, k, generators[i])
+            uniforms[i], residual[i] = u[0], r[0]
+    return uniforms, residual
+
+
 def verify_rows(
     logits: torch.Tensor,
     proposals: list[Proposal],
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
 ) -> tuple[list[int], list[int]]:
-    """logits: [B, K+1, V] target rows for ``[r, s_1..s_K]``. Returns (n, r') per row."""
+    """logits: [B, K+1, V] target rows for ``[r, s_1..s_K]``. Returns (n, r') per row.
+
+    Without top-k/top-p the whole batch goes through the fused verification kernel's dispatch
+    (Triton on CUDA); a batch with filtered sampling rows verifies against the filtered p.
+    """
     batch, rows, vocab = logits.shape
     tokens = torch.tensor([p.tokens for p in proposals], dtype=torch.long)
+    uniforms, residual = _uniforms(params, generators, rows - 1)
+    sampled = [i for i, p in enumerate(params) if not p.greedy]
+    q = torch.stack([proposal_law(p, vocab) for p in proposals]) if sampled else None
+    if not any(params[i].top_k or params[i].top_p < 1 for i in sampled):
+        temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32)
+        is_sample = torch.tensor([p.is_sample for p in proposals])
+        result = fused_verify(logits, tokens, q, temperature, uniforms, residual, is_sample)
+        return result.accepted.tolist(), result.next_token.tolist()
     accepted = torch.zeros(batch, dtype=torch.long)
     next_token = torch.zeros(batch, dtype=torch.long)
     greedy = [i for i, p in enumerate(params) if p.greedy]
-    sampled = [i for i, p in enumerate(params) if not p.greedy]
     if greedy:
         result = greedy_verify(logits[greedy], tokens[greedy])
         accepted[greedy], next_token[greedy] = result.accepted, result.next_token
-    if sampled:
-        sub = logits[sampled].reshape(-1, vocab)
-        repeat = lambda values, dtype: torch.tensor(values, dtype=dtype).repeat_interleave(rows)  # noqa: E731
-        p = filter_logits(
-            sub,
-            repeat([params[i].temperature for i in sampled], torch.float32),
-            repeat([params[i].top_k for i in sampled], torch.long),
-            repeat([params[i].top_p for i in sampled], torch.float32),
-        ).view(len(sampled), rows, vocab)
-        q = torch.stack([proposal_law(proposals[i], vocab) for i in sampled])
-        draws = [draw_verification_uniforms(1, rows - 1, generators[i]) for i in sampled]
-        uniforms = torch.cat([d[0] for d in draws])
-        residual = torch.cat([d[1] for d in draws])
-        result = rejection_verify(p, q, tokens[sampled], uniforms, residual)
-        accepted[sampled], next_token[sampled] = result.accepted, result.next_token
+    repeat = lambda values, dtype: torch.tensor(values, dtype=dtype).repeat_interleave(rows)  # noqa: E731
+    p = filter_logits(
+        logits[sampled].reshape(-1, vocab),
+        repeat([params[i].temperature for i in sampled], torch.float32),
+        repeat([params[i].top_k for i in sampled], torch.long),
+        repeat([params[i].top_p for i in sampled], torch.float32),
+    ).view(len(sampled), rows, vocab)
+    result = rejection_verify(p, q[sampled], tokens[sampled], uniforms[sampled], residual[sampled])
+    accepted[sampled], next_token[sampled] = result.accepted, result.next_token
     return accepted.tolist(), next_token.tolist()

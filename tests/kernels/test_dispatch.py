@@ -7,11 +7,12 @@ import torch
 from triton import knobs
 from triton.runtime.interpreter import InterpretedFunction
 
-from saguaro.kernels import fork_candidates, fused_verify, launch_counts, use_triton
+from saguaro.kernels import fork_candidates, fused_verify, launch_counts, store_kv, tree_attention, use_triton
 from saguaro.kernels.fork_triton import _fork_kernel
 from saguaro.kernels.kv_store_triton import _store_kv_kernel
 from saguaro.kernels.tree_attention_triton import _tree_attention_kernel
 from saguaro.kernels.verify_triton import _verify_kernel
+from saguaro.services.draft.tree import tree_step_metadata
 
 
 def test_every_kernel_is_interpreted() -> None:
@@ -29,6 +30,12 @@ def test_auto_runs_the_reference_on_cpu() -> None:
     tokens = torch.zeros(2, 2, dtype=torch.long)
     fused_verify(logits, tokens, None, 0.0, torch.zeros(2, 2), torch.zeros(2))
     fork_candidates(logits, tokens, [1, 1, 1])
+    fork_depth = torch.tensor([[0, 2]])
+    meta, _ = tree_step_metadata([[0, 1, 2]], [3], fork_depth, 2, 0, 4)
+    q, k, v = torch.randn(2, 2, 4), torch.randn(2, 1, 4), torch.randn(2, 1, 4)
+    caches = torch.zeros(12, 1, 4), torch.zeros(12, 1, 4)
+    store_kv(k, v, *caches, meta)
+    tree_attention(q, k, v, *caches, meta, 0.5, tree=None)
     assert dict(launch_counts) == before
 
 

@@ -39,23 +39,33 @@ def pair(tmp_path_factory):
     return str(target), str(draft)
 
 
-@pytest.fixture(scope="module")
-def exact_law(pair):
-    """P(t2, t3) under the target at temperature 1 (t1 marginalised), [V, V]."""
-    target, _ = pair
-    p1 = hf_logits(target, PROMPT)[-1].softmax(-1)
+def target_law(target: str, top_k: int) -> torch.Tensor:
+    """P(t2, t3) under the target at temperature 1 (t1 marginalised), [V, V], keeping only the
+    ``top_k`` most likely tokens at each step when top_k > 0."""
+
+    def probs(context: list[int]) -> torch.Tensor:
+        logits = hf_logits(target, context)[-1].double()
+        if top_k:
+            logits[logits < logits.topk(top_k).values[-1]] = float("-inf")
+        return logits.softmax(-1)
+
+    p1 = probs(PROMPT)
     law = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
     for t1 in range(VOCAB):
-        p2 = hf_logits(target, PROMPT + [t1])[-1].softmax(-1)
+        p2 = probs(PROMPT + [t1])
         for t2 in range(VOCAB):
-            p3 = hf_logits(target, PROMPT + [t1, t2])[-1].softmax(-1)
-            law[t2] += p1[t1].double() * p2[t2].double() * p3.double()
+            law[t2] += p1[t1] * p2[t2] * probs(PROMPT + [t1, t2])
     return law
 
 
-def sample_pairs(engine) -> torch.Tensor:
+@pytest.fixture(scope="module")
+def exact_law(pair):
+    return target_law(pair[0], top_k=0)
+
+
+def sample_pairs(engine, top_k: int = 0) -> torch.Tensor:
     llm = LLM.from_engine(engine, None)
-    params = [SamplingParams(max_tokens=3, temperature=1.0, seed=i, ignore_eos=True) for i in range(SAMPLES)]
+    params = [SamplingParams(max_tokens=3, temperature=1.0, top_k=top_k, seed=i, ignore_eos=True) for i in range(SAMPLES)]
     outputs = llm.generate([PROMPT] * SAMPLES, params)
     counts = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
     for o in outputs:
@@ -106,6 +116,20 @@ def test_sampled_output_has_the_target_law(pair, exact_law, name):
             assert sum(sum(s["accepted_per_position"]) for s in stats) > 0
         if name == "ssd_fast_backup":
             assert sum(s["backups_fast"] for s in stats) > 0
+
+
+def test_top_k_sampling_through_ssd_has_the_filtered_target_law(pair):
+    """top-k rows verify against the filtered target distribution (the non-fused path)."""
+    target, draft = pair
+    make = lambda model: EngineConfig(model=model, max_num_seqs=64, block_size=8, kv_cache_bytes=1 << 24,  # noqa: E731
+                                      show_progress=False)
+    engine = speculative_engine(make(target), "ssd", make(draft), DraftSettings(k=1, fan_out=4))
+    try:
+        counts, outputs = sample_pairs(engine, top_k=6)
+    finally:
+        engine.proposer.close()
+    assert_same_law(counts, target_law(target, top_k=6))
+    assert sum(o.stats["cache_hits"] for o in outputs) > 0
 
 
 def test_the_chi_square_check_detects_a_wrong_law(pair, exact_law):
