@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -32,6 +33,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kv-cache-bytes", type=int, default=512 * 1024 * 1024, help="KV-cache budget on CPU (default: 512 MiB)")
     group.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default: 16)")
     group.add_argument("--no-prefix-caching", action="store_true", help="disable reuse of cached prompt prefixes")
+    group.add_argument("--emulate-forward-ms", type=float, default=None,
+                       help="benchmarks: pad every forward to this many ms to emulate accelerator timings "
+                            "(profile h100-70b-1b: target 15, draft 2)")
 
 
 def engine_options(args: argparse.Namespace) -> dict:
@@ -43,6 +47,7 @@ def engine_options(args: argparse.Namespace) -> dict:
         kv_cache_bytes=args.kv_cache_bytes,
         block_size=args.block_size,
         enable_prefix_caching=not args.no_prefix_caching,
+        emulate_forward_s=args.emulate_forward_ms / 1000 if args.emulate_forward_ms else None,
     )
 
 
@@ -60,8 +65,16 @@ def sampling_params(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from saguaro.errors import ConfigError
     from saguaro.llm import LLM
 
+    if args.endpoint and args.model:
+        raise ConfigError("give either --model DIR (generate in this process) or --endpoint HOST:PORT, not both")
+    if args.endpoint:
+        return generate_remote(args)
+    if not args.model:
+        raise ConfigError("give --model DIR to generate in this process, or --endpoint HOST:PORT to use a running "
+                          "target service (see `saguaro up`)")
     params = sampling_params(args)
     params.validate()
     llm = LLM(args.model, show_progress=not args.json, **engine_options(args))
@@ -71,19 +84,48 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from saguaro.demo import demo_models
-    from saguaro.llm import LLM
-    from saguaro.sampling import SamplingParams
+def generate_remote(args: argparse.Namespace) -> int:
+    """``saguaro generate --endpoint``: the prompts go to a running target, concurrently."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    target, _draft = demo_models()
+    from saguaro.client import Client
+
+    sampling_params(args).validate()  # the same messages as local generation, before any network
+    options = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                   seed=args.seed, ignore_eos=args.ignore_eos)
+    with Client(args.endpoint, timeout=args.timeout) as client, ThreadPoolExecutor(max_workers=8) as pool:
+        for out in pool.map(lambda prompt: client.generate(prompt, **options), args.prompt):
+            print(json.dumps(out) if args.json else out["text"], flush=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from saguaro.client import Client
+    from saguaro.demo import demo_models
+
+    target, draft = demo_models()
     print(f"demo models in {target.parent} (tiny random weights: the text is noise, the machinery is real)")
-    llm = LLM(str(target), show_progress=False)
-    prompts = ["def add(a, b):", "import os", "class Stack:"]
-    for out in llm.generate(prompts, SamplingParams(max_tokens=args.max_tokens, ignore_eos=True)):
-        print(json.dumps({"prompt": llm.tokenizer.decode(out.prompt_token_ids), "token_ids": out.token_ids[:16],
-                          "finish_reason": out.finish_reason,
-                          "tokens_per_s": round(out.timings["decode_tokens_per_s"], 1)}))
+    stack = LocalStack(str(target), str(draft), mode="ssd", port=free_port(), draft_port=free_port(),
+                       extra_args=["--kv-cache-bytes", str(64 << 20)], echo=args.verbose)
+    print("starting the local stack: a draft service and a target service (SSD), one core each ...", flush=True)
+    try:
+        stack.start(timeout=120)
+        print(f"target (public API) on {stack.endpoint}, draft on {stack.draft_address}", flush=True)
+        with Client(stack.endpoint) as client:
+            for prompt in ["def add(a, b):", "import os", "class Stack:"]:
+                out = client.generate(prompt, max_tokens=args.max_tokens, ignore_eos=True)
+                stats = out["stats"]
+                print(json.dumps({
+                    "prompt": prompt, "token_ids": out["token_ids"][:16], "finish_reason": out["finish_reason"],
+                    "tokens_per_s": round(out["timings"]["decode_tokens_per_s"], 1),
+                    "mode": stats["mode"], "transport": stats["transport"], "rounds": stats["rounds"],
+                    "tokens_per_round": round(stats["tokens_per_round"], 2),
+                    "cache_hit_rate": round(stats["cache_hit_rate"], 2),
+                    "acceptance_per_position": [round(a, 2) for a in stats["acceptance_per_position"]],
+                }), flush=True)
+    finally:
+        stack.stop()
+    print("stack stopped")
     return 0
 
 
@@ -130,6 +172,300 @@ def cmd_draft(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_target(args: argparse.Namespace) -> int:
+    import signal
+    from pathlib import Path
+
+    from saguaro.config import EngineConfig
+    from saguaro.errors import ConfigError
+    from saguaro.services.target.local import speculative_engine
+    from saguaro.services.target.server import serve_target
+    from saguaro.tokenizer import load_tokenizer
+
+    mode = args.mode
+    if mode == "sd" and args.draft_address:
+        raise ConfigError("--mode sd runs the draft in this process: give --draft-model DIR, not --draft-address "
+                          "(a draft service is for --mode ssd)")
+    if mode == "sd" and not args.draft_model:
+        raise ConfigError("--mode sd runs the draft in this process: give --draft-model DIR")
+    if mode == "ssd" and not (args.draft_address or args.draft_model):
+        raise ConfigError("--mode ssd needs a draft: --draft-address HOST:PORT of a running `saguaro draft`, "
+                          "or --draft-model DIR to run it in this process (or use --mode ar)")
+    if mode == "ar" and (args.draft_address or args.draft_model):
+        logging.getLogger("saguaro.target").warning("--mode ar decodes without a draft; ignoring the draft options")
+    options = engine_options(args)
+    target = EngineConfig(model=args.model, show_progress=False, **options)
+    settings = speculation_settings(args) if mode != "ar" else None
+    if mode == "ssd" and args.draft_address and args.wait_for_draft > 0:
+        wait_for_draft(args.draft_address, args.wait_for_draft)
+    in_process = mode != "ar" and args.draft_model and not args.draft_address
+    draft = EngineConfig(model=args.draft_model, show_progress=False, **options) if in_process else None
+    engine = speculative_engine(target, mode, draft, settings, args.draft_address if mode == "ssd" else None,
+                                draft_timeout_s=args.draft_timeout)
+    address = f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"
+    draft_name = Path(args.draft_model).name if args.draft_model else ""
+    server, loop = serve_target(engine, load_tokenizer(args.model), address, draft_model_name=draft_name)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop(grace=0.5))
+    where = f", draft at {args.draft_address}" if mode == "ssd" and args.draft_address else ""
+    print(f"target service (mode {mode}{where}) for {args.model} listening on {address}", flush=True)
+    try:
+        server.wait_for_termination()
+    finally:
+        server.stop(grace=None)
+        loop.stop()
+    return 0
+
+
+def wait_for_draft(address: str, timeout: float) -> bool:
+    """Wait until the draft service accepts connections (it listens once its model is loaded)."""
+    import grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+            return True
+        except grpc.FutureTimeoutError:
+            logging.getLogger("saguaro.target").warning(
+                "no draft at %s after %.0f s; starting without it (decoding AR, retrying)", address, timeout)
+            return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now (for demos and tests)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class LocalStack:
+    """``saguaro up``: the draft and target services as child processes of this one.
+
+    Each child is pinned to its own core (target: the first allowed CPU, draft: the second)
+    with one torch thread, runs in its own session (a terminal's Ctrl-C reaches only this
+    process, which stops them in order) and receives SIGTERM if this process dies (Linux).
+    """
+
+    def __init__(self, target: str, draft: str | None, mode: str = "ssd", host: str = "127.0.0.1",
+                 port: int = 50051, draft_port: int = 50061, extra_args: list[str] | None = None,
+                 target_args: list[str] | None = None, draft_args: list[str] | None = None,
+                 echo: bool = True, verbose: bool = False):
+        from saguaro.errors import ConfigError, ModelLoadError
+        from pathlib import Path
+
+        if mode not in ("ar", "sd", "ssd"):
+            raise ConfigError(f"unknown mode {mode!r}; use ssd, sd or ar")
+        if mode != "ar" and not draft:
+            raise ConfigError(f"--mode {mode} needs --draft DIR (or use --mode ar)")
+        for folder in (target, draft if mode != "ar" else None):
+            if folder and not (Path(folder) / "config.json").is_file():
+                raise ModelLoadError(f"model folder not found (no config.json): {folder}")
+        self.mode, self.host, self.port, self.draft_port = mode, host, port, draft_port
+        self.echo = echo
+        connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        self.endpoint = f"{connect_host}:{port}"
+        self.draft_address = f"127.0.0.1:{draft_port}" if mode == "ssd" else ""
+        base = [sys.executable, "-m", "saguaro.cli"] + (["-v"] if verbose else [])
+        extra = list(extra_args or [])
+        self.target_cmd = base + ["target", "--model", target, "--mode", mode, "--host", host, "--port", str(port),
+                                  *extra, *(target_args or [])]
+        if mode != "ar":
+            self.target_cmd += ["--draft-model", draft]
+        if mode == "ssd":
+            self.target_cmd += ["--draft-address", self.draft_address, "--wait-for-draft", "300"]
+            self.draft_cmd = base + ["draft", "--model", draft, "--host", "127.0.0.1", "--port", str(draft_port),
+                                     *extra, *(draft_args or [])]
+        else:
+            self.draft_cmd = None
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self.target_cpus = {cpus[0]} if len(cpus) >= 2 else None
+        self.draft_cpus = {cpus[1]} if len(cpus) >= 2 else None
+        self.children: dict[str, _Child] = {}
+
+    def start(self, timeout: float = 300.0) -> None:
+        """Start both services (they load at once; the target waits for the draft before it
+        connects); return once the target reports SERVING."""
+        import time
+
+        from saguaro.client import Client, ServiceError
+
+        deadline = time.monotonic() + timeout
+        try:
+            if self.draft_cmd:
+                self.children["draft"] = _Child("draft", self.draft_cmd, self.draft_cpus, self.echo)
+            self.children["target"] = _Child("target", self.target_cmd, self.target_cpus, self.echo)
+            for child in self.children.values():
+                child.wait_listening(deadline, others=self.children.values())
+            with Client(self.endpoint) as client:
+                try:
+                    client.wait_until_ready(max(1.0, deadline - time.monotonic()))
+                except ServiceError as exc:
+                    raise SaguaroError(f"the target started but is not serving: {exc}") from None
+        except BaseException:
+            self.stop()
+            raise
+
+    def check(self) -> None:
+        """Raise if a service exited on its own."""
+        for child in self.children.values():
+            child.check_running()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the target, then the draft; SIGKILL whatever is still alive after ``timeout``."""
+        for name in ("target", "draft"):
+            if name in self.children:
+                self.children[name].stop(timeout)
+
+    def __enter__(self) -> "LocalStack":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _libc():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+class _Child:
+    """One service process; its output (stdout and stderr) is echoed with a [name] prefix."""
+
+    def __init__(self, name: str, cmd: list[str], cpus: set[int] | None, echo: bool):
+        import collections
+        import signal
+        import subprocess
+        import threading
+
+        self.name = name
+        self.echo = echo
+        self.tail: collections.deque[str] = collections.deque(maxlen=40)
+        self.listening = threading.Event()
+        libc = _libc() if sys.platform.startswith("linux") else None
+
+        def setup() -> None:  # runs in the child between fork and exec
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+            if libc is not None:
+                libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: die with the parent
+
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env, preexec_fn=setup, start_new_session=True)
+        self.cpus = cpus
+        self._reader = threading.Thread(target=self._read, name=f"{name}-output", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.tail.append(line)
+            if " listening on " in line:
+                self.listening.set()
+            if self.echo:
+                print(f"[{self.name}] {line}", flush=True)
+
+    def check_running(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            self._reader.join(timeout=2)
+            log = "\n".join(f"  {line}" for line in self.tail)
+            detail = f"; its last output:\n{log}" if log else ""
+            raise SaguaroError(f"the {self.name} service exited with code {code}{detail}")
+
+    def wait_listening(self, deadline: float, others=()) -> None:
+        import time
+
+        while not self.listening.wait(0.1):
+            for child in (self, *others):
+                child.check_running()
+            if time.monotonic() > deadline:
+                raise SaguaroError(f"the {self.name} service did not start listening in time")
+
+    def stop(self, timeout: float) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=2)
+
+
+class _Terminate(Exception):
+    """SIGTERM received."""
+
+
+def engine_argv(args: argparse.Namespace) -> list[str]:
+    """The engine options of ``args`` as command-line arguments (to pass on to a child service)."""
+    argv = ["--dtype", args.dtype, "--device", args.device, "--max-num-seqs", str(args.max_num_seqs),
+            "--kv-cache-bytes", str(args.kv_cache_bytes), "--block-size", str(args.block_size)]
+    if args.max_model_len:
+        argv += ["--max-model-len", str(args.max_model_len)]
+    if args.no_prefix_caching:
+        argv.append("--no-prefix-caching")
+    return argv
+
+
+def speculation_argv(args: argparse.Namespace) -> list[str]:
+    argv = ["--k", str(args.k), "--fan-out", str(args.fan_out), "--backup", args.backup,
+            "--jit-max-batch", str(args.jit_max_batch), "--saguaro-c", str(args.saguaro_c)]
+    if args.fan_out_list:
+        argv += ["--fan-out-list", *map(str, args.fan_out_list)]
+    if args.fan_out_list_miss:
+        argv += ["--fan-out-list-miss", *map(str, args.fan_out_list_miss)]
+    return argv
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    if args.mode != "ar":
+        speculation_settings(args)  # refuse bad K / fan-out before starting anything
+    spec = speculation_argv(args) if args.mode != "ar" else []
+    stack = LocalStack(args.target, args.draft, mode=args.mode, host=args.host, port=args.port,
+                       draft_port=args.draft_port, extra_args=engine_argv(args) + spec,
+                       target_args=["--draft-timeout", str(args.draft_timeout)], verbose=args.verbose)
+
+    def terminate(signum, frame):
+        raise _Terminate()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        stack.start(timeout=args.startup_timeout)
+        rows = [("public API (Inference)", stack.endpoint, stack.children["target"])]
+        if "draft" in stack.children:
+            rows.append(("draft (Speculation)", stack.draft_address, stack.children["draft"]))
+        print(f"ready: saguaro stack serving, mode {args.mode}", flush=True)
+        for label, address, child in rows:
+            core = f"core {min(child.cpus)}" if child.cpus else "unpinned"
+            print(f"  {label:<24} {address:<22} {child.name} pid {child.proc.pid}, {core}", flush=True)
+        print(f'try: saguaro generate --endpoint {stack.endpoint} --prompt "def add(a, b):" --json', flush=True)
+        print("Ctrl-C stops both services.", flush=True)
+        while True:
+            stack.check()
+            time.sleep(0.5)
+    except (_Terminate, KeyboardInterrupt):
+        print("stopping the stack ...", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stack.stop()
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="saguaro",
@@ -144,7 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load a Hugging Face model folder and generate for each --prompt. Prints the text, "
         "or with --json one JSON object per prompt (token_ids, text, finish_reason, timings).",
     )
-    gen.add_argument("--model", required=True, help="local Hugging Face model folder (config.json, safetensors, tokenizer)")
+    gen.add_argument("--model", default=None, help="local Hugging Face model folder (config.json, safetensors, tokenizer)")
+    gen.add_argument("--endpoint", default=None, metavar="HOST:PORT",
+                     help="send the prompts to a running target service (e.g. `saguaro up`) instead of loading --model; "
+                          "--json then also reports each request's speculation stats")
+    gen.add_argument("--timeout", type=float, default=600.0, help="with --endpoint: deadline per request in seconds (default: 600)")
     gen.add_argument("--prompt", action="append", required=True, help="prompt text; repeat for several prompts")
     gen.add_argument("--json", action="store_true", help="one JSON object per prompt instead of plain text")
     add_sampling_args(gen)
@@ -167,8 +507,56 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(draft)
     draft.set_defaults(func=cmd_draft)
 
+    target = sub.add_parser(
+        "target",
+        help="serve a target model: the public Inference gRPC API (ar, sd or ssd decoding)",
+        description="Run the target service: it owns the target model, schedules requests with continuous batching "
+        "and verifies the draft's speculations. --mode ssd talks to a draft service (`saguaro draft`) at "
+        "--draft-address; --mode sd runs the draft synchronously in this process; --mode ar uses no draft.",
+    )
+    target.add_argument("--model", required=True, help="local Hugging Face folder of the target model")
+    target.add_argument("--mode", choices=["ssd", "sd", "ar"], default="ssd", help="decoding mode (default: ssd)")
+    target.add_argument("--draft-model", default=None, metavar="DIR",
+                        help="draft model folder: run in this process for sd (or ssd without --draft-address); "
+                             "with --draft-address only its name is reported (ModelInfo)")
+    target.add_argument("--draft-address", default=None, metavar="HOST:PORT",
+                        help="address of the draft service for --mode ssd (e.g. 127.0.0.1:50061 or unix:/path)")
+    target.add_argument("--draft-timeout", type=float, default=5.0,
+                        help="seconds to wait for a draft reply before decoding the round without it (default: 5)")
+    target.add_argument("--wait-for-draft", type=float, default=0.0, metavar="S",
+                        help="with --draft-address: wait up to S seconds for the draft service before serving "
+                             "(default: 0, start at once and connect when it appears)")
+    target.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    target.add_argument("--port", type=int, default=50051, help="TCP port of the public API (default: 50051)")
+    target.add_argument("--uds", default=None, help="listen on this Unix socket path instead of TCP")
+    add_speculation_args(target)
+    add_engine_args(target)
+    target.set_defaults(func=cmd_target)
+
+    up = sub.add_parser(
+        "up",
+        help="run the whole stack on this host: draft and target services, one core each",
+        description="Start the draft service and the target service as separate processes on this host (each "
+        "pinned to its own core, one thread), wait until the target is serving, print the endpoints, and stop both "
+        "on Ctrl-C or SIGTERM. Then: saguaro generate --endpoint HOST:PORT --prompt ...",
+    )
+    up.add_argument("--target", required=True, metavar="DIR", help="target model folder")
+    up.add_argument("--draft", default=None, metavar="DIR", help="draft model folder (required for ssd and sd)")
+    up.add_argument("--mode", choices=["ssd", "sd", "ar"], default="ssd",
+                    help="ssd: separate draft process (default); sd: draft inside the target process; ar: no draft")
+    up.add_argument("--host", default="127.0.0.1", help="address of the public API (default: 127.0.0.1)")
+    up.add_argument("--port", type=int, default=50051, help="public API port (default: 50051)")
+    up.add_argument("--draft-port", type=int, default=50061, help="draft service port, on 127.0.0.1 (default: 50061)")
+    up.add_argument("--draft-timeout", type=float, default=5.0, help="target's wait for a draft reply, seconds (default: 5)")
+    up.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for both services (default: 300)")
+    add_speculation_args(up)
+    add_engine_args(up)
+    up.set_defaults(func=cmd_up)
+
     demo = sub.add_parser("demo", help="run the embedded demo on tiny built-in models (no downloads)",
-                          description="Build a tiny target/draft pair locally (cached) and generate with it.")
+                          description="Build a tiny target/draft pair locally (cached), start the local stack "
+                          "(draft and target services, SSD) on free ports, send three prompts and print each "
+                          "result with its speculation stats, then stop the stack.")
     demo.add_argument("--max-tokens", type=int, default=32, help="tokens per prompt (default: 32)")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -112,6 +112,7 @@ class GenerateStream:
         self.token_ids: list[int] = []
         self._text: list[str] = []
         self.result: dict[str, Any] | None = None
+        self._cancelled = False
 
     def __iter__(self) -> Iterator[StreamDelta]:
         try:
@@ -128,12 +129,15 @@ class GenerateStream:
                 elif response.WhichOneof("kind") == "final":
                     self.result = self._result(response.final)
         except grpc.RpcError as exc:
+            if self._cancelled and exc.code() is grpc.StatusCode.CANCELLED:
+                return  # stopped on purpose: no result
             raise _error(exc, self._address, self._timeout) from None
         if self.result is None:
             raise ServiceError(f"the stream from {self._address} ended without a final message", "DATA_LOSS")
 
     def cancel(self) -> None:
-        """Stop the request (the server aborts it, like Abort)."""
+        """Stop the request (the server aborts it, like Abort); iteration then ends, ``result`` stays None."""
+        self._cancelled = True
         self._call.cancel()
 
     def _result(self, final: pb.GenerateFinal) -> dict[str, Any]:

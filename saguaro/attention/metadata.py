@@ -47,6 +47,20 @@ def _pad(rows: list[list[int]], pad: int) -> torch.Tensor:
     return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
+def _decode_metadata(context_slots: torch.Tensor, lengths: torch.Tensor, l_range: torch.Tensor) -> AttentionMetadata:
+    """One query per sequence, at its last position: the per-token decode step, kept lean."""
+    batch = len(lengths)
+    rows = torch.arange(batch)
+    uniform = bool((lengths == l_range.shape[0]).all())
+    return AttentionMetadata(
+        slot_mapping=context_slots[rows, lengths - 1],
+        context_slots=context_slots,
+        query_index=rows[:, None],
+        query_valid=torch.ones(batch, 1, dtype=torch.bool),
+        mask=None if uniform else (l_range[None, :] < lengths[:, None])[:, None, :],
+    )
+
+
 def causal_metadata(
     block_tables: list[list[int]],
     context_lens: list[int],
@@ -63,10 +77,13 @@ def causal_metadata(
     """
     tables = _pad(block_tables, 0)
     lengths = torch.tensor(context_lens, dtype=torch.long)
-    nq = torch.tensor(num_queries, dtype=torch.long)
-    width_l, width_q = int(lengths.max()), int(nq.max())
+    width_l = max(context_lens)
     l_range = torch.arange(width_l)
     context_slots = tables[:, l_range // block_size] * block_size + l_range % block_size
+    if max(num_queries) == 1:
+        return _decode_metadata(context_slots, lengths, l_range), lengths - 1
+    nq = torch.tensor(num_queries, dtype=torch.long)
+    width_q = int(nq.max())
     q_range = torch.arange(width_q)
     query_valid = q_range[None, :] < nq[:, None]
     q_pos = (lengths - nq)[:, None] + q_range[None, :]  # [B, Q] position of each query

@@ -44,7 +44,10 @@ class RotaryEmbedding:
         freqs = torch.outer(t, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos = emb.cos().to(dtype=dtype, device=device)
-        self.sin = emb.sin().to(dtype=dtype, device=device)
+        # rotate_half(x) * sin == roll(x, D/2) * sin_signed: the sign of the first half is baked in
+        sin = emb.sin()
+        half = head_dim // 2
+        self.sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(dtype=dtype, device=device)
         self.max_positions = max_positions
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,11 +56,9 @@ class RotaryEmbedding:
 
 
 def apply_rotary(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate x [T, heads, D] by the per-token angles of ``cos_sin`` (q and k alike)."""
-    cos, sin = cos_sin
-    return x * cos + _rotate_half(x) * sin
+    """Rotate x [T, heads, D] by the per-token angles of ``cos_sin`` (q and k alike).
 
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    Equals ``x * cos + rotate_half(x) * sin`` (the Llama/Qwen layout) in three ops.
+    """
+    cos, sin_signed = cos_sin
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)

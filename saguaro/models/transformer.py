@@ -66,10 +66,10 @@ class DecoderLayer(nn.Module):
             k = apply_rotary(rms_norm(k.view(-1, kv_heads, cfg.head_dim), self.k_norm, cfg.rms_norm_eps), cos_sin)
         v = qkv[:, self.q_size + self.kv_size :].view(-1, kv_heads, cfg.head_dim)
         attn = attention(q, k, v, kv[0], kv[1], meta, self.scale)
-        hidden = hidden + F.linear(attn, self.o_weight)
+        hidden = hidden.addmm(attn, self.o_weight.t())  # residual add fused into the projection
         x = rms_norm(hidden, self.post_attn_norm, cfg.rms_norm_eps)
         gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
-        return hidden + F.linear(F.silu(gate) * up, self.down_weight)
+        return hidden.addmm_(F.silu(gate) * up, self.down_weight.t())
 
 
 class CausalLM(nn.Module):

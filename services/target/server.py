@@ -102,7 +102,8 @@ class EngineLoop:
     def __init__(self, engine):
         self.engine = engine
         self._inbox: queue.Queue = queue.Queue()
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, _Live] = {}  # by request id
+        self._by_seq: dict[int, _Live] = {}  # by engine seq_id (loop thread only)
         self._lock = threading.Lock()  # guards _live against readers on other threads
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
@@ -161,23 +162,40 @@ class EngineLoop:
 
     # -- the loop thread ---------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._serve()
+        except Exception as exc:  # a bug: fail every request rather than leave readers waiting
+            log.exception("the engine loop crashed")
+            self._stopped = True
+            try:
+                self._finish_all("error", f"the target's engine loop crashed: {exc}")
+            finally:
+                self._refuse_pending()
+
+    def _serve(self) -> None:
+        progress = True
         while True:
-            for item in self._take(block=not self.engine.has_work()):
+            if not self.engine.has_work():  # idle: sleep until a request (or a draft retry) is due
+                items = self._take(block=True, timeout=self._reconnect_interval(), on_timeout=self._reconnect_draft)
+            else:  # between steps; after a step that scheduled nothing, wait a little instead of spinning
+                items = self._take(block=not progress, timeout=0.01)
+            for item in items:
                 if item[0] == "stop":
                     self._finish_all("abort", "")
                     self._refuse_pending()
                     return
                 self._apply(item)
             if self.engine.has_work():
-                self._step()
+                progress = self._step()
 
-    def _take(self, block: bool) -> list[tuple]:
+    def _take(self, block: bool, timeout: float | None = None, on_timeout=None) -> list[tuple]:
         items = []
         if block:
             try:
-                items.append(self._inbox.get(timeout=self._reconnect_interval()))
+                items.append(self._inbox.get(timeout=timeout))
             except queue.Empty:
-                self._reconnect_draft()
+                if on_timeout is not None:
+                    on_timeout()
                 return items
         while True:
             try:
@@ -221,8 +239,10 @@ class EngineLoop:
                 admitted.set_exception(exc)
                 return
             seq.arrival_time = handle.arrival  # timings count from arrival at the server
+            live = _Live(handle, seq)
             with self._lock:
-                self._live[handle.request_id] = _Live(handle, seq)
+                self._live[handle.request_id] = live
+            self._by_seq[seq.seq_id] = live
             admitted.set_result(None)
         else:
             _, request_id, handle, done = item
@@ -237,21 +257,21 @@ class EngineLoop:
             if done is not None:
                 done.set_result(found)
 
-    def _step(self) -> None:
-        waiting = {id(live.seq) for live in self._live.values() if live.seq.status is SequenceStatus.WAITING}
+    def _step(self) -> bool:
+        """One engine step; publish what it committed. False when nothing was scheduled."""
+        waiting = {sid for sid, live in self._by_seq.items() if live.seq.status is SequenceStatus.WAITING}
         started = time.perf_counter()
         try:
             advanced = self.engine.step()
         except Exception as exc:
             log.exception("engine step failed; failing the running requests")
             self._finish_all("error", f"engine error: {exc}")
-            return
+            return True
         if not advanced:
-            return
-        by_seq = {id(live.seq): live for live in self._live.values()}
-        prefill = any(id(seq) in waiting for seq in advanced)
+            return False
+        prefill = any(seq.seq_id in waiting for seq in advanced)  # a step is all prefill or all decode
         for seq in advanced:
-            live = by_seq.get(id(seq))
+            live = self._by_seq.get(seq.seq_id)
             if live is None:
                 continue
             if live.queue_s is None:
@@ -262,6 +282,7 @@ class EngineLoop:
                     live.histogram.extend([0] * (n + 1 - len(live.histogram)))
                 live.histogram[n] += 1
             self._publish(live)
+        return True
 
     def _publish(self, live: _Live) -> None:
         """Send the tokens committed since the last delta; the Final once finished."""
@@ -276,6 +297,7 @@ class EngineLoop:
             live.handle._events.put(self._final(live, reason))
             with self._lock:
                 self._live.pop(live.handle.request_id, None)
+            self._by_seq.pop(seq.seq_id, None)
 
     def _final(self, live: _Live, reason: str, error: str = "") -> Final:
         seq, now = live.seq, time.perf_counter()
@@ -312,6 +334,7 @@ class EngineLoop:
             live.handle._events.put(self._final(live, reason, error))
         with self._lock:
             self._live.clear()
+        self._by_seq.clear()
 
 
 # -- request conversion ------------------------------------------------------------------------

@@ -1,0 +1,131 @@
+"""``saguaro up`` / ``target`` / ``generate --endpoint`` / ``demo``: the local stack from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from saguaro.cli import free_port, main
+
+SMALL_ARGS = ["--kv-cache-bytes", str(16 << 20), "--max-num-seqs", "8"]
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def saguaro(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "saguaro.cli", *args], capture_output=True, text=True, timeout=300,
+                          env=env or ENV)
+
+
+class Output:
+    """Lines of a child's stdout, collected on a thread; ``wait_for`` blocks until a line matches."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc) -> None:
+        for line in proc.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self.lines.append(None)  # EOF
+            self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 180) -> str:
+        def found():
+            return next((l for l in self.lines if l is not None and re.search(pattern, l)), None) or (None in self.lines)
+
+        with self._changed:
+            self._changed.wait_for(found, timeout)
+        line = next((l for l in self.lines if l is not None and re.search(pattern, l)), None)
+        assert line is not None, "\n".join(l for l in self.lines if l is not None)
+        return line
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_up_serves_the_same_tokens_as_local_generation_and_stops_its_children(model_dirs):
+    port, draft_port = free_port(), free_port()
+    up = subprocess.Popen(
+        [sys.executable, "-m", "saguaro.cli", "up", "--target", model_dirs["llama"],
+         "--draft", model_dirs["llama_draft_perturbed"], "--mode", "ssd", "--port", str(port),
+         "--draft-port", str(draft_port), *SMALL_ARGS],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+    )
+    out = Output(up)
+    prompts = ["--prompt", "def add(a, b):", "--prompt", "import os", "--max-tokens", "8", "--json"]
+    local = subprocess.Popen([sys.executable, "-m", "saguaro.cli", "generate", "--model", model_dirs["llama"], *SMALL_ARGS,
+                              *prompts], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        out.wait_for(r"^ready: saguaro stack serving, mode ssd")
+        target_line = out.wait_for(rf"^  public API.*127\.0\.0\.1:{port}\b")
+        draft_line = out.wait_for(rf"^  draft .*127\.0\.0\.1:{draft_port}\b")
+        pids = {name: int(re.search(r"pid (\d+)", line).group(1)) for name, line in
+                (("target", target_line), ("draft", draft_line))}
+        if len(os.sched_getaffinity(0)) >= 2:  # one core each
+            cores = [os.sched_getaffinity(pids["target"]), os.sched_getaffinity(pids["draft"])]
+            assert all(len(c) == 1 for c in cores) and cores[0] != cores[1]
+
+        remote = saguaro("generate", "--endpoint", f"127.0.0.1:{port}", *prompts)
+        assert remote.returncode == 0, remote.stderr
+        local_out, local_err = local.communicate(timeout=300)
+        assert local.returncode == 0, local_err
+        remote_rows = [json.loads(line) for line in remote.stdout.splitlines()]
+        local_rows = [json.loads(line) for line in local_out.splitlines()]
+        assert [r["token_ids"] for r in remote_rows] == [r["token_ids"] for r in local_rows]
+        assert [r["text"] for r in remote_rows] == [r["text"] for r in local_rows]
+        assert set(local_rows[0]) <= set(remote_rows[0])
+        stats = remote_rows[0]["stats"]
+        assert stats["mode"] == "ssd" and stats["transport"] not in ("", "inprocess")
+        for key in ("rounds", "tokens_per_round", "acceptance_per_position", "cache_hit_rate", "backups_jit",
+                    "backups_fast", "draft_time_s", "verify_time_s"):
+            assert key in stats
+        assert stats["rounds"] > 0 and len(stats["acceptance_per_position"]) == 4
+    finally:
+        if local.poll() is None:
+            local.kill()
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(timeout=60)
+    assert code == 0, "\n".join(l for l in out.lines if l is not None)
+    assert not alive(pids["target"]) and not alive(pids["draft"])
+
+
+def test_generate_needs_a_model_or_an_endpoint(capsys):
+    assert main(["generate", "--prompt", "x"]) == 2
+    assert "give --model DIR" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "x", "--endpoint", f"127.0.0.1:{free_port()}", "--timeout", "20"]) == 2
+    assert "cannot reach the Saguaro service at 127.0.0.1:" in capsys.readouterr().err
+
+
+def test_target_refuses_a_mode_without_its_draft(model_dirs, capsys):
+    assert main(["target", "--model", model_dirs["llama"], "--mode", "sd"]) == 2
+    assert "--mode sd runs the draft in this process: give --draft-model DIR" in capsys.readouterr().err
+    assert main(["target", "--model", model_dirs["llama"], "--mode", "ssd"]) == 2
+    assert "--mode ssd needs a draft" in capsys.readouterr().err
+    assert main(["up", "--target", model_dirs["llama"], "--mode", "ssd"]) == 2
+    assert "--mode ssd needs --draft DIR" in capsys.readouterr().err
+
+
+def test_demo_runs_the_local_stack(tmp_path):
+    proc = saguaro("demo", "--max-tokens", "8", env=dict(ENV, SAGUARO_CACHE=str(tmp_path)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 3
+    assert all(r["mode"] == "ssd" and r["rounds"] > 0 and "cache_hit_rate" in r for r in rows)
+    assert proc.stdout.rstrip().endswith("stack stopped")
