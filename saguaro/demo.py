@@ -19,5 +19,5 @@ def demo_models(root: Path = DEFAULT_DEMO_DIR) -> tuple[Path, Path]:
         build_tiny_model(target, family="llama", hidden_size=128, num_layers=4, intermediate_size=256,
                          vocab_size=512, init_range=0.3, seed=0)
     if not (draft / "model.safetensors").is_file():
-        perturbed_copy(target, draft, noise=0.15)
+        perturbed_copy(target, draft, noise=0.03)
     return target, draft

@@ -55,7 +55,6 @@ class SpeculativeEngine(LLMEngine):
         self.mode = mode
         self.k = settings.k if mode != "ar" else 0
         super().__init__(config, lookahead=self.k)
-        self.stats: dict[int, SpecStats] = {}
         self.proposer: DraftProposer | None = None
         if mode != "ar":
             request = handshake_request(self.runner, settings, config.max_num_seqs)
@@ -72,11 +71,11 @@ class SpeculativeEngine(LLMEngine):
                 f"this deployment decodes with mode {self.mode!r}; a request may only opt out to 'ar' (got {params.mode!r})"
             )
         seq = super().add_request(prompt_token_ids, params)
-        self.stats[seq.seq_id] = SpecStats(mode="ar" if params.mode == "ar" else self.mode)
+        seq.stats = SpecStats(mode="ar" if params.mode == "ar" else self.mode)
         return seq
 
     def request_stats(self, seq: Sequence) -> dict:
-        return self.stats[seq.seq_id].to_json()
+        return seq.stats.to_json()
 
     def _speculates(self, seq: Sequence) -> bool:
         return self.proposer is not None and seq.params.mode != "ar"
@@ -120,17 +119,25 @@ class SpeculativeEngine(LLMEngine):
             for seq, prop, n, r in zip(picked, props, accepted, next_tokens):
                 self._commit_round(seq, n, prop.tokens[:n] + [r], prop, draft_time)
         verify_time = time.perf_counter() - started
+        build_time = self.proposer.last_build_s if proposals else 0.0
         for seq in seqs:
-            self.stats[seq.seq_id].verify_time_s += verify_time
+            seq.stats.verify_time_s += verify_time
+            if seq.seq_id in proposals:
+                seq.stats.draft_build_time_s += build_time
         self._release_finished(seqs)
 
     def _commit_round(self, seq: Sequence, accepted: int, new_tokens: list[int], proposal: Proposal | None, draft_time: float) -> None:
-        stats = self.stats[seq.seq_id]
-        stats.transport = self.proposer.transport if self.proposer else "none"
+        stats = seq.stats
+        speculates = self._speculates(seq)
+        if speculates:
+            stats.transport = self.proposer.transport
         if proposal is None:
-            if self._speculates(seq):
+            if speculates:
+                stats.fallbacks += not stats.in_fallback
+                stats.in_fallback = True
                 stats.fallback_rounds += 1
         else:
+            stats.in_fallback = False
             stats.draft_time_s += draft_time
             stats.cache_hits += proposal.hit
             stats.cache_misses += not proposal.hit

@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
+import grpc
 import torch
 
 from saguaro.sequence import Sequence
@@ -71,6 +72,8 @@ class DraftProposer:
         self.views: dict[int, DraftView] = {}
         self._down_since: float | None = None
         self.failures = 0
+        self.draft_model: pb.ModelFacts | None = None  # the connected draft's facts (from the handshake)
+        self.last_build_s = 0.0  # the draft's cache-build time it reported with its last reply
 
     # -- connection -----------------------------------------------------------------------
     def connect(self) -> None:
@@ -78,6 +81,9 @@ class DraftProposer:
         channel = self._connect()
         try:
             response = channel.handshake(self._handshake, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            channel.close()
+            raise ConnectionError(f"draft handshake failed: {exc.code().name}: {exc.details()}") from None
         except Exception as exc:
             channel.close()
             raise ConnectionError(f"draft handshake failed: {exc}") from None
@@ -86,6 +92,7 @@ class DraftProposer:
             raise IncompatibleDraft(f"the draft refused this target: {response.error_message}")
         self.channel = channel
         self.transport = channel.name
+        self.draft_model = response.draft_model
         self.views.clear()  # a (re)connected draft knows no sequence
         self._down_since = None
         log.info("draft connected over %s", self.transport)
@@ -100,7 +107,7 @@ class DraftProposer:
             self.connect()
             return True
         except (ConnectionError, IncompatibleDraft) as exc:
-            log.warning("draft still unavailable: %s", exc)
+            log.warning("draft still unavailable: %s", str(exc).splitlines()[0][:200])
             self._down_since = time.monotonic()
             return False
 
@@ -175,6 +182,7 @@ class DraftProposer:
         if responses is None:
             return {}
         reply = responses[-1].speculate
+        self.last_build_s = reply.timings.prev_build_us / 1e6
         if len(reply.rows) != len(seqs):
             self._mark_down(f"reply has {len(reply.rows)} rows for {len(seqs)} sequences")
             return {}

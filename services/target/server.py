@@ -393,9 +393,11 @@ def speculation_to_proto(stats: dict) -> pb.SpeculationStats:
         cache_misses=stats.get("cache_misses", 0),
         jit_backups=stats.get("backups_jit", 0),
         fast_backups=stats.get("backups_fast", 0),
+        ar_fallbacks=stats.get("fallbacks", 0),
         ar_fallback_rounds=stats.get("fallback_rounds", 0),
         draft_time_s=stats.get("draft_time_s", 0.0),
         verify_time_s=stats.get("verify_time_s", 0.0),
+        draft_build_time_s=stats.get("draft_build_time_s", 0.0),
     )
 
 
@@ -509,6 +511,8 @@ class InferenceService(pb_grpc.InferenceServicer):
         )
         proposer = getattr(self.engine, "proposer", None)
         if proposer is not None:
+            if proposer.draft_model is not None and proposer.draft_model.model_name:
+                info.draft_model_name = proposer.draft_model.model_name
             info.lookahead_k = proposer.settings.k
             info.fan_out = proposer.settings.fan_out
             info.fan_out_list.extend(proposer.settings.fan_out_hit)

@@ -19,9 +19,12 @@ class SpecStats:
     cache_misses: int = 0
     backups_jit: int = 0
     backups_fast: int = 0
+    fallbacks: int = 0  # times the request lost its draft and fell back to plain decoding
     fallback_rounds: int = 0
-    draft_time_s: float = 0.0
+    draft_time_s: float = 0.0  # waiting for the draft's reply (critical path)
     verify_time_s: float = 0.0
+    draft_build_time_s: float = 0.0  # the draft's cache building it reported (off the critical path)
+    in_fallback: bool = field(default=False, repr=False)
 
     def record_round(self, accepted: int | None, committed: int, k: int) -> None:
         """``accepted`` is None for a round that ran without a proposal (AR/fallback)."""
@@ -37,6 +40,7 @@ class SpecStats:
 
     def to_json(self) -> dict:
         out = asdict(self)
+        del out["in_fallback"]
         out["tokens_per_round"] = self.tokens_from_rounds / self.rounds if self.rounds else 0.0
         lookups = self.cache_hits + self.cache_misses
         out["cache_hit_rate"] = self.cache_hits / lookups if lookups else 0.0

@@ -81,7 +81,7 @@ def test_draft_failure_mid_generation_falls_back_and_resumes(model_dirs, expecte
         params = SamplingParams(max_tokens=NEW_TOKENS)
         seq = engine.add_request(PROMPT, params)
         run_until(engine, seq, lambda: seq.num_output_tokens >= 12)
-        assert engine.stats[seq.seq_id].spec_rounds > 0
+        assert seq.stats.spec_rounds > 0
         os.kill(draft.pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
         run_until(engine, seq, lambda: False)
         stats = engine.request_stats(seq)
