@@ -46,14 +46,18 @@ def verify_rows(
 ) -> tuple[list[int], list[int]]:
     """logits: [B, K+1, V] target rows for ``[r, s_1..s_K]``. Returns (n, r') per row.
 
-    Without top-k/top-p the whole batch goes through the fused verification kernel's dispatch
-    (Triton on CUDA); a batch with filtered sampling rows verifies against the filtered p.
+    All-greedy batches compare prefixes directly. Otherwise, without top-k/top-p the whole batch
+    goes through the fused verification kernel's dispatch (Triton on CUDA); a batch with
+    filtered sampling rows verifies against the filtered p.
     """
     batch, rows, vocab = logits.shape
     tokens = torch.tensor([p.tokens for p in proposals], dtype=torch.long)
-    uniforms, residual = _uniforms(params, generators, rows - 1)
     sampled = [i for i, p in enumerate(params) if not p.greedy]
-    q = torch.stack([proposal_law(p, vocab) for p in proposals]) if sampled else None
+    if not sampled:  # the common greedy batch: a prefix compare, no probabilities at all
+        result = greedy_verify(logits, tokens)
+        return result.accepted.tolist(), result.next_token.tolist()
+    uniforms, residual = _uniforms(params, generators, rows - 1)
+    q = torch.stack([proposal_law(p, vocab) for p in proposals])
     if not any(params[i].top_k or params[i].top_p < 1 for i in sampled):
         temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32)
         is_sample = torch.tensor([p.is_sample for p in proposals])
