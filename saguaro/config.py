@@ -157,7 +157,11 @@ class EngineConfig:
     """Knobs of one engine instance (one model on one device).
 
     ``kv_cache_bytes`` sizes the paged KV cache on CPU; on CUDA ``gpu_memory_utilization``
-    (a fraction of free memory after loading weights) is used instead when it is set.
+    (a fraction of free memory after loading weights) is used instead when it is set. Both are
+    per rank under tensor parallelism (each rank caches only its KV heads).
+
+    ``tensor_parallel_size`` > 1 shards the model over that many processes (ranks 0..N-1 on
+    cuda:i..i+N-1 for device cuda:i, all on the CPU otherwise); see docs/parallelism.md.
     """
 
     model: str
@@ -175,6 +179,7 @@ class EngineConfig:
     # Benchmarks only: pad every forward to at least this long, to emulate an accelerator's
     # step time on a CPU (real tokens, realistic target/draft cost ratio). See saguaro/emulation.py.
     emulate_forward_s: float | None = None
+    tensor_parallel_size: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -186,6 +191,8 @@ class EngineConfig:
             raise ConfigError(
                 f"max_num_batched_tokens must be positive, got {self.max_num_batched_tokens}"
             )
+        if self.tensor_parallel_size < 1:
+            raise ConfigError(f"tensor_parallel_size must be at least 1, got {self.tensor_parallel_size}")
         if self.kv_cache_bytes <= 0:
             raise ConfigError(f"kv_cache_bytes must be positive, got {self.kv_cache_bytes}")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:

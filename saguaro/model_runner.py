@@ -8,7 +8,9 @@ forward pass. Engines and services (AR, the target's verify, the draft's glue an
 from __future__ import annotations
 
 import logging
+import resource
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +20,11 @@ from saguaro.attention import AttentionBackend, AttentionMetadata, causal_metada
 from saguaro.cache import BlockManager, KVCache, num_blocks_for_budget
 from saguaro.config import EngineConfig, ModelConfig, parse_dtype
 from saguaro.emulation import pad_to
-from saguaro.errors import ConfigError, ModelLoadError
-from saguaro.models import load_model
+from saguaro.errors import ConfigError
+from saguaro.models import CausalLM, load_model
+from saguaro.parallel.group import TensorParallelGroup
+from saguaro.parallel.launch import TensorParallelLeader
+from saguaro.parallel.sharding import shard_config
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +54,86 @@ def resolve_dtype(name: str, cfg: ModelConfig, device: torch.device) -> torch.dt
     return parse_dtype(cfg.torch_dtype or "bfloat16")
 
 
+@dataclass
+class RankLoad:
+    """What loading cost one rank: checkpoint bytes it read, and its peak resident memory before
+    and after loading its weights (the difference is the load's own footprint)."""
+
+    bytes_read: int
+    peak_rss_before_bytes: int
+    peak_rss_bytes: int
+
+
+@dataclass
+class RankModel:
+    """What one rank holds: its weights (its shard under TP), its KV cache (its KV heads only)
+    and the attention backend. Rank 0 and every tensor-parallel follower build it the same way
+    (``load_rank``) and run the same forward."""
+
+    model: CausalLM
+    kv: KVCache
+    attention: AttentionBackend
+    device: torch.device
+    loads: list[RankLoad]  # per rank, in rank order (on rank 0 every rank's)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        logits_index: torch.Tensor | None = None,
+        attention: AttentionBackend | None = None,
+    ) -> torch.Tensor | None:
+        return self.model(
+            input_ids.to(self.device),
+            positions.to(self.device),
+            self.kv.layers,
+            _to(meta, self.device),
+            attention or self.attention,
+            None if logits_index is None else logits_index.to(self.device),
+        )
+
+
+def load_rank(
+    config: EngineConfig,
+    model_config: ModelConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_positions: int,
+    group: TensorParallelGroup | None = None,
+) -> RankModel:
+    """Load this rank's weights and size its KV cache. Under TP every rank must address the same
+    block ids (rank 0's block tables drive them all), so the ranks agree on the smallest count."""
+    lead = group is None or group.rank == 0
+    before = peak_rss_bytes()
+    model = load_model(config.model, model_config, dtype, device, max_positions,
+                       show_progress=config.show_progress and lead, group=group)
+    num_blocks = num_blocks_for_budget(
+        model.local_cfg, config.block_size, dtype, device, config.kv_cache_bytes, config.gpu_memory_utilization
+    )
+    mine = [model.bytes_loaded, before, peak_rss_bytes()]
+    loads = [RankLoad(*mine)]
+    if group is not None:
+        table = group.all_gather_ints([num_blocks, *mine])
+        num_blocks = min(row[0] for row in table)
+        loads = [RankLoad(*row[1:]) for row in table]
+    kv = KVCache(model.local_cfg, num_blocks, config.block_size, dtype, device)
+    return RankModel(model, kv, select_backend(device), device, loads)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig, lookahead_slots: int = 0, extra_positions: int = 0):
         """``lookahead_slots``: KV slots a sequence may use past its tokens (speculation).
-        ``extra_positions``: RoPE positions needed past ``max_model_len`` (tree tokens)."""
+        ``extra_positions``: RoPE positions needed past ``max_model_len`` (tree tokens).
+
+        With ``config.tensor_parallel_size`` > 1 this is rank 0: it spawns the other ranks
+        (``saguaro.parallel.launch``), which load their shards while it loads its own, and
+        drives them on every forward; ``close()`` (or garbage collection, or exit) stops them."""
         config.validate()
         self.config = config
         self.model_dir = Path(config.model)
@@ -63,28 +144,45 @@ class ModelRunner:
         self.max_model_len = min(config.max_model_len or limit, limit)
         if config.max_model_len and config.max_model_len > limit:
             log.warning("max_model_len %d exceeds the model's %d positions; using %d", config.max_model_len, limit, limit)
-        self.model = load_model(
-            self.model_dir,
-            self.model_config,
-            self.dtype,
-            self.device,
-            max_positions=self.max_model_len + extra_positions,
-            show_progress=config.show_progress,
-        )
-        num_blocks = num_blocks_for_budget(
-            self.model_config, config.block_size, self.dtype, self.device, config.kv_cache_bytes, config.gpu_memory_utilization
-        )
-        per_seq = -(-(self.max_model_len + lookahead_slots) // config.block_size)
-        if num_blocks < per_seq:
-            raise ConfigError(
-                f"the KV cache holds {num_blocks} blocks of {config.block_size} tokens, fewer than one "
-                f"sequence of max_model_len={self.max_model_len} (+{lookahead_slots} lookahead) needs "
-                f"({per_seq}); raise the KV-cache budget or lower max_model_len"
-            )
+        max_positions = self.max_model_len + extra_positions
+        self.parallel: TensorParallelLeader | None = None
+        self._finalizer: weakref.finalize | None = None
+        if config.tensor_parallel_size > 1:
+            shard_config(self.model_config, config.tensor_parallel_size)  # refuse an unsplittable model first
+            self.parallel = TensorParallelLeader(config, max_positions)
+            self._finalizer = weakref.finalize(self, self.parallel.close)
+        try:
+            self.rank = self._load(max_positions)
+            per_seq = -(-(self.max_model_len + lookahead_slots) // config.block_size)
+            if self.kv.num_blocks < per_seq:
+                raise ConfigError(
+                    f"the KV cache holds {self.kv.num_blocks} blocks of {config.block_size} tokens, fewer than one "
+                    f"sequence of max_model_len={self.max_model_len} (+{lookahead_slots} lookahead) needs "
+                    f"({per_seq}); raise the KV-cache budget or lower max_model_len"
+                )
+        except BaseException:
+            self.close()
+            raise
         self.lookahead_slots = lookahead_slots
-        self.kv = KVCache(self.model_config, num_blocks, config.block_size, self.dtype, self.device)
         self.reset_cache()
-        self.attention = select_backend(self.device)
+
+    def _load(self, max_positions: int) -> RankModel:
+        args = (self.config, self.model_config, self.dtype, self.device, max_positions)
+        if self.parallel is None:
+            return load_rank(*args)
+        with self.parallel.watch():
+            rank = load_rank(*args, group=self.parallel.group)
+        self.parallel.serving = True
+        return rank
+
+    def close(self) -> None:
+        """Stop the tensor-parallel followers (nothing to do at TP = 1 or when already closed)."""
+        if self._finalizer is not None:
+            self._finalizer()
+
+    @property
+    def kv(self) -> KVCache:
+        return self.rank.kv
 
     def reset_cache(self) -> None:
         """Forget every sequence: all blocks free, no prefix hashes (KV contents are garbage)."""
@@ -106,14 +204,10 @@ class ModelRunner:
 
         ``attention`` overrides the runner's backend for this call (the draft's tree steps)."""
         started = time.perf_counter()
-        logits = self.model(
-            input_ids.to(self.device),
-            positions.to(self.device),
-            self.kv.layers,
-            _to(meta, self.device),
-            attention or self.attention,
-            None if logits_index is None else logits_index.to(self.device),
-        )
+        if self.parallel is None:
+            logits = self.rank.forward(input_ids, positions, meta, logits_index, attention)
+        else:
+            logits = self.parallel.forward(self.rank, input_ids, positions, meta, logits_index, attention)
         if self.config.emulate_forward_s:
             pad_to(started + self.config.emulate_forward_s)
         return logits

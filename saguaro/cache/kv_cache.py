@@ -36,7 +36,10 @@ def num_blocks_for_budget(
 
 
 class KVCache:
-    """K and V for every layer, addressed by flat slot = block_id * block_size + offset."""
+    """K and V for every layer, addressed by flat slot = block_id * block_size + offset.
+
+    Under tensor parallelism ``cfg`` is the rank's shard: each rank caches only its own KV heads,
+    in blocks whose ids rank 0's block manager assigns for all ranks alike."""
 
     def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device):
         self.num_blocks = num_blocks
