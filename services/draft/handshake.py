@@ -65,9 +65,16 @@ def pairing_problems(request: pb.HandshakeRequest, draft: pb.ModelFacts) -> list
 
 
 def choose_transport(request: pb.HandshakeRequest, ours: pb.HostIdentity) -> int:
-    """The fast path when the target offers it from this very host (same boot id), else gRPC."""
-    same_host = bool(ours.boot_id) and request.host.boot_id == ours.boot_id
-    if same_host and pb.TRANSPORT_TORCH_DISTRIBUTED in request.transports_offered:
+    """The fast path when the target offers it from this very pod, else gRPC.
+
+    The fast path rendezvous on loopback, so the peers must share a network namespace. Same
+    boot id alone is not enough: two pods on one node share it but not loopback. Containers of
+    one pod share the IPC namespace (as they share the network one), so both must match.
+    """
+    theirs = request.host
+    same_pod = bool(ours.boot_id and ours.ipc_namespace) and (theirs.boot_id, theirs.ipc_namespace) == (
+        ours.boot_id, ours.ipc_namespace)
+    if same_pod and pb.TRANSPORT_TORCH_DISTRIBUTED in request.transports_offered:
         return pb.TRANSPORT_TORCH_DISTRIBUTED
     return pb.TRANSPORT_GRPC
 

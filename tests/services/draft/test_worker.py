@@ -172,3 +172,17 @@ def test_geometric_policy_reallocates_branches_from_reported_outcomes(model_dirs
     assert worker.fan_out_hit[K] == max(worker.fan_out_hit) and worker.fan_out_hit != [2] * (K + 1)
     depths = [j for (j, _) in worker.cache._by_seq[1]]
     assert [depths.count(j) for j in range(K + 1)] == worker.fan_out_hit
+
+
+def test_fast_path_only_within_one_pod():
+    """Same node (boot id) but another pod (namespaces differ): loopback is not shared -> gRPC."""
+    from saguaro.services.draft.handshake import choose_transport
+
+    ours = pb.HostIdentity(boot_id="b1", ipc_namespace="ipc:[1]")
+    offer = [pb.TRANSPORT_TORCH_DISTRIBUTED, pb.TRANSPORT_GRPC]
+    same_pod = pb.HandshakeRequest(host=pb.HostIdentity(boot_id="b1", ipc_namespace="ipc:[1]"), transports_offered=offer)
+    other_pod = pb.HandshakeRequest(host=pb.HostIdentity(boot_id="b1", ipc_namespace="ipc:[2]"), transports_offered=offer)
+    grpc_only = pb.HandshakeRequest(host=same_pod.host, transports_offered=[pb.TRANSPORT_GRPC])
+    assert choose_transport(same_pod, ours) == pb.TRANSPORT_TORCH_DISTRIBUTED
+    assert choose_transport(other_pod, ours) == pb.TRANSPORT_GRPC
+    assert choose_transport(grpc_only, ours) == pb.TRANSPORT_GRPC

@@ -1,0 +1,572 @@
+{{/* ------------------------------------------------------------------------------------------
+Names and labels
+------------------------------------------------------------------------------------------ */}}
+
+{{- define "saguaro.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The resource-name prefix; short enough that "<prefix>-<component>-<ordinal>" plus the
+StatefulSet revision-hash label stays within 63 characters. */}}
+{{- define "saguaro.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<fullname>-<component>"; call with (list $ "component"). */}}
+{{- define "saguaro.componentName" -}}
+{{- printf "%s-%s" (include "saguaro.fullname" (index . 0)) (index . 1) -}}
+{{- end -}}
+
+{{- define "saguaro.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "saguaro.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "saguaro.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "saguaro.labels" -}}
+helm.sh/chart: {{ include "saguaro.chart" . }}
+{{ include "saguaro.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: saguaro
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component; call with (list $ "component"). */}}
+{{- define "saguaro.componentSelectorLabels" -}}
+{{ include "saguaro.selectorLabels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "saguaro.componentLabels" -}}
+{{ include "saguaro.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{/* The same selector as a "k=v,k=v" string (KEDA podSelector). */}}
+{{- define "saguaro.componentSelectorString" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name={{ include "saguaro.name" $root }},app.kubernetes.io/instance={{ $root.Release.Name }},app.kubernetes.io/component={{ index . 1 }}
+{{- end -}}
+
+{{/* A PromQL label matcher for one component's pods, as the PodMonitor labels them
+(podTargetLabels, sanitised by Prometheus). */}}
+{{- define "saguaro.promSelector" -}}
+{{- $root := index . 0 -}}
+namespace="{{ $root.Release.Namespace }}",app_kubernetes_io_instance="{{ $root.Release.Name }}",app_kubernetes_io_component="{{ index . 1 }}"
+{{- end -}}
+
+{{/* ------------------------------------------------------------------------------------------
+Derived settings
+------------------------------------------------------------------------------------------ */}}
+
+{{/* "true" when a separate draft process serves the target (ssd mode). */}}
+{{- define "saguaro.usesDraftService" -}}
+{{- if eq .Values.target.mode "ssd" -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when the draft runs as its own StatefulSet (ssd + remote pairing). */}}
+{{- define "saguaro.remoteDraft" -}}
+{{- if and (eq .Values.target.mode "ssd") (eq .Values.pairing.mode "remote") -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when the draft container sits in the target pod (ssd + colocated pairing). */}}
+{{- define "saguaro.colocatedDraft" -}}
+{{- if and (eq .Values.target.mode "ssd") (eq .Values.pairing.mode "colocated") -}}true{{- end -}}
+{{- end -}}
+
+{{/* The target workload kind: a StatefulSet when drafts pair by ordinal, else a Deployment. */}}
+{{- define "saguaro.targetKind" -}}
+{{- if include "saguaro.remoteDraft" . -}}StatefulSet{{- else -}}Deployment{{- end -}}
+{{- end -}}
+
+{{- define "saguaro.device" -}}
+{{- $root := index . 0 -}}
+{{- $engine := index . 1 -}}
+{{- if $engine.device -}}{{ $engine.device }}{{- else if $root.Values.gpu.enabled -}}cuda{{- else -}}cpu{{- end -}}
+{{- end -}}
+
+{{/* Ranks of the target's tensor parallelism: target.engine.tensorParallelSize, or one per GPU. */}}
+{{- define "saguaro.tensorParallelSize" -}}
+{{- $engine := .Values.target.engine -}}
+{{- $gpus := int .Values.target.gpus -}}
+{{- $size := 1 -}}
+{{- if $engine.tensorParallelSize -}}
+{{- $size = int $engine.tensorParallelSize -}}
+{{- else if and .Values.gpu.enabled (gt $gpus 1) -}}
+{{- $size = $gpus -}}
+{{- end -}}
+{{- if and .Values.gpu.enabled (gt $size $gpus) -}}
+{{- fail (printf "target.engine.tensorParallelSize (%d) needs as many GPUs per target pod; target.gpus is %d" $size $gpus) -}}
+{{- end -}}
+{{- $size -}}
+{{- end -}}
+
+{{- define "saguaro.redisURLConfigured" -}}
+{{- if eq .Values.redis.mode "bundled" -}}true
+{{- else if and (eq .Values.redis.mode "external") (or .Values.redis.external.url .Values.redis.external.urlSecret.name) -}}true
+{{- end -}}
+{{- end -}}
+
+{{- define "saguaro.redisSecretName" -}}
+{{- if .Values.redis.bundled.auth.existingSecret -}}
+{{- .Values.redis.bundled.auth.existingSecret -}}
+{{- else -}}
+{{- include "saguaro.componentName" (list . "redis") -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "saguaro.gatewayServiceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "saguaro.componentName" (list . "gateway")) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* An image reference; call with (list $ .Values.<component>.image). */}}
+{{- define "saguaro.image" -}}
+{{- $root := index . 0 -}}
+{{- $image := index . 1 -}}
+{{- $tag := default (default $root.Chart.AppVersion $root.Values.image.tag) $image.tag -}}
+{{- if $root.Values.image.registry -}}
+{{- printf "%s/%s:%s" $root.Values.image.registry $image.repository $tag -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "saguaro.pullPolicy" -}}
+{{- $root := index . 0 -}}
+{{- default $root.Values.image.pullPolicy (index . 1).pullPolicy -}}
+{{- end -}}
+
+{{/* ------------------------------------------------------------------------------------------
+Pod and container fragments
+------------------------------------------------------------------------------------------ */}}
+
+{{/* Environment common to every Saguaro container: pod identity and OpenTelemetry.
+Call with (list $ "service-name"). */}}
+{{- define "saguaro.commonEnv" -}}
+{{- $root := index . 0 -}}
+{{- $service := index . 1 -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+- name: PYTHONUNBUFFERED
+  value: "1"
+- name: HOME
+  value: /tmp
+{{- if $root.Values.otel.enabled }}
+- name: OTEL_SERVICE_NAME
+  value: {{ $service }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $root.Values.otel.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $root.Values.otel.protocol | quote }}
+- name: OTEL_EXPORTER_OTLP_INSECURE
+  value: {{ $root.Values.otel.insecure | quote }}
+- name: OTEL_TRACES_EXPORTER
+  value: otlp
+- name: OTEL_METRICS_EXPORTER
+  value: none
+- name: OTEL_LOGS_EXPORTER
+  value: none
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $root.Values.otel.sampler | quote }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $root.Values.otel.samplerArg | quote }}
+- name: OTEL_PROPAGATORS
+  value: tracecontext,baggage
+{{- $attrs := list (printf "service.namespace=%s" $root.Release.Namespace) "k8s.namespace.name=$(POD_NAMESPACE)" "k8s.pod.name=$(POD_NAME)" "k8s.node.name=$(NODE_NAME)" }}
+{{- range $key, $value := $root.Values.otel.resourceAttributes }}
+{{- $attrs = append $attrs (printf "%s=%s" $key $value) }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attrs | quote }}
+{{- if $root.Values.otel.headersSecret }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.otel.headersSecret }}
+      key: OTEL_EXPORTER_OTLP_HEADERS
+{{- end }}
+{{- else }}
+- name: OTEL_SDK_DISABLED
+  value: "true"
+{{- end }}
+{{- end -}}
+
+{{/* Environment of GPU-engine containers (target, draft): caches under the writable /tmp. */}}
+{{- define "saguaro.engineEnv" -}}
+- name: XDG_CACHE_HOME
+  value: /tmp/.cache
+- name: TRITON_CACHE_DIR
+  value: /tmp/.cache/triton
+- name: TORCHINDUCTOR_CACHE_DIR
+  value: /tmp/.cache/torchinductor
+- name: HF_HUB_OFFLINE
+  value: "1"
+- name: TRANSFORMERS_OFFLINE
+  value: "1"
+{{- end -}}
+
+{{/* Resources with the GPU count added to requests and limits; call with (list $ resources gpus). */}}
+{{- define "saguaro.gpuResources" -}}
+{{- $root := index . 0 -}}
+{{- $resources := deepCopy (index . 1 | default dict) -}}
+{{- $gpus := int (index . 2) -}}
+{{- if and $root.Values.gpu.enabled (gt $gpus 0) -}}
+{{- $requests := deepCopy (get $resources "requests" | default dict) -}}
+{{- $limits := deepCopy (get $resources "limits" | default dict) -}}
+{{- $_ := set $requests $root.Values.gpu.resourceName $gpus -}}
+{{- $_ := set $limits $root.Values.gpu.resourceName $gpus -}}
+{{- $_ := set $resources "requests" $requests -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- end -}}
+{{- toYaml $resources -}}
+{{- end -}}
+
+{{/* Probe timing fields of one probe's values, as YAML. */}}
+{{- define "saguaro.probeTiming" -}}
+{{- $timing := dict -}}
+{{- range $key := list "initialDelaySeconds" "periodSeconds" "timeoutSeconds" "successThreshold" "failureThreshold" -}}
+{{- if hasKey $ $key -}}
+{{- $_ := set $timing $key (get $ $key) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $timing -}}
+{{- end -}}
+
+{{/* The health probe script mounted into target and draft containers (files/saguaro-probe.py). */}}
+{{- define "saguaro.probeScript" -}}/etc/saguaro/probe/saguaro-probe.py{{- end -}}
+
+{{/* Tolerations of a GPU component; call with (list $ componentValues). */}}
+{{- define "saguaro.gpuTolerations" -}}
+{{- $root := index . 0 -}}
+{{- $values := index . 1 -}}
+{{- $tolerations := list -}}
+{{- if and $root.Values.gpu.enabled (eq $values.tolerationsPolicy "append") -}}
+{{- $tolerations = concat $tolerations $root.Values.gpu.tolerations -}}
+{{- end -}}
+{{- $tolerations = concat $tolerations $values.tolerations -}}
+{{- if $tolerations -}}
+{{- toYaml $tolerations -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Affinity of a GPU component: GPU product node affinity, plus (remote pairing) keeping it off
+the other role's nodes. Call with (list $ componentValues "component" "otherComponent"). */}}
+{{- define "saguaro.gpuAffinity" -}}
+{{- $root := index . 0 -}}
+{{- $values := index . 1 -}}
+{{- $other := index . 3 -}}
+{{- if $values.affinity -}}
+{{- toYaml $values.affinity -}}
+{{- else -}}
+{{- $affinity := dict -}}
+{{- if and $root.Values.gpu.enabled $root.Values.gpu.products -}}
+{{- $expression := dict "key" $root.Values.gpu.productLabel "operator" "In" "values" $root.Values.gpu.products -}}
+{{- $terms := list (dict "matchExpressions" (list $expression)) -}}
+{{- $_ := set $affinity "nodeAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (dict "nodeSelectorTerms" $terms)) -}}
+{{- end -}}
+{{- if and (include "saguaro.remoteDraft" $root) (ne $root.Values.pairing.remote.antiAffinity "none") -}}
+{{- $selector := dict "app.kubernetes.io/name" (include "saguaro.name" $root) "app.kubernetes.io/instance" $root.Release.Name "app.kubernetes.io/component" $other -}}
+{{- $term := dict "labelSelector" (dict "matchLabels" $selector) "topologyKey" $root.Values.pairing.remote.topologyKey -}}
+{{- if eq $root.Values.pairing.remote.antiAffinity "required" -}}
+{{- $_ := set $affinity "podAntiAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (list $term)) -}}
+{{- else -}}
+{{- $_ := set $affinity "podAntiAffinity" (dict "preferredDuringSchedulingIgnoredDuringExecution" (list (dict "weight" 100 "podAffinityTerm" $term))) -}}
+{{- end -}}
+{{- end -}}
+{{- if $affinity -}}
+{{- toYaml $affinity -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Topology spread of a component; call with (list $ componentValues "component"). */}}
+{{- define "saguaro.topologySpread" -}}
+{{- $root := index . 0 -}}
+{{- $spread := (index . 1).topologySpread -}}
+{{- if $spread.enabled -}}
+- maxSkew: {{ $spread.maxSkew }}
+  topologyKey: {{ $spread.topologyKey }}
+  whenUnsatisfiable: {{ $spread.whenUnsatisfiable }}
+  labelSelector:
+    matchLabels:
+      {{- include "saguaro.componentSelectorLabels" (list $root (index . 2)) | nindent 6 }}
+{{- end }}
+{{- end -}}
+
+{{/* Speculation flags shared by target (sd/ssd) and draft. */}}
+{{- define "saguaro.speculationArgs" -}}
+- --k
+- $(SAGUARO_K)
+- --fan-out
+- $(SAGUARO_FAN_OUT)
+- --backup
+- $(SAGUARO_BACKUP)
+- --jit-max-batch
+- $(SAGUARO_JIT_MAX_BATCH)
+- --saguaro-c
+- $(SAGUARO_SAGUARO_C)
+{{- with .Values.speculation.fanOutList }}
+- --fan-out-list
+{{- range . }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- with .Values.speculation.fanOutListMiss }}
+- --fan-out-list-miss
+{{- range . }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Engine flags; call with (list $ engineValues). Values come from the component's ConfigMap. */}}
+{{- define "saguaro.engineArgs" -}}
+{{- $engine := index . 1 -}}
+{{- $tensorParallel := and (gt (len .) 2) (index . 2) -}}
+- --dtype
+- $(SAGUARO_DTYPE)
+- --device
+- $(SAGUARO_DEVICE)
+- --max-num-seqs
+- $(SAGUARO_MAX_NUM_SEQS)
+- --kv-cache-bytes
+- $(SAGUARO_KV_CACHE_BYTES)
+- --block-size
+- $(SAGUARO_BLOCK_SIZE)
+{{- if $engine.maxModelLen }}
+- --max-model-len
+- $(SAGUARO_MAX_MODEL_LEN)
+{{- end }}
+{{- if not $engine.prefixCaching }}
+- --no-prefix-caching
+{{- end }}
+{{- if $tensorParallel }}
+- --tensor-parallel-size
+- $(SAGUARO_TENSOR_PARALLEL_SIZE)
+{{- end }}
+- --metrics-port
+- $(SAGUARO_METRICS_PORT)
+- --log-format
+- $(SAGUARO_LOG_FORMAT)
+{{- end -}}
+
+{{/* ConfigMap data of an engine component; call with (list $ componentValues). */}}
+{{- define "saguaro.engineConfig" -}}
+{{- $root := index . 0 -}}
+{{- $values := index . 1 -}}
+{{- $engine := $values.engine -}}
+SAGUARO_MODEL: {{ $values.model | quote }}
+SAGUARO_DTYPE: {{ $engine.dtype | quote }}
+SAGUARO_DEVICE: {{ include "saguaro.device" (list $root $engine) | quote }}
+SAGUARO_MAX_NUM_SEQS: {{ $engine.maxNumSeqs | quote }}
+SAGUARO_KV_CACHE_BYTES: {{ $engine.kvCacheBytes | int64 | quote }}
+SAGUARO_BLOCK_SIZE: {{ $root.Values.target.engine.blockSize | quote }}
+{{- if $engine.maxModelLen }}
+SAGUARO_MAX_MODEL_LEN: {{ $engine.maxModelLen | quote }}
+{{- end }}
+SAGUARO_K: {{ $root.Values.speculation.k | quote }}
+SAGUARO_FAN_OUT: {{ $root.Values.speculation.fanOut | quote }}
+SAGUARO_BACKUP: {{ $root.Values.speculation.backup | quote }}
+SAGUARO_JIT_MAX_BATCH: {{ $root.Values.speculation.jitMaxBatch | quote }}
+SAGUARO_SAGUARO_C: {{ $root.Values.speculation.saguaroC | quote }}
+SAGUARO_LOG_FORMAT: {{ $root.Values.logFormat | quote }}
+{{- end -}}
+
+{{/* Volumes of GPU pods: writable /tmp, /dev/shm, the model source and the probe script. */}}
+{{- define "saguaro.engineVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 20Gi
+{{- if .Values.gpu.enabled }}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .Values.gpu.shmSize }}
+{{- end }}
+- name: probe
+  configMap:
+    name: {{ include "saguaro.componentName" (list . "probe") }}
+    defaultMode: 0444
+{{- if eq .Values.models.source "pvc" }}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ default (include "saguaro.componentName" (list . "models")) .Values.models.pvc.existingClaim }}
+{{- else if eq .Values.models.source "hostPath" }}
+- name: models
+  hostPath:
+    path: {{ .Values.models.hostPath.path }}
+    type: {{ .Values.models.hostPath.type }}
+{{- else if eq .Values.models.source "emptyDir" }}
+- name: models
+  emptyDir:
+    sizeLimit: {{ .Values.models.emptyDir.sizeLimit }}
+{{- end }}
+{{- end -}}
+
+{{- define "saguaro.engineVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .Values.gpu.enabled }}
+- name: dshm
+  mountPath: /dev/shm
+{{- end }}
+- name: probe
+  mountPath: /etc/saguaro/probe
+  readOnly: true
+{{- if ne .Values.models.source "image" }}
+- name: models
+  mountPath: {{ .Values.models.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* The draft container (colocated: inside the target pod, listening on loopback; remote: its own
+pod). Call with (list $ colocated?). */}}
+{{- define "saguaro.draftContainer" -}}
+{{- $root := index . 0 -}}
+{{- $colocated := index . 1 -}}
+{{- $values := $root.Values.draft -}}
+- name: draft
+  image: {{ include "saguaro.image" (list $root $values.image) }}
+  imagePullPolicy: {{ include "saguaro.pullPolicy" (list $root $values.image) }}
+  args:
+    - draft
+    - --model
+    - $(SAGUARO_MODEL)
+    - --host
+    - {{ ternary "127.0.0.1" $values.listenHost $colocated | quote }}
+    - --port
+    - $(SAGUARO_PORT)
+    {{- include "saguaro.speculationArgs" $root | nindent 4 }}
+    {{- include "saguaro.engineArgs" (list $root $values.engine) | nindent 4 }}
+    {{- range $values.extraArgs }}
+    - {{ . | quote }}
+    {{- end }}
+  envFrom:
+    - configMapRef:
+        name: {{ include "saguaro.componentName" (list $root "draft") }}
+  env:
+    {{- include "saguaro.commonEnv" (list $root "saguaro-draft") | nindent 4 }}
+    {{- include "saguaro.engineEnv" $root | nindent 4 }}
+    {{- with $values.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- /* colocated: gRPC and metrics listen on the pod's loopback (--host), so no ports are declared */}}
+  {{- if not $colocated }}
+  ports:
+    - name: grpc
+      containerPort: {{ $values.port }}
+      protocol: TCP
+    {{- if $root.Values.metrics.enabled }}
+    - name: metrics
+      containerPort: {{ $values.metricsPort }}
+      protocol: TCP
+    {{- end }}
+  {{- end }}
+  {{- if $colocated }}
+  {{- /* loopback only: kubelet's TCP probes dial the pod IP, so check from inside */}}
+  startupProbe:
+    exec:
+      command: ["python", {{ include "saguaro.probeScript" $root | quote }}, "tcp", "--port", {{ $values.port | quote }}]
+    {{- include "saguaro.probeTiming" $values.probes.startup | nindent 4 }}
+  livenessProbe:
+    exec:
+      command: ["python", {{ include "saguaro.probeScript" $root | quote }}, "tcp", "--port", {{ $values.port | quote }}]
+    {{- include "saguaro.probeTiming" $values.probes.liveness | nindent 4 }}
+  readinessProbe:
+    exec:
+      command: ["python", {{ include "saguaro.probeScript" $root | quote }}, "tcp", "--port", {{ $values.port | quote }}]
+    {{- include "saguaro.probeTiming" $values.probes.readiness | nindent 4 }}
+  {{- else }}
+  startupProbe:
+    tcpSocket:
+      port: grpc
+    {{- include "saguaro.probeTiming" $values.probes.startup | nindent 4 }}
+  livenessProbe:
+    tcpSocket:
+      port: grpc
+    {{- include "saguaro.probeTiming" $values.probes.liveness | nindent 4 }}
+  readinessProbe:
+    tcpSocket:
+      port: grpc
+    {{- include "saguaro.probeTiming" $values.probes.readiness | nindent 4 }}
+  {{- end }}
+  resources:
+    {{- include "saguaro.gpuResources" (list $root $values.resources $values.gpus) | nindent 4 }}
+  securityContext:
+    {{- toYaml $root.Values.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    {{- include "saguaro.engineVolumeMounts" $root | nindent 4 }}
+{{- end -}}
+
+{{/* The Redis URL environment of gateway containers (SAGUARO_REDIS_URL); empty without Redis. */}}
+{{- define "saguaro.redisEnv" -}}
+{{- if eq .Values.redis.mode "bundled" }}
+{{- $host := printf "%s.%s.svc.%s" (include "saguaro.componentName" (list . "redis")) .Release.Namespace .Values.clusterDomain }}
+{{- if .Values.redis.bundled.auth.enabled }}
+- name: SAGUARO_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "saguaro.redisSecretName" . }}
+      key: {{ .Values.redis.bundled.auth.passwordKey }}
+- name: SAGUARO_REDIS_URL
+  value: {{ printf "redis://:$(SAGUARO_REDIS_PASSWORD)@%s:%d/0" $host (int .Values.redis.bundled.port) | quote }}
+{{- else }}
+- name: SAGUARO_REDIS_URL
+  value: {{ printf "redis://%s:%d/0" $host (int .Values.redis.bundled.port) | quote }}
+{{- end }}
+{{- else if eq .Values.redis.mode "external" }}
+{{- if .Values.redis.external.urlSecret.name }}
+- name: SAGUARO_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.external.urlSecret.name }}
+      key: {{ .Values.redis.external.urlSecret.key }}
+{{- else }}
+- name: SAGUARO_REDIS_URL
+  value: {{ .Values.redis.external.url | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Render a value through tpl with extra fields; call with (list $ value extraDict). */}}
+{{- define "saguaro.tpl" -}}
+{{- $root := index . 0 -}}
+{{- $context := dict "Values" $root.Values "Release" $root.Release "Chart" $root.Chart "Capabilities" $root.Capabilities "Template" $root.Template -}}
+{{- $context = merge $context (index . 2) -}}
+{{- $value := index . 1 -}}
+{{- if typeIs "string" $value -}}
+{{- tpl $value $context -}}
+{{- else -}}
+{{- tpl (toYaml $value) $context -}}
+{{- end -}}
+{{- end -}}

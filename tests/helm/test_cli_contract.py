@@ -1,0 +1,222 @@
+"""The chart passes only what the services accept.
+
+For every toggle combination, mode and example, each Saguaro container's `args` are expanded the
+way the kubelet does ($(VAR) from envFrom ConfigMaps and env) and parsed by the real command-line
+parser, `saguaro.cli.build_parser()` — an unknown or malformed flag fails here, not in a crash-looping
+pod. The parsed values are then checked against the ports, Services and peers the chart wires up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+
+import pytest
+
+from saguaro.cli import build_parser
+
+# Environment variables of the OpenTelemetry SDK specification the chart may set.
+OTEL_SPEC_VARIABLES = {
+    "OTEL_SDK_DISABLED", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_PROPAGATORS",
+    "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER",
+    "OTEL_LOGS_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_INSECURE", "OTEL_EXPORTER_OTLP_HEADERS",
+}
+
+
+def parse(args: list[str]):
+    """argparse exits on a bad command line; turn that into a test failure with its message."""
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            return build_parser().parse_args(args)
+    except SystemExit:
+        pytest.fail(f"`saguaro {' '.join(args)}` is rejected by saguaro.cli:\n{stderr.getvalue()}")
+
+
+def containers(manifests, k8s):
+    for workload in manifests.workloads():
+        for container in k8s.pod_spec(workload)["containers"]:
+            if container["name"] in ("gateway", "target", "draft"):
+                yield workload, container
+
+
+def port_named(container: dict, name: str) -> int | None:
+    return next((p["containerPort"] for p in container.get("ports", []) if p["name"] == name), None)
+
+
+def test_container_args_parse_with_the_real_cli(case, render, k8s):
+    manifests = render(case)
+    for workload, container in containers(manifests, k8s):
+        args = k8s.expanded_args(manifests, workload, container)
+        assert args[0] == container["name"], "the subcommand is the container's role"
+        parse(args)
+
+
+def test_target_flags_match_the_wiring(case, render, k8s):
+    manifests = render(case)
+    values = manifests.values
+    target_workload = manifests.workload("target")
+    target = k8s.pod_spec(target_workload)["containers"][0]
+    parsed = parse(k8s.expanded_args(manifests, target_workload, target))
+    assert parsed.command == "target" and parsed.host == values.get("target", {}).get("listenHost", "0.0.0.0")
+    assert parsed.port == port_named(target, "grpc")
+    gpu = values.get("gpu", {}).get("enabled", True)
+    assert parsed.device == ("cuda" if gpu else "cpu")
+    assert parsed.model.startswith("/models/") or values.get("models", {}).get("source") == "image"
+    service = manifests.get("Service", manifests.name("target"))
+    assert service["spec"]["ports"][0]["port"] == parsed.port
+    metrics = values.get("metrics", {}).get("enabled", True)
+    assert parsed.metrics_port == (port_named(target, "metrics") if metrics else 0)
+    gpus = values.get("target", {}).get("gpus", 1)
+    assert parsed.tensor_parallel_size == (
+        values.get("target", {}).get("engine", {}).get("tensorParallelSize") or (gpus if gpu and gpus > 1 else 1))
+    assert parsed.log_format == values.get("logFormat", "text")
+
+    mode = values.get("target", {}).get("mode", "ssd")
+    assert parsed.mode == mode
+    if mode == "ar":
+        assert parsed.draft_address is None and parsed.draft_model is None
+        return
+    assert parsed.draft_model == values.get("draft", {}).get("model", "/models/draft")
+    if mode == "sd":
+        assert parsed.draft_address is None  # the CLI refuses --draft-address with --mode sd
+        return
+    host, port = parsed.draft_address.rsplit(":", 1)
+    if manifests.has_workload("draft"):  # remote: target-N dials draft-N through the headless Service
+        draft_workload = manifests.workload("draft")
+        draft_service = manifests.get("Service", draft_workload["spec"]["serviceName"])
+        assert draft_service["spec"]["clusterIP"] == "None"
+        assert host == f"{draft_workload['metadata']['name']}-0.{draft_service['metadata']['name']}.{k8s.NAMESPACE}.svc.cluster.local"
+        draft = k8s.pod_spec(draft_workload)["containers"][0]
+        draft_parsed = parse(k8s.expanded_args(manifests, draft_workload, draft))
+        assert int(port) == draft_parsed.port == port_named(draft, "grpc") == draft_service["spec"]["ports"][0]["port"]
+        assert draft_parsed.host == values.get("draft", {}).get("listenHost", "0.0.0.0")
+    else:  # colocated: the draft container listens on the pod's loopback
+        draft = k8s.pod_spec(target_workload)["containers"][1]
+        draft_parsed = parse(k8s.expanded_args(manifests, target_workload, draft))
+        assert host == "127.0.0.1" == draft_parsed.host
+        assert int(port) == draft_parsed.port
+        assert "ports" not in draft, "nothing of a colocated draft is reachable from outside the pod"
+        assert draft_parsed.metrics_port == 0 or draft_parsed.metrics_port != parsed.metrics_port
+    # both ends agree on the speculation tree and block size
+    for flag in ("k", "fan_out", "fan_out_list", "fan_out_list_miss", "backup", "jit_max_batch", "saguaro_c",
+                 "block_size"):
+        assert getattr(parsed, flag) == getattr(draft_parsed, flag), flag
+    assert draft_parsed.device == parsed.device
+
+
+def test_gateway_flags_match_the_wiring(case, render, k8s):
+    manifests = render(case)
+    values = manifests.values
+    workload = manifests.workload("gateway")
+    container = k8s.pod_spec(workload)["containers"][0]
+    parsed = parse(k8s.expanded_args(manifests, workload, container))
+    assert parsed.port == port_named(container, "grpc")
+    assert parsed.http_port == port_named(container, "http")
+    assert parsed.host == values.get("gateway", {}).get("listenHost", "0.0.0.0")
+    target_service = manifests.get("Service", manifests.name("target"))
+    target_args = parse(k8s.expanded_args(manifests, manifests.workload("target"),
+                                          k8s.pod_spec(manifests.workload("target"))["containers"][0]))
+    assert parsed.block_size == target_args.block_size, "prefix hashing must use the engine's block size"
+    if values.get("gateway", {}).get("discovery", "kubernetes") == "kubernetes":
+        assert parsed.discovery == "kubernetes"
+        assert parsed.namespace == k8s.NAMESPACE
+        assert parsed.service == target_service["metadata"]["name"]
+        assert parsed.target_port == target_service["spec"]["ports"][0]["port"] == target_args.port
+    else:
+        targets = parsed.targets if isinstance(parsed.targets, list) else [parsed.targets]
+        flat = [t for item in targets for t in (item if isinstance(item, list) else [item])]
+        assert flat == values["gateway"]["staticTargets"]
+    redis_mode = values.get("redis", {}).get("mode", "bundled")
+    if redis_mode == "none":
+        assert not parsed.redis_url
+    elif redis_mode == "external" and values["redis"]["external"].get("urlSecret", {}).get("name"):
+        assert parsed.redis_url == k8s.FAKE_SECRET  # the whole URL comes from the Secret
+    else:
+        assert re.match(r"^rediss?://", parsed.redis_url)
+        if redis_mode == "bundled":
+            redis_service = manifests.get("Service", manifests.name("redis"))
+            host = f"{redis_service['metadata']['name']}.{k8s.NAMESPACE}.svc.cluster.local"
+            auth = values.get("redis", {}).get("bundled", {}).get("auth", {}).get("enabled", True)
+            userinfo = f":{k8s.FAKE_SECRET}@" if auth else ""
+            assert parsed.redis_url == f"redis://{userinfo}{host}:{redis_service['spec']['ports'][0]['port']}/0"
+    tls = values.get("gateway", {}).get("tls", {}).get("enabled", False)
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    if tls:
+        assert parsed.tls_cert == "/etc/saguaro/tls/tls.crt" and parsed.tls_key == "/etc/saguaro/tls/tls.key"
+        assert "/etc/saguaro/tls" in mounts
+    else:
+        assert not parsed.tls_cert
+    if values.get("gateway", {}).get("apiKeys", {}).get("existingSecret"):
+        assert parsed.api_keys_file.startswith("/etc/saguaro/api-keys/") and "/etc/saguaro/api-keys" in mounts
+
+
+def test_environment_variables_are_known(case, render, k8s):
+    """OTEL_* names come from the OpenTelemetry specification; SAGUARO_* are only the chart's own
+    plumbing for $(VAR) references and must all be used."""
+    manifests = render(case)
+    for workload, container in containers(manifests, k8s):
+        env = k8s.container_environment(manifests, workload, container)
+        unknown = {name for name in env if name.startswith("OTEL_")} - OTEL_SPEC_VARIABLES
+        assert not unknown, unknown
+        referenced = set(re.findall(r"\$\(([A-Z_]+)\)", " ".join(container["args"]) + " " +
+                                    " ".join(v.get("value", "") for v in container.get("env", []))))
+        assert referenced <= set(env), f"undefined: {referenced - set(env)}"
+        defined_by_chart = {name for name in env if name.startswith("SAGUARO_")}
+        unused = defined_by_chart - referenced
+        # The colocated ConfigMap of a role may carry a value only another mode references.
+        assert unused <= {"SAGUARO_MODE", "SAGUARO_DRAFT_MODEL", "SAGUARO_DRAFT_TIMEOUT", "SAGUARO_WAIT_FOR_DRAFT",
+                          "SAGUARO_K", "SAGUARO_FAN_OUT", "SAGUARO_BACKUP", "SAGUARO_JIT_MAX_BATCH",
+                          "SAGUARO_SAGUARO_C", "SAGUARO_MAX_MODEL_LEN", "SAGUARO_METRICS_PORT",
+                          "SAGUARO_TARGET_SERVICE", "SAGUARO_TARGET_PORT", "SAGUARO_MODEL_NAME",
+                          "SAGUARO_REDIS_PASSWORD"}, unused
+
+
+def test_probe_commands_use_the_service_ports(case, render, k8s):
+    """Exec probes run the chart's probe script against the port the service was told to use."""
+    manifests = render(case)
+    for workload, container in containers(manifests, k8s):
+        args = parse(k8s.expanded_args(manifests, workload, container))
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            command = container[probe].get("exec", {}).get("command")
+            if command:
+                assert command[:2] == ["python", "/etc/saguaro/probe/saguaro-probe.py"]
+                assert int(command[command.index("--port") + 1]) == args.port
+            elif "tcpSocket" in container[probe]:
+                assert port_named(container, container[probe]["tcpSocket"]["port"]) == args.port
+            else:
+                assert container[probe]["httpGet"]["port"] == "http" and args.command == "gateway"
+
+
+PROMQL_METRIC = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{")
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name the services export: target/draft definitions and the gateway registry."""
+    from saguaro.services.gateway.metrics import GatewayMetrics
+    from saguaro.telemetry.metrics import exported_samples
+
+    names = set(exported_samples())
+    for family in GatewayMetrics().registry.collect():
+        names |= {sample.name for sample in family.samples} | {family.name}
+    return names
+
+
+def test_autoscaling_metrics_are_exported_by_the_services(render, chart_values):
+    """The metric names in the default KEDA queries and HPA metrics are ones the services export
+    (the HPA names are the custom-metrics adapter's: ':' becomes '_')."""
+    exported = exported_metric_names()
+    values = {"autoscaling": {"keda": {"enabled": True}}, "target": {"autoscaling": {"enabled": True}}}
+    queries = [t["metadata"]["query"] for o in render(values).objects if o["kind"] == "ScaledObject"
+               for t in o["spec"]["triggers"] if t["type"] == "prometheus"]
+    assert queries
+    for query in queries:
+        for name in PROMQL_METRIC.findall(query):
+            assert name in exported, f"{name} (in {query}) is not exported by any service"
+    adapter_names = {name.replace(":", "_") for name in exported}
+    hpa = [m["pods"]["metric"]["name"] for m in chart_values["target"]["autoscaling"]["hpaMetrics"]]
+    hpa.append(chart_values["gateway"]["autoscaling"]["requestsMetric"]["name"])
+    for name in hpa:
+        assert name in adapter_names, name

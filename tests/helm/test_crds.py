@@ -1,0 +1,194 @@
+"""Custom resources, validated structurally (kubernetes-validate has no schemas for CRDs).
+
+The schemas below transcribe the fields of the upstream CRDs the chart uses — KEDA
+`ScaledObject` keda.sh/v1alpha1 (kedacore/keda config/crd/bases/keda.sh_scaledobjects.yaml),
+prometheus-operator `ServiceMonitor` / `PodMonitor` monitoring.coreos.com/v1, Gateway API
+`HTTPRoute` gateway.networking.k8s.io/v1 — with unknown fields rejected at every level, and the
+embedded Kubernetes types (ObjectMeta, LabelSelector, HPA behavior) taken from
+kubernetes-validate's strict 1.29/1.33 definitions. They are a subset: fields the chart does not
+render are not listed, so adding one to a template means adding it here, from the CRD.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+
+import jsonschema
+import pytest
+from referencing import Registry, Resource
+
+K8S = "https://kubernetes.io/api/_definitions.json#/$defs/"
+
+
+def k8s_ref(name: str) -> dict:
+    return {"$ref": K8S + name}
+
+
+def strict(properties: dict, required: tuple = ()) -> dict:
+    schema = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+STRING = {"type": "string", "minLength": 1}
+INT32 = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}
+DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+GATEWAY_DURATION = {"type": "string", "pattern": r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"}
+META = k8s_ref("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")
+NAMESPACE_SELECTOR = strict({"any": {"type": "boolean"}, "matchNames": {"type": "array", "items": STRING}})
+
+
+def header(api_version: str, kind: str) -> dict:
+    return {"apiVersion": {"const": api_version}, "kind": {"const": kind}, "metadata": META}
+
+
+SCALED_OBJECT = strict({
+    **header("keda.sh/v1alpha1", "ScaledObject"),
+    "spec": strict({
+        "scaleTargetRef": strict({"apiVersion": STRING, "kind": {"enum": ["Deployment", "StatefulSet"]},
+                                  "name": STRING, "envSourceContainerName": STRING}, required=("name",)),
+        "pollingInterval": INT32,
+        "cooldownPeriod": INT32,
+        "initialCooldownPeriod": INT32,
+        "idleReplicaCount": INT32,
+        "minReplicaCount": INT32,
+        "maxReplicaCount": INT32,
+        "fallback": strict({"failureThreshold": INT32, "replicas": INT32}, required=("failureThreshold", "replicas")),
+        "advanced": strict({
+            "restoreToOriginalReplicaCount": {"type": "boolean"},
+            "horizontalPodAutoscalerConfig": strict({
+                "name": STRING,
+                "behavior": k8s_ref("io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerBehavior"),
+            }),
+        }),
+        "triggers": {"type": "array", "minItems": 1, "items": strict({
+            "type": STRING,
+            "name": STRING,
+            "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+            "useCachedMetrics": {"type": "boolean"},
+            # KEDA's CRD: metadata is a map of strings.
+            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+            "authenticationRef": strict({"name": STRING, "kind": {"enum": ["TriggerAuthentication",
+                                                                          "ClusterTriggerAuthentication"]}},
+                                        required=("name",)),
+        }, required=("type", "metadata"))},
+    }, required=("scaleTargetRef", "triggers")),
+}, required=("apiVersion", "kind", "metadata", "spec"))
+
+ENDPOINT_COMMON = {
+    "port": STRING,
+    "path": {"type": "string", "pattern": "^/"},
+    "scheme": {"enum": ["http", "https"]},
+    "interval": DURATION,
+    "scrapeTimeout": DURATION,
+    "tlsConfig": strict({"insecureSkipVerify": {"type": "boolean"}, "serverName": STRING}),
+}
+
+SERVICE_MONITOR = strict({
+    **header("monitoring.coreos.com/v1", "ServiceMonitor"),
+    "spec": strict({
+        "selector": k8s_ref("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"),
+        "namespaceSelector": NAMESPACE_SELECTOR,
+        "podTargetLabels": {"type": "array", "items": STRING},
+        "endpoints": {"type": "array", "minItems": 1, "items": strict(ENDPOINT_COMMON)},
+    }, required=("selector", "endpoints")),
+}, required=("apiVersion", "kind", "metadata", "spec"))
+
+POD_MONITOR = strict({
+    **header("monitoring.coreos.com/v1", "PodMonitor"),
+    "spec": strict({
+        "selector": k8s_ref("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"),
+        "namespaceSelector": NAMESPACE_SELECTOR,
+        "podTargetLabels": {"type": "array", "items": STRING},
+        "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": strict(ENDPOINT_COMMON)},
+    }, required=("selector", "podMetricsEndpoints")),
+}, required=("apiVersion", "kind", "metadata", "spec"))
+
+HOSTNAME = {"type": "string", "pattern": r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+            "maxLength": 253}
+HTTP_ROUTE = strict({
+    **header("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    "spec": strict({
+        "parentRefs": {"type": "array", "minItems": 1, "maxItems": 32, "items": strict({
+            "group": {"type": "string"}, "kind": STRING, "namespace": STRING, "name": STRING,
+            "sectionName": STRING, "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        }, required=("name",))},
+        "hostnames": {"type": "array", "maxItems": 16, "items": HOSTNAME},
+        "rules": {"type": "array", "minItems": 1, "maxItems": 16, "items": strict({
+            "matches": {"type": "array", "maxItems": 64, "items": strict({
+                "path": strict({"type": {"enum": ["Exact", "PathPrefix", "RegularExpression"]},
+                                "value": {"type": "string", "pattern": "^/", "maxLength": 1024}}),
+            })},
+            "backendRefs": {"type": "array", "items": strict({
+                "group": {"type": "string"}, "kind": STRING, "name": STRING, "namespace": STRING,
+                "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "weight": {"type": "integer", "minimum": 0, "maximum": 1000000},
+            }, required=("name",))},
+            "timeouts": strict({"request": GATEWAY_DURATION, "backendRequest": GATEWAY_DURATION}),
+        })},
+    }),
+}, required=("apiVersion", "kind", "metadata", "spec"))
+
+SCHEMAS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT,
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
+    ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): HTTP_ROUTE,
+}
+
+
+@cache
+def validator(key: tuple[str, str], kube_version: str) -> jsonschema.Validator:
+    folder = resources.files("kubernetes_validate") / "kubernetes-json-schema" / f"v{kube_version}.0-local-strict"
+    definitions = json.loads((folder / "_definitions.json").read_text())
+    registry = Registry().with_resource(definitions["$id"], Resource.from_contents(definitions))
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **SCHEMAS[key]}
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def check(obj: dict, kube_version: str) -> None:
+    errors = sorted(validator((obj["apiVersion"], obj["kind"]), kube_version).iter_errors(obj), key=str)
+    assert not errors, "\n".join(f"{obj['kind']}: {e.message} at {list(e.absolute_path)}" for e in errors)
+
+
+def test_custom_resources_match_their_crds(case, render, k8s):
+    for obj in render(case).objects:
+        if (obj["apiVersion"], obj["kind"]) in SCHEMAS:
+            for version in k8s.KUBE_VERSIONS:
+                check(obj, version)
+
+
+def test_all_custom_resources_appear_somewhere(render):
+    """The toggles do render each CRD kind (so the check above is not vacuous)."""
+    values = {"autoscaling": {"keda": {"enabled": True}}, "target": {"autoscaling": {"enabled": True}},
+              "monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+              "httpRoute": {"enabled": True}}
+    kinds = {(o["apiVersion"], o["kind"]) for o in render(values).objects}
+    assert set(SCHEMAS) <= kinds
+
+
+@pytest.mark.parametrize("mutation", [
+    ("ScaledObject", lambda o: o["spec"]["triggers"][0].__setitem__("metadata", {"threshold": 4})),
+    ("ScaledObject", lambda o: o["spec"].__setitem__("minReplicas", 1)),
+    ("ScaledObject", lambda o: o["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleUp"]
+     .__setitem__("stabilizationWindow", 60)),
+    ("PodMonitor", lambda o: o["spec"].__setitem__("endpoints", o["spec"].pop("podMetricsEndpoints"))),
+    ("ServiceMonitor", lambda o: o["spec"]["endpoints"][0].__setitem__("interval", "30 seconds")),
+    ("HTTPRoute", lambda o: o["spec"]["rules"][0].__setitem__("backendRef", [])),
+], ids=["trigger-metadata-not-string", "misnamed-min", "hpa-behavior-typo", "podmonitor-wrong-list",
+        "bad-duration", "httproute-typo"])
+def test_structural_checks_catch_mistakes(render, mutation):
+    """The structural schemas are strict enough to catch typical template mistakes."""
+    kind, mutate = mutation
+    values = {"autoscaling": {"keda": {"enabled": True}}, "target": {"autoscaling": {"enabled": True}},
+              "monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+              "httpRoute": {"enabled": True}}
+    obj = json.loads(json.dumps(next(o for o in render(values).objects if o["kind"] == kind)))
+    check(obj, "1.33")
+    mutate(obj)
+    with pytest.raises(AssertionError):
+        check(obj, "1.33")

@@ -1,0 +1,232 @@
+"""The chart's command lines start real services, and its probes judge them correctly.
+
+The chart is rendered for CPU (gpu.enabled=false) with a tiny model; the target and draft
+commands it renders are expanded like the kubelet does and run as real `saguaro` processes on
+127.0.0.1, then the rendered probe commands (files/saguaro-probe.py, the script the chart
+mounts) run against them:
+
+* colocated pairing: draft + target from the chart's pod spec: the target reports SERVING over
+  the fast path, so readiness and liveness pass, and the startup probe's port is open; the
+  gateway's HTTP probes pass and a request goes through gateway, target and draft;
+* a target whose draft never comes: DEGRADED, ready only while readyWhenDegraded is true;
+* after the process is gone every probe fails.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from saguaro.cli import free_port
+from saguaro.tiny_models import build_tiny_model
+
+PROBE_SCRIPT = "/etc/saguaro/probe/saguaro-probe.py"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    return str(build_tiny_model(tmp_path_factory.mktemp("probe-model") / "tiny", family="llama"))
+
+
+def cpu_values(model: str, **overrides) -> dict:
+    engine = {"dtype": "float32", "maxNumSeqs": 4, "kvCacheBytes": 16 << 20}
+    values = {
+        "gpu": {"enabled": False},
+        "models": {"source": "hostPath", "mountPath": str(Path(model).parent)},
+        "target": {"model": model, "listenHost": "127.0.0.1", "port": free_port(), "metricsPort": free_port(),
+                   "engine": engine},
+        "draft": {"model": model, "port": free_port(), "metricsPort": free_port(), "engine": dict(engine)},
+    }
+    for key, value in overrides.items():
+        values[key] = {**values.get(key, {}), **value}
+    return values
+
+
+class Service:
+    """One container's rendered command, run as a process of this machine."""
+
+    def __init__(self, manifests, workload, container, k8s, log: Path):
+        self.container = container
+        self.args = k8s.expanded_args(manifests, workload, container)
+        env = {**os.environ, **k8s.container_environment(manifests, workload, container), "OMP_NUM_THREADS": "1"}
+        env.pop("HOME", None)  # /tmp in the pod; keep this user's
+        self.log_path = log
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "saguaro.cli", *self.args], stdout=self.log,
+                                     stderr=subprocess.STDOUT, env=env)
+
+    def wait_listening(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while "listening on" not in self.log_path.read_text():
+            if self.proc.poll() is not None:
+                pytest.fail(f"`saguaro {' '.join(self.args)}` exited {self.proc.returncode}:\n{self.log_path.read_text()}")
+            assert time.monotonic() < deadline, f"not listening after {timeout} s:\n{self.log_path.read_text()}"
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def run_probe(probe: dict, k8s) -> subprocess.CompletedProcess:
+    command = list(probe["exec"]["command"])
+    assert command[:2] == ["python", PROBE_SCRIPT]
+    command[:2] = [sys.executable, str(k8s.CHART / "files" / "saguaro-probe.py")]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_until(check, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.25)
+    return check()
+
+
+def http_probe(container: dict, probe: str) -> int:
+    """The status an httpGet probe of ``container`` gets (0: no answer)."""
+    handler = container[probe]["httpGet"]
+    port = next(p["containerPort"] for p in container["ports"] if p["name"] == handler["port"])
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{handler['path']}", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def test_rendered_pods_serve_and_pass_their_probes(render, k8s, tiny_model, tmp_path):
+    """Draft, target (colocated pod) and gateway from the chart's pod specs, wired as rendered
+    (the gateway with static discovery: there is no API server here), serve a request."""
+    values = cpu_values(tiny_model, pairing={"mode": "colocated"}, redis={"mode": "none"})
+    values["gateway"] = {"discovery": "static", "staticTargets": [f"127.0.0.1:{values['target']['port']}"],
+                         "grpcPort": free_port(), "httpPort": free_port(), "listenHost": "127.0.0.1"}
+    manifests = render(values)
+    workload = manifests.workload("target")
+    target_spec, draft_spec = k8s.pod_spec(workload)["containers"]
+    gateway_workload = manifests.workload("gateway")
+    gateway_spec = k8s.pod_spec(gateway_workload)["containers"][0]
+    draft = Service(manifests, workload, draft_spec, k8s, tmp_path / "draft.log")
+    target = Service(manifests, workload, target_spec, k8s, tmp_path / "target.log")
+    gateway = Service(manifests, gateway_workload, gateway_spec, k8s, tmp_path / "gateway.log")
+    try:
+        draft.wait_listening()
+        assert run_probe(draft_spec["readinessProbe"], k8s).returncode == 0
+        assert run_probe(draft_spec["livenessProbe"], k8s).returncode == 0
+        target.wait_listening()
+        grpc_port = next(p["containerPort"] for p in target_spec["ports"] if p["name"] == "grpc")
+        assert target_spec["startupProbe"]["tcpSocket"]["port"] == "grpc" and port_open(grpc_port)
+        # the handshake completes in the background: SERVING once the draft session is up
+        assert wait_until(lambda: run_probe(target_spec["readinessProbe"], k8s).returncode == 0), \
+            run_probe(target_spec["readinessProbe"], k8s).stderr
+        assert run_probe(target_spec["livenessProbe"], k8s).returncode == 0
+        strict = {**target_spec["readinessProbe"]["exec"]}
+        strict["command"] = [c if c != "1,2" else "1" for c in strict["command"]]
+        assert wait_until(lambda: run_probe({"exec": strict}, k8s).returncode == 0), "target never SERVING"
+        metrics_port = next(p["containerPort"] for p in target_spec["ports"] if p["name"] == "metrics")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            body = response.read().decode()
+        assert "vllm:num_requests_waiting" in body and "saguaro_draft_connected" in body
+        # same pod, same host: the pair negotiated the fast path, not gRPC
+        assert 'transport="torch.distributed"' in body, [l for l in body.splitlines() if "transport" in l]
+
+        gateway.wait_listening()
+        assert http_probe(gateway_spec, "startupProbe") == 200 and http_probe(gateway_spec, "livenessProbe") == 200
+        assert wait_until(lambda: http_probe(gateway_spec, "readinessProbe") == 200), "gateway never ready"
+        from saguaro.client import Client
+
+        grpc_port = next(p["containerPort"] for p in gateway_spec["ports"] if p["name"] == "grpc")
+        with Client(f"127.0.0.1:{grpc_port}", timeout=60) as client:
+            out = client.generate("def add(a, b):", max_tokens=8, ignore_eos=True)
+        assert len(out["token_ids"]) == 8
+    finally:
+        gateway.stop()
+        target.stop()
+        draft.stop()
+    for probe in ("readinessProbe", "livenessProbe"):
+        failed = run_probe(target_spec[probe], k8s)
+        assert failed.returncode != 0 and "UNAVAILABLE" in failed.stderr
+        assert run_probe(draft_spec[probe], k8s).returncode != 0
+
+
+def test_target_without_its_draft_is_degraded(render, k8s, tiny_model, tmp_path):
+    values = cpu_values(tiny_model, pairing={"mode": "colocated"}, target={"waitForDraftSeconds": 0, "draftTimeoutSeconds": 1})
+    values["target"] = {**values["target"], "waitForDraftSeconds": 0, "draftTimeoutSeconds": 1}
+    manifests = render(values)
+    strict = render(k8s.deep_merge(values, {"target": {"readyWhenDegraded": False}}))
+    workload = manifests.workload("target")
+    target_spec = k8s.pod_spec(workload)["containers"][0]
+    strict_spec = k8s.pod_spec(strict.workload("target"))["containers"][0]
+    target = Service(manifests, workload, target_spec, k8s, tmp_path / "target.log")  # its draft is never started
+    try:
+        target.wait_listening()
+        ready = run_probe(target_spec["readinessProbe"], k8s)
+        assert ready.returncode == 0, ready.stderr
+        assert run_probe(target_spec["livenessProbe"], k8s).returncode == 0
+        not_ready = run_probe(strict_spec["readinessProbe"], k8s)
+        assert not_ready.returncode == 1 and "DEGRADED" in not_ready.stderr
+    finally:
+        target.stop()
+
+
+def test_probe_script_checks(k8s):
+    script = str(k8s.CHART / "files" / "saguaro-probe.py")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert subprocess.run([sys.executable, script, "tcp", "--port", str(port)], timeout=30).returncode == 0
+    closed = subprocess.run([sys.executable, script, "tcp", "--port", str(port)], capture_output=True, text=True,
+                            timeout=30)
+    assert closed.returncode == 1 and str(port) in closed.stderr
+    down = subprocess.run([sys.executable, script, "http", "--url", f"http://127.0.0.1:{port}/healthz"],
+                          capture_output=True, text=True, timeout=30)
+    assert down.returncode == 1
+
+
+def test_probe_reads_health_status_from_wire_bytes():
+    """The probe decodes HealthResponse without the saguaro package: it must agree with protobuf."""
+    import importlib.util
+
+    from saguaro.v1 import inference_pb2 as pb
+
+    spec = importlib.util.spec_from_file_location("saguaro_probe", Path(__file__).resolve().parents[2]
+                                                  / "helm" / "saguaro" / "files" / "saguaro-probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    for status in (pb.SERVING_STATUS_UNSPECIFIED, pb.SERVING_STATUS_SERVING, pb.SERVING_STATUS_DEGRADED,
+                   pb.SERVING_STATUS_NOT_SERVING):
+        for extra in ({}, {"draft_connected": True, "mode": pb.DECODE_MODE_SSD, "message": "x" * 300}):
+            reply = pb.HealthResponse(status=status, **extra).SerializeToString()
+            assert probe.read_status(reply) == status
+    # fields before status (as a future version might emit) are skipped
+    tail = pb.HealthResponse(status=pb.SERVING_STATUS_DEGRADED).SerializeToString()
+    assert probe.read_status(pb.HealthResponse(message="m").SerializeToString()[:3] + tail) == 2
+
+
+def test_probe_configmap_carries_the_script_verbatim(render, k8s):
+    """Pods run the ConfigMap's copy; the tests above run the file: they must be the same bytes."""
+    data = render({}).get("ConfigMap", "demo-saguaro-probe")["data"]["saguaro-probe.py"]
+    assert data == (k8s.CHART / "files" / "saguaro-probe.py").read_text().rstrip("\n")
