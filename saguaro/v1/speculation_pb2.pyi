@@ -273,10 +273,19 @@ class PrefillRowReply(_message.Message):
     def __init__(self, seq_id: _Optional[int] = ..., status: _Optional[_Union[RowStatus, str]] = ..., committed_len: _Optional[int] = ...) -> None: ...
 
 class SpeculateRequest(_message.Message):
-    __slots__ = ("rows",)
+    __slots__ = ("rows", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[SpeculateRow]
-    def __init__(self, rows: _Optional[_Iterable[_Union[SpeculateRow, _Mapping]]] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, rows: _Optional[_Iterable[_Union[SpeculateRow, _Mapping]]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SpeculateRow(_message.Message):
     __slots__ = ("seq_id", "n_prev", "recovery_token", "committed_len", "committed_tokens", "draft_temperature", "target_temperature")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 import uuid
 from concurrent import futures
 
@@ -40,6 +41,7 @@ class SpeculationService(pb_grpc.SpeculationServicer):
         self._lock = threading.Lock()
         self.runner = draft_runner(config, default_settings)
         self.facts = model_facts(self.runner)
+        self.metrics = None  # saguaro.telemetry.metrics.DraftMetrics when metrics are served
 
     def Handshake(self, request: pb.HandshakeRequest, context) -> pb.HandshakeResponse:
         response, settings = answer_handshake(request, self.facts, self.instance_id)
@@ -53,6 +55,8 @@ class SpeculationService(pb_grpc.SpeculationServicer):
             self.runner.reset_cache()  # a new session starts with no sequences
             self.worker = DraftWorker(self.runner, settings, build_cache=self.build_cache)
             self.session_id = response.session_id
+        if self.metrics is not None:
+            self.metrics.sessions.inc()
         if response.chosen_transport == pb.TRANSPORT_TORCH_DISTRIBUTED:
             port = free_port()
             response.transport_params["host"] = "127.0.0.1"
@@ -68,12 +72,18 @@ class SpeculationService(pb_grpc.SpeculationServicer):
         with self._lock:
             if session != self.session_id or self.worker is None:
                 return None
-            return self.worker.handle(request)
+            response = self.worker.handle(request)
+            if self.metrics is not None:
+                self.metrics.served(response)
+            return response
 
     def _build(self, session: str) -> None:
         with self._lock:
             if session == self.session_id and self.worker is not None:
+                started = time.perf_counter()
                 self.worker.build()
+                if self.metrics is not None:
+                    self.metrics.built(time.perf_counter() - started, len(self.worker.cache))
 
     def _serve_p2p(self, session: str, port: int) -> None:
         try:
@@ -108,13 +118,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def serve(config: EngineConfig, address: str, settings: DraftSettings | None = None, build_cache: bool = True) -> grpc.Server:
-    """Start the draft service on ``address`` ("host:port" or "unix:/path"); returns the server."""
+def serve(config: EngineConfig, address: str, settings: DraftSettings | None = None, build_cache: bool = True,
+          telemetry=None) -> grpc.Server:
+    """Start the draft service on ``address`` ("host:port" or "unix:/path"); returns the server.
+
+    ``telemetry``: a ``saguaro.telemetry.service.DraftTelemetry`` to feed (metrics).
+    """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4),
         options=[("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)],
     )
-    pb_grpc.add_SpeculationServicer_to_server(SpeculationService(config, settings or DraftSettings(), build_cache), server)
+    service = SpeculationService(config, settings or DraftSettings(), build_cache)
+    if telemetry is not None:
+        telemetry.attach(service)
+    pb_grpc.add_SpeculationServicer_to_server(service, server)
     if server.add_insecure_port(address) == 0 and not address.startswith("unix:"):
         raise OSError(f"cannot listen on {address}")
     server.start()

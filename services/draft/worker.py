@@ -38,6 +38,8 @@ from saguaro.services.draft.policy import RoundEconomics
 from saguaro.services.draft.speculation_cache import CachedDraft, SpeculationCache
 from saguaro.services.draft.tree import tree_scratch_slots, tree_step_metadata
 from saguaro.services.draft.settings import DraftSettings
+from saguaro.telemetry.attributes import BACKUP_SPAN, FORK_SPAN, GLUE_SPAN, LOOKUP_SPAN, TREE_SPAN
+from saguaro.telemetry.draft import DraftRoundTrace, round_trace
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class DraftWorker:
         self._replied_at: float | None = None
         self.economics = RoundEconomics(settings.k, settings.budget)
         self.fan_out_hit, self.fan_out_miss = list(settings.fan_out_hit), list(settings.fan_out_miss)
+        self._trace: DraftRoundTrace | None = None  # span of the round answered last, until its build ends
 
     @property
     def k(self) -> int:
@@ -102,6 +105,7 @@ class DraftWorker:
             raise ValueError("request carries no prefill, speculate or release")
         except ValueError as exc:
             self.pending = []
+            self._close_trace(str(exc))
             error = pb.SpeculationError(code=pb.ERROR_CODE_INVALID_REQUEST, message=str(exc))
             return pb.SpeculationResponse(round_id=request.round_id, error=error)
 
@@ -156,6 +160,8 @@ class DraftWorker:
     def speculate(self, request: pb.SpeculateRequest) -> pb.SpeculateReply:
         arrived = time.perf_counter()
         idle_us = int((arrived - self._idle_since) * 1e6)
+        self._close_trace()  # a traced round whose build never ran
+        trace = self._trace = round_trace(request.trace_context, self.k) if request.trace_context else None
         if self._replied_at is not None:
             self.economics.observe_cycle(arrived - self._replied_at)
         replies: list[pb.SpeculateRowReply] = []
@@ -169,9 +175,13 @@ class DraftWorker:
                 if not plan.hit:
                     misses.append((len(replies) - 1, plan))
         lookup_done = time.perf_counter()
+        if trace is not None:
+            trace.mark(LOOKUP_SPAN)
         if misses:
             self._fill_misses(misses, replies, len(request.rows))
         backup_us = int((time.perf_counter() - lookup_done) * 1e6)
+        if trace is not None:
+            trace.mark(BACKUP_SPAN if misses else None)
         self.pending = pending
         self._replied_at = time.perf_counter()
         timings = pb.DraftTimings(
@@ -180,7 +190,10 @@ class DraftWorker:
             prev_build_us=self.last_build_us,
             idle_us=idle_us,
         )
-        return pb.SpeculateReply(rows=replies, probs_dtype=self.settings.probs_dtype, timings=timings)
+        reply = pb.SpeculateReply(rows=replies, probs_dtype=self.settings.probs_dtype, timings=timings)
+        if trace is not None:
+            trace.replied(reply, len(request.rows))
+        return reply
 
     def _lookup(self, row: pb.SpeculateRow) -> tuple[pb.SpeculateRowReply, PendingRow | None]:
         seq = self.sequences.get(row.seq_id)
@@ -302,20 +315,29 @@ class DraftWorker:
     def build(self) -> None:
         """Glue, fork, tree decode and store for the rows answered last (no-op in SD mode)."""
         pending, self.pending = self.pending, []
+        trace, self._trace = self._trace, None
         if not self.build_cache or not pending:
             self._idle_since = time.perf_counter()
+            if trace is not None:
+                trace.end()
             return
+        if trace is not None:
+            trace.mark(None)  # reply -> build: the reply's trip out, not a phase
         start = time.perf_counter()
         k = self.k
         seqs = [p.seq for p in pending]
         committed = [len(s.tokens) for s in seqs]
         glue = self._glue(pending)
+        if trace is not None:
+            trace.mark(GLUE_SPAN)
         proposals = torch.tensor([p.proposal for p in pending], dtype=torch.long)
         hit = torch.tensor([p.hit for p in pending])
         if self.settings.geometric:
             self.fan_out_hit = self.fan_out_miss = self.economics.geometric_lists(self.fan_out_hit)
         fan = select_fan_out(hit, self.fan_out_hit, self.fan_out_miss)
         forks, depth = fork_candidates(glue, proposals, fan)
+        if trace is not None:
+            trace.mark(FORK_SPAN)
         temps = torch.tensor([p.draft_temperature for p in pending])
         gens = [s.generator for s in seqs]
         tables = [s.table.blocks for s in seqs]
@@ -342,6 +364,14 @@ class DraftWorker:
             self.cache.store(plan.seq.seq_id, entries)
         self._idle_since = time.perf_counter()
         self.last_build_us = int((self._idle_since - start) * 1e6)
+        if trace is not None:
+            trace.mark(TREE_SPAN)
+            trace.end(self.fan_out_hit, self.fan_out_miss, m)
+
+    def _close_trace(self, error: str = "") -> None:
+        trace, self._trace = self._trace, None
+        if trace is not None:
+            trace.end(error=error)
 
     def _glue(self, pending: list[PendingRow]) -> torch.Tensor:
         """Forward ``[r, s_1..s_K]`` at positions C..C+K for every row: [B, K+1, V] logits.
@@ -366,5 +396,6 @@ class DraftWorker:
 def draft_runner(config: EngineConfig, settings: DraftSettings) -> ModelRunner:
     """The draft's model and KV cache, with room for glue + tree scratch per sequence."""
     lookahead = tree_scratch_slots(0, settings.k, settings.budget)
-    return ModelRunner(replace(config, enable_prefix_caching=False), lookahead_slots=lookahead,
+    # the draft is small and latency-bound: always one device (tensor parallelism is the target's)
+    return ModelRunner(replace(config, enable_prefix_caching=False, tensor_parallel_size=1), lookahead_slots=lookahead,
                        extra_positions=2 * settings.k + 2)

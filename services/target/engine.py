@@ -56,6 +56,9 @@ class SpeculativeEngine(LLMEngine):
         self.k = settings.k if mode != "ar" else 0
         super().__init__(config, lookahead=self.k)
         self.proposer: DraftProposer | None = None
+        # Per-round metrics and spans (saguaro.telemetry.rounds.RoundTelemetry), set by the
+        # service; None costs a round nothing.
+        self.telemetry = None
         if mode != "ar":
             request = handshake_request(self.runner, settings, config.max_num_seqs)
             self.proposer = DraftProposer(connect, request, settings, self.runner.vocab_size, draft_timeout_s, retry_interval_s)
@@ -90,8 +93,10 @@ class SpeculativeEngine(LLMEngine):
 
     def _decode(self, seqs: list[Sequence]) -> None:
         spec = [s for s in seqs if self._speculates(s)]
+        telemetry = self.telemetry
+        trace = telemetry.start_round(seqs) if telemetry is not None else None
         started = time.perf_counter()
-        proposals = self.proposer.propose(spec) if spec else {}
+        proposals = self.proposer.propose(spec, trace.carrier if trace is not None else None) if spec else {}
         draft_time = time.perf_counter() - started
         chunks = [
             CausalChunk(s.table.blocks, s.num_tokens - 1,
@@ -118,12 +123,16 @@ class SpeculativeEngine(LLMEngine):
             )
             for seq, prop, n, r in zip(picked, props, accepted, next_tokens):
                 self._commit_round(seq, n, prop.tokens[:n] + [r], prop, draft_time)
+            if telemetry is not None:
+                outcome = {s.seq_id: n for s, n in zip(picked, accepted)}
         verify_time = time.perf_counter() - started
         build_time = self.proposer.last_build_s if proposals else 0.0
         for seq in seqs:
             seq.stats.verify_time_s += verify_time
             if seq.seq_id in proposals:
                 seq.stats.draft_build_time_s += build_time
+        if telemetry is not None:
+            telemetry.end_round(trace, self, seqs, spec, proposals, outcome if verified else {}, draft_time, verify_time)
         self._release_finished(seqs)
 
     def _commit_round(self, seq: Sequence, accepted: int, new_tokens: list[int], proposal: Proposal | None, draft_time: float) -> None:
@@ -151,6 +160,8 @@ class SpeculativeEngine(LLMEngine):
             self.runner.blocks.truncate(seq.table, seq.num_tokens + self.k)
 
     def _release_finished(self, seqs: list[Sequence]) -> None:
+        if self.telemetry is not None:
+            self.telemetry.release(seqs)
         if self.proposer is not None:
             done = [s.seq_id for s in seqs if s.finished and self._speculates(s)]
             if done:

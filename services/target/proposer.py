@@ -74,6 +74,7 @@ class DraftProposer:
         self.failures = 0
         self.draft_model: pb.ModelFacts | None = None  # the connected draft's facts (from the handshake)
         self.last_build_s = 0.0  # the draft's cache-build time it reported with its last reply
+        self.last_timings: pb.DraftTimings | None = None  # all the draft's timings of its last reply
 
     # -- connection -----------------------------------------------------------------------
     def connect(self) -> None:
@@ -158,8 +159,11 @@ class DraftProposer:
         if future is not None and self.channel is not None:
             self._call([future])
 
-    def propose(self, seqs: list[Sequence]) -> dict[int, Proposal]:
-        """One speculation round for ``seqs``; {} when the draft is unavailable."""
+    def propose(self, seqs: list[Sequence], trace_context: dict[str, str] | None = None) -> dict[int, Proposal]:
+        """One speculation round for ``seqs``; {} when the draft is unavailable.
+
+        ``trace_context``: W3C carrier of the target's round span when the round is traced.
+        """
         if not seqs or not self.available():
             return {}
         futures = []
@@ -177,12 +181,16 @@ class DraftProposer:
             ))
             view.seen = c
             view.n_prev = NO_PREVIOUS_ROUND  # until this round's outcome is observed
-        futures.append(self.channel.submit(pb.SpeculationRequest(speculate=pb.SpeculateRequest(rows=rows))))
+        speculate = pb.SpeculateRequest(rows=rows)
+        if trace_context:
+            speculate.trace_context.update(trace_context)
+        futures.append(self.channel.submit(pb.SpeculationRequest(speculate=speculate)))
         responses = self._call(futures)
         if responses is None:
             return {}
         reply = responses[-1].speculate
         self.last_build_s = reply.timings.prev_build_us / 1e6
+        self.last_timings = reply.timings
         if len(reply.rows) != len(seqs):
             self._mark_down(f"reply has {len(reply.rows)} rows for {len(seqs)} sequences")
             return {}
