@@ -24,7 +24,8 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ignore-eos", action="store_true", help="keep generating past the end-of-sequence token")
 
 
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
+def add_engine_args(parser: argparse.ArgumentParser, tensor_parallel: bool = True) -> None:
+    """``tensor_parallel``: offer --tensor-parallel-size (not for the draft, which runs on one rank)."""
     group = parser.add_argument_group("engine")
     group.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (fp32 on CPU)")
     group.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
@@ -36,6 +37,20 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--emulate-forward-ms", type=float, default=None,
                        help="benchmarks: pad every forward to this many ms to emulate accelerator timings "
                             "(profile h100-70b-1b: target 15, draft 2)")
+    if tensor_parallel:
+        group.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
+                           help="shard the target over N ranks: GPUs cuda:i..i+N-1 with --device cuda:i, processes "
+                                "on CPU; the draft always runs on one (default: 1; docs/parallelism.md)")
+
+
+def add_telemetry_args(parser: argparse.ArgumentParser, up: bool = False) -> None:
+    group = parser.add_argument_group("observability")
+    group.add_argument("--metrics-port", type=int, default=9400,
+                       help=("the target's /metrics and /healthz HTTP port; the draft uses the next one "
+                             if up else "HTTP port for Prometheus /metrics and /healthz, on --host ")
+                       + "(default: 9400; 0 disables). Tracing: set OTEL_EXPORTER_OTLP_ENDPOINT (docs/observability.md)")
+    group.add_argument("--log-format", choices=["text", "json"], default="text",
+                       help="log lines as text, or one JSON object per line with trace ids (default: text)")
 
 
 def engine_options(args: argparse.Namespace) -> dict:
@@ -48,6 +63,7 @@ def engine_options(args: argparse.Namespace) -> dict:
         block_size=args.block_size,
         enable_prefix_caching=not args.no_prefix_caching,
         emulate_forward_s=args.emulate_forward_ms / 1000 if args.emulate_forward_ms else None,
+        tensor_parallel_size=getattr(args, "tensor_parallel_size", 1),
     )
 
 
@@ -105,12 +121,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     target, draft = demo_models()
     print(f"demo models in {target.parent} (tiny random weights: the text is noise, the machinery is real)")
-    stack = LocalStack(str(target), str(draft), mode="ssd", port=free_port(), draft_port=free_port(),
-                       extra_args=["--kv-cache-bytes", str(64 << 20)], echo=args.verbose)
-    print("starting the local stack: a draft service and a target service (SSD), one core each ...", flush=True)
+    stack = LocalStack(str(target), str(draft), mode="ssd", port=free_port(), http_port=free_port(),
+                       draft_port=free_port(), extra_args=["--kv-cache-bytes", str(64 << 20), "--metrics-port", "0"],
+                       echo=args.verbose)
+    print("starting the local stack: a gateway, a target service and a draft service (SSD) ...", flush=True)
     try:
         stack.start(timeout=120)
-        print(f"target (public API) on {stack.endpoint}, draft on {stack.draft_address}", flush=True)
+        print(f"gateway (public API) on {stack.endpoint} and {stack.http_url}, target on {stack.target_address}, "
+              f"draft on {stack.draft_address}", flush=True)
         with Client(stack.endpoint) as client:
             for prompt in ["def add(a, b):", "import os", "class Stack:"]:
                 out = client.generate(prompt, max_tokens=args.max_tokens, ignore_eos=True)
@@ -161,12 +179,23 @@ def speculation_settings(args: argparse.Namespace):
 
 
 def cmd_draft(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from saguaro.config import EngineConfig
     from saguaro.services.draft.server import serve
+    from saguaro.telemetry.tracing import configure_tracing
 
     config = EngineConfig(model=args.model, **engine_options(args))
     address = f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"
-    server = serve(config, address, speculation_settings(args), build_cache=not args.no_tree)
+    configure_tracing("saguaro-draft")
+    telemetry = None
+    if args.metrics_port:
+        from saguaro.telemetry.service import DraftTelemetry
+
+        telemetry = DraftTelemetry(Path(args.model).name)
+    server = serve(config, address, speculation_settings(args), build_cache=not args.no_tree, telemetry=telemetry)
+    if telemetry is not None:
+        telemetry.serve(args.metrics_port, args.host)
     print(f"draft service for {args.model} listening on {address}", flush=True)
     server.wait_for_termination()
     return 0
@@ -180,6 +209,8 @@ def cmd_target(args: argparse.Namespace) -> int:
     from saguaro.errors import ConfigError
     from saguaro.services.target.local import speculative_engine
     from saguaro.services.target.server import serve_target
+    from saguaro.telemetry.service import TargetTelemetry
+    from saguaro.telemetry.tracing import configure_tracing
     from saguaro.tokenizer import load_tokenizer
 
     mode = args.mode
@@ -199,12 +230,17 @@ def cmd_target(args: argparse.Namespace) -> int:
     if mode == "ssd" and args.draft_address and args.wait_for_draft > 0:
         wait_for_draft(args.draft_address, args.wait_for_draft)
     in_process = mode != "ar" and args.draft_model and not args.draft_address
-    draft = EngineConfig(model=args.draft_model, show_progress=False, **options) if in_process else None
+    draft_options = {**options, "tensor_parallel_size": 1}  # the draft is never sharded
+    draft = EngineConfig(model=args.draft_model, show_progress=False, **draft_options) if in_process else None
     engine = speculative_engine(target, mode, draft, settings, args.draft_address if mode == "ssd" else None,
                                 draft_timeout_s=args.draft_timeout)
     address = f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"
     draft_name = Path(args.draft_model).name if args.draft_model else ""
-    server, loop = serve_target(engine, load_tokenizer(args.model), address, draft_model_name=draft_name)
+    configure_tracing("saguaro-target")
+    telemetry = TargetTelemetry(Path(args.model).name, metrics=args.metrics_port != 0)
+    server, loop = serve_target(engine, load_tokenizer(args.model), address, draft_model_name=draft_name,
+                                telemetry=telemetry)
+    telemetry.serve(args.metrics_port, args.host, loop)
     signal.signal(signal.SIGTERM, lambda *_: server.stop(grace=0.5))
     where = f", draft at {args.draft_address}" if mode == "ssd" and args.draft_address else ""
     print(f"target service (mode {mode}{where}) for {args.model} listening on {address}", flush=True)
@@ -240,17 +276,22 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class LocalStack:
-    """``saguaro up``: the draft and target services as child processes of this one.
+    """``saguaro up``: the gateway, target and draft services as child processes of this one.
 
-    Each child is pinned to its own core (target: the first allowed CPU, draft: the second)
-    with one torch thread, runs in its own session (a terminal's Ctrl-C reaches only this
-    process, which stops them in order) and receives SIGTERM if this process dies (Linux).
+    The gateway serves the public API on ``host:port`` (gRPC) and ``host:http_port`` (OpenAI
+    HTTP; None: off) and routes to the target, which listens on 127.0.0.1:``target_port`` (0: a
+    free port). Each child is pinned to a core (target: the first allowed CPU, draft: the
+    second, gateway: the third, or the target's on a two-core machine: it works while the
+    target waits for tokens) with one torch thread, runs in its own session (a terminal's
+    Ctrl-C reaches only this process, which stops them in order) and receives SIGTERM if this
+    process dies (Linux).
     """
 
     def __init__(self, target: str, draft: str | None, mode: str = "ssd", host: str = "127.0.0.1",
-                 port: int = 50051, draft_port: int = 50061, extra_args: list[str] | None = None,
+                 port: int = 50050, draft_port: int = 50061, extra_args: list[str] | None = None,
                  target_args: list[str] | None = None, draft_args: list[str] | None = None,
-                 echo: bool = True, verbose: bool = False):
+                 echo: bool = True, verbose: bool = False, http_port: int | None = 8000, target_port: int = 0,
+                 gateway_args: list[str] | None = None):
         from saguaro.errors import ConfigError, ModelLoadError
         from pathlib import Path
 
@@ -262,14 +303,20 @@ class LocalStack:
             if folder and not (Path(folder) / "config.json").is_file():
                 raise ModelLoadError(f"model folder not found (no config.json): {folder}")
         self.mode, self.host, self.port, self.draft_port = mode, host, port, draft_port
+        self.http_port = http_port
+        self.target_port = target_port or free_port()
         self.echo = echo
         connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         self.endpoint = f"{connect_host}:{port}"
+        self.http_url = f"http://{connect_host}:{http_port}" if http_port is not None else ""
+        self.target_address = f"127.0.0.1:{self.target_port}"
         self.draft_address = f"127.0.0.1:{draft_port}" if mode == "ssd" else ""
         base = [sys.executable, "-m", "saguaro.cli"] + (["-v"] if verbose else [])
         extra = list(extra_args or [])
-        self.target_cmd = base + ["target", "--model", target, "--mode", mode, "--host", host, "--port", str(port),
-                                  *extra, *(target_args or [])]
+        self.gateway_cmd = base + ["gateway", "--host", host, "--port", str(port), "--targets", self.target_address,
+                                   "--http-port", str(http_port if http_port is not None else 0), *(gateway_args or [])]
+        self.target_cmd = base + ["target", "--model", target, "--mode", mode, "--host", "127.0.0.1",
+                                  "--port", str(self.target_port), *extra, *(target_args or [])]
         if mode != "ar":
             self.target_cmd += ["--draft-model", draft]
         if mode == "ssd":
@@ -281,11 +328,12 @@ class LocalStack:
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.target_cpus = {cpus[0]} if len(cpus) >= 2 else None
         self.draft_cpus = {cpus[1]} if len(cpus) >= 2 else None
+        self.gateway_cpus = {cpus[2]} if len(cpus) >= 3 else self.target_cpus
         self.children: dict[str, _Child] = {}
 
     def start(self, timeout: float = 300.0) -> None:
-        """Start both services (they load at once; the target waits for the draft before it
-        connects); return once the target reports SERVING."""
+        """Start the services (they load at once; the target waits for the draft before it
+        connects); return once the gateway reports SERVING (a target serves behind it)."""
         import time
 
         from saguaro.client import Client, ServiceError
@@ -295,13 +343,14 @@ class LocalStack:
             if self.draft_cmd:
                 self.children["draft"] = _Child("draft", self.draft_cmd, self.draft_cpus, self.echo)
             self.children["target"] = _Child("target", self.target_cmd, self.target_cpus, self.echo)
+            self.children["gateway"] = _Child("gateway", self.gateway_cmd, self.gateway_cpus, self.echo)
             for child in self.children.values():
                 child.wait_listening(deadline, others=self.children.values())
             with Client(self.endpoint) as client:
                 try:
                     client.wait_until_ready(max(1.0, deadline - time.monotonic()))
                 except ServiceError as exc:
-                    raise SaguaroError(f"the target started but is not serving: {exc}") from None
+                    raise SaguaroError(f"the services started but the gateway is not serving: {exc}") from None
         except BaseException:
             self.stop()
             raise
@@ -312,8 +361,8 @@ class LocalStack:
             child.check_running()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the target, then the draft; SIGKILL whatever is still alive after ``timeout``."""
-        for name in ("target", "draft"):
+        """SIGTERM the gateway, the target, then the draft; SIGKILL what is still alive after ``timeout``."""
+        for name in ("gateway", "target", "draft"):
             if name in self.children:
                 self.children[name].stop(timeout)
 
@@ -433,9 +482,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.mode != "ar":
         speculation_settings(args)  # refuse bad K / fan-out before starting anything
     spec = speculation_argv(args) if args.mode != "ar" else []
+    gateway_args = ["--block-size", str(args.block_size)] + (["--redis-url", args.redis_url] if args.redis_url else [])
     stack = LocalStack(args.target, args.draft, mode=args.mode, host=args.host, port=args.port,
+                       http_port=args.http_port or None, target_port=args.target_port, gateway_args=gateway_args,
                        draft_port=args.draft_port, extra_args=engine_argv(args) + spec,
-                       target_args=["--draft-timeout", str(args.draft_timeout)], verbose=args.verbose)
+                       target_args=["--draft-timeout", str(args.draft_timeout), "--metrics-port", str(args.metrics_port),
+                                    "--log-format", args.log_format,
+                                    "--tensor-parallel-size", str(args.tensor_parallel_size)],
+                       draft_args=["--metrics-port", str(args.metrics_port + 1 if args.metrics_port else 0),
+                                   "--log-format", args.log_format],
+                       verbose=args.verbose)
 
     def terminate(signum, frame):
         raise _Terminate()
@@ -443,7 +499,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         stack.start(timeout=args.startup_timeout)
-        rows = [("public API (Inference)", stack.endpoint, stack.children["target"])]
+        gateway = stack.children["gateway"]
+        rows = [("public API (gRPC)", stack.endpoint, gateway)]
+        if stack.http_url:
+            rows.append(("OpenAI API (HTTP)", stack.http_url, gateway))
+        rows.append(("target (internal)", stack.target_address, stack.children["target"]))
         if "draft" in stack.children:
             rows.append(("draft (Speculation)", stack.draft_address, stack.children["draft"]))
         print(f"ready: saguaro stack serving, mode {args.mode}", flush=True)
@@ -451,7 +511,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             core = f"core {min(child.cpus)}" if child.cpus else "unpinned"
             print(f"  {label:<24} {address:<22} {child.name} pid {child.proc.pid}, {core}", flush=True)
         print(f'try: saguaro generate --endpoint {stack.endpoint} --prompt "def add(a, b):" --json', flush=True)
-        print("Ctrl-C stops both services.", flush=True)
+        if stack.http_url:
+            from pathlib import Path
+
+            body = json.dumps({"model": Path(args.target).name, "prompt": "def add(a, b):", "max_tokens": 16})
+            print(f"     curl {stack.http_url}/v1/completions -H 'Content-Type: application/json' -d '{body}'", flush=True)
+        print("Ctrl-C stops all services.", flush=True)
         while True:
             stack.check()
             time.sleep(0.5)
@@ -464,6 +529,73 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack.stop()
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from saguaro.services.gateway import GatewayConfig, run_gateway
+    from saguaro.services.gateway.auth import load_api_keys
+
+    config = GatewayConfig(
+        host=args.host, port=args.port, http_port=args.http_port or None, targets=args.targets or [],
+        discovery=args.discovery, namespace=args.namespace, service=args.service or "", target_port=args.target_port,
+        redis_url=args.redis_url, policy=args.policy, block_size=args.block_size, max_queue=args.max_queue,
+        api_keys=load_api_keys(args.api_keys_file), tls_cert=args.tls_cert, tls_key=args.tls_key,
+        target_tls_ca=args.target_tls_ca, target_tls_cert=args.target_tls_cert, target_tls_key=args.target_tls_key,
+        model_name=args.model_name)
+    asyncio.run(run_gateway(config))
+    return 0
+
+
+def _pod_namespace() -> str:
+    """The namespace this pod runs in (service-account mount), else "default"."""
+    from pathlib import Path
+
+    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    return path.read_text().strip() if path.is_file() else "default"
+
+
+def add_gateway_parser(sub) -> None:
+    gateway = sub.add_parser(
+        "gateway",
+        help="serve the public API in front of target pods: routing, prefix index, OpenAI HTTP",
+        description="Run the gateway: the public Inference gRPC API and an OpenAI-compatible HTTP API, routing each "
+        "request to a healthy target pod by load and by which pod holds the prompt's prefix in its KV cache "
+        "(docs/gateway.md). Targets: a static --targets list, or --discovery kubernetes (EndpointSlices of --service).",
+    )
+    gateway.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    gateway.add_argument("--port", type=int, default=50050, help="public gRPC port (default: 50050)")
+    gateway.add_argument("--http-port", type=int, default=8000, help="OpenAI-compatible HTTP port, also /healthz, "
+                         "/readyz and /metrics (default: 8000; 0 disables)")
+    group = gateway.add_argument_group("targets")
+    group.add_argument("--targets", nargs="+", metavar="HOST:PORT", help="static list of target services")
+    group.add_argument("--discovery", choices=["static", "kubernetes"], default="static",
+                       help="static: --targets; kubernetes: watch the EndpointSlices of --service (default: static)")
+    group.add_argument("--namespace", default=_pod_namespace(),
+                       help="kubernetes: namespace of the target Service (default: this pod's, else default)")
+    group.add_argument("--service", default=None, help="kubernetes: name of the target Service")
+    group.add_argument("--target-port", type=int, default=50051, help="kubernetes: the targets' gRPC port (default: 50051)")
+    group = gateway.add_argument_group("routing")
+    group.add_argument("--policy", choices=["prefix", "least-load", "round-robin"], default="prefix",
+                       help="prefix: prefix-cache hits, then load (default); least-load; round-robin")
+    group.add_argument("--redis-url", default=None, metavar="URL",
+                       help="keep the prefix index in Redis, shared by gateway replicas (default: in-process)")
+    group.add_argument("--block-size", type=int, default=16, help="KV block size of the targets (must match; default: 16)")
+    group.add_argument("--max-queue", type=int, default=256,
+                       help="requests waiting for their first token; more get 429 / RESOURCE_EXHAUSTED (default: 256)")
+    group.add_argument("--model-name", default=None,
+                       help="model name clients use (OpenAI 'model'; default: the targets' model folder name)")
+    group = gateway.add_argument_group("security")
+    group.add_argument("--api-keys-file", default=None, metavar="PATH",
+                       help="require 'Authorization: Bearer <key>' with a key from this file (one per line); "
+                            "keys in $SAGUARO_API_KEYS (comma-separated) count too")
+    group.add_argument("--tls-cert", default=None, metavar="PEM", help="serve TLS on the public ports with this certificate")
+    group.add_argument("--tls-key", default=None, metavar="PEM", help="... and this private key")
+    group.add_argument("--target-tls-ca", default=None, metavar="PEM", help="TLS to the targets: CA of their certificates")
+    group.add_argument("--target-tls-cert", default=None, metavar="PEM", help="mTLS to the targets: client certificate")
+    group.add_argument("--target-tls-key", default=None, metavar="PEM", help="mTLS to the targets: client key")
+    gateway.set_defaults(func=cmd_gateway)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -504,7 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     draft.add_argument("--uds", default=None, help="listen on this Unix socket path instead of TCP")
     draft.add_argument("--no-tree", action="store_true", help="answer with JIT drafts only (synchronous SD served remotely)")
     add_speculation_args(draft)
-    add_engine_args(draft)
+    add_engine_args(draft, tensor_parallel=False)
+    add_telemetry_args(draft)
     draft.set_defaults(func=cmd_draft)
 
     target = sub.add_parser(
@@ -531,32 +664,43 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--uds", default=None, help="listen on this Unix socket path instead of TCP")
     add_speculation_args(target)
     add_engine_args(target)
+    add_telemetry_args(target)
     target.set_defaults(func=cmd_target)
 
     up = sub.add_parser(
         "up",
-        help="run the whole stack on this host: draft and target services, one core each",
-        description="Start the draft service and the target service as separate processes on this host (each "
-        "pinned to its own core, one thread), wait until the target is serving, print the endpoints, and stop both "
-        "on Ctrl-C or SIGTERM. Then: saguaro generate --endpoint HOST:PORT --prompt ...",
+        help="run the whole stack on this host: gateway, target and draft services",
+        description="Start the gateway, the target service and the draft service as separate processes on this host "
+        "(pinned to cores, one thread each), wait until the gateway serves, print the endpoints, and stop them all "
+        "on Ctrl-C or SIGTERM. The gateway serves the public gRPC API on --port and the OpenAI API on --http-port. "
+        "Then: saguaro generate --endpoint HOST:PORT --prompt ...",
     )
     up.add_argument("--target", required=True, metavar="DIR", help="target model folder")
     up.add_argument("--draft", default=None, metavar="DIR", help="draft model folder (required for ssd and sd)")
     up.add_argument("--mode", choices=["ssd", "sd", "ar"], default="ssd",
                     help="ssd: separate draft process (default); sd: draft inside the target process; ar: no draft")
     up.add_argument("--host", default="127.0.0.1", help="address of the public API (default: 127.0.0.1)")
-    up.add_argument("--port", type=int, default=50051, help="public API port (default: 50051)")
+    up.add_argument("--port", type=int, default=50050, help="public gRPC API port, served by the gateway (default: 50050)")
+    up.add_argument("--http-port", type=int, default=8000,
+                    help="OpenAI-compatible HTTP API port, served by the gateway (default: 8000; 0 disables)")
+    up.add_argument("--target-port", type=int, default=0,
+                    help="the target's internal port on 127.0.0.1 (default: 0, a free port)")
+    up.add_argument("--redis-url", default=None, metavar="URL",
+                    help="keep the gateway's prefix index in Redis (e.g. redis://127.0.0.1:6379/0; default: in-process)")
     up.add_argument("--draft-port", type=int, default=50061, help="draft service port, on 127.0.0.1 (default: 50061)")
     up.add_argument("--draft-timeout", type=float, default=5.0, help="target's wait for a draft reply, seconds (default: 5)")
     up.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for both services (default: 300)")
     add_speculation_args(up)
     add_engine_args(up)
+    add_telemetry_args(up, up=True)
     up.set_defaults(func=cmd_up)
+
+    add_gateway_parser(sub)
 
     demo = sub.add_parser("demo", help="run the embedded demo on tiny built-in models (no downloads)",
                           description="Build a tiny target/draft pair locally (cached), start the local stack "
-                          "(draft and target services, SSD) on free ports, send three prompts and print each "
-                          "result with its speculation stats, then stop the stack.")
+                          "(gateway, target and draft services, SSD) on free ports, send three prompts through the "
+                          "gateway and print each result with its speculation stats, then stop the stack.")
     demo.add_argument("--max-tokens", type=int, default=32, help="tokens per prompt (default: 32)")
     demo.set_defaults(func=cmd_demo)
     return parser
@@ -565,7 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from saguaro.telemetry.logs import configure_logging
+
+    configure_logging(getattr(args, "log_format", "text"), logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except SaguaroError as exc:

@@ -8,12 +8,18 @@ Ownership rules the rest of the engine relies on:
   ``num_computed`` tokens. Speculative lookahead slots are never hashed.
 * Freed blocks with a hash stay in an LRU pool and keep their contents until a fresh block is
   needed; freed blocks without one go straight to the empty pool.
+
+Listeners (e.g. the target's KV-event stream for prefix-aware routing) hear exactly the changes
+of the set of reusable hashes, ``by_hash``: a hash entering it (stored) and leaving it
+(evicted). A duplicate block that reaches an already-known hash is not reusable, so it is
+silent. With no listener the hooks cost one attribute test.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from saguaro.cache.prefix_hash import block_hash
 
@@ -41,6 +47,15 @@ class PrefixCacheStats:
     hit_tokens: int = 0
 
 
+class BlockEventListener(Protocol):
+    """Hears reusable block hashes appear and disappear; called on the engine's thread, so an
+    implementation must be quick and do its own locking if others read what it collects."""
+
+    def blocks_stored(self, hashes: list[int]) -> None: ...
+
+    def blocks_evicted(self, hashes: list[int]) -> None: ...
+
+
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
         self.block_size = block_size
@@ -50,6 +65,7 @@ class BlockManager:
         self.evictable: OrderedDict[int, None] = OrderedDict()  # hashed, unreferenced; LRU first
         self.by_hash: dict[int, int] = {}
         self.stats = PrefixCacheStats()
+        self.listener: BlockEventListener | None = None
 
     # -- capacity -----------------------------------------------------------------------
     @property
@@ -71,6 +87,8 @@ class BlockManager:
             block = self.blocks[block_id]
             if self.by_hash.get(block.hash) == block_id:
                 del self.by_hash[block.hash]
+                if self.listener is not None:
+                    self.listener.blocks_evicted([block.hash])
             block.hash, block.token_ids = None, ()
         self.blocks[block_id].ref_count = 1
         return block_id
@@ -156,12 +174,17 @@ class BlockManager:
             return
         bs = self.block_size
         full = min(num_computed // bs, len(table.blocks))
+        stored: list[int] = []
         while table.num_hashed < full:
             i = table.num_hashed
             chunk = tuple(token_ids[i * bs : (i + 1) * bs])
             h = block_hash(table.last_hash, chunk)
             block = self.blocks[table.blocks[i]]
             block.hash, block.token_ids = h, chunk
-            self.by_hash.setdefault(h, block.block_id)
+            if h not in self.by_hash:
+                self.by_hash[h] = block.block_id
+                stored.append(h)
             table.num_hashed += 1
             table.last_hash = h
+        if stored and self.listener is not None:
+            self.listener.blocks_stored(stored)

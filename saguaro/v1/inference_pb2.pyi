@@ -199,16 +199,28 @@ class HealthRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HealthResponse(_message.Message):
-    __slots__ = ("status", "draft_connected", "mode", "message")
+    __slots__ = ("status", "draft_connected", "mode", "message", "num_running", "num_waiting", "kv_cache_usage", "max_num_seqs", "prefix_cache_queried_tokens", "prefix_cache_hit_tokens")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_CONNECTED_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
+    MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_QUERIED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_HIT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     status: ServingStatus
     draft_connected: bool
     mode: DecodeMode
     message: str
-    def __init__(self, status: _Optional[_Union[ServingStatus, str]] = ..., draft_connected: _Optional[bool] = ..., mode: _Optional[_Union[DecodeMode, str]] = ..., message: _Optional[str] = ...) -> None: ...
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    max_num_seqs: int
+    prefix_cache_queried_tokens: int
+    prefix_cache_hit_tokens: int
+    def __init__(self, status: _Optional[_Union[ServingStatus, str]] = ..., draft_connected: _Optional[bool] = ..., mode: _Optional[_Union[DecodeMode, str]] = ..., message: _Optional[str] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., max_num_seqs: _Optional[int] = ..., prefix_cache_queried_tokens: _Optional[int] = ..., prefix_cache_hit_tokens: _Optional[int] = ...) -> None: ...
 
 class ModelInfoRequest(_message.Message):
     __slots__ = ()

@@ -9,17 +9,22 @@ instead of waiting for the running ones to finish.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import queue
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from concurrent import futures
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -27,8 +32,15 @@ from saguaro.errors import ConfigError, InvalidRequestError
 from saguaro.sampling import SamplingParams
 from saguaro.sequence import FinishReason, Sequence, SequenceStatus
 from saguaro.tokenizer import decode, encode
+from saguaro.telemetry.requests import RequestRecord, RequestTelemetry
+from saguaro.telemetry.requests import error_type as request_error_type
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
+from saguaro.v1 import routing_pb2 as rpb
+from saguaro.v1 import routing_pb2_grpc as rpb_grpc
+
+if TYPE_CHECKING:
+    from saguaro.telemetry.service import TargetTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +82,10 @@ class Final:
 class RequestHandle:
     """A submitted request, as seen from the thread that reads its results."""
 
-    def __init__(self, request_id: str, arrival: float):
+    def __init__(self, request_id: str, arrival: float, trace: Any = None):
         self.request_id = request_id
         self.arrival = arrival
+        self.trace = trace  # the request span's context: the engine traces its rounds under it
         self._events: queue.Queue = queue.Queue()
 
     def events(self, timeout: float | None = None) -> Iterator[Delta | Final]:
@@ -82,6 +95,18 @@ class RequestHandle:
             yield event
             if isinstance(event, Final):
                 return
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """The engine's load as the loop thread last saw it (Health reads it; nobody else touches
+    the engine from another thread)."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_cache_usage: float = 0.0
+    prefix_cache_queried_tokens: int = 0
+    prefix_cache_hit_tokens: int = 0
 
 
 @dataclass
@@ -107,6 +132,7 @@ class EngineLoop:
         self._lock = threading.Lock()  # guards _live against readers on other threads
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self.load = LoadReport()  # replaced (never mutated) by the loop thread between steps
 
     # -- API for other threads -------------------------------------------------------------
     def start(self) -> "EngineLoop":
@@ -126,11 +152,14 @@ class EngineLoop:
         return self._thread.is_alive() and not self._stopped
 
     def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-               arrival: float | None = None) -> RequestHandle:
-        """Admit a request; raises ``InvalidRequestError`` if the engine refuses it."""
+               arrival: float | None = None, trace: Any = None) -> RequestHandle:
+        """Admit a request; raises ``InvalidRequestError`` if the engine refuses it.
+
+        ``trace``: the request span's context, under which the engine traces its rounds.
+        """
         if not self.alive:
             raise LoopStopped("the target's engine loop is not running")
-        handle = RequestHandle(request_id, time.perf_counter() if arrival is None else arrival)
+        handle = RequestHandle(request_id, time.perf_counter() if arrival is None else arrival, trace)
         admitted: Future = Future()
         self._inbox.put(("add", handle, list(prompt_token_ids), params, admitted))
         self._wait(admitted)
@@ -175,6 +204,7 @@ class EngineLoop:
     def _serve(self) -> None:
         progress = True
         while True:
+            self._publish_load()
             if not self.engine.has_work():  # idle: sleep until a request (or a draft retry) is due
                 items = self._take(block=True, timeout=self._reconnect_interval(), on_timeout=self._reconnect_draft)
             else:  # between steps; after a step that scheduled nothing, wait a little instead of spinning
@@ -185,8 +215,15 @@ class EngineLoop:
                     self._refuse_pending()
                     return
                 self._apply(item)
+            if items:
+                self._publish_load()  # admitted requests show as waiting during the step that follows
             if self.engine.has_work():
                 progress = self._step()
+
+    def _publish_load(self) -> None:
+        scheduler, blocks = self.engine.scheduler, self.engine.runner.blocks
+        self.load = LoadReport(len(scheduler.running), len(scheduler.waiting), blocks.usage(),
+                               blocks.stats.queried_tokens, blocks.stats.hit_tokens)
 
     def _take(self, block: bool, timeout: float | None = None, on_timeout=None) -> list[tuple]:
         items = []
@@ -239,6 +276,9 @@ class EngineLoop:
                 admitted.set_exception(exc)
                 return
             seq.arrival_time = handle.arrival  # timings count from arrival at the server
+            telemetry = getattr(self.engine, "telemetry", None)
+            if handle.trace is not None and telemetry is not None:
+                telemetry.bind(seq.seq_id, handle.trace)
             live = _Live(handle, seq)
             with self._lock:
                 self._live[handle.request_id] = live
@@ -441,7 +481,8 @@ class TextStream:
 
 # -- the gRPC service ---------------------------------------------------------------------------
 class InferenceService(pb_grpc.InferenceServicer):
-    def __init__(self, loop: EngineLoop, tokenizer=None, draft_model_name: str = ""):
+    def __init__(self, loop: EngineLoop, tokenizer=None, draft_model_name: str = "",
+                 telemetry: RequestTelemetry | None = None):
         self.loop = loop
         self.engine = loop.engine
         self.tokenizer = tokenizer
@@ -449,15 +490,26 @@ class InferenceService(pb_grpc.InferenceServicer):
         self.mode = getattr(self.engine, "mode", "ar")
         # A fast tokenizer is not safe to call from several threads at once ("Already borrowed").
         self._tokenizer_lock = threading.Lock()
+        # Request span, request metrics, the per-request log line (saguaro.telemetry.requests).
+        self.telemetry = telemetry or RequestTelemetry(self.engine.runner.model_dir.name)
 
     def Generate(self, request: pb.GenerateRequest, context):
-        arrival = time.perf_counter()
-        request_id = request.request_id or uuid.uuid4().hex
+        record = self.telemetry.start(request.request_id or uuid.uuid4().hex, context.invocation_metadata(),
+                                      time.perf_counter())
+        try:
+            yield from self._generate(request, context, record)
+        except BaseException as exc:  # refused, cancelled by the client (GeneratorExit), a bug
+            record.fail(request_error_type(exc, context))
+            raise
+
+    def _generate(self, request: pb.GenerateRequest, context, record: RequestRecord):
+        arrival, request_id = record.arrival, record.request_id
         try:
             with self._tokenizer_lock:
                 prompt = prompt_from_proto(request, self.tokenizer)
             params = sampling_from_proto(request.sampling, request.decode_mode, self.mode)
-            handle = self.loop.submit(request_id, prompt, params, arrival)
+            handle = self.loop.submit(request_id, prompt, params, arrival, record.span_context)
+            record.admitted(len(prompt), params)
         except InvalidRequestError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except LoopStopped as exc:
@@ -467,8 +519,10 @@ class InferenceService(pb_grpc.InferenceServicer):
         text = TextStream(self.tokenizer, self._tokenizer_lock) if self.tokenizer is not None else None
         for event in handle.events():
             if isinstance(event, Final):
+                record.finish(event)
                 yield pb.GenerateResponse(request_id=request_id, final=final_to_proto(event))
                 return
+            record.delta(len(event.token_ids))
             pieces = [[t] for t in event.token_ids] if request.stream_tokens_individually else [event.token_ids]
             offset = event.offset
             for i, tokens in enumerate(pieces):
@@ -485,16 +539,22 @@ class InferenceService(pb_grpc.InferenceServicer):
             return pb.AbortResponse(found=False)
 
     def Health(self, request: pb.HealthRequest, context) -> pb.HealthResponse:
-        if not self.loop.alive:
-            return pb.HealthResponse(status=pb.SERVING_STATUS_NOT_SERVING, mode=MODE_TO_PROTO[self.mode],
-                                     message="the engine loop is not running")
         proposer = getattr(self.engine, "proposer", None)
         connected = proposer is not None and proposer.channel is not None
-        if self.mode != "ar" and not connected:
-            return pb.HealthResponse(status=pb.SERVING_STATUS_DEGRADED, draft_connected=False, mode=pb.DECODE_MODE_AR,
-                                     message="draft unavailable, decoding without speculation")
-        return pb.HealthResponse(status=pb.SERVING_STATUS_SERVING, draft_connected=connected,
-                                 mode=MODE_TO_PROTO[self.mode])
+        if not self.loop.alive:
+            state = dict(status=pb.SERVING_STATUS_NOT_SERVING, mode=MODE_TO_PROTO[self.mode],
+                         message="the engine loop is not running")
+        elif self.mode != "ar" and not connected:
+            state = dict(status=pb.SERVING_STATUS_DEGRADED, draft_connected=False, mode=pb.DECODE_MODE_AR,
+                         message="draft unavailable, decoding without speculation")
+        else:
+            state = dict(status=pb.SERVING_STATUS_SERVING, draft_connected=connected, mode=MODE_TO_PROTO[self.mode])
+        load = self.loop.load
+        return pb.HealthResponse(
+            **state, num_running=load.num_running, num_waiting=load.num_waiting,
+            kv_cache_usage=load.kv_cache_usage, max_num_seqs=self.engine.config.max_num_seqs,
+            prefix_cache_queried_tokens=load.prefix_cache_queried_tokens,
+            prefix_cache_hit_tokens=load.prefix_cache_hit_tokens)
 
     def ModelInfo(self, request: pb.ModelInfoRequest, context) -> pb.ModelInfoResponse:
         runner = self.engine.runner
@@ -519,18 +579,116 @@ class InferenceService(pb_grpc.InferenceServicer):
         return info
 
 
+# -- the routing service (KV events and tokenizer, for gateways) ------------------------------------
+class KvEventHub:
+    """The target's prefix-cache events for gateways.
+
+    It is the block manager's listener, so it is called on the engine thread; WatchKvEvents
+    handlers read it from gRPC threads. The current set of hashes (for snapshots) and the last
+    ``buffer`` events (to resume a watcher or catch up a slow one) change under one lock, so a
+    snapshot always agrees with the sequence number it is reported at.
+    """
+
+    def __init__(self, block_size: int, initial: Iterable[int] = (), buffer: int = 4096):
+        self.instance_id = uuid.uuid4().hex
+        self.block_size = block_size
+        self._cond = threading.Condition()
+        self._hashes: set[int] = set(initial)
+        self._events: deque[tuple[int, int, list[int]]] = deque(maxlen=buffer)  # (seq, kind, hashes)
+        self._seq = 0
+
+    def blocks_stored(self, hashes: list[int]) -> None:
+        self._append(rpb.KV_EVENT_KIND_STORED, hashes)
+
+    def blocks_evicted(self, hashes: list[int]) -> None:
+        self._append(rpb.KV_EVENT_KIND_EVICTED, hashes)
+
+    def _append(self, kind: int, hashes: list[int]) -> None:
+        with self._cond:
+            if kind == rpb.KV_EVENT_KIND_STORED:
+                self._hashes.update(hashes)
+            else:
+                self._hashes.difference_update(hashes)
+            self._seq += 1
+            self._events.append((self._seq, kind, hashes))
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Wake every waiting reader (a watcher went away and should notice)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def read(self, after_seq: int | None, timeout: float) -> tuple[bool, int, list]:
+        """``(False, seq, events after after_seq)``, waiting up to ``timeout`` for one (none:
+        a heartbeat); or ``(True, seq, all hashes)`` when ``after_seq`` is None or no longer
+        replayable."""
+        with self._cond:
+            if after_seq is not None and after_seq == self._seq:
+                self._cond.wait(timeout)
+            oldest = self._events[0][0] if self._events else self._seq + 1
+            if after_seq is None or not oldest - 1 <= after_seq <= self._seq:
+                return True, self._seq, list(self._hashes)
+            return False, self._seq, list(itertools.islice(self._events, after_seq - oldest + 1, None))
+
+
+HEARTBEAT_S = 2.0  # a watch stream with no events still sends a batch this often
+
+
+class TargetRoutingService(rpb_grpc.TargetRoutingServicer):
+    def __init__(self, hub: KvEventHub, tokenizer, tokenizer_lock: threading.Lock):
+        self.hub = hub
+        self.tokenizer = tokenizer
+        self._tokenizer_lock = tokenizer_lock
+        self._tokenizer_files: rpb.TokenizerFiles | None = None
+
+    def WatchKvEvents(self, request: rpb.WatchKvEventsRequest, context):
+        hub = self.hub
+        after = request.after_seq if request.instance_id == hub.instance_id else None
+        context.add_callback(hub.wake)
+        while context.is_active():
+            snapshot, seq, payload = hub.read(after, HEARTBEAT_S)
+            batch = rpb.KvEventBatch(instance_id=hub.instance_id, block_size=hub.block_size, seq=seq,
+                                     snapshot=snapshot)
+            if snapshot:
+                batch.snapshot_hashes.extend(payload)
+            else:
+                batch.events.extend(rpb.KvEvent(seq=s, kind=k, block_hashes=h) for s, k, h in payload)
+            yield batch
+            after = seq
+
+    def GetTokenizer(self, request: rpb.GetTokenizerRequest, context) -> rpb.TokenizerFiles:
+        if self.tokenizer is None:
+            return rpb.TokenizerFiles(has_tokenizer=False)
+        with self._tokenizer_lock:
+            if self._tokenizer_files is None:
+                with tempfile.TemporaryDirectory(prefix="saguaro-tokenizer-") as tmp:
+                    self.tokenizer.save_pretrained(tmp)
+                    files = {f.name: f.read_bytes() for f in Path(tmp).iterdir() if f.is_file()}
+                self._tokenizer_files = rpb.TokenizerFiles(has_tokenizer=True, files=files)
+            return self._tokenizer_files
+
+
 def serve_target(engine, tokenizer, address: str, draft_model_name: str = "",
-                 max_workers: int | None = None) -> tuple[grpc.Server, EngineLoop]:
+                 max_workers: int | None = None, telemetry: TargetTelemetry | None = None,
+                 ) -> tuple[grpc.Server, EngineLoop]:
     """Start the engine loop and the Inference service on ``address`` ("host:port" or "unix:/path").
 
-    Every open Generate stream holds a worker thread; beyond ``max_workers`` concurrent RPCs
-    the server answers RESOURCE_EXHAUSTED instead of queueing.
+    Next to ``Inference`` it serves ``TargetRouting`` (KV-cache events and the tokenizer) for
+    gateways. Every open Generate or WatchKvEvents stream holds a worker thread; beyond
+    ``max_workers`` concurrent RPCs the server answers RESOURCE_EXHAUSTED instead of queueing.
     """
     workers = max_workers or max(32, 4 * engine.config.max_num_seqs)
+    blocks = engine.runner.blocks
+    hub = KvEventHub(blocks.block_size, initial=blocks.by_hash)
+    blocks.listener = hub  # set before the loop thread starts: from then on only it changes blocks
     loop = EngineLoop(engine).start()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference"),
                          maximum_concurrent_rpcs=workers)
-    pb_grpc.add_InferenceServicer_to_server(InferenceService(loop, tokenizer, draft_model_name), server)
+    if telemetry is not None:  # metrics and traces (saguaro.telemetry.service), from the command line
+        telemetry.attach(engine, loop)
+    service = InferenceService(loop, tokenizer, draft_model_name, telemetry.requests if telemetry else None)
+    pb_grpc.add_InferenceServicer_to_server(service, server)
+    rpb_grpc.add_TargetRoutingServicer_to_server(TargetRoutingService(hub, tokenizer, service._tokenizer_lock), server)
     try:
         port = server.add_insecure_port(address)
     except RuntimeError:

@@ -59,7 +59,7 @@ def test_up_shards_the_target_only(model_dirs, expected):
     port = free_port()
     up = subprocess.Popen(
         [sys.executable, "-m", "saguaro.cli", "up", "--target", model_dirs["llama"], "--draft",
-         model_dirs["llama_draft_perturbed"], "--port", str(port), "--draft-port", str(free_port()),
+         model_dirs["llama_draft_perturbed"], "--port", str(port), "--draft-port", str(free_port()), "--http-port", str(free_port()),
          "--metrics-port", "0", "--tensor-parallel-size", "2", *ARGS],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
     )
@@ -69,7 +69,7 @@ def test_up_shards_the_target_only(model_dirs, expected):
             lines.append(line)
             if line.startswith("Ctrl-C") or up.poll() is not None:
                 break
-        target = int(re.search(r"public API.*target pid (\d+)", "".join(lines)).group(1))
+        target = int(re.search(r"target \(internal\).*? pid (\d+)", "".join(lines)).group(1))
         followers = spawned_children(target)
         assert len(followers) == 1
         remote = saguaro("generate", "--endpoint", f"127.0.0.1:{port}", *PROMPTS)

@@ -1,0 +1,67 @@
+"""Gateway settings: one dataclass, filled from ``saguaro gateway`` flags or by code (tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from saguaro.errors import ConfigError
+
+POLICIES = ("prefix", "least-load", "round-robin")
+
+
+@dataclass
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 50050  # public gRPC (Inference); 0 picks a free port
+    http_port: int | None = 8000  # OpenAI-compatible HTTP API; None: no HTTP listener; 0: a free port
+    targets: list[str] = field(default_factory=list)  # static discovery: "host:port" of target pods
+    discovery: str = "static"  # static | kubernetes
+    namespace: str = "default"  # kubernetes: namespace of the target Service
+    service: str = ""  # kubernetes: name of the target Service (its EndpointSlices are watched)
+    target_port: int = 50051  # kubernetes: the targets' gRPC port
+    redis_url: str | None = None  # prefix index in Redis; None: in-process index
+    policy: str = "prefix"
+    block_size: int = 16  # must equal the targets' (checked against their KV events)
+    max_queue: int = 256  # requests waiting for their first token, gateway-wide; beyond: 429
+    api_keys: frozenset[str] = frozenset()  # empty: no authentication
+    tls_cert: str | None = None  # PEM files for TLS on the public ports (gRPC and HTTP)
+    tls_key: str | None = None
+    target_tls_ca: str | None = None  # TLS to the targets (CA that signed their certificates)
+    target_tls_cert: str | None = None  # mTLS: the gateway's client certificate and key
+    target_tls_key: str | None = None
+    model_name: str | None = None  # served model name; None: the targets' ModelInfo.model_name
+
+    # Tuning (no flags: the defaults suit every deployment we know of).
+    health_interval_s: float = 1.0  # active Health polling of each target
+    request_timeout_s: float = 600.0  # deadline of a request that brings none of its own
+    max_attempts: int = 3  # a request tries at most this many targets before its first token
+    retry_after_s: int = 1  # Retry-After sent with 429 / RESOURCE_EXHAUSTED
+    breaker_failures: int = 3  # consecutive failures that open a target's circuit
+    breaker_cooldown_s: float = 5.0  # open circuit: time before one trial request is let through
+    provisional_ttl_s: float = 10.0  # life of the index entry written when a request is routed
+    index_ttl_s: float = 3600.0  # Redis: a target's keys expire this long after its last event
+    max_prefix_blocks: int = 256  # leading prompt blocks looked up per request (4096 tokens at 16)
+
+    def validate(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError(f"unknown policy {self.policy!r}; use one of {', '.join(POLICIES)}")
+        if self.discovery not in ("static", "kubernetes"):
+            raise ConfigError(f"unknown discovery {self.discovery!r}; use static or kubernetes")
+        if self.discovery == "static" and not self.targets:
+            raise ConfigError("give the targets: --targets HOST:PORT ... (or --discovery kubernetes)")
+        if self.discovery == "kubernetes" and not self.service:
+            raise ConfigError("--discovery kubernetes needs --service NAME (the target Service)")
+        for address in self.targets:
+            host, sep, port = address.rpartition(":")
+            if not (sep and host and port.isdigit()):
+                raise ConfigError(f"target {address!r} is not HOST:PORT")
+        if self.block_size <= 0:
+            raise ConfigError(f"--block-size must be positive, got {self.block_size}")
+        if self.max_queue <= 0:
+            raise ConfigError(f"--max-queue must be positive, got {self.max_queue}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        if bool(self.target_tls_cert) != bool(self.target_tls_key):
+            raise ConfigError("mTLS to the targets needs both --target-tls-cert and --target-tls-key")
+        if self.target_tls_cert and not self.target_tls_ca:
+            raise ConfigError("mTLS to the targets needs --target-tls-ca (the CA of the targets' certificates)")

@@ -1,0 +1,226 @@
+"""Run one request against the targets: admit, route, stream, retry, cancel.
+
+Both fronts (gRPC and HTTP) hand a prepared upstream ``GenerateRequest`` to
+``Dispatcher.stream`` and relay what it yields. Guarantees:
+
+* at most ``max_queue`` requests wait for their first token (else RESOURCE_EXHAUSTED);
+* a target that fails before the first token (unreachable, shutting down, overloaded) is
+  left for another one, up to ``max_attempts`` targets, within the request's deadline; the
+  failure feeds that target's circuit breaker;
+* after the first token nothing is retried (tokens were sent); a failure then becomes a final
+  message with FINISH_REASON_ERROR, as the public contract says;
+* when the client goes away (cancel, disconnect, deadline), the upstream call is cancelled,
+  which the target treats exactly like ``Abort``: the sequence and its KV blocks are freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from saguaro.services.gateway.admission import Admission
+from saguaro.services.gateway.config import GatewayConfig
+from saguaro.services.gateway.errors import GatewayError
+from saguaro.services.gateway.metrics import GatewayMetrics
+from saguaro.services.gateway.prefix_index import IndexUnavailable, PrefixIndex
+from saguaro.services.gateway.routing import Router, RouteRequest
+from saguaro.services.gateway.targets import Target, TargetPool
+from saguaro.v1 import inference_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# Before the first token these mean "this target could not take the request": try another.
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED,
+             grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+# ... and of those, these also count against the target's circuit breaker (not mere overload).
+TARGET_FAULTS = RETRYABLE - {grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+@dataclass
+class Dispatch:
+    """One request on its way through the gateway."""
+
+    request: pb.GenerateRequest  # upstream message: token-id prompt (when tokenised) and request id
+    block_hashes: Sequence[int]  # leading prompt blocks, for prefix-aware routing
+    deadline: float  # time.monotonic() by which the whole request must be done
+    api: str  # metrics label: grpc | completions | chat
+    metadata: list[tuple[str, str]] = field(default_factory=list)  # forwarded (trace context)
+    prompt_tokens: int = 0
+    target: str | None = None  # address of the target serving it (x-saguaro-target)
+    attempts: int = 0
+    arrival: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Live:
+    target: Target | None = None
+    call: grpc.aio.UnaryStreamCall | None = None
+
+
+class Dispatcher:
+    def __init__(self, config: GatewayConfig, pool: TargetPool, router: Router, index: PrefixIndex | None,
+                 admission: Admission, metrics: GatewayMetrics):
+        self.config = config
+        self.pool = pool
+        self.router = router
+        self.index = index
+        self.admission = admission
+        self.metrics = metrics
+        self.live: dict[str, _Live] = {}  # request id -> where it runs
+        self._background: set[asyncio.Task] = set()
+
+    def new_request_id(self) -> str:
+        return uuid.uuid4().hex
+
+    async def stream(self, dispatch: Dispatch) -> AsyncIterator[pb.GenerateResponse]:
+        """The target's responses, relayed; raises ``GatewayError`` before the first one."""
+        request_id = dispatch.request.request_id
+        if request_id in self.live:
+            raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"request id {request_id!r} is already used by a running request; "
+                               "use a unique id or leave it empty", "request_id")
+        ticket = self.admission.admit()
+        live = self.live[request_id] = _Live()
+        self.metrics.inflight.inc()
+        emitted = 0
+        try:
+            call, first = await self._start(dispatch, live)
+            ticket.leave()
+            self.metrics.ttft.labels(dispatch.api).observe(time.perf_counter() - dispatch.arrival)
+            message = first
+            while message is not grpc.aio.EOF:
+                kind = message.WhichOneof("kind")
+                if kind == "delta":
+                    emitted += len(message.delta.token_ids)
+                elif kind == "final":
+                    usage = message.final.usage
+                    self.metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
+                    self.metrics.tokens.labels("completion").inc(usage.completion_tokens)
+                yield message
+                try:
+                    message = await call.read()
+                except grpc.aio.AioRpcError as exc:  # after the first token: end with a final message
+                    log.warning("request %s failed on %s after %d tokens: %s", request_id, dispatch.target, emitted,
+                                exc.details())
+                    yield self._failed_final(request_id, dispatch.prompt_tokens, emitted, exc.code(),
+                                             f"target {dispatch.target} failed mid-stream: {exc.code().name}: "
+                                             f"{exc.details()}")
+                    return
+        finally:
+            ticket.leave()
+            self.metrics.inflight.dec()
+            self.live.pop(request_id, None)
+            if live.target is not None:
+                self._release(live.target)
+            if live.call is not None and not live.call.done():
+                live.call.cancel()  # the client left: the target aborts the sequence
+
+    async def _start(self, dispatch: Dispatch, live: _Live) -> tuple[grpc.aio.UnaryStreamCall, pb.GenerateResponse]:
+        """Route and send until a target answers with a first message."""
+        tried: set[str] = set()
+        last_error = ""
+        while True:
+            remaining = dispatch.deadline - time.monotonic()
+            if remaining <= 0:
+                raise GatewayError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   "the request's deadline passed before a target answered" +
+                                   (f" (last error: {last_error})" if last_error else ""))
+            if dispatch.attempts >= self.config.max_attempts:
+                raise GatewayError(grpc.StatusCode.UNAVAILABLE,
+                                   f"{dispatch.attempts} targets failed to serve the request; last error: {last_error}",
+                                   retry_after=self.config.retry_after_s)
+            route = await self.router.pick(list(self.pool.targets.values()),
+                                           RouteRequest(dispatch.block_hashes, exclude=tried))
+            if route is None:
+                detail = f"; last error: {last_error}" if last_error else ""
+                raise GatewayError(grpc.StatusCode.UNAVAILABLE,
+                                   f"no healthy target can take the request ({len(self.pool.healthy())} healthy of "
+                                   f"{len(self.pool.targets)} known){detail}", retry_after=self.config.retry_after_s)
+            target = route.target
+            if dispatch.attempts:
+                self.metrics.retries.inc()
+            dispatch.attempts += 1
+            dispatch.target = target.address
+            tried.add(target.address)
+            self._provisional(target, dispatch.block_hashes[route.prefix_blocks:])  # what it does not hold yet
+            target.breaker.acquire()
+            target.inflight += 1
+            self.metrics.target_inflight.labels(target.address).set(target.inflight)
+            live.target = target
+            live.call = call = target.inference.Generate(dispatch.request, timeout=remaining,
+                                                         metadata=dispatch.metadata or None)
+            try:
+                first = await call.read()
+                if first is grpc.aio.EOF:
+                    raise _EmptyStream()
+            except (grpc.aio.AioRpcError, _EmptyStream) as exc:
+                code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.UNKNOWN
+                details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else "the stream ended without a message"
+                live.target, live.call = None, None
+                self._release(target)
+                if code not in RETRYABLE:
+                    if code is grpc.StatusCode.INVALID_ARGUMENT:
+                        target.breaker.success()
+                    raise GatewayError(code, details) from None
+                if code in TARGET_FAULTS:
+                    target.breaker.failure()
+                if code is grpc.StatusCode.UNAVAILABLE:
+                    self.pool.mark_unreachable(target)
+                last_error = f"{target.address}: {code.name}: {details}"
+                log.warning("request %s: target %s failed before the first token (%s: %s); trying another",
+                            dispatch.request.request_id, target.address, code.name, details)
+                continue
+            target.breaker.success()
+            return call, first
+
+    def _release(self, target: Target) -> None:
+        target.inflight -= 1
+        if target.address in self.pool.targets:
+            self.metrics.target_inflight.labels(target.address).set(target.inflight)
+
+    def _provisional(self, target: Target, hashes: Sequence[int]) -> None:
+        """Tell the index the target is about to hold this prefix (not waited for)."""
+        if self.index is None or not self.router.uses_prefix or target.instance_id is None or not hashes:
+            return
+        task = asyncio.get_running_loop().create_task(self._write_provisional(target.instance_id, hashes))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _write_provisional(self, instance: str, hashes: Sequence[int]) -> None:
+        try:
+            await self.index.add_provisional(instance, hashes)
+        except IndexUnavailable:
+            pass  # logged once by the index; routing goes on by load
+
+    @staticmethod
+    def _failed_final(request_id: str, prompt_tokens: int, emitted: int, code: grpc.StatusCode,
+                      message: str) -> pb.GenerateResponse:
+        """The final message of a stream cut after its first token: ABORT for a deadline (as the
+        contract says), ERROR otherwise."""
+        reason = pb.FINISH_REASON_ABORT if code is grpc.StatusCode.DEADLINE_EXCEEDED else pb.FINISH_REASON_ERROR
+        usage = pb.Usage(prompt_tokens=prompt_tokens, completion_tokens=emitted, total_tokens=prompt_tokens + emitted)
+        return pb.GenerateResponse(request_id=request_id, final=pb.GenerateFinal(
+            finish_reason=reason, error_message=message, usage=usage))
+
+    async def abort(self, request_id: str) -> bool:
+        """Forward Abort to the target running the request (its stream then ends with ABORT)."""
+        live = self.live.get(request_id)
+        if live is None or live.target is None:
+            return False
+        try:
+            answer = await live.target.inference.Abort(pb.AbortRequest(request_id=request_id), timeout=10)
+        except grpc.aio.AioRpcError:
+            if live.call is not None:
+                live.call.cancel()
+            return True
+        return answer.found
+
+
+class _EmptyStream(Exception):
+    pass

@@ -1,0 +1,198 @@
+"""The OpenAI-compatible HTTP API (aiohttp) and the operational endpoints.
+
+==========================  ====  ===========================================================
+route                       auth  answer
+==========================  ====  ===========================================================
+POST /v1/completions        yes   text completion (JSON, or SSE with ``"stream": true``)
+POST /v1/chat/completions   yes   chat completion, prompt rendered with the chat template
+GET  /v1/models             yes   the served model
+GET  /healthz               no    200 while the process runs (liveness)
+GET  /readyz                no    200 with at least one healthy target, else 503 (readiness)
+GET  /metrics               no    Prometheus text format
+==========================  ====  ===========================================================
+
+Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``; 429 and 503
+carry ``Retry-After``. ``x-request-id`` (header) sets the request id; the response header
+``x-saguaro-target`` names the target that served it. A client that disconnects cancels its
+request on the target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from saguaro.client import speculation_stats
+from saguaro.services.gateway.dispatch import Dispatch
+from saguaro.services.gateway.errors import GatewayError, invalid
+from saguaro.services.gateway.grpc_api import trace_metadata
+from saguaro.services.gateway.openai_schema import (FINISH, ChunkWriter, OpenAIRequest, choice_json, parse_request,
+                                                    response_json, usage_json)
+from saguaro.v1 import inference_pb2 as pb
+
+if TYPE_CHECKING:
+    from saguaro.services.gateway.server import Gateway
+
+MAX_BODY_BYTES = 32 << 20
+
+
+def _error_response(exc: GatewayError) -> web.Response:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return web.json_response(exc.openai_body(), status=exc.http_status, headers=headers)
+
+
+class OpenAIApi:
+    def __init__(self, gateway: "Gateway"):
+        self.gateway = gateway
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.add_routes([
+            web.post("/v1/completions", self.completions),
+            web.post("/v1/chat/completions", self.chat_completions),
+            web.get("/v1/models", self.models),
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/metrics", self.metrics),
+        ])
+        return app
+
+    # -- operational -------------------------------------------------------------------------
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        gw = self.gateway
+        body = {"ready": gw.ready, "healthy_targets": len(gw.pool.healthy()), "targets": len(gw.pool.targets),
+                "prefix_index": {"backend": gw.index.name, "available": gw.index.available} if gw.index else None}
+        return web.json_response(body, status=200 if gw.ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.gateway.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def models(self, request: web.Request) -> web.Response:
+        try:
+            self.gateway.authenticate(request.headers.get("Authorization"))
+            facts = self.gateway.preparer().facts
+        except GatewayError as exc:
+            return _error_response(exc)
+        return web.json_response({"object": "list", "data": [{
+            "id": facts.name, "object": "model", "created": self.gateway.started_at, "owned_by": "saguaro",
+            "max_model_len": facts.max_model_len}]})
+
+    # -- generation --------------------------------------------------------------------------
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "completions")
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "chat")
+
+    async def _generate(self, request: web.Request, kind: str) -> web.StreamResponse:
+        gw = self.gateway
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            gw.authenticate(request.headers.get("Authorization"))
+            preparer = gw.preparer()
+            parsed = parse_request(kind, await _json_body(request), preparer)
+            request_id = request.headers.get("x-request-id") or gw.dispatcher.new_request_id()
+            preparer.check_request_id(request_id)
+            dispatches = []
+            for i, prompt in enumerate(parsed.prompts):
+                upstream = pb.GenerateRequest(
+                    request_id=request_id if len(parsed.prompts) == 1 else f"{request_id}-{i}",
+                    sampling=parsed.sampling, decode_mode=parsed.decode_mode,
+                    stream_tokens_individually=parsed.stream and parsed.tokens_individually)
+                dispatches.append(preparer.dispatch(upstream, prompt, gw.config.request_timeout_s, kind,
+                                                    trace_metadata(request.headers)))
+            prefix = "cmpl-" if kind == "completions" else "chatcmpl-"
+            if parsed.stream:
+                return await self._stream(request, parsed, dispatches[0], prefix + request_id, preparer.facts.name)
+            return await self._complete(parsed, dispatches, prefix + request_id, preparer.facts.name)
+        except GatewayError as exc:
+            code = exc.code
+            return _error_response(exc)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            gw.metrics.requests.labels(kind, code.name).inc()
+            gw.metrics.duration.labels(kind).observe(time.perf_counter() - started)
+
+    async def _complete(self, parsed: OpenAIRequest, dispatches: list[Dispatch], response_id: str,
+                        model: str) -> web.Response:
+        tasks = [asyncio.ensure_future(self._collect(d)) for d in dispatches]
+        try:
+            results = await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:  # one prompt failed: stop the others
+                task.cancel()
+        choices, prompt_tokens, completion_tokens = [], 0, 0
+        for i, (text, final) in enumerate(results):
+            choices.append(choice_json(parsed.kind, i, text, FINISH.get(final.finish_reason, "stop"),
+                                       speculation_stats(final.speculation)))
+            prompt_tokens += final.usage.prompt_tokens
+            completion_tokens += final.usage.completion_tokens
+        body = response_json(parsed.kind, response_id, int(time.time()), model, choices,
+                             usage_json(prompt_tokens, completion_tokens))
+        return web.json_response(body, headers={"x-saguaro-target": ",".join(d.target or "" for d in dispatches)})
+
+    async def _collect(self, dispatch: Dispatch) -> tuple[str, pb.GenerateFinal]:
+        pieces = []
+        async for message in self.gateway.dispatcher.stream(dispatch):
+            if message.WhichOneof("kind") == "delta":
+                pieces.append(message.delta.text)
+            else:
+                final = message.final
+                if final.finish_reason == pb.FINISH_REASON_ERROR:
+                    raise GatewayError(grpc.StatusCode.INTERNAL, f"generation failed: {final.error_message}")
+                return "".join(pieces), final
+        raise GatewayError(grpc.StatusCode.INTERNAL, "the target's stream ended without a final message")
+
+    async def _stream(self, request: web.Request, parsed: OpenAIRequest, dispatch: Dispatch, response_id: str,
+                      model: str) -> web.StreamResponse:
+        stream = self.gateway.dispatcher.stream(dispatch)
+        response: web.StreamResponse | None = None
+        try:
+            message = await anext(stream)  # errors before the first token still get a status code
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                                   "x-saguaro-target": dispatch.target or ""})
+            await response.prepare(request)
+            chunks = ChunkWriter(parsed.kind, response_id, int(time.time()), model)
+            if parsed.kind == "chat":
+                await response.write(chunks.role())
+            while True:
+                if message.WhichOneof("kind") == "delta":
+                    if message.delta.text:
+                        await response.write(chunks.text(message.delta.text))
+                else:
+                    final = message.final
+                    if final.finish_reason == pb.FINISH_REASON_ERROR:
+                        await response.write(chunks.error(f"generation failed: {final.error_message}"))
+                    else:
+                        await response.write(chunks.finish(FINISH.get(final.finish_reason, "stop"),
+                                                           speculation_stats(final.speculation)))
+                        if parsed.include_usage:
+                            await response.write(chunks.usage(usage_json(final.usage.prompt_tokens,
+                                                                         final.usage.completion_tokens)))
+                    await response.write(ChunkWriter.DONE)
+                    return response
+                message = await anext(stream)
+        except ConnectionResetError:  # the client went away mid-stream
+            return response
+        finally:
+            await stream.aclose()
+
+
+async def _json_body(request: web.Request):
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5000-digit number, deep nesting
+        raise invalid(f"the request body is not valid JSON: {str(exc)[:200]}") from None

@@ -1,0 +1,287 @@
+"""OpenAI request bodies -> validated gateway requests; gateway results -> OpenAI JSON.
+
+Pure functions (no I/O), so every refusal is easy to test. Refusals are ``GatewayError``
+INVALID_ARGUMENT (HTTP 400) whose message and ``param`` name the field. Values the gateway
+cannot honour (logprobs, stop strings, n > 1, penalties, tools, ...) are refused rather than
+silently ignored; fields that change nothing (``user``, ``stream_options`` off, nulls) pass.
+
+Extensions (vLLM-style, optional): ``top_k``, ``seed``, ``stop_token_ids``, ``ignore_eos``,
+``mode`` (``ssd`` / ``sd`` / ``ar``: per-request opt-out of speculation) and
+``stream_tokens_individually`` (default true: one SSE chunk per token). Responses carry a
+``speculation`` object per choice (in streams: on the chunk with the finish reason).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from saguaro.services.gateway.errors import invalid
+from saguaro.services.gateway.prepare import Preparer
+from saguaro.v1 import inference_pb2 as pb
+
+MODES = {"ssd": pb.DECODE_MODE_SSD, "sd": pb.DECODE_MODE_SD, "ar": pb.DECODE_MODE_AR}
+ROLES = ("system", "developer", "user", "assistant", "tool")
+FINISH = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length", pb.FINISH_REASON_ABORT: "abort",
+          pb.FINISH_REASON_ERROR: "error"}
+MAX_BATCH = 64
+DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions (chat: the rest of the context)
+
+
+@dataclass
+class OpenAIRequest:
+    kind: str  # "completions" | "chat"
+    prompts: list[list[int]]  # token ids, one per choice
+    sampling: pb.SamplingParams
+    decode_mode: int
+    stream: bool
+    include_usage: bool
+    tokens_individually: bool
+
+
+class _Fields:
+    """Typed access to a JSON object's fields with messages that name the field."""
+
+    def __init__(self, body: dict[str, Any]):
+        self.body = body
+
+    def present(self, name: str) -> bool:
+        return self.body.get(name) is not None
+
+    def number(self, name: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
+        value = self.body.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and not math.isfinite(value)):  # (math.isfinite overflows on huge ints)
+            raise invalid(f"{name} must be a number, got {json.dumps(value)[:50]}", name)
+        if value < lo or value > hi or (lo_open and value == lo):
+            interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+            raise invalid(f"{name} must be in {interval}, got {str(value)[:40]}", name)
+        return float(value)
+
+    def integer(self, name: str, default: int | None, lo: int, hi: int, why: str = "") -> int | None:
+        value = self.body.get(name)
+        if value is None:
+            return default
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise invalid(f"{name} must be an integer, got {json.dumps(value)[:50]}", name)
+        if not lo <= value <= hi:
+            raise invalid(f"{name} must be between {lo} and {hi}{why}, got {str(value)[:40]}", name)
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.body.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise invalid(f"{name} must be true or false, got {json.dumps(value)[:50]}", name)
+        return value
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    """Options whose non-default values the gateway cannot honour."""
+    unsupported = {
+        "logprobs": "log probabilities are not returned", "top_logprobs": "log probabilities are not returned",
+        "echo": "echo is not supported", "suffix": "suffix is not supported",
+        "tools": "tool calls are not supported", "functions": "function calls are not supported",
+        "logit_bias": "logit_bias is not supported",
+    }
+    for name, why in unsupported.items():
+        if body.get(name) not in (None, False, [], {}, 0):
+            raise invalid(f"{name}: {why}", name)
+    if body.get("stop") not in (None, "", []):
+        raise invalid("stop: stop strings are not supported; use stop_token_ids (token ids)", "stop")
+    for name, neutral in (("presence_penalty", 0), ("frequency_penalty", 0), ("repetition_penalty", 1)):
+        if body.get(name) is not None and body.get(name) != neutral:
+            raise invalid(f"{name}: penalties are not supported (leave it unset)", name)
+    if body.get("best_of") not in (None, 1):
+        raise invalid("best_of: only 1 is supported", "best_of")
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        raise invalid("response_format: only {\"type\": \"text\"} is supported", "response_format")
+
+
+def _completion_prompts(value: Any, preparer: Preparer) -> list[list[int]]:
+    """``prompt``: a string, token ids, or a batch of either."""
+    if isinstance(value, str):
+        return [preparer.prompt_from_text(value, "prompt")]
+    if not isinstance(value, list) or not value:
+        raise invalid("prompt is required and must not be empty: a string, a list of token ids, or a list of those",
+                      "prompt")
+    if all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        return [list(value)]
+    if len(value) > MAX_BATCH:
+        raise invalid(f"prompt: at most {MAX_BATCH} prompts per request, got {len(value)}", "prompt")
+    prompts = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            prompts.append(preparer.prompt_from_text(item, f"prompt[{i}]"))
+        elif isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
+            prompts.append(list(item))
+        else:
+            raise invalid(f"prompt[{i}] must be a string or a list of token ids", f"prompt[{i}]")
+    return prompts
+
+
+def _chat_messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise invalid("messages is required: a non-empty list of {\"role\", \"content\"} objects", "messages")
+    out = []
+    for i, message in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise invalid(f"{where} must be an object with role and content", where)
+        role = message.get("role")
+        if role not in ROLES:
+            raise invalid(f"{where}.role must be one of {', '.join(ROLES)}, got {json.dumps(role)[:50]}", f"{where}.role")
+        content = message.get("content")
+        if isinstance(content, list):  # content parts: only text ones
+            texts = []
+            for j, part in enumerate(content):
+                if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                    raise invalid(f"{where}.content[{j}]: only {{\"type\": \"text\", \"text\": ...}} parts are supported",
+                                  f"{where}.content")
+                texts.append(part["text"])
+            content = "".join(texts)
+        if not isinstance(content, str):
+            raise invalid(f"{where}.content must be a string (or a list of text parts)", f"{where}.content")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object")
+    fields = _Fields(body)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid("model is required: the served model's name (see GET /v1/models)", "model")
+    facts = preparer.facts
+    if model != facts.name:
+        raise invalid(f"unknown model {model!r}: this gateway serves {facts.name!r}", "model")
+    _refuse_unsupported(body)
+    fields.integer("n", 1, 1, 1, " (one choice per prompt)")
+    stream = fields.boolean("stream", False)
+    if kind == "completions":
+        prompts = _completion_prompts(body.get("prompt"), preparer)
+        if stream and len(prompts) > 1:
+            raise invalid("prompt: streaming serves one prompt per request (send several requests)", "prompt")
+        prompts = [preparer.check_prompt_ids(p, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
+                   for i, p in enumerate(prompts)]
+        max_tokens_name = "max_tokens"
+        default_max: int | None = DEFAULT_COMPLETION_TOKENS
+    else:
+        prompts = [preparer.check_prompt_ids(preparer.tokenizer.chat_prompt(_chat_messages(body.get("messages"))),
+                                             "messages")]
+        max_tokens_name = "max_completion_tokens" if fields.present("max_completion_tokens") else "max_tokens"
+        default_max = None
+    limit = facts.max_model_len
+    max_tokens = fields.integer(max_tokens_name, default_max, 1, limit, " (the model's context)")
+    for prompt in prompts:
+        if max_tokens is not None and len(prompt) + max_tokens > limit:
+            raise invalid(f"the model's context is {limit} tokens, but {len(prompt)} prompt tokens + {max_tokens_name} "
+                          f"{max_tokens} = {len(prompt) + max_tokens}: lower {max_tokens_name} or shorten the prompt",
+                          max_tokens_name)
+    sampling = pb.SamplingParams(
+        temperature=fields.number("temperature", 1.0, 0.0, 2.0),
+        top_p=fields.number("top_p", 1.0, 0.0, 1.0, lo_open=True),
+        top_k=max(0, fields.integer("top_k", 0, -1, 2**31 - 1)),
+        stop_token_ids=_stop_token_ids(body.get("stop_token_ids"), facts.vocab_size),
+        ignore_eos=fields.boolean("ignore_eos", False),
+    )
+    # None: until the context is full (chat without max_tokens).
+    sampling.max_tokens = max_tokens if max_tokens is not None else limit
+    seed = fields.integer("seed", None, 0, 2**64 - 1)
+    if seed is not None:
+        sampling.seed = seed
+    mode = body.get("mode")
+    if mode is not None and not (isinstance(mode, str) and mode in MODES):
+        raise invalid(f"mode must be one of ssd, sd, ar (or unset for the server's), got {json.dumps(mode)[:50]}", "mode")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise invalid("stream_options must be an object", "stream_options")
+    include_usage = _Fields(options or {}).boolean("include_usage", False)
+    return OpenAIRequest(kind, prompts, sampling, MODES.get(mode, pb.DECODE_MODE_DEFAULT), stream,
+                         include_usage, fields.boolean("stream_tokens_individually", True))
+
+
+def _stop_token_ids(value: Any, vocab: int) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        raise invalid("stop_token_ids must be a list of token ids", "stop_token_ids")
+    bad = [t for t in value if not 0 <= t < vocab]
+    if bad:
+        raise invalid(f"stop_token_ids {bad[:5]} are outside the vocabulary [0, {vocab})", "stop_token_ids")
+    return value
+
+
+# -- responses ----------------------------------------------------------------------------------
+def usage_json(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def choice_json(kind: str, index: int, text: str, finish_reason: str, speculation: dict | None) -> dict:
+    choice: dict[str, Any] = {"index": index}
+    if kind == "completions":
+        choice["text"] = text
+    else:
+        choice["message"] = {"role": "assistant", "content": text}
+    choice.update(logprobs=None, finish_reason=finish_reason)
+    if speculation is not None:
+        choice["speculation"] = speculation
+    return choice
+
+
+def response_json(kind: str, response_id: str, created: int, model: str, choices: list[dict],
+                  usage: dict[str, int]) -> dict:
+    return {"id": response_id, "object": "text_completion" if kind == "completions" else "chat.completion",
+            "created": created, "model": model, "choices": choices, "usage": usage}
+
+
+class ChunkWriter:
+    """Server-sent-event bytes of one streamed choice. Token chunks are a fixed head and tail
+    around the JSON-escaped text, so a streamed token costs one ``json.dumps`` of a string."""
+
+    def __init__(self, kind: str, response_id: str, created: int, model: str):
+        self.kind = kind
+        self.object = "text_completion" if kind == "completions" else "chat.completion.chunk"
+        self.base = {"id": response_id, "object": self.object, "created": created, "model": model}
+        envelope = json.dumps(self.base)[:-1]  # without the closing brace
+        if kind == "completions":
+            self._head = (f'data: {envelope}, "choices": [{{"index": 0, "text": ').encode()
+            self._tail = b', "logprobs": null, "finish_reason": null}]}\n\n'
+        else:
+            self._head = (f'data: {envelope}, "choices": [{{"index": 0, "delta": {{"content": ').encode()
+            self._tail = b'}, "logprobs": null, "finish_reason": null}]}\n\n'
+
+    def text(self, piece: str) -> bytes:
+        return self._head + json.dumps(piece).encode() + self._tail
+
+    def event(self, payload: dict) -> bytes:
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    def role(self) -> bytes:
+        """The first chat chunk (the assistant role, no content yet)."""
+        return self.event({**self.base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                     "logprobs": None, "finish_reason": None}]})
+
+    def finish(self, finish_reason: str, speculation: dict) -> bytes:
+        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish_reason,
+                                  "speculation": speculation}
+        choice["text" if self.kind == "completions" else "delta"] = "" if self.kind == "completions" else {}
+        return self.event({**self.base, "choices": [choice]})
+
+    def usage(self, usage: dict[str, int]) -> bytes:
+        return self.event({**self.base, "choices": [], "usage": usage})
+
+    def error(self, message: str) -> bytes:
+        return self.event({"error": {"message": message, "type": "server_error", "param": None, "code": "target_error"}})
+
+    DONE = b"data: [DONE]\n\n"

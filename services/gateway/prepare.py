@@ -1,0 +1,104 @@
+"""Validate a request and turn it into a ``Dispatch`` (shared by the gRPC and HTTP fronts).
+
+The gateway checks what it can before choosing a target, so a bad request costs no target
+time and every refusal names the field: the prompt (present, non-empty, token ids inside the
+vocabulary, shorter than the context) and the sampling values. The prompt is tokenised here
+(routing needs token ids) and sent upstream as token ids.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from saguaro.cache.prefix_hash import block_hashes
+from saguaro.services.gateway.dispatch import Dispatch
+from saguaro.services.gateway.errors import invalid
+from saguaro.services.gateway.tokenization import GatewayTokenizer
+from saguaro.v1 import inference_pb2 as pb
+
+MAX_REQUEST_ID_CHARS = 256
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What validation needs from the targets' ModelInfo."""
+
+    name: str
+    max_model_len: int
+    vocab_size: int
+
+
+class Preparer:
+    def __init__(self, facts: ModelFacts, tokenizer: GatewayTokenizer, block_size: int, max_prefix_blocks: int):
+        self.facts = facts
+        self.tokenizer = tokenizer
+        self.block_size = block_size
+        self.max_prefix_blocks = max_prefix_blocks
+
+    # -- prompt ------------------------------------------------------------------------------
+    def prompt_from_text(self, text: str, param: str) -> list[int]:
+        if not text:
+            raise invalid(f"{param} is empty; give at least one token of text", param)
+        ids = self.tokenizer.encode(text, param)
+        if not ids:
+            raise invalid(f"{param} encodes to no tokens; give some text", param)
+        return ids
+
+    def check_prompt_ids(self, ids: list[int], param: str) -> list[int]:
+        if not ids:
+            raise invalid(f"{param} is empty; give at least one token", param)
+        vocab = self.facts.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise invalid(f"{param}: token ids {bad[:5]} are outside the vocabulary [0, {vocab})", param)
+        limit = self.facts.max_model_len
+        if len(ids) >= limit:
+            raise invalid(f"the prompt has {len(ids)} tokens but the model's context (max_model_len) is {limit}: "
+                          f"shorten it to at most {limit - 1} tokens", param)
+        return ids
+
+    def prompt_from_proto(self, request: pb.GenerateRequest) -> list[int]:
+        kind = request.WhichOneof("prompt")
+        if kind is None:
+            raise invalid("the request has no prompt: set prompt_text or prompt_token_ids", "prompt")
+        if kind == "prompt_text":
+            return self.check_prompt_ids(self.prompt_from_text(request.prompt_text, "prompt_text"), "prompt_text")
+        return self.check_prompt_ids(list(request.prompt_token_ids.ids), "prompt_token_ids")
+
+    # -- sampling ----------------------------------------------------------------------------
+    def check_sampling(self, sampling: pb.SamplingParams, prefix: str = "") -> None:
+        """The engine's rules (temperature >= 0, top_p in [0, 1], 1 <= max_tokens <= context)."""
+        if not (math.isfinite(sampling.temperature) and sampling.temperature >= 0):
+            raise invalid(f"{prefix}temperature must be a finite number >= 0, got {sampling.temperature}",
+                          f"{prefix}temperature")
+        if not (math.isfinite(sampling.top_p) and 0 <= sampling.top_p <= 1):
+            raise invalid(f"{prefix}top_p must be in (0, 1] (0 also means off), got {sampling.top_p}", f"{prefix}top_p")
+        if sampling.HasField("draft_temperature") and not (
+                math.isfinite(sampling.draft_temperature) and sampling.draft_temperature >= 0):
+            raise invalid(f"{prefix}draft_temperature must be a finite number >= 0, got {sampling.draft_temperature}",
+                          f"{prefix}draft_temperature")
+        if sampling.HasField("max_tokens"):
+            self.check_max_tokens(sampling.max_tokens, f"{prefix}max_tokens")
+
+    def check_max_tokens(self, value: int, param: str) -> None:
+        limit = self.facts.max_model_len
+        if not 1 <= value <= limit:
+            raise invalid(f"{param} must be between 1 and {limit} (the model's context), got {value}", param)
+
+    def check_request_id(self, request_id: str) -> None:
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
+            raise invalid(f"request_id is {len(request_id)} characters long; at most {MAX_REQUEST_ID_CHARS} are allowed",
+                          "request_id")
+
+    # -- dispatch ----------------------------------------------------------------------------
+    def dispatch(self, request: pb.GenerateRequest, prompt_ids: list[int], timeout_s: float, api: str,
+                 metadata: list[tuple[str, str]]) -> Dispatch:
+        """``request`` (already validated, with its request id) with the prompt as token ids."""
+        if request.WhichOneof("prompt") != "prompt_token_ids":
+            request.prompt_token_ids.CopyFrom(pb.TokenIds(ids=prompt_ids))  # replaces prompt_text (oneof)
+        head = prompt_ids[: self.max_prefix_blocks * self.block_size]
+        return Dispatch(request=request, block_hashes=block_hashes(head, self.block_size),
+                        deadline=time.monotonic() + timeout_s, api=api, metadata=metadata,
+                        prompt_tokens=len(prompt_ids))

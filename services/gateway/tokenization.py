@@ -1,0 +1,71 @@
+"""The gateway's tokenizer: the targets' own, fetched over ``TargetRouting.GetTokenizer``.
+
+The gateway needs token ids before it routes (prefix-block hashes are computed over them) and
+applies chat templates, so it must tokenise exactly like the targets. Fetching the files from
+a target, instead of mounting the model, guarantees that and keeps the gateway pod small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+from saguaro.services.gateway.errors import invalid
+from saguaro.tokenizer import load_tokenizer
+from saguaro.v1 import routing_pb2 as rpb
+
+# Used when the tokenizer config has no chat template (documented in docs/gateway.md).
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+class GatewayTokenizer:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer  # a transformers tokenizer, or None (token-id prompts only)
+
+    @classmethod
+    async def fetch(cls, routing_stub, timeout: float = 60.0) -> "GatewayTokenizer":
+        files = await routing_stub.GetTokenizer(rpb.GetTokenizerRequest(), timeout=timeout)
+        if not files.has_tokenizer:
+            return cls(None)
+        return cls(await asyncio.to_thread(_load, dict(files.files)))
+
+    @property
+    def available(self) -> bool:
+        return self.tokenizer is not None
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.tokenizer is not None and bool(getattr(self.tokenizer, "chat_template", None))
+
+    def encode(self, text: str, param: str = "prompt") -> list[int]:
+        if self.tokenizer is None:
+            raise invalid("the served model has no tokenizer: send token ids instead of text", param)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True) if self.tokenizer is not None else ""
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of ``messages`` rendered with the model's chat template (+ generation prompt)."""
+        if self.tokenizer is None:
+            raise invalid("the served model has no tokenizer, so chat messages cannot be rendered", "messages")
+        template = None if self.has_chat_template else FALLBACK_CHAT_TEMPLATE
+        try:
+            text = self.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                      add_generation_prompt=True)
+        except Exception as exc:  # a template may raise on purpose (e.g. roles must alternate)
+            raise invalid(f"the chat template rejected the messages: {exc}", "messages") from None
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+
+def _load(files: dict[str, bytes]):
+    with tempfile.TemporaryDirectory(prefix="saguaro-gateway-tokenizer-") as tmp:
+        for name, data in files.items():
+            if "/" in name or name.startswith("."):
+                continue  # only plain file names; never write outside the folder
+            (Path(tmp) / name).write_bytes(data)
+        return load_tokenizer(tmp)

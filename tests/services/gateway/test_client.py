@@ -1,0 +1,122 @@
+"""The gRPC client SDK against the gateway: typed results, retries before the first token,
+cancellation that aborts on the target (sync break, async task cancel), API-key and W3C
+trace-context metadata reaching the target through the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from saguaro.client import AsyncClient, Client, GenerateResult, ServiceUnavailableError
+from saguaro.services.target.server import InferenceService
+
+
+class RecordingService(InferenceService):
+    """The real target service, remembering the metadata of each Generate call."""
+
+    seen: list[dict[str, str]] = []
+
+    def Generate(self, request, context):
+        RecordingService.seen.append(dict(context.invocation_metadata()))
+        yield from super().Generate(request, context)
+
+
+def idle(client: Client) -> bool:
+    load = client.load()
+    return load["num_running"] + load["num_waiting"] == 0 and load["kv_cache_usage"] == 0
+
+
+@pytest.fixture(scope="module")
+def target(model_dirs, module_targets):
+    return module_targets(model_dirs["llama"])
+
+
+def test_results_are_typed_and_json_ready(target, start_gateway):
+    gateway = start_gateway([target.address])
+    with Client(gateway.grpc_address) as client:
+        out = client.generate([3, 4, 5], max_tokens=3, request_id="typed-1")
+    assert isinstance(out, GenerateResult) and isinstance(out, dict)
+    assert out.request_id == "typed-1" and out.token_ids == out["token_ids"] and len(out.token_ids) == 3
+    assert out.finish_reason == "length" and out.usage["completion_tokens"] == 3
+    assert out.stats["mode"] == "ar" and out.timings["total_s"] > 0 and isinstance(out.text, str)
+
+
+def test_requests_refused_before_the_first_token_are_retried(model_dirs, targets, start_gateway, metric, wait_until):
+    slow = targets(model_dirs["llama"], emulate_forward_s=0.3)
+    gateway = start_gateway([slow.address], max_queue=1)
+    with Client(gateway.grpc_address, retries=0) as impatient, Client(gateway.grpc_address, retries=6) as patient:
+        first = threading.Thread(target=lambda: impatient.generate([3, 4], max_tokens=2))
+        first.start()
+        wait_until(lambda: gateway.call(lambda: gateway.gateway.dispatcher.admission.queued) == 1,
+                   what="the first request to fill the queue")
+        out = patient.generate([5, 6], max_tokens=2)  # refused (429) at least once, then served
+        first.join(60)
+    assert out.finish_reason == "length"
+    assert metric(gateway, "saguaro_gateway_requests_total", api="grpc", code="RESOURCE_EXHAUSTED") >= 1
+
+
+def test_retries_stop_at_the_deadline_with_the_servers_error(start_gateway):
+    gateway = start_gateway(["127.0.0.1:9"], wait=False)  # nothing will ever be healthy
+    with Client(gateway.grpc_address, retries=3, timeout=2.5) as client:
+        with pytest.raises(ServiceUnavailableError) as error:
+            client.generate([3, 4], max_tokens=2)
+    assert error.value.code == "UNAVAILABLE" and error.value.retry_after == 1
+    assert "no healthy target" in str(error.value)
+
+
+def test_leaving_a_sync_stream_early_aborts_on_the_target(target, start_gateway, wait_until):
+    gateway = start_gateway([target.address])
+    with Client(gateway.grpc_address) as client:
+        for delta in client.stream([8, 9, 10], max_tokens=1000, ignore_eos=True):
+            assert delta.token_ids
+            break
+        wait_until(lambda: idle(target.client), what="the target to abort the abandoned request")
+
+
+def test_cancelling_an_async_task_aborts_on_the_target(target, start_gateway, wait_until):
+    gateway = start_gateway([target.address])
+
+    async def scenario():
+        async with AsyncClient(gateway.grpc_address) as client:
+            started = asyncio.Event()
+
+            async def consume():
+                async for _ in client.stream([8, 9, 10], max_tokens=1000, ignore_eos=True):
+                    started.set()
+
+            task = asyncio.create_task(consume())
+            await started.wait()
+            assert target.client.load()["num_running"] == 1  # (the gateway's Health lags by a poll)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+    wait_until(lambda: idle(target.client), what="the target to abort the cancelled request")
+
+
+def test_api_key_and_trace_context_reach_the_target_through_the_gateway(model_dirs, wired_target, start_gateway):
+    address, _ = wired_target(model_dirs["llama"], service_class=RecordingService)
+    gateway = start_gateway([address], api_keys=frozenset({"secret"}))
+    tracer = TracerProvider().get_tracer("test")
+    RecordingService.seen.clear()
+    with tracer.start_as_current_span("sync call") as span, Client(gateway.grpc_address, api_key="secret") as client:
+        client.generate([3, 4], max_tokens=2)
+
+    async def call_async():
+        async with AsyncClient(gateway.grpc_address, api_key="secret") as client:
+            await client.generate([3, 4], max_tokens=2)
+
+    with tracer.start_as_current_span("async call") as async_span:
+        asyncio.run(call_async())
+    with Client(gateway.grpc_address, api_key="secret") as client:  # no current span: no traceparent
+        client.generate([3, 4], max_tokens=2)
+
+    traceparents = [m.get("traceparent") for m in RecordingService.seen]
+    ids = [f"{s.get_span_context().trace_id:032x}-{s.get_span_context().span_id:016x}" for s in (span, async_span)]
+    assert traceparents[0].startswith(f"00-{ids[0]}-") and traceparents[1].startswith(f"00-{ids[1]}-")
+    assert traceparents[2] is None
+    assert all("authorization" not in m for m in RecordingService.seen)  # the key stops at the gateway
