@@ -36,15 +36,10 @@ import urllib.request
 from pathlib import Path
 
 from common import markdown_table, pin_threads
+from saguaro.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    from saguaro.cli import free_port as pick
-
-    return pick()
 
 
 def cpu_seconds(pid: int) -> float:

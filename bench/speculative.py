@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import DEFAULT_MODELS, load_prompts, markdown_table, pin_threads
+from saguaro.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,14 +67,6 @@ def summarise(regime: str, batch: int, mode: str, k: int, outputs, seconds: floa
         transport=stats[0].get("transport", "none") if stats else "none",
         outputs=[o.token_ids for o in outputs],
     )
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_draft(args, port: int, draft_ms: float | None) -> subprocess.Popen:

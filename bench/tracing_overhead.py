@@ -37,18 +37,11 @@ import time
 from pathlib import Path
 
 from common import DEFAULT_MODELS, load_prompts, markdown_table, pin_threads
+from saguaro.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("baseline", "metrics", "traced")
 DRAFT_EXPORT_WAIT_S = 0.3
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(cmd: list[str], env: dict, core: int | None, ready: str) -> subprocess.Popen:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 
 from saguaro.errors import SaguaroError
+from saguaro.net import free_port
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -264,15 +265,6 @@ def wait_for_draft(address: str, timeout: float) -> bool:
             logging.getLogger("saguaro.target").warning(
                 "no draft at %s after %.0f s; starting without it (decoding AR, retrying)", address, timeout)
             return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now (for demos and tests)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class LocalStack:

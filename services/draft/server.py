@@ -9,7 +9,6 @@ order: answer a request, then build the speculation cache, then read the next re
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 import uuid
@@ -25,6 +24,7 @@ from saguaro.services.draft.tree import tree_scratch_slots
 from saguaro.services.draft.worker import DraftWorker, draft_runner
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.v1 import speculation_pb2_grpc as pb_grpc
+from saguaro.net import free_port
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +110,6 @@ class SpeculationService(pb_grpc.SpeculationServicer):
                 return  # superseded by a newer handshake
             yield response
             self._build(session)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serve(config: EngineConfig, address: str, settings: DraftSettings | None = None, build_cache: bool = True,

@@ -6,7 +6,6 @@ fast path, which then shares rank 0's process with the tensor-parallel group).
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 
@@ -14,15 +13,10 @@ from saguaro import LLM, SamplingParams
 from saguaro.services.draft.server import serve
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.target.local import speculative_engine
+from saguaro.net import free_port
 from tests_support import hf_greedy, make_prompts
 
 NEW_TOKENS = 16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prompts_for(vocab: int) -> list[list[int]]:

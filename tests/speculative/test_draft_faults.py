@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,17 +30,12 @@ from saguaro.services.target.local import speculative_engine
 from saguaro.services.target.proposer import IncompatibleDraft
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.v1 import speculation_pb2_grpc as pb_grpc
+from saguaro.net import free_port
 from tests_support import hf_greedy
 
 SETTINGS = DraftSettings(k=3, fan_out=2)
 PROMPT = [7, 19, 23, 101, 5, 64]
 NEW_TOKENS = 48
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_draft(model: str, port: int) -> subprocess.Popen:

@@ -9,7 +9,6 @@ gRPC on loopback, torch.distributed fast path).
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 
 import pytest
@@ -21,6 +20,7 @@ from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.target.local import speculative_engine
 from saguaro.llm import LLM
 from saguaro.v1 import speculation_pb2 as pb
+from saguaro.net import free_port
 from tests_support import hf_greedy, make_prompts
 
 NEW_TOKENS = 16
@@ -70,12 +70,6 @@ def prompts():
 @pytest.fixture(scope="module")
 def expected(model_dirs, prompts):
     return {name: [hf_greedy(model_dirs[name], p, NEW_TOKENS) for p in prompts] for name in ("llama", "qwen3")}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def engine_config(model: str, case: Case, draft: bool = False) -> EngineConfig:
