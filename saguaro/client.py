@@ -375,11 +375,8 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-class GenerateStream:
-    """Iterate for ``StreamDelta``s; afterwards ``result`` holds the whole request's output.
-
-    A failure before the first response is retried (see ``Client``); leaving the loop early or
-    calling ``cancel`` cancels the call, which the server treats as ``Abort``."""
+class _StreamBase:
+    """What the sync and async streams share: the call, its retry inputs and the accumulated output."""
 
     def __init__(self, start: Callable[[float | None, list], Any], settings: _Settings, deadline: float | None,
                  prompt_token_ids: list[int]):
@@ -394,6 +391,13 @@ class GenerateStream:
     request_id = property(lambda self: self._state.request_id)
     token_ids = property(lambda self: self._state.token_ids)
     result = property(lambda self: self._state.result)
+
+
+class GenerateStream(_StreamBase):
+    """Iterate for ``StreamDelta``s; afterwards ``result`` holds the whole request's output.
+
+    A failure before the first response is retried (see ``Client``); leaving the loop early or
+    calling ``cancel`` cancels the call, which the server treats as ``Abort``."""
 
     def __iter__(self) -> Iterator[StreamDelta]:
         attempt = 1
@@ -519,24 +523,10 @@ class Client:
             time.sleep(0.1)
 
 
-class AsyncGenerateStream:
+class AsyncGenerateStream(_StreamBase):
     """``async for`` over ``StreamDelta``s; afterwards ``result`` holds the output. Retries,
     ``cancel`` and early exit behave as in ``GenerateStream``; cancelling the task that reads
     the stream cancels the call too."""
-
-    def __init__(self, start: Callable[[float | None, list], Any], settings: _Settings, deadline: float | None,
-                 prompt_token_ids: list[int]):
-        self._start = start
-        self._settings = settings
-        self._deadline = deadline
-        self._metadata = settings.metadata()
-        self._state = _Accumulator(settings.address, prompt_token_ids)
-        self._cancelled = False
-        self._call = start(_remaining(deadline), self._metadata)
-
-    request_id = property(lambda self: self._state.request_id)
-    token_ids = property(lambda self: self._state.token_ids)
-    result = property(lambda self: self._state.result)
 
     def __aiter__(self) -> AsyncIterator[StreamDelta]:
         return self._iterate()
