@@ -43,6 +43,7 @@ class Target:
         self.model_info: pb.ModelInfoResponse | None = None
         self.instance_id: str | None = None  # from its KV events (the prefix index keys on it)
         self.inflight = 0  # this gateway's requests on it, not finished
+        self.inflight_at_report = 0  # ours when the last Health answer arrived (counted in it)
         self.tasks: list[asyncio.Task] = []
 
     @property
@@ -55,9 +56,11 @@ class Target:
 
     @property
     def queue_depth(self) -> int:
-        """Requests on the pod: its own count (all gateways), or ours if its report lags behind."""
+        """Requests on the pod: other gateways' from its last report, plus ours now. A report is
+        up to one health interval old; counting our own requests live keeps a request that just
+        finished from looking busy (which would skew cold-prefix spreading between pods)."""
         reported = self.health.num_running + self.health.num_waiting if self.health is not None else 0
-        return max(reported, self.inflight)
+        return max(reported - self.inflight_at_report, 0) + self.inflight
 
     @property
     def kv_usage(self) -> float:
@@ -135,6 +138,7 @@ class TargetPool:
     def _set_health(self, target: Target, health: pb.HealthResponse | None) -> None:
         was = target.healthy
         target.health = health
+        target.inflight_at_report = target.inflight
         if target.healthy != was:
             self.metrics.target_healthy.labels(target.address).set(int(target.healthy))
             log.info("target %s is %s", target.address, "healthy" if target.healthy else "unhealthy")

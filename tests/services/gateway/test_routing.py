@@ -62,6 +62,10 @@ def test_least_load_prefers_short_queues_and_free_kv_and_breaks_ties_at_random()
         assert (await router.pick([busy, idle, full], RouteRequest([]))).target is idle
         idle.inflight = 9  # this gateway's own requests count even before the pod reports them
         assert (await router.pick([busy, idle], RouteRequest([]))).target is busy
+        idle.inflight, idle.inflight_at_report = 0, 5  # a stale report counted 5 of ours, all since finished
+        idle.health.num_running = 5
+        assert idle.queue_depth == 0
+        assert (await router.pick([busy, idle], RouteRequest([]))).target is idle
         twins = [pod("x:1"), pod("y:1")]
         chosen = Counter([(await router.pick(twins, RouteRequest([]))).target.address for _ in range(40)])
         assert set(chosen) == {"x:1", "y:1"}
