@@ -5,15 +5,18 @@ a trace stays whole across it; with tracing on (``configure_tracing("saguaro-gat
 adds its own SERVER span — which target, why, how many attempts — and forwards that span's
 context instead. ``forward_metadata`` does the right one of the two.
 
-    span = GatewaySpan.start(headers, api="grpc", model=model, max_tokens=..., temperature=...)
-    dispatch = preparer.dispatch(..., span.forward_metadata())
-    span.routed(target, policy, reason, prefix_hit_blocks)        # once per attempt
-    span.finish(prompt_tokens=..., completion_tokens=..., finish_reason=..., ttft_s=...)  # or span.fail(code)
+    span = GatewaySpan.start(headers, api="grpc", model=model)    # at arrival (after authentication)
+    span.requested(max_tokens=..., temperature=...)                # once the request is parsed
+    metadata = span.forward_metadata()                            # sent to the target
+    span.routed(target, policy, reason, prefix_hit_blocks)        # once per attempt (the dispatcher)
+    span.first_token()                                            # TTFT, at the first response
+    span.finish(prompt_tokens=..., completion_tokens=..., finish_reasons=[...])  # or span.fail(code)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from saguaro.telemetry import attributes as A
@@ -22,11 +25,16 @@ from saguaro.telemetry import tracing
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
 
+_REQUEST_ATTRIBUTES = (("max_tokens", A.GEN_AI_MAX_TOKENS), ("temperature", A.GEN_AI_TEMPERATURE),
+                       ("top_p", A.GEN_AI_TOP_P), ("top_k", A.GEN_AI_TOP_K), ("seed", A.GEN_AI_SEED))
+
+
 class GatewaySpan:
-    __slots__ = ("span", "_incoming", "_attempts")
+    __slots__ = ("span", "_incoming", "_attempts", "_started", "_ttft")
 
     def __init__(self, span: Any, incoming: list[tuple[str, str]]):
         self.span, self._incoming, self._attempts = span, incoming, 0
+        self._started, self._ttft = time.perf_counter(), None
 
     @classmethod
     def start(cls, headers: Mapping[str, str], api: str, model: str, **request: Any) -> GatewaySpan:
@@ -39,13 +47,18 @@ class GatewaySpan:
         from opentelemetry.trace import SpanKind
 
         attrs: dict[str, Any] = {A.GEN_AI_OPERATION: A.OPERATION, A.GEN_AI_REQUEST_MODEL: model, A.GATEWAY_API: api}
-        for key, name in (("max_tokens", A.GEN_AI_MAX_TOKENS), ("temperature", A.GEN_AI_TEMPERATURE),
-                          ("top_p", A.GEN_AI_TOP_P), ("top_k", A.GEN_AI_TOP_K), ("seed", A.GEN_AI_SEED)):
-            if request.get(key) is not None:
-                attrs[name] = request[key]
         span = tracer.start_span(A.request_span_name(model), context=tracing.context_from_carrier(dict(incoming)),
                                  kind=SpanKind.SERVER, attributes=attrs)
-        return cls(span, incoming)
+        out = cls(span, incoming)
+        out.requested(**request)
+        return out
+
+    def requested(self, **request: Any) -> None:
+        """GenAI request attributes (any of max_tokens, temperature, top_p, top_k, seed; None: absent),
+        set once the request is parsed — the span itself starts before, so refusals are traced too."""
+        if self.span is not None:
+            self.span.set_attributes({name: request[key] for key, name in _REQUEST_ATTRIBUTES
+                                      if request.get(key) is not None})
 
     def forward_metadata(self) -> list[tuple[str, str]]:
         """Trace metadata for the call to the target: this span's context, else the caller's."""
@@ -65,13 +78,19 @@ class GatewaySpan:
                 attrs[A.GATEWAY_PREFIX_BLOCKS] = prefix_hit_blocks
             self.span.set_attributes(attrs)
 
-    def finish(self, prompt_tokens: int, completion_tokens: int, finish_reason: str, ttft_s: float | None = None) -> None:
+    def first_token(self) -> None:
+        """The first response reached the client (only the first call counts): time to first token."""
+        if self._ttft is None:
+            self._ttft = time.perf_counter() - self._started
+
+    def finish(self, prompt_tokens: int, completion_tokens: int, finish_reasons: Sequence[str]) -> None:
+        """End successfully; ``finish_reasons``: one per choice (``stop``, ``length``, ...)."""
         if self.span is None:
             return
         attrs: dict[str, Any] = {A.GEN_AI_INPUT_TOKENS: prompt_tokens, A.GEN_AI_OUTPUT_TOKENS: completion_tokens,
-                                 A.GEN_AI_FINISH_REASONS: [finish_reason], A.GRPC_STATUS: 0}
-        if ttft_s is not None:
-            attrs[A.GEN_AI_TTFT] = ttft_s
+                                 A.GEN_AI_FINISH_REASONS: list(finish_reasons), A.GRPC_STATUS: 0}
+        if self._ttft is not None:
+            attrs[A.GEN_AI_TTFT] = self._ttft
         self.span.set_attributes(attrs)
         self.span.end()
         self.span = None

@@ -31,6 +31,7 @@ from saguaro.services.gateway.metrics import GatewayMetrics
 from saguaro.services.gateway.prefix_index import IndexUnavailable, PrefixIndex
 from saguaro.services.gateway.routing import Router, RouteRequest
 from saguaro.services.gateway.targets import Target, TargetPool
+from saguaro.telemetry.gateway import GatewaySpan
 from saguaro.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Dispatch:
     target: str | None = None  # address of the target serving it (x-saguaro-target)
     attempts: int = 0
     arrival: float = field(default_factory=time.perf_counter)
+    span: GatewaySpan | None = None  # the request's gateway span: told every routing decision
 
 
 @dataclass
@@ -147,6 +149,8 @@ class Dispatcher:
                 self.metrics.retries.inc()
             dispatch.attempts += 1
             dispatch.target = target.address
+            if dispatch.span is not None:
+                dispatch.span.routed(target.address, self.router.policy, route.reason, route.prefix_blocks)
             tried.add(target.address)
             self._provisional(target, dispatch.block_hashes[route.prefix_blocks:])  # what it does not hold yet
             target.breaker.acquire()

@@ -10,27 +10,50 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from saguaro.services.gateway.errors import GatewayError
+from saguaro.services.gateway.openai_schema import FINISH
+from saguaro.telemetry.gateway import GatewaySpan
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from saguaro.services.gateway.server import Gateway
 
-TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
-
 
 def _metadata(context) -> dict[str, str]:
     return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
-def trace_metadata(headers) -> list[tuple[str, str]]:
-    """The W3C trace-context entries of incoming headers / metadata, forwarded to the target."""
-    return [(k, headers[k]) for k in TRACE_HEADERS if k in headers]
+def sampling_attributes(sampling: pb.SamplingParams) -> dict[str, Any]:
+    """The request's sampling values as ``GatewaySpan.requested`` keywords (None: not set)."""
+    return {"max_tokens": sampling.max_tokens if sampling.HasField("max_tokens") else None,
+            "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+            "seed": sampling.seed if sampling.HasField("seed") else None}
+
+
+def end_span(span: GatewaySpan | None, code: grpc.StatusCode, finals: Sequence[pb.GenerateFinal],
+             message: str = "") -> None:
+    """End a request's gateway span from how the request ended (shared by both fronts).
+
+    ``code``: the status answered to the client; ``finals``: the final messages received, one per
+    choice (none: the client went away first)."""
+    if span is None:
+        return
+    failed = next((f for f in finals if f.finish_reason == pb.FINISH_REASON_ERROR), None)
+    if code is grpc.StatusCode.CANCELLED or (code is grpc.StatusCode.OK and not finals):
+        span.fail("cancelled", message or "the client went away")
+    elif code is not grpc.StatusCode.OK:
+        span.fail(code.name, message)
+    elif failed is not None:
+        span.fail("target_error", failed.error_message)
+    else:
+        span.finish(sum(f.usage.prompt_tokens for f in finals), sum(f.usage.completion_tokens for f in finals),
+                    [FINISH.get(f.finish_reason, "stop") for f in finals])
 
 
 class GatewayInferenceService(pb_grpc.InferenceServicer):
@@ -40,25 +63,31 @@ class GatewayInferenceService(pb_grpc.InferenceServicer):
     async def Generate(self, request: pb.GenerateRequest, context):
         gw = self.gateway
         started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        dispatch = None
+        code, message = grpc.StatusCode.OK, ""
+        dispatch = span = None
+        finals: list[pb.GenerateFinal] = []
         try:
             metadata = _metadata(context)
             gw.authenticate(metadata.get("authorization"))
+            span = GatewaySpan.start(metadata, api="grpc", model=gw.model_name)
             preparer = gw.preparer()
             preparer.check_request_id(request.request_id)
             prompt = preparer.prompt_from_proto(request)
             preparer.check_sampling(request.sampling, "sampling.")
+            span.requested(**sampling_attributes(request.sampling))
             if not request.request_id:
                 request.request_id = gw.dispatcher.new_request_id()
             remaining = context.time_remaining()
             timeout = min(remaining, gw.config.request_timeout_s) if remaining is not None else gw.config.request_timeout_s
-            dispatch = preparer.dispatch(request, prompt, timeout, "grpc", trace_metadata(metadata))
-            async for message in gw.dispatcher.stream(dispatch):
-                yield message
+            dispatch = preparer.dispatch(request, prompt, timeout, "grpc", span)
+            async for response in gw.dispatcher.stream(dispatch):
+                span.first_token()
+                if response.WhichOneof("kind") == "final":
+                    finals.append(response.final)
+                yield response
             context.set_trailing_metadata((("saguaro-target", dispatch.target or ""),))
         except GatewayError as exc:
-            code = exc.code
+            code, message = exc.code, exc.message
             trailer = [("saguaro-target", dispatch.target)] if dispatch is not None and dispatch.target else []
             if exc.retry_after is not None:
                 trailer += [("retry-after", str(exc.retry_after)),
@@ -70,6 +99,7 @@ class GatewayInferenceService(pb_grpc.InferenceServicer):
         finally:
             gw.metrics.requests.labels("grpc", code.name).inc()
             gw.metrics.duration.labels("grpc").observe(time.perf_counter() - started)
+            end_span(span, code, finals, message)
 
     async def Abort(self, request: pb.AbortRequest, context) -> pb.AbortResponse:
         try:

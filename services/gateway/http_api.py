@@ -31,9 +31,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from saguaro.client import speculation_stats
 from saguaro.services.gateway.dispatch import Dispatch
 from saguaro.services.gateway.errors import GatewayError, invalid
-from saguaro.services.gateway.grpc_api import trace_metadata
+from saguaro.services.gateway.grpc_api import end_span, sampling_attributes
 from saguaro.services.gateway.openai_schema import (FINISH, ChunkWriter, OpenAIRequest, choice_json, parse_request,
                                                     response_json, usage_json)
+from saguaro.telemetry.gateway import GatewaySpan
 from saguaro.v1 import inference_pb2 as pb
 
 if TYPE_CHECKING:
@@ -96,11 +97,15 @@ class OpenAIApi:
     async def _generate(self, request: web.Request, kind: str) -> web.StreamResponse:
         gw = self.gateway
         started = time.perf_counter()
-        code = grpc.StatusCode.OK
+        code, message = grpc.StatusCode.OK, ""
+        span = None
+        finals: list[pb.GenerateFinal] = []
         try:
             gw.authenticate(request.headers.get("Authorization"))
+            span = GatewaySpan.start(request.headers, api="http", model=gw.model_name)
             preparer = gw.preparer()
             parsed = parse_request(kind, await _json_body(request), preparer)
+            span.requested(**sampling_attributes(parsed.sampling))
             request_id = request.headers.get("x-request-id") or gw.dispatcher.new_request_id()
             preparer.check_request_id(request_id)
             dispatches = []
@@ -109,14 +114,14 @@ class OpenAIApi:
                     request_id=request_id if len(parsed.prompts) == 1 else f"{request_id}-{i}",
                     sampling=parsed.sampling, decode_mode=parsed.decode_mode,
                     stream_tokens_individually=parsed.stream and parsed.tokens_individually)
-                dispatches.append(preparer.dispatch(upstream, prompt, gw.config.request_timeout_s, kind,
-                                                    trace_metadata(request.headers)))
+                dispatches.append(preparer.dispatch(upstream, prompt, gw.config.request_timeout_s, kind, span))
             prefix = "cmpl-" if kind == "completions" else "chatcmpl-"
             if parsed.stream:
-                return await self._stream(request, parsed, dispatches[0], prefix + request_id, preparer.facts.name)
-            return await self._complete(parsed, dispatches, prefix + request_id, preparer.facts.name)
+                return await self._stream(request, parsed, dispatches[0], prefix + request_id, preparer.facts.name,
+                                          finals)
+            return await self._complete(parsed, dispatches, prefix + request_id, preparer.facts.name, finals)
         except GatewayError as exc:
-            code = exc.code
+            code, message = exc.code, exc.message
             return _error_response(exc)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
@@ -124,9 +129,11 @@ class OpenAIApi:
         finally:
             gw.metrics.requests.labels(kind, code.name).inc()
             gw.metrics.duration.labels(kind).observe(time.perf_counter() - started)
+            end_span(span, code, finals, message)
 
     async def _complete(self, parsed: OpenAIRequest, dispatches: list[Dispatch], response_id: str,
-                        model: str) -> web.Response:
+                        model: str, finals: list[pb.GenerateFinal]) -> web.Response:
+        """All choices at once; ``finals`` receives each choice's final message."""
         tasks = [asyncio.ensure_future(self._collect(d)) for d in dispatches]
         try:
             results = await asyncio.gather(*tasks)
@@ -134,6 +141,7 @@ class OpenAIApi:
             for task in tasks:  # one prompt failed: stop the others
                 task.cancel()
         choices, prompt_tokens, completion_tokens = [], 0, 0
+        finals.extend(final for _, final in results)
         for i, (text, final) in enumerate(results):
             choices.append(choice_json(parsed.kind, i, text, FINISH.get(final.finish_reason, "stop"),
                                        speculation_stats(final.speculation)))
@@ -146,6 +154,7 @@ class OpenAIApi:
     async def _collect(self, dispatch: Dispatch) -> tuple[str, pb.GenerateFinal]:
         pieces = []
         async for message in self.gateway.dispatcher.stream(dispatch):
+            dispatch.span.first_token()
             if message.WhichOneof("kind") == "delta":
                 pieces.append(message.delta.text)
             else:
@@ -156,11 +165,13 @@ class OpenAIApi:
         raise GatewayError(grpc.StatusCode.INTERNAL, "the target's stream ended without a final message")
 
     async def _stream(self, request: web.Request, parsed: OpenAIRequest, dispatch: Dispatch, response_id: str,
-                      model: str) -> web.StreamResponse:
+                      model: str, finals: list[pb.GenerateFinal]) -> web.StreamResponse:
+        """Server-sent events; ``finals`` receives the final message."""
         stream = self.gateway.dispatcher.stream(dispatch)
         response: web.StreamResponse | None = None
         try:
             message = await anext(stream)  # errors before the first token still get a status code
+            dispatch.span.first_token()
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                    "x-saguaro-target": dispatch.target or ""})
             await response.prepare(request)
@@ -173,6 +184,7 @@ class OpenAIApi:
                         await response.write(chunks.text(message.delta.text))
                 else:
                     final = message.final
+                    finals.append(final)
                     if final.finish_reason == pb.FINISH_REASON_ERROR:
                         await response.write(chunks.error(f"generation failed: {final.error_message}"))
                     else:

@@ -16,6 +16,7 @@ from saguaro.cache.prefix_hash import block_hashes
 from saguaro.services.gateway.dispatch import Dispatch
 from saguaro.services.gateway.errors import invalid
 from saguaro.services.gateway.tokenization import GatewayTokenizer
+from saguaro.telemetry.gateway import GatewaySpan
 from saguaro.v1 import inference_pb2 as pb
 
 MAX_REQUEST_ID_CHARS = 256
@@ -94,11 +95,12 @@ class Preparer:
 
     # -- dispatch ----------------------------------------------------------------------------
     def dispatch(self, request: pb.GenerateRequest, prompt_ids: list[int], timeout_s: float, api: str,
-                 metadata: list[tuple[str, str]]) -> Dispatch:
-        """``request`` (already validated, with its request id) with the prompt as token ids."""
+                 span: GatewaySpan) -> Dispatch:
+        """``request`` (already validated, with its request id) with the prompt as token ids; the
+        target gets ``span``'s trace context."""
         if request.WhichOneof("prompt") != "prompt_token_ids":
             request.prompt_token_ids.CopyFrom(pb.TokenIds(ids=prompt_ids))  # replaces prompt_text (oneof)
         head = prompt_ids[: self.max_prefix_blocks * self.block_size]
         return Dispatch(request=request, block_hashes=block_hashes(head, self.block_size),
-                        deadline=time.monotonic() + timeout_s, api=api, metadata=metadata,
-                        prompt_tokens=len(prompt_ids))
+                        deadline=time.monotonic() + timeout_s, api=api, metadata=span.forward_metadata(),
+                        prompt_tokens=len(prompt_ids), span=span)

@@ -34,6 +34,7 @@ from saguaro.services.gateway.routing import make_router
 from saguaro.services.gateway.targets import Target, TargetPool
 from saguaro.services.gateway.tls import grpc_server_credentials, http_ssl_context, target_channel_credentials
 from saguaro.services.gateway.tokenization import GatewayTokenizer
+from saguaro.telemetry.tracing import configure_tracing, shutdown_tracing
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
 
@@ -287,7 +288,8 @@ class GatewayThread:
 
 
 async def run_gateway(config: GatewayConfig) -> None:
-    """``saguaro gateway``: serve until SIGTERM / SIGINT."""
+    """``saguaro gateway``: serve until SIGTERM / SIGINT (tracing on when the OTEL_* environment asks)."""
+    configure_tracing("saguaro-gateway")
     gateway = Gateway(config)
     await gateway.start()
     http = f", OpenAI HTTP on {config.host}:{gateway.http_port}" if gateway.http_port else ""
@@ -302,3 +304,4 @@ async def run_gateway(config: GatewayConfig) -> None:
         await stop.wait()
     finally:
         await gateway.stop()
+        shutdown_tracing()  # flush the last spans

@@ -41,6 +41,16 @@ class Stack:
     target_log: Path
     stub: pb_grpc.InferenceStub
     channel: grpc.Channel
+    env: dict[str, str]  # the services' environment (tracing to ``receiver``)
+    logs: Path
+
+    def start(self, args: list[str], name: str) -> subprocess.Popen:
+        """Another ``saguaro`` process exporting spans to this stack's receiver (log: ``logs/name.log``)."""
+        return _start(args, self.env, self.logs / f"{name}.log")
+
+    @staticmethod
+    def stop(proc: subprocess.Popen) -> None:
+        stop_processes(proc)
 
     def scrape(self, which: str = "target") -> str:
         base = self.target_metrics if which == "target" else self.draft_metrics
@@ -85,18 +95,23 @@ def stack(model_dirs, tmp_path_factory):
             assert time.monotonic() < deadline, "the target never connected to its draft"
             time.sleep(0.1)
         yield Stack(receiver, target, draft, address, f"http://127.0.0.1:{target_metrics}",
-                    f"http://127.0.0.1:{draft_metrics}", logs / "target.log", stub, channel)
+                    f"http://127.0.0.1:{draft_metrics}", logs / "target.log", stub, channel, env, logs)
     finally:
         channel.close()
-        for proc in (target, draft):
-            proc.terminate()
-        for proc in (target, draft):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(target, draft)
         receiver.stop()
+
+
+def stop_processes(*procs: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL what is still alive after 20 s."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @dataclass
