@@ -51,6 +51,7 @@ class RoundTelemetry:
         self.rounds = 0
         self._round_start = 0.0  # perf_counter when the current round asked the draft
         self._prev_reply: float | None = None  # perf_counter when the last draft reply arrived
+        self._open: RoundTrace | None = None  # the span start_round opened and end_round has not ended
 
     # -- request binding (engine thread) ----------------------------------------------------
     def bind(self, seq_id: int, span_context: Any) -> None:
@@ -91,7 +92,21 @@ class RoundTelemetry:
         span = self._tracer.start_span(A.ROUND_SPAN, context=trace.set_span_in_context(trace.NonRecordingSpan(parent)),
                                        links=links)
         index = primary.stats.rounds if primary.stats is not None else 0
-        return RoundTrace(span, tracing.carrier_for(span), index, primary.seq_id)
+        self._open = RoundTrace(span, tracing.carrier_for(span), index, primary.seq_id)
+        return self._open
+
+    def fail_round(self, exc: BaseException) -> None:
+        """The engine step raised mid-round: end the open round span, if any, with status ERROR
+        (else it would never be exported and the request's trace would lose the failing round)."""
+        trace, self._open = self._open, None
+        if trace is None:
+            return
+        from opentelemetry.trace import Status, StatusCode
+
+        trace.span.record_exception(exc)
+        trace.span.set_attribute(A.ERROR_TYPE, type(exc).__name__)
+        trace.span.set_status(Status(StatusCode.ERROR, str(exc) or type(exc).__name__))
+        trace.span.end()
 
     def end_round(self, trace: RoundTrace | None, engine: Any, seqs: list, spec: list, proposals: dict,
                   outcome: dict[int, int], draft_time: float, verify_time: float) -> None:
@@ -114,6 +129,7 @@ class RoundTelemetry:
         if trace is not None:
             self._finish(trace, engine, seqs, spec, proposals, outcome, draft_time, verify_time, timings, build, overlap,
                          gap)
+        self._open = None
 
     @staticmethod
     def _count(t: RoundTotals, k: int, spec: list, proposals: dict, outcome: dict[int, int], draft_time: float,

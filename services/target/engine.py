@@ -91,6 +91,14 @@ class SpeculativeEngine(LLMEngine):
             self.proposer.finish_prefill(pending)
         self._release_finished(seqs)
 
+    def step(self) -> list[Sequence]:
+        try:
+            return super().step()
+        except BaseException as exc:
+            if self.telemetry is not None:
+                self.telemetry.fail_round(exc)  # a round that raised still ends its span (status ERROR)
+            raise
+
     def _decode(self, seqs: list[Sequence]) -> None:
         spec = [s for s in seqs if self._speculates(s)]
         telemetry = self.telemetry

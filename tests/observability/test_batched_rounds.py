@@ -1,7 +1,7 @@
 """Batched rounds: one ``ssd.round`` span per round whatever the batch size, parented on the
 oldest sampled request and linked to every other one, so each request's trace reaches all the
-rounds it rode in. Runs the real engine with its draft worker on a thread of this process,
-spans into an in-memory exporter.
+rounds it rode in; a round that raises still ends its span. Runs the real engine with its draft
+worker on a thread of this process, spans into an in-memory exporter.
 """
 
 from __future__ import annotations
@@ -102,3 +102,27 @@ def test_round_sampling_ratio_traces_that_share_of_rounds(engine, exporter):
     traced = [s for s in exporter.get_finished_spans() if s.name == A.ROUND_SPAN]
     assert len(traced) == rounds.rounds // 2
     assert len([s for s in exporter.get_finished_spans() if s.name == A.SPECULATE_SPAN]) == len(traced)
+
+
+def test_a_round_that_raises_ends_its_span_with_error(engine, exporter, monkeypatch):
+    """An engine step failing mid-round (here the verify forward: an injected out-of-memory) must
+    not leave the ``ssd.round`` open: it ends with status ERROR under its request span."""
+    rounds = engine.telemetry = RoundTelemetry()
+    record = RequestTelemetry("llama").start("req-fail", [], time.perf_counter())
+    seq = engine.add_request(PROMPTS[0], SamplingParams(max_tokens=8, ignore_eos=True))
+    rounds.bind(seq.seq_id, record.span_context)
+    engine.step()  # prefill: no round span
+    assert not [s for s in exporter.get_finished_spans() if s.name == A.ROUND_SPAN]
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("out of memory (injected)")
+
+    monkeypatch.setattr(engine.runner, "run_causal", out_of_memory)
+    with pytest.raises(RuntimeError, match="injected"):
+        engine.step()
+    (failed,) = [s for s in exporter.get_finished_spans() if s.name == A.ROUND_SPAN]
+    assert failed.parent.span_id == record.span.get_span_context().span_id
+    assert failed.status.status_code.name == "ERROR" and "injected" in failed.status.description
+    assert failed.attributes[A.ERROR_TYPE] == "RuntimeError"
+    assert [event.name for event in failed.events] == ["exception"]
+    record.span.end()
