@@ -86,7 +86,8 @@ def start_draft(args, port: int, draft_ms: float | None) -> subprocess.Popen:
     return proc
 
 
-def run_mode(args, regime: str, batch: int, mode: str, k: int, prompts, profile) -> Result:
+def run_mode(args, regime: str, batch: int, mode: str, k: int, prompts, profile, governor=None) -> Result:
+    """One mode on all prompts; ``governor``: the target's speculation governor (None: always speculate)."""
     from saguaro import SamplingParams
     from saguaro.config import EngineConfig
     from saguaro.llm import LLM
@@ -108,7 +109,7 @@ def run_mode(args, regime: str, batch: int, mode: str, k: int, prompts, profile)
         draft_proc = start_draft(args, port, draft_s * 1000 if draft_s else None)
         address = f"127.0.0.1:{port}"
     engine = speculative_engine(target, mode, draft if mode == "sd" else None, settings, draft_address=address,
-                                fast_path=args.transport == "torch.distributed")
+                                fast_path=args.transport == "torch.distributed", governor=governor)
     try:
         llm = LLM.from_engine(engine, None)
         params = SamplingParams(max_tokens=args.new_tokens, ignore_eos=True)

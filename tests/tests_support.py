@@ -38,3 +38,12 @@ def hf_logits(model_dir: str, token_ids: list[int]) -> torch.Tensor:
     """Logits at every position of ``token_ids`` ([T, V], fp32)."""
     with torch.inference_mode():
         return hf_model(model_dir)(torch.tensor([token_ids])).logits[0].float()
+
+
+def flapping_governor():
+    """A speculation governor that switches between speculative and plain rounds every couple
+    of rounds whatever the timings: both kinds of round, and every switch between them,
+    happen within a few tokens (exactness tests)."""
+    from saguaro.services.target.governor import SpeculationGovernor
+
+    return SpeculationGovernor(base_interval=1, max_interval=1, burst=2, min_rounds=1)

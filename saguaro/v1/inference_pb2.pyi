@@ -43,20 +43,30 @@ SERVING_STATUS_DEGRADED: ServingStatus
 SERVING_STATUS_NOT_SERVING: ServingStatus
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_text", "prompt_token_ids", "sampling", "decode_mode", "stream_tokens_individually")
+    __slots__ = ("request_id", "prompt_text", "prompt_token_ids", "sampling", "decode_mode", "stream_tokens_individually", "resume")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEXT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     DECODE_MODE_FIELD_NUMBER: _ClassVar[int]
     STREAM_TOKENS_INDIVIDUALLY_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_text: str
     prompt_token_ids: TokenIds
     sampling: SamplingParams
     decode_mode: DecodeMode
     stream_tokens_individually: bool
-    def __init__(self, request_id: _Optional[str] = ..., prompt_text: _Optional[str] = ..., prompt_token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., decode_mode: _Optional[_Union[DecodeMode, str]] = ..., stream_tokens_individually: _Optional[bool] = ...) -> None: ...
+    resume: Resume
+    def __init__(self, request_id: _Optional[str] = ..., prompt_text: _Optional[str] = ..., prompt_token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., decode_mode: _Optional[_Union[DecodeMode, str]] = ..., stream_tokens_individually: _Optional[bool] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ...) -> None: ...
+
+class Resume(_message.Message):
+    __slots__ = ("token_ids", "text")
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    text: str
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class TokenIds(_message.Message):
     __slots__ = ("ids",)
@@ -143,7 +153,7 @@ class Timings(_message.Message):
     def __init__(self, time_to_first_token_s: _Optional[float] = ..., total_s: _Optional[float] = ..., queue_s: _Optional[float] = ...) -> None: ...
 
 class SpeculationStats(_message.Message):
-    __slots__ = ("decode_mode", "transport", "rounds", "lookahead_k", "mean_tokens_per_round", "tokens_per_round_histogram", "accepted_per_position", "draft_tokens", "accepted_draft_tokens", "cache_hits", "cache_misses", "jit_backups", "fast_backups", "ar_fallbacks", "ar_fallback_rounds", "draft_time_s", "verify_time_s", "draft_build_time_s")
+    __slots__ = ("decode_mode", "transport", "rounds", "lookahead_k", "mean_tokens_per_round", "tokens_per_round_histogram", "accepted_per_position", "draft_tokens", "accepted_draft_tokens", "cache_hits", "cache_misses", "jit_backups", "fast_backups", "ar_fallbacks", "ar_fallback_rounds", "draft_time_s", "verify_time_s", "draft_build_time_s", "policy_ar_rounds")
     DECODE_MODE_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +172,7 @@ class SpeculationStats(_message.Message):
     DRAFT_TIME_S_FIELD_NUMBER: _ClassVar[int]
     VERIFY_TIME_S_FIELD_NUMBER: _ClassVar[int]
     DRAFT_BUILD_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    POLICY_AR_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     decode_mode: DecodeMode
     transport: str
     rounds: int
@@ -180,7 +191,8 @@ class SpeculationStats(_message.Message):
     draft_time_s: float
     verify_time_s: float
     draft_build_time_s: float
-    def __init__(self, decode_mode: _Optional[_Union[DecodeMode, str]] = ..., transport: _Optional[str] = ..., rounds: _Optional[int] = ..., lookahead_k: _Optional[int] = ..., mean_tokens_per_round: _Optional[float] = ..., tokens_per_round_histogram: _Optional[_Iterable[int]] = ..., accepted_per_position: _Optional[_Iterable[int]] = ..., draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., jit_backups: _Optional[int] = ..., fast_backups: _Optional[int] = ..., ar_fallbacks: _Optional[int] = ..., ar_fallback_rounds: _Optional[int] = ..., draft_time_s: _Optional[float] = ..., verify_time_s: _Optional[float] = ..., draft_build_time_s: _Optional[float] = ...) -> None: ...
+    policy_ar_rounds: int
+    def __init__(self, decode_mode: _Optional[_Union[DecodeMode, str]] = ..., transport: _Optional[str] = ..., rounds: _Optional[int] = ..., lookahead_k: _Optional[int] = ..., mean_tokens_per_round: _Optional[float] = ..., tokens_per_round_histogram: _Optional[_Iterable[int]] = ..., accepted_per_position: _Optional[_Iterable[int]] = ..., draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., jit_backups: _Optional[int] = ..., fast_backups: _Optional[int] = ..., ar_fallbacks: _Optional[int] = ..., ar_fallback_rounds: _Optional[int] = ..., draft_time_s: _Optional[float] = ..., verify_time_s: _Optional[float] = ..., draft_build_time_s: _Optional[float] = ..., policy_ar_rounds: _Optional[int] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
     __slots__ = ("request_id",)

@@ -24,6 +24,7 @@ from saguaro.sequence import Sequence
 from saguaro.services.draft.handshake import handshake_request
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.target.channels import DraftChannel
+from saguaro.services.target.governor import SpeculationGovernor
 from saguaro.services.target.proposer import DraftProposer, Proposal
 from saguaro.services.target.stats import SpecStats
 from saguaro.services.target.verifier import verify_rows
@@ -42,8 +43,10 @@ class SpeculativeEngine(LLMEngine):
         connect: Callable[[], DraftChannel] | None = None,
         draft_timeout_s: float = 5.0,
         retry_interval_s: float = 1.0,
+        governor: SpeculationGovernor | None = None,
     ):
         """``connect`` opens a channel to the draft (called again to reconnect after a failure).
+        ``governor``: speculate only at batch sizes where it beats plain decoding (None: always).
 
         An incompatible draft is refused here with ``IncompatibleDraft``; an unreachable one
         only delays speculation: the engine decodes plainly and keeps retrying.
@@ -56,6 +59,7 @@ class SpeculativeEngine(LLMEngine):
         self.k = settings.k if mode != "ar" else 0
         super().__init__(config, lookahead=self.k)
         self.proposer: DraftProposer | None = None
+        self.governor = governor if mode != "ar" else None
         # Per-round metrics and spans (saguaro.telemetry.rounds.RoundTelemetry), set by the
         # service; None costs a round nothing.
         self.telemetry = None
@@ -68,12 +72,12 @@ class SpeculativeEngine(LLMEngine):
                 log.warning("starting without a draft (will retry): %s", exc)
                 self.proposer.available()  # records the failure time for the retry schedule
 
-    def add_request(self, prompt_token_ids, params) -> Sequence:
+    def add_request(self, prompt_token_ids, params, output_token_ids=()) -> Sequence:
         if params.mode not in (None, "ar", self.mode):
             raise InvalidRequestError(
                 f"this deployment decodes with mode {self.mode!r}; a request may only opt out to 'ar' (got {params.mode!r})"
             )
-        seq = super().add_request(prompt_token_ids, params)
+        seq = super().add_request(prompt_token_ids, params, output_token_ids)
         seq.stats = SpecStats(mode="ar" if params.mode == "ar" else self.mode)
         return seq
 
@@ -100,7 +104,16 @@ class SpeculativeEngine(LLMEngine):
             raise
 
     def _decode(self, seqs: list[Sequence]) -> None:
+        round_started = time.perf_counter()
         spec = [s for s in seqs if self._speculates(s)]
+        governed = len(spec) if spec and self.governor is not None else 0
+        held = governed and not self.governor.speculate(governed)
+        if held:  # plain decoding beats speculation at this batch size right now
+            self.proposer.skip(spec)
+            for s in spec:
+                s.stats.policy_rounds += 1
+            spec = []
+        before = sum(s.num_output_tokens for s in seqs) if governed else 0
         telemetry = self.telemetry
         trace = telemetry.start_round(seqs) if telemetry is not None else None
         started = time.perf_counter()
@@ -121,7 +134,7 @@ class SpeculativeEngine(LLMEngine):
             picked = [seqs[i] for i in plain]
             tokens = sample(rows, [s.params for s in picked], [s.generator for s in picked]).tolist()
             for seq, token in zip(picked, tokens):
-                self._commit_round(seq, 0, [token], None, draft_time)
+                self._commit_round(seq, 0, [token], None, draft_time, held)
         if verified:
             block = logits[(ends[verified, None] - (self.k + 1) + torch.arange(self.k + 1)[None, :]).reshape(-1)]
             picked = [seqs[i] for i in verified]
@@ -141,15 +154,20 @@ class SpeculativeEngine(LLMEngine):
                 seq.stats.draft_build_time_s += build_time
         if telemetry is not None:
             telemetry.end_round(trace, self, seqs, spec, proposals, outcome if verified else {}, draft_time, verify_time)
+        if governed:
+            committed = sum(s.num_output_tokens for s in seqs) - before
+            self.governor.record(governed, not held, committed, time.perf_counter() - round_started)
         self._release_finished(seqs)
 
-    def _commit_round(self, seq: Sequence, accepted: int, new_tokens: list[int], proposal: Proposal | None, draft_time: float) -> None:
+    def _commit_round(self, seq: Sequence, accepted: int, new_tokens: list[int], proposal: Proposal | None,
+                      draft_time: float, held: bool = False) -> None:
+        """``held``: the governor kept this round plain (not a draft failure)."""
         stats = seq.stats
         speculates = self._speculates(seq)
         if speculates:
             stats.transport = self.proposer.transport
         if proposal is None:
-            if speculates:
+            if speculates and not held:
                 stats.fallbacks += not stats.in_fallback
                 stats.in_fallback = True
                 stats.fallback_rounds += 1

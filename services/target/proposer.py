@@ -226,6 +226,14 @@ class DraftProposer:
         if view is not None:
             view.n_prev = accepted
 
+    def skip(self, seqs: list[Sequence]) -> None:
+        """These sequences decode a round without asking the draft: its cache entries, keyed
+        on the previous round's outcome, no longer describe them (the next lookup must miss)."""
+        for s in seqs:
+            view = self.views.get(s.seq_id)
+            if view is not None:
+                view.n_prev = NO_PREVIOUS_ROUND
+
     def release(self, seq_ids: list[int]) -> None:
         for sid in seq_ids:
             self.views.pop(sid, None)

@@ -152,16 +152,18 @@ class EngineLoop:
         return self._thread.is_alive() and not self._stopped
 
     def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-               arrival: float | None = None, trace: Any = None) -> RequestHandle:
+               arrival: float | None = None, trace: Any = None, resumed: list[int] = ()) -> RequestHandle:
         """Admit a request; raises ``InvalidRequestError`` if the engine refuses it.
 
         ``trace``: the request span's context, under which the engine traces its rounds.
+        ``resumed``: completion tokens the request already produced (``GenerateRequest.resume``);
+        its deltas continue at offset ``len(resumed)``.
         """
         if not self.alive:
             raise LoopStopped("the target's engine loop is not running")
         handle = RequestHandle(request_id, time.perf_counter() if arrival is None else arrival, trace)
         admitted: Future = Future()
-        self._inbox.put(("add", handle, list(prompt_token_ids), params, admitted))
+        self._inbox.put(("add", handle, list(prompt_token_ids), params, list(resumed), admitted))
         self._wait(admitted)
         return handle
 
@@ -264,14 +266,14 @@ class EngineLoop:
 
     def _apply(self, item: tuple) -> None:
         if item[0] == "add":
-            _, handle, prompt, params, admitted = item
+            _, handle, prompt, params, resumed, admitted = item
             if handle.request_id in self._live:
                 admitted.set_exception(InvalidRequestError(
                     f"request id {handle.request_id!r} is already used by a running request; "
                     "use a unique id or leave it empty"))
                 return
             try:
-                seq = self.engine.add_request(prompt, params)
+                seq = self.engine.add_request(prompt, params, resumed)
             except Exception as exc:  # InvalidRequestError, or a bug the caller should see
                 admitted.set_exception(exc)
                 return
@@ -279,11 +281,13 @@ class EngineLoop:
             telemetry = getattr(self.engine, "telemetry", None)
             if handle.trace is not None and telemetry is not None:
                 telemetry.bind(seq.seq_id, handle.trace)
-            live = _Live(handle, seq)
+            live = _Live(handle, seq, emitted=len(resumed))
             with self._lock:
                 self._live[handle.request_id] = live
             self._by_seq[seq.seq_id] = live
             admitted.set_result(None)
+            if seq.finished:  # resumed after its last token: only the Final is left to send
+                self._publish(live)
         else:
             _, request_id, handle, done = item
             live = self._live.get(request_id)
@@ -435,6 +439,7 @@ def speculation_to_proto(stats: dict) -> pb.SpeculationStats:
         fast_backups=stats.get("backups_fast", 0),
         ar_fallbacks=stats.get("fallbacks", 0),
         ar_fallback_rounds=stats.get("fallback_rounds", 0),
+        policy_ar_rounds=stats.get("policy_rounds", 0),
         draft_time_s=stats.get("draft_time_s", 0.0),
         verify_time_s=stats.get("verify_time_s", 0.0),
         draft_build_time_s=stats.get("draft_build_time_s", 0.0),
@@ -459,14 +464,22 @@ class TextStream:
     """Incremental detokenisation: each piece is the new suffix of the decoded completion.
 
     A decode that ends in U+FFFD may be a multi-byte character cut in half, so that text is
-    held back until a later token completes it (or the request ends).
+    held back until a later token completes it (or the request ends). A resumed request starts
+    from the tokens and text its caller already has, so the text continues exactly where the
+    broken stream stopped (a character split across the break comes out whole).
     """
 
-    def __init__(self, tokenizer, lock: threading.Lock):
+    def __init__(self, tokenizer, lock: threading.Lock, resume: pb.Resume | None = None):
         self.tokenizer = tokenizer
         self.lock = lock
-        self.token_ids: list[int] = []
-        self.sent = ""
+        self.token_ids: list[int] = list(resume.token_ids) if resume is not None else []
+        self.sent = resume.text if resume is not None else ""
+        if self.sent:
+            with lock:
+                text = decode(tokenizer, self.token_ids)
+            if not text.startswith(self.sent):
+                raise InvalidRequestError("resume.text is not the text of resume.token_ids (nor a prefix of it): "
+                                          "send the text received with those tokens")
 
     def push(self, token_ids: list[int], flush: bool) -> str:
         self.token_ids.extend(token_ids)
@@ -504,11 +517,14 @@ class InferenceService(pb_grpc.InferenceServicer):
 
     def _generate(self, request: pb.GenerateRequest, context, record: RequestRecord):
         arrival, request_id = record.arrival, record.request_id
+        resume = request.resume if request.HasField("resume") else None
         try:
             with self._tokenizer_lock:
                 prompt = prompt_from_proto(request, self.tokenizer)
             params = sampling_from_proto(request.sampling, request.decode_mode, self.mode)
-            handle = self.loop.submit(request_id, prompt, params, arrival, record.span_context)
+            text = TextStream(self.tokenizer, self._tokenizer_lock, resume) if self.tokenizer is not None else None
+            handle = self.loop.submit(request_id, prompt, params, arrival, record.span_context,
+                                      resume.token_ids if resume is not None else ())
             record.admitted(len(prompt), params)
         except InvalidRequestError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -516,7 +532,6 @@ class InferenceService(pb_grpc.InferenceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         if not context.add_callback(lambda: self.loop.cancel(handle)):
             self.loop.cancel(handle)  # the client is already gone
-        text = TextStream(self.tokenizer, self._tokenizer_lock) if self.tokenizer is not None else None
         for event in handle.events():
             if isinstance(event, Final):
                 record.finish(event)

@@ -21,7 +21,7 @@ from saguaro.services.target.local import speculative_engine
 from saguaro.llm import LLM
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.net import free_port
-from tests_support import hf_greedy, make_prompts
+from tests_support import flapping_governor, hf_greedy, make_prompts
 
 NEW_TOKENS = 16
 BACKUPS = {"jit": pb.BACKUP_POLICY_JIT, "fast": pb.BACKUP_POLICY_FAST, "adaptive": pb.BACKUP_POLICY_ADAPTIVE}
@@ -40,6 +40,7 @@ class Case:
     preempt: bool = False
     transport: str = "inprocess"
     geometric: bool = False
+    governed: bool = False  # a governor that switches speculation off and on every few rounds
 
 
 CASES = [
@@ -59,6 +60,9 @@ CASES = [
     Case("sd", "llama", "llama_draft_perturbed", 4, 1, 1),
     Case("sd", "llama", "llama_draft_copy", 8, 6, 1, prefix_caching=False),
     Case("sd", "qwen3", "qwen3_draft_perturbed", 8, 3, 1, preempt=True),
+    Case("ssd", "llama", "llama_draft_perturbed", 4, 3, 2, "adaptive", governed=True),
+    Case("ssd", "qwen3", "qwen3_draft_perturbed", 1, 3, 2, transport="grpc", governed=True),
+    Case("sd", "llama", "llama_draft_copy", 4, 3, 1, preempt=True, governed=True),
 ]
 
 
@@ -93,7 +97,8 @@ def build(model_dirs, case: Case):
         address = f"127.0.0.1:{free_port()}"
         server = serve(draft, address, settings)
     engine = speculative_engine(target, case.mode, draft, settings, draft_address=address,
-                                fast_path=case.transport == "torch.distributed")
+                                fast_path=case.transport == "torch.distributed",
+                                governor=flapping_governor() if case.governed else None)
     return engine, server
 
 
@@ -108,6 +113,8 @@ def test_greedy_tokens_identical_to_target(model_dirs, prompts, expected, case):
         assert all(s["transport"] == case.transport for s in stats)
         if case.preempt:
             assert engine.scheduler.num_preemptions > 0
+        if case.governed:
+            assert sum(s["policy_rounds"] for s in stats) > 0 and sum(s["spec_rounds"] for s in stats) > 0
         if case.draft.endswith("copy") and not case.preempt:
             rounds = sum(s["spec_rounds"] for s in stats)
             accepted = sum(sum(s["accepted_per_position"]) for s in stats)

@@ -22,7 +22,7 @@ from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.target.local import speculative_engine
 from saguaro.tiny_models import build_tiny_model, perturbed_copy
 from saguaro.v1 import speculation_pb2 as pb
-from tests_support import hf_logits
+from tests_support import flapping_governor, hf_logits
 
 VOCAB = 10
 PROMPT = [4, 7, 3]
@@ -92,6 +92,7 @@ CONFIGS = {
     "ssd_c1": dict(mode="ssd", settings=DraftSettings(k=1, fan_out=4)),
     "ssd_c05": dict(mode="ssd", settings=DraftSettings(k=1, fan_out=4, downweight=0.5)),
     "ssd_fast_backup": dict(mode="ssd", settings=DraftSettings(k=2, fan_out=2, backup_policy=pb.BACKUP_POLICY_FAST)),
+    "ssd_governed": dict(mode="ssd", settings=DraftSettings(k=1, fan_out=4), governed=True),
 }
 
 
@@ -101,7 +102,8 @@ def test_sampled_output_has_the_target_law(pair, exact_law, name):
     cfg = CONFIGS[name]
     make = lambda model: EngineConfig(model=model, max_num_seqs=64, block_size=8, kv_cache_bytes=1 << 24,  # noqa: E731
                                       show_progress=False)
-    engine = speculative_engine(make(target), cfg["mode"], make(draft), cfg.get("settings"))
+    governor = flapping_governor() if cfg.get("governed") else None
+    engine = speculative_engine(make(target), cfg["mode"], make(draft), cfg.get("settings"), governor=governor)
     try:
         counts, outputs = sample_pairs(engine)
     finally:
@@ -116,6 +118,8 @@ def test_sampled_output_has_the_target_law(pair, exact_law, name):
             assert sum(sum(s["accepted_per_position"]) for s in stats) > 0
         if name == "ssd_fast_backup":
             assert sum(s["backups_fast"] for s in stats) > 0
+        if cfg.get("governed"):
+            assert sum(s["policy_rounds"] for s in stats) > 0
 
 
 def test_top_k_sampling_through_ssd_has_the_filtered_target_law(pair):

@@ -1,0 +1,73 @@
+"""Never slower than AR: AR vs SSD (always speculating) vs SSD under the speculation governor
+(``--speculation-policy adaptive``, the default), batch 1…16, raw CPU and emulated H100 timings.
+
+The bar (issue 9): adaptive SSD is never more than 3 % slower than AR at any batch size. Each
+cell decodes ``2 × batch`` prompts (two waves) of ``--new-tokens`` greedy tokens (EOS ignored);
+every mode's outputs are checked to be identical. The governor starts cold in every cell, so
+its measuring rounds are included in the result.
+
+    python bench/policy_matrix.py
+    python bench/policy_matrix.py --regimes emulated --batch-sizes 1 4 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from common import DEFAULT_MODELS, load_prompts, markdown_table, pin_threads
+from speculative import run_mode
+
+BAR = 0.97  # adaptive SSD / AR must stay at or above this
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", type=Path, default=DEFAULT_MODELS / "target")
+    parser.add_argument("--draft", type=Path, default=DEFAULT_MODELS / "draft")
+    parser.add_argument("--prompts", type=Path, default=DEFAULT_MODELS / "prompts.jsonl")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--regimes", nargs="+", choices=["raw", "emulated"], default=["emulated", "raw"])
+    parser.add_argument("--profile", default="h100-70b-1b", help="emulation profile (saguaro/emulation.py)")
+    parser.add_argument("--ssd-k", type=int, default=5)
+    parser.add_argument("--ssd-fan-out", type=int, default=3)
+    parser.add_argument("--backup", choices=["jit", "fast", "adaptive"], default="adaptive")
+    parser.add_argument("--transport", choices=["grpc", "torch.distributed"], default="torch.distributed")
+    args = parser.parse_args()
+    pin_threads(1)
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+
+    from saguaro.emulation import PROFILES
+    from saguaro.services.target.governor import SpeculationGovernor
+    from saguaro.tokenizer import load_tokenizer
+
+    all_prompts = load_prompts(args.prompts, load_tokenizer(args.target), 2 * max(args.batch_sizes))
+    rows, mismatched, missed = [], [], []
+    for regime in args.regimes:
+        profile = PROFILES[args.profile] if regime == "emulated" else None
+        for batch in args.batch_sizes:
+            prompts = all_prompts[: 2 * batch]
+            ar = run_mode(args, regime, batch, "ar", 0, prompts, profile)
+            always = run_mode(args, regime, batch, "ssd", args.ssd_k, prompts, profile)
+            adaptive = run_mode(args, regime, batch, "ssd", args.ssd_k, prompts, profile, SpeculationGovernor())
+            for name, r in (("always", always), ("adaptive", adaptive)):
+                if r.outputs != ar.outputs:
+                    mismatched.append(f"{regime}/{batch}/{name}")
+            ratio = adaptive.tokens_per_s / ar.tokens_per_s
+            if ratio < BAR:
+                missed.append(f"{regime}/batch {batch}: {ratio:.3f}")
+            rows.append([regime, batch, round(ar.tokens_per_s, 1), round(always.tokens_per_s, 1),
+                         round(always.tokens_per_s / ar.tokens_per_s, 3), round(adaptive.tokens_per_s, 1),
+                         round(ratio, 3), round(adaptive.tokens_per_round, 2)])
+            print(f"done: {regime} batch {batch}", file=sys.stderr, flush=True)
+    print(markdown_table(["regime", "batch", "AR tok/s", "SSD always tok/s", "always / AR", "SSD adaptive tok/s",
+                          "adaptive / AR", "adaptive tok/round"], rows))
+    print(f"\nidentical outputs across all modes: {'yes' if not mismatched else 'NO: ' + ', '.join(mismatched)}")
+    print(f"bar (adaptive >= {BAR:.2f} x AR everywhere): {'met' if not missed else 'MISSED at ' + ', '.join(missed)}")
+
+
+if __name__ == "__main__":
+    main()

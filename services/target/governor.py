@@ -1,0 +1,120 @@
+"""Never slower than plain decoding: speculate only at batch sizes where it pays.
+
+Speculation pays when a round's tokens per second beat plain (AR) decoding's. That depends on
+the batch size (the target's verify cost grows with B·(K+1) tokens, the draft's with B·M
+branches), the acceptance rate and the hardware, so the governor measures instead of
+modelling: per batch-size bucket it keeps the recent throughput of speculative rounds and of
+plain rounds, and runs the better mode. The draft's own adaptations (fan-out from acceptance,
+JIT vs fast backup from round economics; ``services/draft/policy.py``) act first; this is the
+last resort, when even the best speculation loses.
+
+Estimates go stale (acceptance drifts with the text, load changes), so the losing mode is
+re-measured in a short burst every ``interval`` rounds; the interval doubles each time the
+burst confirms the choice (so a settled choice costs < 1 % of rounds) and resets when the choice
+flips. The first speculative round of a burst after plain rounds is a guaranteed cache miss
+(the draft was idle and must catch up), so it is not counted: the estimate is of steady state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EMA = 0.2  # weight of the newest round in the throughput estimates
+
+
+def bucket_of(batch_size: int) -> int:
+    """Batch sizes 1, 2, 3-4, 5-8, 9-16, ... share a bucket (the upper bound)."""
+    return 1 << max(batch_size - 1, 0).bit_length()
+
+
+@dataclass
+class _Rate:
+    """Exponentially weighted tokens and seconds (their ratio is the throughput)."""
+
+    tokens: float = 0.0
+    seconds: float = 0.0
+    rounds: int = 0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        w = 1.0 if self.rounds == 0 else EMA
+        self.tokens += w * (tokens - self.tokens)
+        self.seconds += w * (seconds - self.seconds)
+        self.rounds += 1
+
+    @property
+    def per_second(self) -> float | None:
+        return self.tokens / self.seconds if self.rounds and self.seconds > 0 else None
+
+
+@dataclass
+class _Bucket:
+    spec: _Rate
+    plain: _Rate
+    interval: int
+    since_probe: int = 0  # rounds in the preferred mode since the last burst of the other
+    probe_left: int = 0  # rounds left in the current burst of the other mode
+    probe_spec: bool = False  # the burst's mode
+    probing: bool = False  # the round being run belongs to a burst
+    choice_before_probe: bool = True
+
+
+class SpeculationGovernor:
+    def __init__(self, base_interval: int = 16, max_interval: int = 1024, burst: int = 4, min_rounds: int = 2):
+        """``burst`` rounds re-measure the losing mode every ``interval`` rounds (doubling from
+        ``base_interval`` up to ``max_interval``); each mode needs ``min_rounds`` measured
+        rounds before it can win."""
+        if not 1 <= base_interval <= max_interval or burst < 2 or min_rounds < 1:
+            raise ValueError("need 1 <= base_interval <= max_interval, burst >= 2, min_rounds >= 1")
+        self.base_interval, self.max_interval = base_interval, max_interval
+        self.burst, self.min_rounds = burst, min_rounds
+        self.buckets: dict[int, _Bucket] = {}
+        self._last_spec = True  # mode of the previous round (a switch to spec costs one warm-up round)
+
+    def _bucket(self, batch_size: int) -> _Bucket:
+        key = bucket_of(batch_size)
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = _Bucket(_Rate(), _Rate(), self.base_interval)
+        return bucket
+
+    def _prefers_spec(self, bucket: _Bucket) -> bool | None:
+        """None until both modes have enough measurements."""
+        spec, plain = bucket.spec.per_second, bucket.plain.per_second
+        if spec is None or plain is None or min(bucket.spec.rounds, bucket.plain.rounds) < self.min_rounds:
+            return None
+        return spec >= plain
+
+    def speculate(self, batch_size: int) -> bool:
+        """Whether this round of ``batch_size`` speculating rows should speculate."""
+        bucket = self._bucket(batch_size)
+        prefers = self._prefers_spec(bucket)
+        if prefers is None:  # measure speculation first, then plain rounds
+            bucket.probing = False
+            return bucket.spec.rounds < self.min_rounds or bucket.plain.rounds >= self.min_rounds
+        if bucket.probe_left == 0 and bucket.since_probe >= bucket.interval:
+            bucket.since_probe, bucket.probe_left = 0, self.burst
+            bucket.probe_spec, bucket.choice_before_probe = not prefers, prefers
+        bucket.probing = bucket.probe_left > 0
+        if bucket.probing:
+            bucket.probe_left -= 1
+            return bucket.probe_spec
+        bucket.since_probe += 1
+        return prefers
+
+    def record(self, batch_size: int, speculated: bool, tokens: int, seconds: float) -> None:
+        """The round that just ran (as ``speculate`` decided): committed tokens and wall time."""
+        bucket = self._bucket(batch_size)
+        warm_up = speculated and not self._last_spec
+        self._last_spec = speculated
+        if not warm_up:
+            (bucket.spec if speculated else bucket.plain).add(tokens, seconds)
+        if bucket.probing and bucket.probe_left == 0:  # a burst ended: did it confirm the choice?
+            bucket.probing = False
+            confirmed = self._prefers_spec(bucket) == bucket.choice_before_probe
+            bucket.interval = min(bucket.interval * 2, self.max_interval) if confirmed else self.base_interval
+
+    def describe(self) -> dict[int, dict]:
+        """Per bucket: measured tokens/s of each mode and the current choice (for logs and tests)."""
+        return {k: {"speculative_tps": b.spec.per_second, "plain_tps": b.plain.per_second,
+                    "speculates": self._prefers_spec(b), "interval": b.interval}
+                for k, b in sorted(self.buckets.items())}

@@ -1,0 +1,136 @@
+"""The speculation governor: speculate only at batch sizes where it beats plain decoding.
+
+The decision logic is driven with synthetic round costs (deterministic); one end-to-end test
+gives a real engine a draft far slower than its target (emulated step times) and checks that
+the engine stops speculating — with output still identical to the target alone (whose own
+equality with transformers is tested in tests/engine) — and that
+with a fast, accurate draft it keeps speculating.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from saguaro import LLM, SamplingParams
+from saguaro.config import EngineConfig
+from saguaro.services.draft.settings import DraftSettings
+from saguaro.services.target.governor import SpeculationGovernor, bucket_of
+from saguaro.services.target.local import speculative_engine
+from tests_support import make_prompts
+
+
+def drive(governor: SpeculationGovernor, rounds: int, batch: int, spec_tps, plain_tps) -> list[bool]:
+    """Run ``rounds`` rounds whose throughput is ``spec_tps(i)`` / ``plain_tps(i)`` tokens/s."""
+    chosen = []
+    for i in range(rounds):
+        spec = governor.speculate(batch)
+        tps = spec_tps(i) if spec else plain_tps(i)
+        governor.record(batch, spec, batch * 3, batch * 3 / tps)
+        chosen.append(spec)
+    return chosen
+
+
+def test_buckets_group_batch_sizes_by_powers_of_two():
+    assert [bucket_of(b) for b in (1, 2, 3, 4, 5, 8, 9, 16, 17)] == [1, 2, 4, 4, 8, 8, 16, 16, 32]
+
+
+def test_losing_speculation_is_switched_off_and_its_probes_get_rarer():
+    governor = SpeculationGovernor(base_interval=8, max_interval=256, burst=4)
+    chosen = drive(governor, 2000, 4, spec_tps=lambda i: 50.0, plain_tps=lambda i: 100.0)
+    assert chosen[:2] == [True, True] and chosen[2:4] == [False, False]  # measure both, speculation first
+    late = chosen[1000:]
+    assert sum(late) <= 0.03 * len(late)  # only the rare probes speculate
+    assert governor.buckets[4].interval == 256  # every probe confirmed the choice: interval doubled to the cap
+    assert governor.describe()[4]["speculates"] is False
+
+
+def test_paying_speculation_stays_on():
+    governor = SpeculationGovernor(base_interval=8, max_interval=256, burst=4)
+    chosen = drive(governor, 2000, 1, spec_tps=lambda i: 300.0, plain_tps=lambda i: 100.0)
+    assert sum(chosen[1000:]) >= 0.97 * 1000
+    assert governor.describe()[1]["speculates"] is True
+
+
+def test_choice_follows_a_change_in_the_economics():
+    """Speculation loses for a while (say acceptance collapsed on a new kind of text), then pays
+    again: a probe notices and the governor switches back."""
+    governor = SpeculationGovernor(base_interval=8, max_interval=64, burst=4)
+    chosen = drive(governor, 1200, 2, spec_tps=lambda i: 50.0 if i < 600 else 300.0, plain_tps=lambda i: 100.0)
+    assert sum(chosen[400:600]) <= 0.1 * 200
+    assert sum(chosen[900:]) >= 0.9 * 300  # plain rounds left: the probes, at a doubling interval
+    assert governor.buckets[2].interval <= 64
+
+
+def test_batch_size_buckets_decide_independently():
+    """Speculation pays at batch 1 and loses at batch 16 (the usual shape on real hardware)."""
+    governor = SpeculationGovernor(base_interval=8, max_interval=256, burst=4)
+    small = large = 0
+    for i in range(1000):
+        for batch, spec_tps, plain_tps in ((1, 300.0, 100.0), (16, 800.0, 1600.0)):
+            spec = governor.speculate(batch)
+            governor.record(batch, spec, 10, 10 / (spec_tps if spec else plain_tps))
+            if i >= 500:
+                small += spec and batch == 1
+                large += spec and batch == 16
+    assert small >= 0.95 * 500 and large <= 0.05 * 500
+
+
+def test_the_first_speculative_round_after_plain_ones_is_not_measured():
+    """It is a guaranteed cache miss (the draft sat idle), not the steady state."""
+    governor = SpeculationGovernor(base_interval=4, burst=2, min_rounds=1)
+    assert governor.speculate(1)
+    governor.record(1, True, 3, 0.01)  # 300 tok/s
+    assert not governor.speculate(1)
+    governor.record(1, False, 1, 0.01)  # 100 tok/s
+    assert governor.speculate(1)
+    governor.record(1, True, 1, 1.0)  # the warm-up round after a plain one: 1 tok/s, ignored
+    assert governor.describe()[1]["speculative_tps"] == pytest.approx(300.0)
+
+
+@pytest.mark.parametrize("bad", [dict(base_interval=0), dict(base_interval=9, max_interval=8), dict(burst=1),
+                                 dict(min_rounds=0)])
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="need"):
+        SpeculationGovernor(**bad)
+
+
+def _config(model_dir: str, pad_s: float | None = None) -> EngineConfig:
+    return EngineConfig(model=model_dir, max_num_seqs=4, block_size=8, kv_cache_bytes=1 << 24, show_progress=False,
+                        emulate_forward_s=pad_s)
+
+
+def _generate(model_dirs, prompts, target_pad_s: float | None, draft_pad_s: float | None, governor):
+    """SD outputs under ``governor``, and the target alone's (AR) outputs: 128 tokens each."""
+    params = SamplingParams(max_tokens=128, ignore_eos=True)
+    engine = speculative_engine(_config(model_dirs["llama"], target_pad_s), "sd",
+                                _config(model_dirs["llama_draft_copy"], draft_pad_s), DraftSettings(k=3, fan_out=1),
+                                governor=governor)
+    outputs = LLM.from_engine(engine, None).generate(prompts, params)
+    alone = LLM.from_engine(speculative_engine(_config(model_dirs["llama"]), "ar"), None).generate(prompts, params)
+    return outputs, [o.token_ids for o in alone]
+
+
+def test_a_slow_draft_is_switched_off_and_the_output_stays_exact(model_dirs):
+    """Each draft step costs 20 ms, the target's forward ~1 ms: every SD round costs ~60 ms for
+    at most 4 tokens, plain decoding ~1 ms per token. After measuring both, the engine decodes
+    plainly except for rare probes."""
+    prompts = make_prompts(4, 380, seed=5, min_len=4, max_len=20)
+    governor = SpeculationGovernor(base_interval=4, max_interval=64, burst=2)
+    outputs, alone = _generate(model_dirs, prompts, None, 0.02, governor)
+    assert [o.token_ids for o in outputs] == alone
+    stats = [o.stats for o in outputs]
+    policy, spec = sum(s["policy_rounds"] for s in stats), sum(s["spec_rounds"] for s in stats)
+    assert policy > 3 * spec
+    assert all(s["fallback_rounds"] == 0 for s in stats)  # held by policy, not a draft failure
+    assert governor.describe()[4]["speculates"] is False
+
+
+def test_a_fast_accurate_draft_keeps_speculating(model_dirs):
+    """Target forwards padded to 20 ms, an exact copy as the draft: a round commits K+1 = 4
+    tokens for about one target forward, so speculation wins and stays on."""
+    governor = SpeculationGovernor(base_interval=4, max_interval=64, burst=2)
+    outputs, alone = _generate(model_dirs, [[5, 6, 7]], 0.02, None, governor)
+    assert outputs[0].token_ids == alone[0]
+    stats = outputs[0].stats
+    assert stats["spec_rounds"] > 3 * stats["policy_rounds"]
+    assert governor.describe()[1]["speculates"] is True
