@@ -53,6 +53,14 @@ def test_dashboards_render_into_one_labelled_configmap(k8s, tmp_path):
     assert custom[0]["metadata"]["annotations"] == {"grafana_folder": "LLM"}
 
 
+def test_a_dashboard_that_is_not_json_fails_the_render_with_its_name(k8s, tmp_path):
+    """The chart parses each dashboard (to set its trace data source): a broken file must fail
+    loudly, not ship as Helm's silent {"Error": ...} map."""
+    root = chart_copy(k8s, tmp_path, {"saguaro-broken.json": '{"title": "x", '})
+    with pytest.raises(helm_python.HelmError, match="saguaro-broken.json is not valid JSON"):
+        dashboard_maps(k8s, root)
+
+
 def test_shipped_dashboards_are_valid_json(k8s, render):
     """Whatever dashboards the chart ships now (possibly none) are valid JSON and all rendered."""
     shipped = sorted((k8s.CHART / "dashboards").glob("*.json")) if (k8s.CHART / "dashboards").is_dir() else []

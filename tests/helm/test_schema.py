@@ -57,6 +57,7 @@ BAD_VALUES = {
     "otel-sampler": {"otel": {"sampler": "sometimes"}},
     "otel-ratio": {"otel": {"samplerArg": "5%"}},
     "log-format": {"logFormat": "xml"},
+    "trace-data-source": {"monitoring": {"dashboards": {"traces": {"type": "zipkin"}}}},
     "pdb-percent": {"target": {"pdb": {"maxUnavailable": "half"}}},
     "httproute-without-parents": {"httpRoute": {"enabled": True, "parentRefs": []}},
     "httproute-timeout": {"httpRoute": {"requestTimeout": "ten minutes"}},

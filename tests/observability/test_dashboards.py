@@ -1,7 +1,8 @@
 """The Grafana dashboards the chart ships: valid against a JSON schema of the Grafana dashboard
 model subset they use, laid out on the 24-column grid, every variable defined, every PromQL
-query naming metrics (and labels) that the services export, every TraceQL query naming spans
-and attributes the services emit."""
+query naming metrics (and labels) that the services export, every TraceQL query and Jaeger
+search naming spans and attributes the services emit, and the chart rendering them for the
+trace data source chosen in values (Tempo or Jaeger, by UID)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ import json
 import re
 from pathlib import Path
 
+from urllib.parse import unquote
+
+import helm_python
 import jsonschema
 import pytest
+import yaml
 
 from saguaro.services.gateway.metrics import GatewayMetrics as GatewayServiceMetrics
 from saguaro.telemetry import attributes as A
 from saguaro.telemetry.metrics import DEFINITIONS, exported_samples
 
 ROOT = Path(__file__).resolve().parents[2]
-DASHBOARDS = sorted((ROOT / "helm" / "saguaro" / "dashboards").glob("*.json"))
+CHART = ROOT / "helm" / "saguaro"
+DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 SCHEMA = json.loads((Path(__file__).parent / "grafana_dashboard.schema.json").read_text())
 BUILTIN_VARS = {"__rate_interval", "__interval", "__range"}
 TARGET_LABELS = {"pod", "instance", "job", "namespace", "container"}  # added by Prometheus at scrape time
@@ -53,6 +59,36 @@ def queries(board: dict) -> tuple[list[str], list[str]]:
         if var["type"] == "query":
             promql.append(var["query"]["query"])
     return promql, traceql
+
+
+def trace_elements(board: dict) -> list[dict]:
+    """Every trace query of a source dashboard: Tempo targets, dashboard links and data links to Explore."""
+    out = [t for p in board["panels"] for t in p.get("targets", []) if t.get("queryType") == "traceql"]
+    out += [link for link in board["links"] if "explore" in link.get("url", "")]
+    out += [dl for p in board["panels"] for dl in p.get("fieldConfig", {}).get("defaults", {}).get("links", [])]
+    return out
+
+
+def explore_query(url: str) -> dict:
+    """The (first) query of a Grafana Explore link."""
+    return json.loads(unquote(url.split("panes=", 1)[1]))["a"]["queries"][0]
+
+
+def render_dashboards(traces: dict) -> dict[str, dict]:
+    """The dashboards as the chart ships them (its ConfigMap) with ``monitoring.dashboards.traces``."""
+    with helm_python.Chart.load(CHART) as chart:
+        rendered = chart.render({"monitoring": {"dashboards": {"traces": traces}}}, name="demo", namespace="llm")
+    configmap = yaml.safe_load(rendered["saguaro/templates/dashboards.yaml"])
+    return {name: json.loads(text) for name, text in configmap["data"].items()}
+
+
+def without_jaeger(node):
+    """``node`` without the source files' "jaeger" alternatives."""
+    if isinstance(node, dict):
+        return {k: without_jaeger(v) for k, v in node.items() if k != "jaeger"}
+    if isinstance(node, list):
+        return [without_jaeger(v) for v in node]
+    return node
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +160,9 @@ def test_every_traceql_query_names_emitted_spans_and_attributes(boards):
     links += [dl["url"] for board in boards.values() for p in board["panels"]
               for dl in p.get("fieldConfig", {}).get("defaults", {}).get("links", [])]
     assert links, "no trace links"
-    from urllib.parse import unquote
 
     traceql = [q for board in boards.values() for q in queries(board)[1]]
-    traceql += [json.loads(unquote(url.split("panes=", 1)[1]))["a"]["queries"][0]["query"] for url in links]
+    traceql += [explore_query(url)["query"] for url in links]
     for query in traceql:
         for key in re.findall(r"\bspan\.([\w.]+)", query):
             assert key in attribute_keys, f"unknown span attribute {key!r} in {query}"
@@ -135,3 +170,47 @@ def test_every_traceql_query_names_emitted_spans_and_attributes(boards):
             assert span in span_names, f"unknown span name {span!r} in {query}"
         for service in re.findall(r'resource\.service\.name\s*=\s*"([^"]+)"', query):
             assert service in SERVICES, query
+
+
+def test_every_trace_query_has_a_jaeger_search_naming_emitted_spans(boards):
+    """Jaeger's search is service + operation + tag equality + duration: each Tempo query's
+    equivalent must name a service, span and attributes the services emit."""
+    attribute_keys = {v for k, v in vars(A).items() if k.isupper() and isinstance(v, str)}
+    span_names = {A.ROUND_SPAN, A.SPECULATE_SPAN, *A.DRAFT_CHILD_SPANS}
+    for name, board in boards.items():
+        elements = trace_elements(board)
+        assert elements, name
+        for element in elements:
+            search = element.get("jaeger")
+            assert search is not None, f"{name}: a trace query without its Jaeger search: {element}"
+            assert search["service"] in SERVICES
+            assert search.get("operation", A.ROUND_SPAN) in span_names
+            for pair in search.get("tags", "").split():
+                assert pair.split("=", 1)[0] in attribute_keys, (name, search)
+
+
+@pytest.mark.parametrize("kind", ["tempo", "jaeger"])
+def test_chart_renders_the_chosen_trace_data_source(boards, kind):
+    rendered = render_dashboards({"type": kind, "datasourceUid": f"{kind}-uid"})
+    assert set(rendered) == set(boards)
+    for name, board in rendered.items():
+        jsonschema.validate(board, SCHEMA, cls=jsonschema.Draft202012Validator)
+        text = json.dumps(board)
+        assert '"jaeger": {' not in text, f"{name}: a source-only key was shipped"
+        (traces,) = [v for v in board["templating"]["list"] if v["name"] == "traces"]
+        assert traces["query"] == kind and traces["current"]["value"] == f"{kind}-uid"
+        source = without_jaeger(boards[name])
+        for var in source["templating"]["list"]:
+            if var["name"] == "traces":
+                var.update(traces)
+        if kind == "tempo":
+            assert board == source  # Tempo: the source files as they are
+            continue
+        assert "tempo" not in text.lower(), f"{name}: a Tempo reference is left"
+        expected = [e["jaeger"] for e in trace_elements(boards[name])]
+        searches = [t for p in board["panels"] if p.get("datasource", {}).get("uid") == "${traces}" for t in p["targets"]]
+        searches += [explore_query(link["url"]) for link in board["links"] if "explore" in link.get("url", "")]
+        searches += [explore_query(dl["url"]) for p in board["panels"]
+                     for dl in p.get("fieldConfig", {}).get("defaults", {}).get("links", [])]
+        assert [{k: v for k, v in q.items() if k not in ("refId", "datasource")} for q in searches] == expected
+        assert all(q["datasource"] == {"type": "jaeger", "uid": "${traces}"} for q in searches)
