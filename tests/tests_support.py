@@ -5,9 +5,16 @@ transformers is the reference: greedy generation and per-step logits come from i
 
 from __future__ import annotations
 
+import datetime
 import functools
+import ipaddress
+from dataclasses import dataclass
 
 import torch
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 
 def make_prompts(count: int, vocab: int, seed: int = 0, min_len: int = 3, max_len: int = 40) -> list[list[int]]:
@@ -47,3 +54,65 @@ def flapping_governor():
     from saguaro.services.target.governor import SpeculationGovernor
 
     return SpeculationGovernor(base_interval=1, max_interval=1, burst=2, min_rounds=1)
+
+
+# -- TLS material made in the test (real certificates, a throwaway CA) ------------------------------
+@dataclass
+class Pem:
+    cert: bytes
+    key: bytes
+
+
+def _key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def pem_of(cert: x509.Certificate, key) -> Pem:
+    """The PEM bytes of a certificate and its key (as ``make_certificate`` returns them)."""
+    return Pem(cert.public_bytes(serialization.Encoding.PEM),
+               key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()))
+
+
+def make_certificate(name: str, issuer: tuple[x509.Certificate, object] | None = None, ca: bool = False,
+                     client: bool = False) -> tuple[x509.Certificate, object]:
+    """A certificate for ``name`` valid for 127.0.0.1 and localhost; self-signed without ``issuer``."""
+    key = _key()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_cert, issuer_key = issuer if issuer else (None, key)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(subject)
+               .issuer_name(issuer_cert.subject if issuer_cert else subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH if client else x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256()), key
+
+
+def write(tmp_path, name: str, data: bytes) -> str:
+    """``data`` in ``tmp_path / name``; returns the path (for --tls-* flags)."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def start_draft_process(model: str, port: int, settings):
+    """A real ``saguaro draft`` process on ``port`` with ``settings``' K and fan-out; returns
+    the Popen once it listens."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saguaro.cli", "draft", "--model", model, "--port", str(port),
+         "--kv-cache-bytes", str(1 << 24), "--k", str(settings.k), "--fan-out", str(settings.fan_out)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert "listening" in proc.stdout.readline(), "draft service did not start"
+    return proc

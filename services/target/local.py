@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+import grpc
+
 from saguaro.config import EngineConfig
+from saguaro.errors import ConfigError
 from saguaro.llm import LLM
 from saguaro.tokenizer import load_tokenizer
 from saguaro.services.draft.handshake import answer_handshake, model_facts
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.draft.worker import DraftWorker, draft_runner
 from saguaro.services.target.channels import DraftChannel, InProcessChannel, RemoteChannel
+from saguaro.services.target.draft_pool import DraftPool
 from saguaro.services.target.engine import SpeculativeEngine
 
 
@@ -28,27 +32,52 @@ def in_process_connector(draft: EngineConfig, settings: DraftSettings, build_cac
     return connect
 
 
+def pooled(connectors: list[Callable[[], DraftChannel]]) -> Callable[[], DraftChannel]:
+    """One connector for several draft workers (data parallelism); one worker stays as it is."""
+    if len(connectors) == 1:
+        return connectors[0]
+
+    def connect() -> DraftChannel:
+        channels: list[DraftChannel] = []
+        try:
+            for c in connectors:
+                channels.append(c())
+        except BaseException:
+            for channel in channels:
+                channel.close()
+            raise
+        return DraftPool(channels)
+
+    return connect
+
+
 def speculative_engine(
     target: EngineConfig,
     mode: str = "ssd",
     draft: EngineConfig | None = None,
     settings: DraftSettings | None = None,
-    draft_address: str | None = None,
+    draft_address: str | Sequence[str] | None = None,
     fast_path: bool = True,
+    draft_credentials: grpc.ChannelCredentials | None = None,  # TLS / mTLS to a remote draft
+    draft_workers: int = 1,
     **proposer_options,
 ) -> SpeculativeEngine:
     """``mode='sd'`` keeps the draft in this process (the synchronous baseline); ``'ssd'`` talks
     to the draft service at ``draft_address`` over gRPC, or runs an in-process draft worker on
     its own thread when no address is given. ``fast_path`` offers the torch.distributed link,
-    which a draft on the same host accepts."""
+    which a draft on the same host accepts. Several addresses, or ``draft_workers`` > 1 in
+    process, make a draft pool: the batch's sequences are split across the workers."""
     if mode == "ar":
         return SpeculativeEngine(target, "ar")
+    if draft_workers < 1:
+        raise ConfigError(f"--draft-workers must be at least 1, got {draft_workers}")
     settings = settings or DraftSettings()
     if draft_address is not None:
-        connect = lambda: RemoteChannel(draft_address, fast_path)  # noqa: E731
+        addresses = [draft_address] if isinstance(draft_address, str) else list(draft_address)
+        connect = pooled([lambda a=a: RemoteChannel(a, fast_path, draft_credentials) for a in addresses])
     elif draft is not None:
         draft = replace(draft, max_model_len=target.max_model_len or draft.max_model_len)
-        connect = in_process_connector(draft, settings, build_cache=mode == "ssd")
+        connect = pooled([in_process_connector(draft, settings, build_cache=mode == "ssd")] * draft_workers)
     else:
         raise ValueError(f"mode {mode!r} needs a draft: an in-process draft config or a draft address")
     return SpeculativeEngine(target, mode, settings, connect, **proposer_options)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import grpc
@@ -31,7 +30,7 @@ from saguaro.services.target.proposer import IncompatibleDraft
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.v1 import speculation_pb2_grpc as pb_grpc
 from saguaro.net import free_port
-from tests_support import hf_greedy
+from tests_support import hf_greedy, start_draft_process
 
 SETTINGS = DraftSettings(k=3, fan_out=2)
 PROMPT = [7, 19, 23, 101, 5, 64]
@@ -39,14 +38,7 @@ NEW_TOKENS = 48
 
 
 def start_draft(model: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "saguaro.cli", "draft", "--model", model, "--port", str(port),
-         "--kv-cache-bytes", str(1 << 24), "--k", "3", "--fan-out", "2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    assert "listening" in proc.stdout.readline(), "draft service did not start"
-    return proc
+    return start_draft_process(model, port, SETTINGS)
 
 
 def target_config(model: str) -> EngineConfig:

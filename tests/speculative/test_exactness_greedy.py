@@ -41,6 +41,7 @@ class Case:
     transport: str = "inprocess"
     geometric: bool = False
     governed: bool = False  # a governor that switches speculation off and on every few rounds
+    workers: int = 1  # draft workers sharing the batch (data parallelism)
 
 
 CASES = [
@@ -63,6 +64,10 @@ CASES = [
     Case("ssd", "llama", "llama_draft_perturbed", 4, 3, 2, "adaptive", governed=True),
     Case("ssd", "qwen3", "qwen3_draft_perturbed", 1, 3, 2, transport="grpc", governed=True),
     Case("sd", "llama", "llama_draft_copy", 4, 3, 1, preempt=True, governed=True),
+    Case("ssd", "llama", "llama_draft_perturbed", 4, 3, 2, "adaptive", workers=2),
+    Case("ssd", "qwen3", "qwen3_draft_perturbed", 8, 3, 2, preempt=True, transport="grpc", workers=2),
+    Case("ssd", "llama", "llama_draft_copy", 4, 3, 2, transport="torch.distributed", workers=3),
+    Case("sd", "llama", "llama_draft_perturbed", 4, 3, 1, governed=True, workers=2),
 ]
 
 
@@ -91,20 +96,20 @@ def build(model_dirs, case: Case):
                              fan_out_policy=policy)
     target = engine_config(model_dirs[case.target], case)
     draft = engine_config(model_dirs[case.draft], case, draft=True)
-    server = None
-    address = None
+    servers = []
+    addresses = None
     if case.transport != "inprocess":
-        address = f"127.0.0.1:{free_port()}"
-        server = serve(draft, address, settings)
-    engine = speculative_engine(target, case.mode, draft, settings, draft_address=address,
-                                fast_path=case.transport == "torch.distributed",
+        addresses = [f"127.0.0.1:{free_port()}" for _ in range(case.workers)]
+        servers = [serve(draft, address, settings) for address in addresses]
+    engine = speculative_engine(target, case.mode, draft, settings, draft_address=addresses,
+                                fast_path=case.transport == "torch.distributed", draft_workers=case.workers,
                                 governor=flapping_governor() if case.governed else None)
-    return engine, server
+    return engine, servers
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in vars(c).values()))
 def test_greedy_tokens_identical_to_target(model_dirs, prompts, expected, case):
-    engine, server = build(model_dirs, case)
+    engine, servers = build(model_dirs, case)
     try:
         outputs = LLM.from_engine(engine, None).generate(prompts, SamplingParams(max_tokens=NEW_TOKENS))
         assert [o.token_ids for o in outputs] == expected[case.target]
@@ -121,9 +126,11 @@ def test_greedy_tokens_identical_to_target(model_dirs, prompts, expected, case):
             assert accepted >= 0.9 * rounds * case.k  # full acceptance except where the output ends
             if case.mode == "ssd":
                 assert sum(s["cache_hits"] for s in stats) >= 0.5 * rounds
+        if case.workers > 1:  # every worker speculated for its share of the batch
+            assert all(rows > 0 for rows in engine.proposer.channel.rows_speculated)
     finally:
         engine.proposer.close()
-        if server is not None:
+        for server in servers:
             server.stop(None)
 
 
