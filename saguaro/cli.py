@@ -54,6 +54,33 @@ def add_telemetry_args(parser: argparse.ArgumentParser, up: bool = False) -> Non
                        help="log lines as text, or one JSON object per line with trace ids (default: text)")
 
 
+def add_tls_server_args(parser: argparse.ArgumentParser) -> None:
+    """TLS / mTLS on the service's gRPC port (``saguaro target``, ``saguaro draft``)."""
+    group = parser.add_argument_group("security")
+    group.add_argument("--tls-cert", default=None, metavar="PEM", help="serve TLS on the gRPC port with this certificate")
+    group.add_argument("--tls-key", default=None, metavar="PEM", help="... and this private key")
+    group.add_argument("--tls-client-ca", default=None, metavar="PEM",
+                       help="mTLS: refuse clients without a certificate signed by this CA (needs --tls-cert/--tls-key)")
+
+
+def add_draft_tls_args(parser: argparse.ArgumentParser) -> None:
+    """TLS / mTLS from the target to a remote draft service."""
+    group = parser.add_argument_group("security")
+    group.add_argument("--draft-tls-ca", default=None, metavar="PEM",
+                       help="TLS to the draft service: CA of its certificate (turns the torch.distributed fast path off: "
+                            "it is not encrypted)")
+    group.add_argument("--draft-tls-cert", default=None, metavar="PEM", help="mTLS to the draft: client certificate")
+    group.add_argument("--draft-tls-key", default=None, metavar="PEM", help="mTLS to the draft: client key")
+
+
+def tls_server_credentials(args: argparse.Namespace):
+    """The gRPC server credentials ``add_tls_server_args`` asked for (None: plaintext)."""
+    from saguaro.tls import check_server_flags, server_credentials
+
+    check_server_flags(args.tls_cert, args.tls_key, args.tls_client_ca)
+    return server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+
+
 def engine_options(args: argparse.Namespace) -> dict:
     return dict(
         dtype=args.dtype,
@@ -186,6 +213,7 @@ def cmd_draft(args: argparse.Namespace) -> int:
     from saguaro.services.draft.server import serve
     from saguaro.telemetry.tracing import configure_tracing
 
+    credentials = tls_server_credentials(args)  # checked before the model loads
     config = EngineConfig(model=args.model, **engine_options(args))
     address = f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"
     configure_tracing("saguaro-draft")
@@ -194,7 +222,8 @@ def cmd_draft(args: argparse.Namespace) -> int:
         from saguaro.telemetry.service import DraftTelemetry
 
         telemetry = DraftTelemetry(Path(args.model).name)
-    server = serve(config, address, speculation_settings(args), build_cache=not args.no_tree, telemetry=telemetry)
+    server = serve(config, address, speculation_settings(args), build_cache=not args.no_tree, telemetry=telemetry,
+                   credentials=credentials)
     if telemetry is not None:
         telemetry.serve(args.metrics_port, args.host)
     print(f"draft service for {args.model} listening on {address}", flush=True)
@@ -212,6 +241,7 @@ def cmd_target(args: argparse.Namespace) -> int:
     from saguaro.services.target.server import serve_target
     from saguaro.telemetry.service import TargetTelemetry
     from saguaro.telemetry.tracing import configure_tracing
+    from saguaro.tls import channel_credentials, check_channel_flags
     from saguaro.tokenizer import load_tokenizer
 
     mode = args.mode
@@ -228,19 +258,22 @@ def cmd_target(args: argparse.Namespace) -> int:
     options = engine_options(args)
     target = EngineConfig(model=args.model, show_progress=False, **options)
     settings = speculation_settings(args) if mode != "ar" else None
+    check_channel_flags(args.draft_tls_ca, args.draft_tls_cert, args.draft_tls_key, "--draft-tls", "draft")
+    draft_credentials = channel_credentials(args.draft_tls_ca, args.draft_tls_cert, args.draft_tls_key, "draft")
+    server_credentials = tls_server_credentials(args)
     if mode == "ssd" and args.draft_address and args.wait_for_draft > 0:
-        wait_for_draft(args.draft_address, args.wait_for_draft)
+        wait_for_draft(args.draft_address, args.wait_for_draft, draft_credentials)
     in_process = mode != "ar" and args.draft_model and not args.draft_address
     draft_options = {**options, "tensor_parallel_size": 1}  # the draft is never sharded
     draft = EngineConfig(model=args.draft_model, show_progress=False, **draft_options) if in_process else None
     engine = speculative_engine(target, mode, draft, settings, args.draft_address if mode == "ssd" else None,
-                                draft_timeout_s=args.draft_timeout)
+                                draft_credentials=draft_credentials, draft_timeout_s=args.draft_timeout)
     address = f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"
     draft_name = Path(args.draft_model).name if args.draft_model else ""
     configure_tracing("saguaro-target")
     telemetry = TargetTelemetry(Path(args.model).name, metrics=args.metrics_port != 0)
     server, loop = serve_target(engine, load_tokenizer(args.model), address, draft_model_name=draft_name,
-                                telemetry=telemetry)
+                                telemetry=telemetry, credentials=server_credentials)
     telemetry.serve(args.metrics_port, args.host, loop)
     signal.signal(signal.SIGTERM, lambda *_: server.stop(grace=0.5))
     where = f", draft at {args.draft_address}" if mode == "ssd" and args.draft_address else ""
@@ -253,11 +286,12 @@ def cmd_target(args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_for_draft(address: str, timeout: float) -> bool:
-    """Wait until the draft service accepts connections (it listens once its model is loaded)."""
+def wait_for_draft(address: str, timeout: float, credentials=None) -> bool:
+    """Wait until the draft service accepts connections (it listens once its model is loaded);
+    ``credentials``: the TLS channel credentials the target will use."""
     import grpc
 
-    with grpc.insecure_channel(address) as channel:
+    with (grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout)
             return True
@@ -630,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_speculation_args(draft)
     add_engine_args(draft, tensor_parallel=False)
     add_telemetry_args(draft)
+    add_tls_server_args(draft)
     draft.set_defaults(func=cmd_draft)
 
     target = sub.add_parser(
@@ -657,6 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_speculation_args(target)
     add_engine_args(target)
     add_telemetry_args(target)
+    add_tls_server_args(target)
+    add_draft_tls_args(target)
     target.set_defaults(func=cmd_target)
 
     up = sub.add_parser(

@@ -113,10 +113,11 @@ class SpeculationService(pb_grpc.SpeculationServicer):
 
 
 def serve(config: EngineConfig, address: str, settings: DraftSettings | None = None, build_cache: bool = True,
-          telemetry=None) -> grpc.Server:
+          telemetry=None, credentials: grpc.ServerCredentials | None = None) -> grpc.Server:
     """Start the draft service on ``address`` ("host:port" or "unix:/path"); returns the server.
 
-    ``telemetry``: a ``saguaro.telemetry.service.DraftTelemetry`` to feed (metrics).
+    ``telemetry``: a ``saguaro.telemetry.service.DraftTelemetry`` to feed (metrics);
+    ``credentials``: TLS or mTLS (``saguaro.tls.server_credentials``), else plaintext.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4),
@@ -126,7 +127,8 @@ def serve(config: EngineConfig, address: str, settings: DraftSettings | None = N
     if telemetry is not None:
         telemetry.attach(service)
     pb_grpc.add_SpeculationServicer_to_server(service, server)
-    if server.add_insecure_port(address) == 0 and not address.startswith("unix:"):
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if port == 0 and not address.startswith("unix:"):
         raise OSError(f"cannot listen on {address}")
     server.start()
     return server

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from saguaro.errors import ConfigError
+from saguaro.tls import check_channel_flags, check_server_flags
 
 POLICIES = ("prefix", "least-load", "round-robin")
 
@@ -59,9 +60,5 @@ class GatewayConfig:
             raise ConfigError(f"--block-size must be positive, got {self.block_size}")
         if self.max_queue <= 0:
             raise ConfigError(f"--max-queue must be positive, got {self.max_queue}")
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigError("TLS needs both --tls-cert and --tls-key")
-        if bool(self.target_tls_cert) != bool(self.target_tls_key):
-            raise ConfigError("mTLS to the targets needs both --target-tls-cert and --target-tls-key")
-        if self.target_tls_cert and not self.target_tls_ca:
-            raise ConfigError("mTLS to the targets needs --target-tls-ca (the CA of the targets' certificates)")
+        check_server_flags(self.tls_cert, self.tls_key)
+        check_channel_flags(self.target_tls_ca, self.target_tls_cert, self.target_tls_key, "--target-tls", "target")

@@ -32,9 +32,9 @@ from saguaro.services.gateway.prefix_index import MemoryPrefixIndex, PrefixIndex
 from saguaro.services.gateway.prepare import ModelFacts, Preparer
 from saguaro.services.gateway.routing import make_router
 from saguaro.services.gateway.targets import Target, TargetPool
-from saguaro.services.gateway.tls import grpc_server_credentials, http_ssl_context, target_channel_credentials
 from saguaro.services.gateway.tokenization import GatewayTokenizer
 from saguaro.telemetry.tracing import configure_tracing, shutdown_tracing
+from saguaro.tls import channel_credentials, http_ssl_context, server_credentials
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
 
@@ -64,7 +64,7 @@ class Gateway:
         config = self.config
         if config.policy == "prefix":
             self.index = self._make_index()
-        credentials = target_channel_credentials(config.target_tls_ca, config.target_tls_cert, config.target_tls_key)
+        credentials = channel_credentials(config.target_tls_ca, config.target_tls_cert, config.target_tls_key, "target")
         watchers = [self._start_kv_watch] if self.index is not None else []
         self.pool = TargetPool(config, self.metrics, credentials, watchers)
         if self.index is not None:
@@ -108,7 +108,7 @@ class Gateway:
         address = f"{config.host}:{config.port}"
         try:
             if config.tls_cert:
-                port = server.add_secure_port(address, grpc_server_credentials(config.tls_cert, config.tls_key))
+                port = server.add_secure_port(address, server_credentials(config.tls_cert, config.tls_key))
             else:
                 port = server.add_insecure_port(address)
         except RuntimeError:

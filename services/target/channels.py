@@ -87,16 +87,17 @@ class InProcessChannel:
 class RemoteChannel:
     """A draft service in another process: handshake over gRPC, rounds over the transport the
     draft chose — the ``Session`` bidirectional stream, or the torch.distributed fast path
-    when both run on one host (offered unless ``fast_path=False``)."""
+    when both run on one host (offered unless ``fast_path=False``). With ``credentials`` the
+    channel is TLS (mTLS with a client certificate) and the fast path is never offered: the
+    torch.distributed link has no encryption."""
 
-    def __init__(self, address: str, fast_path: bool = True):
+    def __init__(self, address: str, fast_path: bool = True, credentials: grpc.ChannelCredentials | None = None):
         self.address = address
-        self.fast_path = fast_path
+        self.fast_path = fast_path and credentials is None
         self.name = "grpc"
-        self._channel = grpc.insecure_channel(address, options=[
-            ("grpc.max_send_message_length", 256 << 20),
-            ("grpc.max_receive_message_length", 256 << 20),
-        ])
+        options = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
+        self._channel = (grpc.secure_channel(address, credentials, options) if credentials is not None
+                         else grpc.insecure_channel(address, options))
         self._stub = pb_grpc.SpeculationStub(self._channel)
         self._outbox: queue.Queue = queue.Queue()
         self._pending: dict[int, Future] = {}

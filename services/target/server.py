@@ -685,8 +685,9 @@ class TargetRoutingService(rpb_grpc.TargetRoutingServicer):
 
 def serve_target(engine, tokenizer, address: str, draft_model_name: str = "",
                  max_workers: int | None = None, telemetry: TargetTelemetry | None = None,
-                 ) -> tuple[grpc.Server, EngineLoop]:
-    """Start the engine loop and the Inference service on ``address`` ("host:port" or "unix:/path").
+                 credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.Server, EngineLoop]:
+    """Start the engine loop and the Inference service on ``address`` ("host:port" or "unix:/path");
+    TLS (or mTLS) with ``credentials`` (``saguaro.tls.server_credentials``), else plaintext.
 
     Next to ``Inference`` it serves ``TargetRouting`` (KV-cache events and the tokenizer) for
     gateways. Every open Generate or WatchKvEvents stream holds a worker thread; beyond
@@ -705,7 +706,7 @@ def serve_target(engine, tokenizer, address: str, draft_model_name: str = "",
     pb_grpc.add_InferenceServicer_to_server(service, server)
     rpb_grpc.add_TargetRoutingServicer_to_server(TargetRoutingService(hub, tokenizer, service._tokenizer_lock), server)
     try:
-        port = server.add_insecure_port(address)
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError:
         port = 0
     if port == 0 and not address.startswith("unix:"):

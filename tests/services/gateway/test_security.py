@@ -3,64 +3,16 @@ gateway to a target, with certificates made here by `cryptography`."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
 import urllib.error
-from dataclasses import dataclass
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from saguaro.client import AuthenticationError, Client, ServiceUnavailableError
 from saguaro.errors import ConfigError
 from saguaro.services.gateway.auth import load_api_keys
-
-
-@dataclass
-class Pem:
-    cert: bytes
-    key: bytes
-
-
-def _key():
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _pem(cert: x509.Certificate, key) -> Pem:
-    return Pem(cert.public_bytes(serialization.Encoding.PEM),
-               key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption()))
-
-
-def make_certificate(name: str, issuer: tuple[x509.Certificate, object] | None = None, ca: bool = False,
-                     client: bool = False) -> tuple[x509.Certificate, object]:
-    """A certificate for ``name`` valid for 127.0.0.1 and localhost; self-signed without ``issuer``."""
-    key = _key()
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    issuer_cert, issuer_key = issuer if issuer else (None, key)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(subject)
-               .issuer_name(issuer_cert.subject if issuer_cert else subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if not ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH if client else x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256()), key
-
-
-def write(tmp_path, name: str, data: bytes) -> str:
-    path = tmp_path / name
-    path.write_bytes(data)
-    return str(path)
+from tests_support import make_certificate, pem_of, write
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +57,7 @@ def test_api_keys_guard_both_apis_but_not_the_probes(target, start_gateway, http
 # -- TLS on the public ports -----------------------------------------------------------------------
 def test_tls_on_the_public_grpc_and_http_ports(target, start_gateway, http, tmp_path):
     cert, key = make_certificate("gateway")
-    pem = _pem(cert, key)
+    pem = pem_of(cert, key)
     gateway = start_gateway([target.address], tls_cert=write(tmp_path, "gw.crt", pem.cert),
                             tls_key=write(tmp_path, "gw.key", pem.key))
     assert gateway.http_url.startswith("https://")
@@ -127,17 +79,17 @@ def test_tls_on_the_public_grpc_and_http_ports(target, start_gateway, http, tmp_
 def mtls_target(model_dirs, wired_target):
     """A target whose port requires a client certificate signed by its CA."""
     ca = make_certificate("saguaro-ca", ca=True)
-    server_pem = _pem(*make_certificate("target", issuer=ca))
+    server_pem = pem_of(*make_certificate("target", issuer=ca))
     credentials = grpc.ssl_server_credentials([(server_pem.key, server_pem.cert)],
-                                              root_certificates=_pem(*ca).cert, require_client_auth=True)
+                                              root_certificates=pem_of(*ca).cert, require_client_auth=True)
     address, _ = wired_target(model_dirs["llama"], credentials=credentials)
     return address, ca
 
 
 def test_mtls_from_the_gateway_to_a_target(mtls_target, start_gateway, tmp_path):
     address, ca = mtls_target
-    ca_pem = _pem(*ca)
-    client_pem = _pem(*make_certificate("gateway", issuer=ca, client=True))
+    ca_pem = pem_of(*ca)
+    client_pem = pem_of(*make_certificate("gateway", issuer=ca, client=True))
     gateway = start_gateway([address], target_tls_ca=write(tmp_path, "ca.crt", ca_pem.cert),
                             target_tls_cert=write(tmp_path, "gw.crt", client_pem.cert),
                             target_tls_key=write(tmp_path, "gw.key", client_pem.key))
