@@ -191,6 +191,18 @@ def add_speculation_args(parser: argparse.ArgumentParser) -> None:
                        help="Saguaro sampling downweight C in (0, 1]: trades acceptance for cache hits at T > 0 (default: 1, off)")
 
 
+SPECULATION_POLICY_HELP = ("adaptive: measure speculative and plain rounds per batch size and speculate only "
+                           "where it is faster, so speculation never makes decoding slower than AR; always: "
+                           "speculate every round (default: adaptive)")
+
+
+def speculation_governor(policy: str):
+    """The target's speculation governor for ``--speculation-policy`` (None: always speculate)."""
+    from saguaro.services.target.governor import SpeculationGovernor
+
+    return SpeculationGovernor() if policy == "adaptive" else None
+
+
 def speculation_settings(args: argparse.Namespace):
     from saguaro.services.draft.settings import DraftSettings
     from saguaro.v1 import speculation_pb2 as pb
@@ -262,12 +274,17 @@ def cmd_target(args: argparse.Namespace) -> int:
     draft_credentials = channel_credentials(args.draft_tls_ca, args.draft_tls_cert, args.draft_tls_key, "draft")
     server_credentials = tls_server_credentials(args)
     if mode == "ssd" and args.draft_address and args.wait_for_draft > 0:
-        wait_for_draft(args.draft_address, args.wait_for_draft, draft_credentials)
+        for draft_address in args.draft_address:
+            wait_for_draft(draft_address, args.wait_for_draft, draft_credentials)
+    if args.draft_address and args.draft_workers not in (1, len(args.draft_address)):
+        raise ConfigError(f"--draft-workers {args.draft_workers} but {len(args.draft_address)} --draft-address "
+                          "given: with draft services, each address is one worker")
     in_process = mode != "ar" and args.draft_model and not args.draft_address
     draft_options = {**options, "tensor_parallel_size": 1}  # the draft is never sharded
     draft = EngineConfig(model=args.draft_model, show_progress=False, **draft_options) if in_process else None
     engine = speculative_engine(target, mode, draft, settings, args.draft_address if mode == "ssd" else None,
-                                draft_credentials=draft_credentials, draft_timeout_s=args.draft_timeout)
+                                draft_workers=args.draft_workers, draft_credentials=draft_credentials, draft_timeout_s=args.draft_timeout,
+                                governor=speculation_governor(args.speculation_policy))
     address = f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"
     draft_name = Path(args.draft_model).name if args.draft_model else ""
     configure_tracing("saguaro-target")
@@ -276,7 +293,7 @@ def cmd_target(args: argparse.Namespace) -> int:
                                 telemetry=telemetry, credentials=server_credentials)
     telemetry.serve(args.metrics_port, args.host, loop)
     signal.signal(signal.SIGTERM, lambda *_: server.stop(grace=0.5))
-    where = f", draft at {args.draft_address}" if mode == "ssd" and args.draft_address else ""
+    where = f", draft at {' '.join(args.draft_address)}" if mode == "ssd" and args.draft_address else ""
     print(f"target service (mode {mode}{where}) for {args.model} listening on {address}", flush=True)
     try:
         server.wait_for_termination()
@@ -317,7 +334,9 @@ class LocalStack:
                  port: int = 50050, draft_port: int = 50061, extra_args: list[str] | None = None,
                  target_args: list[str] | None = None, draft_args: list[str] | None = None,
                  echo: bool = True, verbose: bool = False, http_port: int | None = 8000, target_port: int = 0,
-                 gateway_args: list[str] | None = None):
+                 gateway_args: list[str] | None = None, draft_workers: int = 1, draft_metrics_port: int = 0):
+        """``draft_workers`` draft processes (ssd) listen on ``draft_port``, ``draft_port + 1``, ...
+        and serve metrics on ``draft_metrics_port + i`` (0: none)."""
         from saguaro.errors import ConfigError, ModelLoadError
         from pathlib import Path
 
@@ -336,7 +355,10 @@ class LocalStack:
         self.endpoint = f"{connect_host}:{port}"
         self.http_url = f"http://{connect_host}:{http_port}" if http_port is not None else ""
         self.target_address = f"127.0.0.1:{self.target_port}"
-        self.draft_address = f"127.0.0.1:{draft_port}" if mode == "ssd" else ""
+        if draft_workers < 1:
+            raise ConfigError(f"--draft-workers must be at least 1, got {draft_workers}")
+        self.draft_addresses = [f"127.0.0.1:{draft_port + i}" for i in range(draft_workers)] if mode == "ssd" else []
+        self.draft_address = " ".join(self.draft_addresses)
         base = [sys.executable, "-m", "saguaro.cli"] + (["-v"] if verbose else [])
         extra = list(extra_args or [])
         self.gateway_cmd = base + ["gateway", "--host", host, "--port", str(port), "--targets", self.target_address,
@@ -346,11 +368,13 @@ class LocalStack:
         if mode != "ar":
             self.target_cmd += ["--draft-model", draft]
         if mode == "ssd":
-            self.target_cmd += ["--draft-address", self.draft_address, "--wait-for-draft", "300"]
-            self.draft_cmd = base + ["draft", "--model", draft, "--host", "127.0.0.1", "--port", str(draft_port),
-                                     *extra, *(draft_args or [])]
-        else:
-            self.draft_cmd = None
+            self.target_cmd += ["--draft-address", *self.draft_addresses, "--wait-for-draft", "300"]
+        elif mode == "sd":
+            self.target_cmd += ["--draft-workers", str(draft_workers)]
+        self.draft_cmds = {("draft" if i == 0 else f"draft-{i}"): base + [
+            "draft", "--model", draft, "--host", "127.0.0.1", "--port", str(draft_port + i), *extra, *(draft_args or []),
+            "--metrics-port", str(draft_metrics_port + i if draft_metrics_port else 0)]
+            for i in range(len(self.draft_addresses))}
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.target_cpus = {cpus[0]} if len(cpus) >= 2 else None
         self.draft_cpus = {cpus[1]} if len(cpus) >= 2 else None
@@ -366,8 +390,8 @@ class LocalStack:
 
         deadline = time.monotonic() + timeout
         try:
-            if self.draft_cmd:
-                self.children["draft"] = _Child("draft", self.draft_cmd, self.draft_cpus, self.echo)
+            for name, cmd in self.draft_cmds.items():
+                self.children[name] = _Child(name, cmd, self.draft_cpus, self.echo)
             self.children["target"] = _Child("target", self.target_cmd, self.target_cpus, self.echo)
             self.children["gateway"] = _Child("gateway", self.gateway_cmd, self.gateway_cpus, self.echo)
             for child in self.children.values():
@@ -387,8 +411,8 @@ class LocalStack:
             child.check_running()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the gateway, the target, then the draft; SIGKILL what is still alive after ``timeout``."""
-        for name in ("gateway", "target", "draft"):
+        """SIGTERM the gateway, the target, then the drafts; SIGKILL what is still alive after ``timeout``."""
+        for name in ("gateway", "target", *self.draft_cmds):
             if name in self.children:
                 self.children[name].stop(timeout)
 
@@ -513,10 +537,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                        http_port=args.http_port or None, target_port=args.target_port, gateway_args=gateway_args,
                        draft_port=args.draft_port, extra_args=engine_argv(args) + spec,
                        target_args=["--draft-timeout", str(args.draft_timeout), "--metrics-port", str(args.metrics_port),
+                                    "--speculation-policy", args.speculation_policy,
                                     "--log-format", args.log_format,
                                     "--tensor-parallel-size", str(args.tensor_parallel_size)],
-                       draft_args=["--metrics-port", str(args.metrics_port + 1 if args.metrics_port else 0),
-                                   "--log-format", args.log_format],
+                       draft_args=["--log-format", args.log_format], draft_workers=args.draft_workers,
+                       draft_metrics_port=args.metrics_port + 1 if args.metrics_port else 0,
                        verbose=args.verbose)
 
     def terminate(signum, frame):
@@ -530,8 +555,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         if stack.http_url:
             rows.append(("OpenAI API (HTTP)", stack.http_url, gateway))
         rows.append(("target (internal)", stack.target_address, stack.children["target"]))
-        if "draft" in stack.children:
-            rows.append(("draft (Speculation)", stack.draft_address, stack.children["draft"]))
+        for name, address in zip(stack.draft_cmds, stack.draft_addresses):
+            rows.append((f"{name} (Speculation)", address, stack.children[name]))
         print(f"ready: saguaro stack serving, mode {args.mode}", flush=True)
         for label, address, child in rows:
             core = f"core {min(child.cpus)}" if child.cpus else "unpinned"
@@ -567,6 +592,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, http_port=args.http_port or None, targets=args.targets or [],
         discovery=args.discovery, namespace=args.namespace, service=args.service or "", target_port=args.target_port,
         redis_url=args.redis_url, policy=args.policy, block_size=args.block_size, max_queue=args.max_queue,
+        max_migrations=args.max_migrations,
         api_keys=load_api_keys(args.api_keys_file), tls_cert=args.tls_cert, tls_key=args.tls_key,
         target_tls_ca=args.target_tls_ca, target_tls_cert=args.target_tls_cert, target_tls_key=args.target_tls_key,
         model_name=args.model_name)
@@ -610,6 +636,9 @@ def add_gateway_parser(sub) -> None:
     group.add_argument("--block-size", type=int, default=16, help="KV block size of the targets (must match; default: 16)")
     group.add_argument("--max-queue", type=int, default=256,
                        help="requests waiting for their first token; more get 429 / RESOURCE_EXHAUSTED (default: 256)")
+    group.add_argument("--max-migrations", type=int, default=2,
+                       help="times a request whose target fails mid-stream is resumed on another target; then its "
+                            "stream ends with an error (default: 2; 0: never)")
     group.add_argument("--model-name", default=None,
                        help="model name clients use (OpenAI 'model'; default: the targets' model folder name)")
     group = gateway.add_argument_group("security")
@@ -679,10 +708,16 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--draft-model", default=None, metavar="DIR",
                         help="draft model folder: run in this process for sd (or ssd without --draft-address); "
                              "with --draft-address only its name is reported (ModelInfo)")
-    target.add_argument("--draft-address", default=None, metavar="HOST:PORT",
-                        help="address of the draft service for --mode ssd (e.g. 127.0.0.1:50061 or unix:/path)")
+    target.add_argument("--draft-address", default=None, nargs="+", metavar="HOST:PORT",
+                        help="address of the draft service for --mode ssd (e.g. 127.0.0.1:50061 or unix:/path); "
+                             "several addresses make a pool of draft workers that split the batch's sequences")
+    target.add_argument("--draft-workers", type=int, default=1, metavar="M",
+                        help="draft workers sharing the batch (data parallelism): one per --draft-address, or M "
+                             "worker threads with an in-process --draft-model (default: 1)")
     target.add_argument("--draft-timeout", type=float, default=5.0,
                         help="seconds to wait for a draft reply before decoding the round without it (default: 5)")
+    target.add_argument("--speculation-policy", choices=["adaptive", "always"], default="adaptive",
+                        help=SPECULATION_POLICY_HELP)
     target.add_argument("--wait-for-draft", type=float, default=0.0, metavar="S",
                         help="with --draft-address: wait up to S seconds for the draft service before serving "
                              "(default: 0, start at once and connect when it appears)")
@@ -717,7 +752,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--redis-url", default=None, metavar="URL",
                     help="keep the gateway's prefix index in Redis (e.g. redis://127.0.0.1:6379/0; default: in-process)")
     up.add_argument("--draft-port", type=int, default=50061, help="draft service port, on 127.0.0.1 (default: 50061)")
+    up.add_argument("--draft-workers", type=int, default=1, metavar="M",
+                    help="draft workers sharing the batch (data parallelism): ssd starts M draft services on "
+                         "--draft-port .. --draft-port+M-1; sd runs M worker threads in the target (default: 1)")
     up.add_argument("--draft-timeout", type=float, default=5.0, help="target's wait for a draft reply, seconds (default: 5)")
+    up.add_argument("--speculation-policy", choices=["adaptive", "always"], default="adaptive",
+                    help=SPECULATION_POLICY_HELP)
     up.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for both services (default: 300)")
     add_speculation_args(up)
     add_engine_args(up)

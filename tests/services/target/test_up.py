@@ -61,11 +61,12 @@ def alive(pid: int) -> bool:
 
 
 def test_up_serves_the_same_tokens_as_local_generation_and_stops_its_children(model_dirs):
+    """Two draft workers (data parallelism): two draft processes, the target splits its batch."""
     port, draft_port = free_port(), free_port()
     up = subprocess.Popen(
         [sys.executable, "-m", "saguaro.cli", "up", "--target", model_dirs["llama"],
          "--draft", model_dirs["llama_draft_perturbed"], "--mode", "ssd", "--port", str(port),
-         "--draft-port", str(draft_port), "--http-port", str(free_port()), *SMALL_ARGS],
+         "--draft-port", str(draft_port), "--draft-workers", "2", "--http-port", str(free_port()), *SMALL_ARGS],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
     )
     out = Output(up)
@@ -76,8 +77,9 @@ def test_up_serves_the_same_tokens_as_local_generation_and_stops_its_children(mo
         out.wait_for(r"^ready: saguaro stack serving, mode ssd")
         target_line = out.wait_for(rf"^  public API.*127\.0\.0\.1:{port}\b")
         draft_line = out.wait_for(rf"^  draft .*127\.0\.0\.1:{draft_port}\b")
+        second_draft_line = out.wait_for(rf"^  draft-1 .*127\.0\.0\.1:{draft_port + 1}\b")
         pids = {name: int(re.search(r"pid (\d+)", line).group(1)) for name, line in
-                (("target", target_line), ("draft", draft_line))}
+                (("target", target_line), ("draft", draft_line), ("draft-1", second_draft_line))}
         if len(os.sched_getaffinity(0)) >= 2:  # one core each
             cores = [os.sched_getaffinity(pids["target"]), os.sched_getaffinity(pids["draft"])]
             assert all(len(c) == 1 for c in cores) and cores[0] != cores[1]
@@ -103,7 +105,7 @@ def test_up_serves_the_same_tokens_as_local_generation_and_stops_its_children(mo
         up.send_signal(signal.SIGTERM)
         code = up.wait(timeout=60)
     assert code == 0, "\n".join(l for l in out.lines if l is not None)
-    assert not alive(pids["target"]) and not alive(pids["draft"])
+    assert not any(alive(pid) for pid in pids.values())
 
 
 def test_generate_needs_a_model_or_an_endpoint(capsys):
