@@ -86,8 +86,10 @@ def start_draft(args, port: int, draft_ms: float | None) -> subprocess.Popen:
     return proc
 
 
-def run_mode(args, regime: str, batch: int, mode: str, k: int, prompts, profile, governor=None) -> Result:
-    """One mode on all prompts; ``governor``: the target's speculation governor (None: always speculate)."""
+def run_mode(args, regime: str, batch: int, mode: str, k: int, prompts, profile, governor=None,
+             draft_workers: int = 1) -> Result:
+    """One mode on all prompts; ``governor``: the target's speculation governor (None: always
+    speculate); ``draft_workers``: draft services sharing the batch (ssd)."""
     from saguaro import SamplingParams
     from saguaro.config import EngineConfig
     from saguaro.llm import LLM
@@ -102,13 +104,13 @@ def run_mode(args, regime: str, batch: int, mode: str, k: int, prompts, profile,
     policy = {"jit": pb.BACKUP_POLICY_JIT, "fast": pb.BACKUP_POLICY_FAST, "adaptive": pb.BACKUP_POLICY_ADAPTIVE}
     fan_out = args.ssd_fan_out if mode == "ssd" else 1
     settings = DraftSettings(k=max(k, 1), fan_out=fan_out, backup_policy=policy[args.backup])
-    draft_proc = None
-    address = None
+    draft_procs = []
+    addresses = None
     if mode == "ssd":
-        port = free_port()
-        draft_proc = start_draft(args, port, draft_s * 1000 if draft_s else None)
-        address = f"127.0.0.1:{port}"
-    engine = speculative_engine(target, mode, draft if mode == "sd" else None, settings, draft_address=address,
+        ports = [free_port() for _ in range(draft_workers)]
+        draft_procs = [start_draft(args, port, draft_s * 1000 if draft_s else None) for port in ports]
+        addresses = [f"127.0.0.1:{port}" for port in ports]
+    engine = speculative_engine(target, mode, draft if mode == "sd" else None, settings, draft_address=addresses,
                                 fast_path=args.transport == "torch.distributed", governor=governor)
     try:
         llm = LLM.from_engine(engine, None)
@@ -120,7 +122,7 @@ def run_mode(args, regime: str, batch: int, mode: str, k: int, prompts, profile,
     finally:
         if engine.proposer is not None:
             engine.proposer.close()
-        if draft_proc is not None:
+        for draft_proc in draft_procs:
             draft_proc.kill()
             draft_proc.wait()
     return summarise(regime, batch, mode, k, outputs, seconds)
