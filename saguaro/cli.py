@@ -593,7 +593,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         discovery=args.discovery, namespace=args.namespace, service=args.service or "", target_port=args.target_port,
         redis_url=args.redis_url, policy=args.policy, block_size=args.block_size, max_queue=args.max_queue,
         max_migrations=args.max_migrations,
-        api_keys=load_api_keys(args.api_keys_file), tls_cert=args.tls_cert, tls_key=args.tls_key,
+        api_keys=load_api_keys(args.api_keys_file), max_streams_per_key=args.max_streams_per_key,
+        tls_cert=args.tls_cert, tls_key=args.tls_key,
         target_tls_ca=args.target_tls_ca, target_tls_cert=args.target_tls_cert, target_tls_key=args.target_tls_key,
         model_name=args.model_name)
     asyncio.run(run_gateway(config))
@@ -645,6 +646,9 @@ def add_gateway_parser(sub) -> None:
     group.add_argument("--api-keys-file", default=None, metavar="PATH",
                        help="require 'Authorization: Bearer <key>' with a key from this file (one per line); "
                             "keys in $SAGUARO_API_KEYS (comma-separated) count too")
+    group.add_argument("--max-streams-per-key", type=int, default=0, metavar="N",
+                       help="requests one API key may have in flight at once; more get 429 / RESOURCE_EXHAUSTED "
+                            "(default: 0, no limit; needs API keys)")
     group.add_argument("--tls-cert", default=None, metavar="PEM", help="serve TLS on the public ports with this certificate")
     group.add_argument("--tls-key", default=None, metavar="PEM", help="... and this private key")
     group.add_argument("--target-tls-ca", default=None, metavar="PEM", help="TLS to the targets: CA of their certificates")

@@ -43,17 +43,20 @@ class ApiKeys:
     def enabled(self) -> bool:
         return bool(self._keys)
 
-    def check(self, authorization: str | None) -> None:
-        """Raise UNAUTHENTICATED unless ``authorization`` is ``Bearer <a configured key>``."""
+    def check(self, authorization: str | None) -> str | None:
+        """Raise UNAUTHENTICATED unless ``authorization`` is ``Bearer <a configured key>``; return
+        that key (per-key limits count against it), or None when no keys are configured."""
         if not self._keys:
-            return
+            return None
         if not authorization:
             raise GatewayError(grpc.StatusCode.UNAUTHENTICATED,
                                "missing API key: send the header 'Authorization: Bearer <key>'")
         scheme, _, token = authorization.partition(" ")
         presented = token.strip().encode()
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(presented, key)
-        if scheme.lower() != "bearer" or not matched:
+        matched: bytes | None = None
+        for key in self._keys:  # every key is compared, whichever matches
+            if hmac.compare_digest(presented, key):
+                matched = key
+        if scheme.lower() != "bearer" or matched is None:
             raise GatewayError(grpc.StatusCode.UNAUTHENTICATED, "invalid API key")
+        return matched.decode()

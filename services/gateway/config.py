@@ -25,6 +25,7 @@ class GatewayConfig:
     block_size: int = 16  # must equal the targets' (checked against their KV events)
     max_queue: int = 256  # requests waiting for their first token, gateway-wide; beyond: 429
     api_keys: frozenset[str] = frozenset()  # empty: no authentication
+    max_streams_per_key: int = 0  # requests in flight per API key; beyond: 429 (0: no limit)
     tls_cert: str | None = None  # PEM files for TLS on the public ports (gRPC and HTTP)
     tls_key: str | None = None
     target_tls_ca: str | None = None  # TLS to the targets (CA that signed their certificates)
@@ -60,5 +61,10 @@ class GatewayConfig:
             raise ConfigError(f"--block-size must be positive, got {self.block_size}")
         if self.max_queue <= 0:
             raise ConfigError(f"--max-queue must be positive, got {self.max_queue}")
+        if self.max_streams_per_key < 0:
+            raise ConfigError(f"--max-streams-per-key must be >= 0 (0: no limit), got {self.max_streams_per_key}")
+        if self.max_streams_per_key and not self.api_keys:
+            raise ConfigError("--max-streams-per-key counts streams per API key: give keys too "
+                              "(--api-keys-file or $SAGUARO_API_KEYS)")
         check_server_flags(self.tls_cert, self.tls_key)
         check_channel_flags(self.target_tls_ca, self.target_tls_cert, self.target_tls_key, "--target-tls", "target")

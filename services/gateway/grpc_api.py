@@ -65,16 +65,18 @@ class GatewayInferenceService(pb_grpc.InferenceServicer):
         started = time.perf_counter()
         code, message = grpc.StatusCode.OK, ""
         dispatch = span = None
+        release = None
         finals: list[pb.GenerateFinal] = []
         try:
             metadata = _metadata(context)
-            gw.authenticate(metadata.get("authorization"))
+            key = gw.authenticate(metadata.get("authorization"))
             span = GatewaySpan.start(metadata, api="grpc", model=gw.model_name)
             preparer = gw.preparer()
             preparer.check_request_id(request.request_id)
             prompt = preparer.prompt_from_proto(request)
             preparer.check_sampling(request.sampling, "sampling.")
             span.requested(**sampling_attributes(request.sampling))
+            release = gw.streams.acquire(key)
             if not request.request_id:
                 request.request_id = gw.dispatcher.new_request_id()
             remaining = context.time_remaining()
@@ -100,6 +102,8 @@ class GatewayInferenceService(pb_grpc.InferenceServicer):
             gw.metrics.requests.labels("grpc", code.name).inc()
             gw.metrics.duration.labels("grpc").observe(time.perf_counter() - started)
             end_span(span, code, finals, message)
+            if release is not None:
+                release()
 
     async def Abort(self, request: pb.AbortRequest, context) -> pb.AbortResponse:
         try:

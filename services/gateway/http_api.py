@@ -98,14 +98,15 @@ class OpenAIApi:
         gw = self.gateway
         started = time.perf_counter()
         code, message = grpc.StatusCode.OK, ""
-        span = None
+        span = release = None
         finals: list[pb.GenerateFinal] = []
         try:
-            gw.authenticate(request.headers.get("Authorization"))
+            key = gw.authenticate(request.headers.get("Authorization"))
             span = GatewaySpan.start(request.headers, api="http", model=gw.model_name)
             preparer = gw.preparer()
             parsed = parse_request(kind, await _json_body(request), preparer)
             span.requested(**sampling_attributes(parsed.sampling))
+            release = gw.streams.acquire(key, len(parsed.prompts))
             request_id = request.headers.get("x-request-id") or gw.dispatcher.new_request_id()
             preparer.check_request_id(request_id)
             dispatches = []
@@ -130,6 +131,8 @@ class OpenAIApi:
             gw.metrics.requests.labels(kind, code.name).inc()
             gw.metrics.duration.labels(kind).observe(time.perf_counter() - started)
             end_span(span, code, finals, message)
+            if release is not None:
+                release()
 
     async def _complete(self, parsed: OpenAIRequest, dispatches: list[Dispatch], response_id: str,
                         model: str, finals: list[pb.GenerateFinal]) -> web.Response:

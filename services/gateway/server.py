@@ -18,7 +18,7 @@ import grpc
 from aiohttp import web
 
 from saguaro.errors import ConfigError
-from saguaro.services.gateway.admission import Admission
+from saguaro.services.gateway.admission import Admission, StreamLimit
 from saguaro.services.gateway.auth import ApiKeys
 from saguaro.services.gateway.config import GatewayConfig
 from saguaro.services.gateway.discovery import KubernetesDiscovery
@@ -47,6 +47,7 @@ class Gateway:
         self.config = config
         self.metrics = GatewayMetrics()
         self.api_keys = ApiKeys(config.api_keys)
+        self.streams = StreamLimit(config.max_streams_per_key, config.retry_after_s)
         self.index: PrefixIndex | None = None
         self.pool: TargetPool | None = None
         self.dispatcher: Dispatcher | None = None
@@ -194,8 +195,9 @@ class Gateway:
                                retry_after=self.config.retry_after_s)
         return self._preparer
 
-    def authenticate(self, authorization: str | None) -> None:
-        self.api_keys.check(authorization)
+    def authenticate(self, authorization: str | None) -> str | None:
+        """The caller's API key (None without keys); raises UNAUTHENTICATED."""
+        return self.api_keys.check(authorization)
 
     def health(self) -> pb.HealthResponse:
         healthy = self.pool.healthy() if self.pool is not None else []

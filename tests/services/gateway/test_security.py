@@ -1,5 +1,6 @@
-"""API keys (file and environment, HTTP and gRPC), TLS on the public ports and mTLS from the
-gateway to a target, with certificates made here by `cryptography`."""
+"""API keys (file and environment, HTTP and gRPC), the per-key limit on concurrent streams, TLS
+on the public ports and mTLS from the gateway to a target, with certificates made here by
+`cryptography`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from saguaro.client import AuthenticationError, Client, ServiceUnavailableError
 from saguaro.errors import ConfigError
+from saguaro.services.gateway import GatewayConfig
 from saguaro.services.gateway.auth import load_api_keys
 from tests_support import make_certificate, pem_of, write
 
@@ -102,3 +104,36 @@ def test_mtls_from_the_gateway_to_a_target(mtls_target, start_gateway, tmp_path)
     with Client(refused.grpc_address, timeout=10, retries=0) as client:
         with pytest.raises(ServiceUnavailableError, match="no healthy target"):
             client.generate([3, 4], max_tokens=2)
+
+
+# -- concurrent streams per API key ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slow_target(model_dirs, module_targets):
+    """Every forward takes 0.3 s (emulated accelerator): a long stream stays open while we look."""
+    return module_targets(model_dirs["llama"], emulate_forward_s=0.3)
+
+
+def test_concurrent_streams_are_limited_per_api_key(slow_target, start_gateway, http, wait_until):
+    gateway = start_gateway([slow_target.address], api_keys=frozenset({"alice", "bob"}), max_streams_per_key=1)
+    url, body = gateway.http_url + "/v1/completions", {"model": "llama", "prompt": [3, 4], "max_tokens": 1}
+    with Client(gateway.grpc_address, api_key="alice", retries=0) as alice:
+        stream = alice.stream([8, 9, 10], max_tokens=500, ignore_eos=True)
+        for _ in stream:  # alice's one stream is open (its first token arrived)
+            with pytest.raises(ServiceUnavailableError) as error:
+                alice.generate([3, 4], max_tokens=1)
+            assert error.value.code == "RESOURCE_EXHAUSTED" and error.value.retry_after == 1
+            refused = http(url, body, headers={"Authorization": "Bearer alice"})
+            assert refused.status == 429 and refused.headers["retry-after"] == "1"
+            assert "--max-streams-per-key 1" in refused.json()["error"]["message"]
+            assert http(url, body, headers={"Authorization": "Bearer bob"}).status == 200  # other keys unaffected
+            stream.cancel()
+        wait_until(lambda: gateway.call(lambda: gateway.gateway.streams.open) == {},
+                   what="alice's cancelled stream to be given back")
+        assert alice.generate([3, 4], max_tokens=1).finish_reason == "length"  # room again
+    batch = http(url, {**body, "prompt": [[3, 4], [5, 6]]}, headers={"Authorization": "Bearer bob"})
+    assert batch.status == 400 and batch.json()["error"]["param"] == "prompt"  # more prompts than the limit
+
+
+def test_the_stream_limit_needs_api_keys():
+    with pytest.raises(ConfigError, match="--max-streams-per-key counts streams per API key"):
+        GatewayConfig(targets=["127.0.0.1:1"], max_streams_per_key=2).validate()
