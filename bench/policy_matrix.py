@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-from common import DEFAULT_MODELS, load_prompts, markdown_table, pin_threads
+from common import add_pair_args, add_ssd_args, load_prompts, markdown_table, pin_threads
 from speculative import run_mode
 
 BAR = 0.97  # adaptive SSD / AR must stay at or above this
@@ -25,17 +24,8 @@ BAR = 0.97  # adaptive SSD / AR must stay at or above this
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", type=Path, default=DEFAULT_MODELS / "target")
-    parser.add_argument("--draft", type=Path, default=DEFAULT_MODELS / "draft")
-    parser.add_argument("--prompts", type=Path, default=DEFAULT_MODELS / "prompts.jsonl")
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument("--regimes", nargs="+", choices=["raw", "emulated"], default=["emulated", "raw"])
-    parser.add_argument("--profile", default="h100-70b-1b", help="emulation profile (saguaro/emulation.py)")
-    parser.add_argument("--ssd-k", type=int, default=5)
-    parser.add_argument("--ssd-fan-out", type=int, default=3)
-    parser.add_argument("--backup", choices=["jit", "fast", "adaptive"], default="adaptive")
-    parser.add_argument("--transport", choices=["grpc", "torch.distributed"], default="torch.distributed")
+    add_pair_args(parser, batch_sizes=(1, 2, 4, 8, 16))
+    add_ssd_args(parser, regimes=("emulated", "raw"), backup="adaptive")
     args = parser.parse_args()
     pin_threads(1)
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import DEFAULT_MODELS, load_prompts, markdown_table, pin_threads
+from common import add_pair_args, add_ssd_args, load_prompts, markdown_table, pin_threads
 from saguaro.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,19 +150,10 @@ def run_peers(args, prompts) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", type=Path, default=DEFAULT_MODELS / "target")
-    parser.add_argument("--draft", type=Path, default=DEFAULT_MODELS / "draft")
-    parser.add_argument("--prompts", type=Path, default=DEFAULT_MODELS / "prompts.jsonl")
+    add_pair_args(parser)
     parser.add_argument("--num-prompts", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--regimes", nargs="+", choices=["raw", "emulated"], default=["raw", "emulated"])
-    parser.add_argument("--profile", default="h100-70b-1b", help="emulation profile (saguaro/emulation.py)")
     parser.add_argument("--sd-ks", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 7], help="SD lookaheads swept; the best is reported")
-    parser.add_argument("--ssd-k", type=int, default=5)
-    parser.add_argument("--ssd-fan-out", type=int, default=3)
-    parser.add_argument("--backup", choices=["jit", "fast", "adaptive"], default="jit")
-    parser.add_argument("--transport", choices=["grpc", "torch.distributed"], default="torch.distributed")
+    add_ssd_args(parser)
     parser.add_argument("--json", type=Path, default=None, help="also write all results here")
     args = parser.parse_args()
     pin_threads(1)
