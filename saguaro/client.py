@@ -31,7 +31,9 @@ subclasses carrying the server's message and status code.
 
 Both clients give every call a deadline (``timeout``: a whole Generate; ``call_timeout``: the
 small calls), retry a request that failed *before its first token* because the server was
-unreachable or overloaded (``retries``, honouring the server's ``retry-after``), and send with
+unreachable or overloaded (``retries``, honouring the server's ``retry-after``), resume a stream
+whose server went away *after* it began (``resumes``: the request is sent again with the tokens
+received so far, and continues exactly where it broke off), and send with
 each call: ``authorization: Bearer <api_key>`` when an API key is set, and the W3C trace
 context (``traceparent`` / ``tracestate``) of the current OpenTelemetry context when
 ``opentelemetry`` is installed. TLS: ``tls=True`` (system roots) or ``root_certificates``; mTLS:
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,8 @@ _STATUS = {pb.SERVING_STATUS_SERVING: "serving", pb.SERVING_STATUS_DEGRADED: "de
            pb.SERVING_STATUS_NOT_SERVING: "not_serving"}
 # Before the first token, these mean "not served": sending the request again is safe.
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+# After it, this means the connection to the server was lost: the stream may be resumed.
+RESUMABLE = (grpc.StatusCode.UNAVAILABLE,)
 
 
 class ServiceError(SaguaroError):
@@ -282,6 +286,10 @@ class _Accumulator:
             self.result = self._result(response.final)
         return None
 
+    def resume(self) -> pb.Resume:
+        """What was received, for a request sent again after its stream broke off."""
+        return pb.Resume(token_ids=self.token_ids, text="".join(self.text))
+
     def check_complete(self) -> None:
         if self.result is None:
             raise ServiceError(f"the stream from {self.address} ended without a final message", "DATA_LOSS")
@@ -335,12 +343,14 @@ class _Settings:
 
     def __init__(self, address: str, timeout: float | None, call_timeout: float, api_key: str | None, tls: bool,
                  root_certificates: bytes | str | None, client_certificate: bytes | str | None,
-                 client_key: bytes | str | None, retries: int, retry_backoff_s: float, max_retry_delay_s: float):
+                 client_key: bytes | str | None, retries: int, retry_backoff_s: float, max_retry_delay_s: float,
+                 resumes: int):
         self.address = address
         self.timeout = timeout
         self.call_timeout = call_timeout
         self.api_key = api_key
         self.retries = retries
+        self.resumes = resumes
         self.retry_backoff_s = retry_backoff_s
         self.max_retry_delay_s = max_retry_delay_s
         self.credentials = None
@@ -376,21 +386,47 @@ def _remaining(deadline: float | None) -> float | None:
 
 
 class _StreamBase:
-    """What the sync and async streams share: the call, its retry inputs and the accumulated output."""
+    """What the sync and async streams share: the call, its retry and resume inputs and the
+    accumulated output."""
 
-    def __init__(self, start: Callable[[float | None, list], Any], settings: _Settings, deadline: float | None,
-                 prompt_token_ids: list[int]):
-        self._start = start
+    def __init__(self, stub: pb_grpc.InferenceStub, request: pb.GenerateRequest, settings: _Settings,
+                 deadline: float | None, prompt_token_ids: list[int]):
+        self._stub = stub
+        self._request = request  # sent again, with ``resume`` set, after the stream broke off
         self._settings = settings
         self._deadline = deadline
         self._metadata = settings.metadata()  # the caller's trace context, for every attempt
         self._state = _Accumulator(settings.address, prompt_token_ids)
         self._cancelled = False
-        self._call = start(_remaining(deadline), self._metadata)
+        self._attempt = 1  # of the current submission (the first, or a resume)
+        self.resumes = 0  # times the stream was resumed after its server went away
+        self._call = self._start()
 
     request_id = property(lambda self: self._state.request_id)
     token_ids = property(lambda self: self._state.token_ids)
     result = property(lambda self: self._state.result)
+
+    def _start(self):
+        return self._stub.Generate(self._request, timeout=_remaining(self._deadline), metadata=self._metadata or None)
+
+    def _delay(self, exc: grpc.RpcError) -> float | None:
+        """Seconds to wait before sending the request again after ``exc``, or None: give up.
+
+        Before any response the request is retried (``retries``); once the stream began, a lost
+        connection resumes it (``resumes``): the request goes out again with ``resume`` holding
+        what arrived, so the server continues after it (no token repeats, the text continues).
+        """
+        if self._state.received:
+            if exc.code() not in RESUMABLE or self.resumes >= self._settings.resumes:
+                return None
+            self.resumes += 1
+            self._request.resume.CopyFrom(self._state.resume())
+            self._state.received = False
+            self._attempt = 1
+            return 0.0
+        delay = self._settings.retry_delay(exc, self._attempt, self._deadline)
+        self._attempt += 1
+        return delay
 
 
 class GenerateStream(_StreamBase):
@@ -400,7 +436,6 @@ class GenerateStream(_StreamBase):
     calling ``cancel`` cancels the call, which the server treats as ``Abort``."""
 
     def __iter__(self) -> Iterator[StreamDelta]:
-        attempt = 1
         try:
             while True:
                 try:
@@ -412,12 +447,11 @@ class GenerateStream(_StreamBase):
                 except grpc.RpcError as exc:
                     if self._cancelled and exc.code() is grpc.StatusCode.CANCELLED:
                         return  # stopped on purpose: no result
-                    delay = None if self._state.received else self._settings.retry_delay(exc, attempt, self._deadline)
+                    delay = self._delay(exc)
                     if delay is None:
                         raise _error(exc, self._settings.address, self._settings.timeout) from None
                     time.sleep(delay)
-                    attempt += 1
-                    self._call = self._start(_remaining(self._deadline), self._metadata)
+                    self._call = self._start()
             self._state.check_complete()
         finally:
             if self._state.result is None and not self._cancelled:
@@ -436,15 +470,18 @@ class Client:
     ``call_timeout`` that of the small calls (Abort, Health, ModelInfo). ``retries``: extra
     attempts for a request refused before its first token (UNAVAILABLE, RESOURCE_EXHAUSTED),
     after ``retry_backoff_s`` doubling per attempt or the server's ``retry-after``, capped at
-    ``max_retry_delay_s``. ``api_key``: sent as ``authorization: Bearer``. TLS: see the module.
+    ``max_retry_delay_s``. ``resumes``: times a stream that lost its server after it began
+    (UNAVAILABLE) is sent again with ``resume`` = what arrived, continuing where it broke off
+    (each such submission retried like a new request; 0: never). ``api_key``: sent as
+    ``authorization: Bearer``. TLS: see the module.
     """
 
     def __init__(self, address: str, timeout: float | None = 600.0, call_timeout: float = 10.0, *,
                  api_key: str | None = None, tls: bool = False, root_certificates: bytes | str | None = None,
                  client_certificate: bytes | str | None = None, client_key: bytes | str | None = None,
-                 retries: int = 2, retry_backoff_s: float = 0.1, max_retry_delay_s: float = 5.0):
+                 retries: int = 2, retry_backoff_s: float = 0.1, max_retry_delay_s: float = 5.0, resumes: int = 2):
         self._settings = _Settings(address, timeout, call_timeout, api_key, tls, root_certificates,
-                                   client_certificate, client_key, retries, retry_backoff_s, max_retry_delay_s)
+                                   client_certificate, client_key, retries, retry_backoff_s, max_retry_delay_s, resumes)
         self.address = address
         self.timeout = timeout
         self.call_timeout = call_timeout
@@ -470,9 +507,7 @@ class Client:
         "ssd"), ``request_id`` (for ``abort``), ``stream_tokens_individually``; ``timeout``
         overrides the client's deadline."""
         request, prompt_ids = _generate_request(prompt, **options)
-        start = lambda remaining, metadata: self._stub.Generate(request, timeout=remaining,  # noqa: E731
-                                                                metadata=metadata or None)
-        return GenerateStream(start, self._settings, self._settings.deadline(timeout), prompt_ids)
+        return GenerateStream(self._stub, request, self._settings, self._settings.deadline(timeout), prompt_ids)
 
     def generate(self, prompt: str | list[int], **options: Any) -> GenerateResult:
         """Run one request to completion (same options as ``stream``)."""
@@ -532,7 +567,6 @@ class AsyncGenerateStream(_StreamBase):
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[StreamDelta]:
-        attempt = 1
         try:
             while True:
                 try:
@@ -544,12 +578,11 @@ class AsyncGenerateStream(_StreamBase):
                 except grpc.aio.AioRpcError as exc:
                     if self._cancelled and exc.code() is grpc.StatusCode.CANCELLED:
                         return
-                    delay = None if self._state.received else self._settings.retry_delay(exc, attempt, self._deadline)
+                    delay = self._delay(exc)
                     if delay is None:
                         raise _error(exc, self._settings.address, self._settings.timeout) from None
                     await asyncio.sleep(delay)
-                    attempt += 1
-                    self._call = self._start(_remaining(self._deadline), self._metadata)
+                    self._call = self._start()
             self._state.check_complete()
         finally:
             if self._state.result is None and not self._call.done():
@@ -567,9 +600,9 @@ class AsyncClient:
     def __init__(self, address: str, timeout: float | None = 600.0, call_timeout: float = 10.0, *,
                  api_key: str | None = None, tls: bool = False, root_certificates: bytes | str | None = None,
                  client_certificate: bytes | str | None = None, client_key: bytes | str | None = None,
-                 retries: int = 2, retry_backoff_s: float = 0.1, max_retry_delay_s: float = 5.0):
+                 retries: int = 2, retry_backoff_s: float = 0.1, max_retry_delay_s: float = 5.0, resumes: int = 2):
         self._settings = _Settings(address, timeout, call_timeout, api_key, tls, root_certificates,
-                                   client_certificate, client_key, retries, retry_backoff_s, max_retry_delay_s)
+                                   client_certificate, client_key, retries, retry_backoff_s, max_retry_delay_s, resumes)
         self.address = address
         credentials = self._settings.credentials
         self._channel = (grpc.aio.secure_channel(address, credentials) if credentials is not None
@@ -588,9 +621,7 @@ class AsyncClient:
     def stream(self, prompt: str | list[int], *, timeout: float | None = None, **options: Any) -> AsyncGenerateStream:
         """Start a request (options as ``Client.stream``); ``async for`` the result for deltas."""
         request, prompt_ids = _generate_request(prompt, **options)
-        start = lambda remaining, metadata: self._stub.Generate(request, timeout=remaining,  # noqa: E731
-                                                                metadata=metadata or None)
-        return AsyncGenerateStream(start, self._settings, self._settings.deadline(timeout), prompt_ids)
+        return AsyncGenerateStream(self._stub, request, self._settings, self._settings.deadline(timeout), prompt_ids)
 
     async def generate(self, prompt: str | list[int], **options: Any) -> GenerateResult:
         stream = self.stream(prompt, **options)

@@ -42,37 +42,54 @@ class RequestTracker:
         self.ids = itertools.count()
         self.rng = torch.Generator().manual_seed(seed)
 
-    def new_sequence(self, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
+    def new_sequence(self, prompt_token_ids: list[int], params: SamplingParams,
+                     output_token_ids: list[int] = ()) -> Sequence:
+        """``output_token_ids``: completion tokens a resumed request already produced elsewhere
+        (a migrated stream); decoding continues after them, and when they already end the
+        request the sequence comes back finished without being scheduled."""
         params.validate()
         if not prompt_token_ids:
             raise InvalidRequestError("the prompt is empty; give at least one token")
         vocab = self.runner.vocab_size
-        bad = [t for t in prompt_token_ids if not 0 <= t < vocab]
-        if bad:
-            raise InvalidRequestError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        for what, ids in (("prompt", prompt_token_ids), ("resumed", output_token_ids)):
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise InvalidRequestError(f"{what} token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
         limit = self.runner.max_model_len
         if len(prompt_token_ids) >= limit:
             raise InvalidRequestError(
                 f"the prompt has {len(prompt_token_ids)} tokens but max_model_len is {limit}: "
                 f"no room to generate; shorten the prompt to at most {limit - 1} tokens"
             )
+        tokens = [*prompt_token_ids, *output_token_ids]
+        if len(tokens) > limit:
+            raise InvalidRequestError(f"the prompt and the resumed tokens are {len(tokens)} tokens but max_model_len "
+                                      f"is {limit}")
         gen = None if params.greedy else make_generator(params.seed, self.rng)
-        seq = Sequence(next(self.ids), list(prompt_token_ids), len(prompt_token_ids), params, gen)
-        self.scheduler.add(seq)
+        seq = Sequence(next(self.ids), tokens, len(prompt_token_ids), params, gen)
+        reason = self._stop_reason(seq, tokens[-1]) if output_token_ids else None
+        if reason is not None:
+            self.finish(seq, reason)  # never scheduled: it holds no blocks
+        else:
+            self.scheduler.add(seq)
         return seq
+
+    def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
+        """Why ``seq`` ends with its newest token ``token``; None: it goes on."""
+        params = seq.params
+        if (token in self.eos_ids and not params.ignore_eos) or token in params.stop_token_ids:
+            return FinishReason.STOP
+        if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.runner.max_model_len:
+            return FinishReason.LENGTH
+        return None
 
     def append(self, seq: Sequence, tokens: list[int]) -> None:
         """Commit output tokens, cut at the first stop condition, finish if one was met."""
         if seq.first_token_time is None:
             seq.first_token_time = time.perf_counter()
-        params = seq.params
         for token in tokens:
             seq.token_ids.append(token)
-            reason = None
-            if (token in self.eos_ids and not params.ignore_eos) or token in params.stop_token_ids:
-                reason = FinishReason.STOP
-            elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.runner.max_model_len:
-                reason = FinishReason.LENGTH
+            reason = self._stop_reason(seq, token)
             if reason is not None:
                 self.finish(seq, reason)
                 return
@@ -93,8 +110,10 @@ class LLMEngine:
         self.scheduler = Scheduler(self.runner.blocks, config.max_num_seqs, config.max_num_batched_tokens, lookahead)
         self.requests = RequestTracker(self.runner, self.scheduler, config.seed)
 
-    def add_request(self, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
-        return self.requests.new_sequence(prompt_token_ids, params)
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams,
+                    output_token_ids: list[int] = ()) -> Sequence:
+        """Queue a request; ``output_token_ids`` resumes one (see ``RequestTracker.new_sequence``)."""
+        return self.requests.new_sequence(prompt_token_ids, params, output_token_ids)
 
     def request_stats(self, seq: Sequence) -> dict:
         """Mode-specific statistics reported with a finished request."""

@@ -32,6 +32,7 @@ class GatewayConfig:
     target_tls_cert: str | None = None  # mTLS: the gateway's client certificate and key
     target_tls_key: str | None = None
     model_name: str | None = None  # served model name; None: the targets' ModelInfo.model_name
+    max_migrations: int = 2  # a request whose target fails mid-stream moves on at most this often
 
     # Tuning (no flags: the defaults suit every deployment we know of).
     health_interval_s: float = 1.0  # active Health polling of each target
@@ -61,6 +62,8 @@ class GatewayConfig:
             raise ConfigError(f"--block-size must be positive, got {self.block_size}")
         if self.max_queue <= 0:
             raise ConfigError(f"--max-queue must be positive, got {self.max_queue}")
+        if self.max_migrations < 0:
+            raise ConfigError(f"--max-migrations must be >= 0 (0: no migration), got {self.max_migrations}")
         if self.max_streams_per_key < 0:
             raise ConfigError(f"--max-streams-per-key must be >= 0 (0: no limit), got {self.max_streams_per_key}")
         if self.max_streams_per_key and not self.api_keys:

@@ -7,8 +7,10 @@ Both fronts (gRPC and HTTP) hand a prepared upstream ``GenerateRequest`` to
 * a target that fails before the first token (unreachable, shutting down, overloaded) is
   left for another one, up to ``max_attempts`` targets, within the request's deadline; the
   failure feeds that target's circuit breaker;
-* after the first token nothing is retried (tokens were sent); a failure then becomes a final
-  message with FINISH_REASON_ERROR, as the public contract says;
+* a target that fails after the first token (dies, shuts down, stream broken with a retryable
+  code) is left for another one that resumes the request after the tokens already relayed
+  (``migration.py``), up to ``max_migrations`` times within the deadline; when that is not
+  possible the stream ends with a final FINISH_REASON_ERROR, as the public contract says;
 * when the client goes away (cancel, disconnect, deadline), the upstream call is cancelled,
   which the target treats exactly like ``Abort``: the sequence and its KV blocks are freed.
 """
@@ -24,10 +26,12 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from saguaro.cache.prefix_hash import block_hashes
 from saguaro.services.gateway.admission import Admission
 from saguaro.services.gateway.config import GatewayConfig
 from saguaro.services.gateway.errors import GatewayError
 from saguaro.services.gateway.metrics import GatewayMetrics
+from saguaro.services.gateway.migration import Progress, resumed_prompt
 from saguaro.services.gateway.prefix_index import IndexUnavailable, PrefixIndex
 from saguaro.services.gateway.routing import Router, RouteRequest
 from saguaro.services.gateway.targets import Target, TargetPool
@@ -43,6 +47,11 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, gr
 TARGET_FAULTS = RETRYABLE - {grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
+def routing_hashes(token_ids: Sequence[int], block_size: int, max_blocks: int) -> list[int]:
+    """Hashes of the leading blocks a target would prefill, for prefix-aware routing."""
+    return block_hashes(list(token_ids[: max_blocks * block_size]), block_size)
+
+
 @dataclass
 class Dispatch:
     """One request on its way through the gateway."""
@@ -52,7 +61,7 @@ class Dispatch:
     deadline: float  # time.monotonic() by which the whole request must be done
     api: str  # metrics label: grpc | completions | chat
     metadata: list[tuple[str, str]] = field(default_factory=list)  # forwarded (trace context)
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # the prompt alone (usage), without resumed tokens
     target: str | None = None  # address of the target serving it (x-saguaro-target)
     attempts: int = 0
     arrival: float = field(default_factory=time.perf_counter)
@@ -81,7 +90,8 @@ class Dispatcher:
         return uuid.uuid4().hex
 
     async def stream(self, dispatch: Dispatch) -> AsyncIterator[pb.GenerateResponse]:
-        """The target's responses, relayed; raises ``GatewayError`` before the first one."""
+        """The target's responses, relayed (across migrations); raises ``GatewayError`` before the
+        first one."""
         request_id = dispatch.request.request_id
         if request_id in self.live:
             raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -90,29 +100,32 @@ class Dispatcher:
         ticket = self.admission.admit()
         live = self.live[request_id] = _Live()
         self.metrics.inflight.inc()
-        emitted = 0
+        progress = Progress(dispatch.request)
+        tried: set[str] = set()  # targets that failed this request (or refused it) are not tried again
         try:
-            call, first = await self._start(dispatch, live)
+            call, message = await self._start(dispatch, live, tried)
             ticket.leave()
             self.metrics.ttft.labels(dispatch.api).observe(time.perf_counter() - dispatch.arrival)
-            message = first
-            while message is not grpc.aio.EOF:
-                kind = message.WhichOneof("kind")
-                if kind == "delta":
-                    emitted += len(message.delta.token_ids)
-                elif kind == "final":
-                    usage = message.final.usage
-                    self.metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
-                    self.metrics.tokens.labels("completion").inc(usage.completion_tokens)
+            while True:
+                if message.HasField("final"):
+                    final = message.final
+                    progress.finish(final, dispatch.arrival)
+                    self.metrics.tokens.labels("prompt").inc(final.usage.prompt_tokens)
+                    self.metrics.tokens.labels("completion").inc(final.usage.completion_tokens)
+                    yield message
+                    return
                 yield message
+                progress.relayed(message)
                 try:
                     message = await call.read()
-                except grpc.aio.AioRpcError as exc:  # after the first token: end with a final message
-                    log.warning("request %s failed on %s after %d tokens: %s", request_id, dispatch.target, emitted,
-                                exc.details())
-                    yield self._failed_final(request_id, dispatch.prompt_tokens, emitted, exc.code(),
-                                             f"target {dispatch.target} failed mid-stream: {exc.code().name}: "
-                                             f"{exc.details()}")
+                    if message is not grpc.aio.EOF:
+                        continue
+                    code, details = grpc.StatusCode.UNKNOWN, "the stream ended without a final message"
+                except grpc.aio.AioRpcError as exc:
+                    code, details = exc.code(), exc.details()
+                call, message = await self._migrate(dispatch, live, tried, progress, code, details)
+                if call is None:
+                    yield message  # the failed final
                     return
         finally:
             ticket.leave()
@@ -123,9 +136,51 @@ class Dispatcher:
             if live.call is not None and not live.call.done():
                 live.call.cancel()  # the client left: the target aborts the sequence
 
-    async def _start(self, dispatch: Dispatch, live: _Live) -> tuple[grpc.aio.UnaryStreamCall, pb.GenerateResponse]:
-        """Route and send until a target answers with a first message."""
-        tried: set[str] = set()
+    async def _migrate(self, dispatch: Dispatch, live: _Live, tried: set[str], progress: Progress,
+                       code: grpc.StatusCode, details: str) -> tuple[grpc.aio.UnaryStreamCall | None, pb.GenerateResponse]:
+        """The target failed mid-stream: resume the request on another one. Returns the new call
+        and its first message, or (None, the final message that ends the stream)."""
+        failed, request = live.target, dispatch.request
+        live.target, live.call = None, None
+        self._target_failed(failed, code)
+        count = len(progress.token_ids)
+        why = f"target {failed.address} failed mid-stream after {count} tokens ({code.name}: {details})"
+        if code not in RETRYABLE:  # DEADLINE_EXCEEDED: the request's time is up
+            return None, self._failed_final(request.request_id, dispatch.prompt_tokens, count, code, why)
+        if progress.migrations >= self.config.max_migrations:
+            self.metrics.migrations.labels("exhausted").inc()
+            log.warning("request %s: %s; not migrated: already migrated %d times (max_migrations %d)", request.request_id,
+                        why, progress.migrations, self.config.max_migrations)
+            return None, self._failed_final(request.request_id, dispatch.prompt_tokens, count, code,
+                                            f"{why}; not migrated: the request was already migrated "
+                                            f"{progress.migrations} times (--max-migrations "
+                                            f"{self.config.max_migrations})")
+        progress.migrations += 1
+        request.resume.CopyFrom(progress.resume())
+        dispatch.block_hashes = routing_hashes(resumed_prompt(request), self.config.block_size,
+                                               self.config.max_prefix_blocks)
+        dispatch.attempts = 0
+        log.warning("request %s: %s; migrating it (migration %d of at most %d)", request.request_id, why,
+                    progress.migrations, self.config.max_migrations)
+        try:
+            call, first = await self._start(dispatch, live, tried)
+        except GatewayError as exc:
+            self.metrics.migrations.labels("failed").inc()
+            return None, self._failed_final(request.request_id, dispatch.prompt_tokens, count, exc.code,
+                                            f"{why}; migration failed: {exc.message}")
+        if not progress.continues(first):
+            self.metrics.migrations.labels("unsupported").inc()
+            call.cancel()
+            return None, self._failed_final(request.request_id, dispatch.prompt_tokens, count, code,
+                                            f"{why}; migration failed: target {dispatch.target} does not resume "
+                                            f"streams (it answered at offset {first.delta.offset}, not {count}); "
+                                            "upgrade it")
+        self.metrics.migrations.labels("resumed").inc()
+        return call, first
+
+    async def _start(self, dispatch: Dispatch, live: _Live,
+                     tried: set[str]) -> tuple[grpc.aio.UnaryStreamCall, pb.GenerateResponse]:
+        """Route and send until a target answers with a first message (never to one in ``tried``)."""
         last_error = ""
         while True:
             remaining = dispatch.deadline - time.monotonic()
@@ -167,21 +222,26 @@ class Dispatcher:
                 code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.UNKNOWN
                 details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else "the stream ended without a message"
                 live.target, live.call = None, None
-                self._release(target)
                 if code not in RETRYABLE:
+                    self._release(target)
                     if code is grpc.StatusCode.INVALID_ARGUMENT:
                         target.breaker.success()
                     raise GatewayError(code, details) from None
-                if code in TARGET_FAULTS:
-                    target.breaker.failure()
-                if code is grpc.StatusCode.UNAVAILABLE:
-                    self.pool.mark_unreachable(target)
+                self._target_failed(target, code)
                 last_error = f"{target.address}: {code.name}: {details}"
                 log.warning("request %s: target %s failed before the first token (%s: %s); trying another",
                             dispatch.request.request_id, target.address, code.name, details)
                 continue
             target.breaker.success()
             return call, first
+
+    def _target_failed(self, target: Target, code: grpc.StatusCode) -> None:
+        """A target could not serve (or finish) a request: release it; faults feed its breaker."""
+        self._release(target)
+        if code in TARGET_FAULTS:
+            target.breaker.failure()
+        if code is grpc.StatusCode.UNAVAILABLE:
+            self.pool.mark_unreachable(target)
 
     def _release(self, target: Target) -> None:
         target.inflight -= 1

@@ -31,6 +31,10 @@ class GatewayMetrics:
                             "Requests admitted and waiting for their first token (bounded by --max-queue).", registry=r)
         self.retries = Counter("saguaro_gateway_retries", "Requests re-sent to another target before the first token.",
                                registry=r)
+        self.migrations = Counter("saguaro_gateway_migrations",
+                                  "Mid-stream target failures by what became of the request: resumed on another "
+                                  "target, exhausted (--max-migrations spent), failed (no target took it over), "
+                                  "unsupported (the new target does not resume streams).", ["outcome"], registry=r)
         self.decisions = Counter("saguaro_gateway_routing_decisions", "Routing decisions by policy and reason.",
                                  ["policy", "reason"], registry=r)
         self.routing_time = Histogram("saguaro_gateway_routing_duration_seconds",

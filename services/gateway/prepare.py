@@ -2,8 +2,9 @@
 
 The gateway checks what it can before choosing a target, so a bad request costs no target
 time and every refusal names the field: the prompt (present, non-empty, token ids inside the
-vocabulary, shorter than the context) and the sampling values. The prompt is tokenised here
-(routing needs token ids) and sent upstream as token ids.
+vocabulary, shorter than the context), the tokens of a resumed request (``resume``) and the
+sampling values. The prompt is tokenised here (routing needs token ids) and sent upstream as
+token ids, which also makes every request migratable (``migration.py``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import math
 import time
 from dataclasses import dataclass
 
-from saguaro.cache.prefix_hash import block_hashes
-from saguaro.services.gateway.dispatch import Dispatch
+from saguaro.services.gateway.dispatch import Dispatch, routing_hashes
 from saguaro.services.gateway.errors import invalid
+from saguaro.services.gateway.migration import resumed_prompt
 from saguaro.services.gateway.tokenization import GatewayTokenizer
 from saguaro.telemetry.gateway import GatewaySpan
 from saguaro.v1 import inference_pb2 as pb
@@ -61,12 +62,32 @@ class Preparer:
         return ids
 
     def prompt_from_proto(self, request: pb.GenerateRequest) -> list[int]:
+        """The prompt's token ids; a resumed request's tokens (``resume``) are checked with it."""
         kind = request.WhichOneof("prompt")
         if kind is None:
             raise invalid("the request has no prompt: set prompt_text or prompt_token_ids", "prompt")
         if kind == "prompt_text":
-            return self.check_prompt_ids(self.prompt_from_text(request.prompt_text, "prompt_text"), "prompt_text")
-        return self.check_prompt_ids(list(request.prompt_token_ids.ids), "prompt_token_ids")
+            ids = self.check_prompt_ids(self.prompt_from_text(request.prompt_text, "prompt_text"), "prompt_text")
+        else:
+            ids = self.check_prompt_ids(list(request.prompt_token_ids.ids), "prompt_token_ids")
+        if request.HasField("resume"):
+            self.check_resume(request, len(ids))
+        return ids
+
+    def check_resume(self, request: pb.GenerateRequest, prompt_tokens: int) -> None:
+        resumed = request.resume.token_ids
+        vocab, limit = self.facts.vocab_size, self.facts.max_model_len
+        bad = [t for t in resumed if not 0 <= t < vocab]
+        if bad:
+            raise invalid(f"resume.token_ids: token ids {bad[:5]} are outside the vocabulary [0, {vocab})",
+                          "resume.token_ids")
+        if prompt_tokens + len(resumed) > limit:
+            raise invalid(f"the prompt ({prompt_tokens} tokens) and resume.token_ids ({len(resumed)}) exceed the "
+                          f"model's context (max_model_len {limit})", "resume.token_ids")
+        sampling = request.sampling
+        if sampling.HasField("max_tokens") and len(resumed) > sampling.max_tokens:
+            raise invalid(f"resume.token_ids holds {len(resumed)} tokens, more than sampling.max_tokens "
+                          f"({sampling.max_tokens}) allows", "resume.token_ids")
 
     # -- sampling ----------------------------------------------------------------------------
     def check_sampling(self, sampling: pb.SamplingParams, prefix: str = "") -> None:
@@ -100,7 +121,7 @@ class Preparer:
         target gets ``span``'s trace context."""
         if request.WhichOneof("prompt") != "prompt_token_ids":
             request.prompt_token_ids.CopyFrom(pb.TokenIds(ids=prompt_ids))  # replaces prompt_text (oneof)
-        head = prompt_ids[: self.max_prefix_blocks * self.block_size]
-        return Dispatch(request=request, block_hashes=block_hashes(head, self.block_size),
+        hashes = routing_hashes(resumed_prompt(request), self.block_size, self.max_prefix_blocks)
+        return Dispatch(request=request, block_hashes=hashes,
                         deadline=time.monotonic() + timeout_s, api=api, metadata=span.forward_metadata(),
                         prompt_tokens=len(prompt_ids), span=span)
