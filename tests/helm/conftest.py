@@ -64,7 +64,7 @@ TOGGLES: dict[str, tuple[dict, dict]] = {
     "tls": (
         {"gateway": {"tls": {"enabled": False}}},
         {"gateway": {"tls": {"enabled": True, "existingSecret": "saguaro-tls"},
-                     "apiKeys": {"existingSecret": "saguaro-api-keys"}},
+                     "apiKeys": {"existingSecret": "saguaro-api-keys"}, "maxStreamsPerKey": 8},
          "ingress": {"tls": [{"secretName": "saguaro-ingress-tls", "hosts": ["saguaro.example.com"]}]}},
     ),
 }

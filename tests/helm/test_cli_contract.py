@@ -151,6 +151,7 @@ def test_gateway_flags_match_the_wiring(case, render, k8s):
         assert not parsed.tls_cert
     if values.get("gateway", {}).get("apiKeys", {}).get("existingSecret"):
         assert parsed.api_keys_file.startswith("/etc/saguaro/api-keys/") and "/etc/saguaro/api-keys" in mounts
+    assert parsed.max_streams_per_key == values.get("gateway", {}).get("maxStreamsPerKey", 0)
 
 
 def test_environment_variables_are_known(case, render, k8s):

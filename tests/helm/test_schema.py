@@ -58,6 +58,7 @@ BAD_VALUES = {
     "otel-ratio": {"otel": {"samplerArg": "5%"}},
     "log-format": {"logFormat": "xml"},
     "trace-data-source": {"monitoring": {"dashboards": {"traces": {"type": "zipkin"}}}},
+    "negative-streams-per-key": {"gateway": {"maxStreamsPerKey": -1}},
     "pdb-percent": {"target": {"pdb": {"maxUnavailable": "half"}}},
     "httproute-without-parents": {"httpRoute": {"enabled": True, "parentRefs": []}},
     "httproute-timeout": {"httpRoute": {"requestTimeout": "ten minutes"}},
@@ -95,7 +96,8 @@ def test_schema_accepts_the_chart_defaults(chart, chart_values):
 @pytest.mark.parametrize("values,message", [
     ({"target": {"gpus": 2, "engine": {"tensorParallelSize": 4}}}, "tensorParallelSize"),
     ({"metrics": {"enabled": False}, "monitoring": {"podMonitor": {"enabled": True}}}, "metrics.enabled"),
-], ids=["tensor-parallel-exceeds-gpus", "podmonitor-without-metrics"])
+    ({"gateway": {"maxStreamsPerKey": 4}}, "apiKeys.existingSecret"),
+], ids=["tensor-parallel-exceeds-gpus", "podmonitor-without-metrics", "streams-per-key-without-api-keys"])
 def test_templates_refuse_inconsistent_values(chart, k8s, values, message):
     """Cross-field rules the schema cannot express fail the render with a readable message."""
     with pytest.raises(helm_python.HelmRenderError, match=message):

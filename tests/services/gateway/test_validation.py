@@ -225,3 +225,17 @@ def test_random_grpc_fields_never_get_an_internal_error(gateway, stub, prompt, s
 
 def test_after_the_fuzzing_the_gateway_still_serves(gateway):
     assert ok(gateway)
+
+
+# -- size limits ---------------------------------------------------------------------------------
+def test_oversized_requests_are_refused_before_they_cost_anything(gateway, http, stub):
+    """HTTP bodies over 32 MiB get 413, more than 64 prompts in one request 400, gRPC messages over
+    64 MiB RESOURCE_EXHAUSTED; none reaches a target, and the gateway keeps serving."""
+    body = b'{"model": "llama", "prompt": "' + b"a" * (32 << 20) + b'"}'
+    assert http(f"{gateway.http_url}/v1/completions", raw=body).status == 413
+    many = http(f"{gateway.http_url}/v1/completions", {**BASE, "prompt": [[3, 4]] * 65})
+    assert many.status == 400 and "at most 64 prompts per request" in many.json()["error"]["message"]
+    with pytest.raises(grpc.RpcError) as error:
+        list(stub.Generate(pb.GenerateRequest(prompt_text="a" * (64 << 20)), timeout=60))
+    assert error.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert ok(gateway)
