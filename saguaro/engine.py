@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -43,7 +44,7 @@ class RequestTracker:
         self.rng = torch.Generator().manual_seed(seed)
 
     def new_sequence(self, prompt_token_ids: list[int], params: SamplingParams,
-                     output_token_ids: list[int] = ()) -> Sequence:
+                     output_token_ids: Collection[int] = ()) -> Sequence:
         """``output_token_ids``: completion tokens a resumed request already produced elsewhere
         (a migrated stream); decoding continues after them, and when they already end the
         request the sequence comes back finished without being scheduled."""
@@ -111,7 +112,7 @@ class LLMEngine:
         self.requests = RequestTracker(self.runner, self.scheduler, config.seed)
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams,
-                    output_token_ids: list[int] = ()) -> Sequence:
+                    output_token_ids: Collection[int] = ()) -> Sequence:
         """Queue a request; ``output_token_ids`` resumes one (see ``RequestTracker.new_sequence``)."""
         return self.requests.new_sequence(prompt_token_ids, params, output_token_ids)
 

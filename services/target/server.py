@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from concurrent import futures
 from concurrent.futures import Future
@@ -152,7 +152,8 @@ class EngineLoop:
         return self._thread.is_alive() and not self._stopped
 
     def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-               arrival: float | None = None, trace: Any = None, resumed: list[int] = ()) -> RequestHandle:
+               arrival: float | None = None, trace: Any = None,
+               resumed: Collection[int] = ()) -> RequestHandle:
         """Admit a request; raises ``InvalidRequestError`` if the engine refuses it.
 
         ``trace``: the request span's context, under which the engine traces its rounds.
