@@ -192,6 +192,7 @@ def speculation_stats(spec: pb.SpeculationStats) -> dict[str, Any]:
         "backups_fast": spec.fast_backups,
         "ar_fallbacks": spec.ar_fallbacks,
         "fallback_rounds": spec.ar_fallback_rounds,
+        "policy_rounds": spec.policy_ar_rounds,
         "draft_time_s": spec.draft_time_s,
         "verify_time_s": spec.verify_time_s,
         "draft_build_time_s": spec.draft_build_time_s,

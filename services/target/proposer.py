@@ -5,6 +5,14 @@ has seen and the previous round's accepted count n), turns a decode batch into o
 ``SpeculateRequest``, and turns the reply into proposals. Any failure — timeout, closed stream,
 error reply — costs only speculation: the round runs without proposals (plain decoding, still
 exact), the proposer marks the draft down, and it reconnects and re-prefills later.
+
+Two deadlines bound what a slow draft costs. A round waits for its reply at most a *soft*
+deadline (a few times the recent reply time, at least ``SOFT_FLOOR_S``): past it the round
+decodes plainly and the reply, when it comes, is dropped; while it is outstanding the draft is
+busy, so rounds decode plainly without asking. Only past the *hard* ``timeout_s`` is the draft
+declared down. A stalled draft thus costs one soft wait, not ``timeout_s`` per round. Dropping
+a reply is safe: the draft has applied the committed tokens it carried, and the next request's
+key (``n_prev = -1``) cannot hit a cache built for proposals the target never verified.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from saguaro.v1 import speculation_pb2 as pb
 log = logging.getLogger(__name__)
 
 NO_PREVIOUS_ROUND = -1  # n_prev sentinel: never matches a cache key (0..K), forces a miss
+SOFT_FACTOR, SOFT_FLOOR_S = 4.0, 0.05  # soft deadline = max(floor, factor x recent reply time)
+REPLY_EMA = 0.1
 
 
 class IncompatibleDraft(RuntimeError):
@@ -75,6 +85,9 @@ class DraftProposer:
         self.draft_model: pb.ModelFacts | None = None  # the connected draft's facts (from the handshake)
         self.last_build_s = 0.0  # the draft's cache-build time it reported with its last reply
         self.last_timings: pb.DraftTimings | None = None  # all the draft's timings of its last reply
+        self.reply_s: float | None = None  # recent time from request to reply (EMA), for the soft deadline
+        self.late_replies = 0  # rounds that went ahead without their reply
+        self._late: tuple[list[Future], float] | None = None  # an overdue round: its futures, when sent
 
     # -- connection -----------------------------------------------------------------------
     def connect(self) -> None:
@@ -95,6 +108,7 @@ class DraftProposer:
         self.transport = channel.name
         self.draft_model = response.draft_model
         self.views.clear()  # a (re)connected draft knows no sequence
+        self._late = None
         self._down_since = None
         log.info("draft connected over %s", self.transport)
 
@@ -121,11 +135,23 @@ class DraftProposer:
         self.transport = "none"
         self._down_since = time.monotonic()
 
-    def _call(self, futures: list[Future]) -> list[pb.SpeculationResponse] | None:
-        deadline = time.monotonic() + self.timeout_s
+    def _soft_wait_s(self) -> float:
+        if self.reply_s is None:
+            return self.timeout_s
+        return min(self.timeout_s, max(SOFT_FLOOR_S, SOFT_FACTOR * self.reply_s))
+
+    def _call(self, futures: list[Future], soft: bool = False) -> list[pb.SpeculationResponse] | None:
+        """The replies, or None: the draft was marked down, or (``soft``) the round goes on
+        without its overdue reply."""
+        sent = time.monotonic()
+        wait = self._soft_wait_s() if soft else self.timeout_s
         try:
-            responses = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
+            responses = [f.result(timeout=max(0.0, sent + wait - time.monotonic())) for f in futures]
         except FutureTimeout:
+            if wait < self.timeout_s:
+                self._late = (futures, sent)
+                self.late_replies += 1
+                return None
             self._mark_down(f"no reply within {self.timeout_s:.1f} s")
             return None
         except Exception as exc:
@@ -135,7 +161,23 @@ class DraftProposer:
             if r.WhichOneof("kind") == "error":
                 self._mark_down(f"draft error {pb.ErrorCode.Name(r.error.code)}: {r.error.message}")
                 return None
+        if soft:
+            elapsed = time.monotonic() - sent
+            self.reply_s = elapsed if self.reply_s is None else (1 - REPLY_EMA) * self.reply_s + REPLY_EMA * elapsed
         return responses
+
+    def _draft_busy(self) -> bool:
+        """Whether an overdue round is still outstanding (dropping its reply once it is in)."""
+        if self._late is None:
+            return False
+        futures, sent = self._late
+        if all(f.done() for f in futures):
+            self._late = None
+            return self._call(futures) is None  # answered: its errors still count
+        if time.monotonic() - sent > self.timeout_s:
+            self._late = None
+            self._mark_down(f"no reply within {self.timeout_s:.1f} s")
+        return True
 
     # -- protocol -------------------------------------------------------------------------
     def _prefill_request(self, seqs: list[Sequence], committed: Callable[[Sequence], int]) -> pb.SpeculationRequest:
@@ -164,7 +206,7 @@ class DraftProposer:
 
         ``trace_context``: W3C carrier of the target's round span when the round is traced.
         """
-        if not seqs or not self.available():
+        if not seqs or not self.available() or self._draft_busy():
             return {}
         futures = []
         unsynced = [s for s in seqs if s.seq_id not in self.views]
@@ -185,7 +227,7 @@ class DraftProposer:
         if trace_context:
             speculate.trace_context.update(trace_context)
         futures.append(self.channel.submit(pb.SpeculationRequest(speculate=speculate)))
-        responses = self._call(futures)
+        responses = self._call(futures, soft=True)
         if responses is None:
             return {}
         reply = responses[-1].speculate

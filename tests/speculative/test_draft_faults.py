@@ -72,18 +72,26 @@ def test_draft_failure_mid_generation_falls_back_and_resumes(model_dirs, expecte
         run_until(engine, seq, lambda: False)
         stats = engine.request_stats(seq)
         assert seq.output_token_ids == expected
-        assert stats["fallback_rounds"] > 0 and engine.proposer.failures >= 1
+        assert stats["fallback_rounds"] > 0
         if fault == "stall":
-            os.kill(draft.pid, signal.SIGCONT)  # the frozen session is abandoned; a fresh one follows
-            time.sleep(0.3)  # past the retry interval, so the next round reconnects
-        else:
+            # one soft deadline, then plain rounds while the reply is overdue: the request ends
+            # long before the 2 s hard timeout would declare the draft down
+            assert engine.proposer.late_replies == 1 and engine.proposer.failures == 0
+            os.kill(draft.pid, signal.SIGCONT)  # the late reply is dropped; the same session goes on
+        else:  # a closed stream fails at once; a dead gloo peer only past the hard timeout
+            assert engine.proposer.failures + engine.proposer.late_replies >= 1
             draft.wait()
             draft = start_draft(model_dirs["llama_draft_copy"], port)
-        again = engine.add_request(PROMPT, params)
-        run_until(engine, again, lambda: False)
-        resumed = engine.request_stats(again)
-        assert again.output_token_ids == expected
-        assert resumed["spec_rounds"] > 0 and resumed["transport"] == ("torch.distributed" if fast_path else "grpc")
+        deadline = time.monotonic() + 60  # a bound, not a measurement: the hard timeout is 2 s
+        while True:  # SSD resumes once the draft is back (after the hard timeout, for a dead peer)
+            again = engine.add_request(PROMPT, params)
+            run_until(engine, again, lambda: False)
+            resumed = engine.request_stats(again)
+            assert again.output_token_ids == expected
+            if resumed["spec_rounds"] > 0:
+                break
+            assert time.monotonic() < deadline, "speculation did not resume"
+        assert resumed["transport"] == ("torch.distributed" if fast_path else "grpc")
     finally:
         engine.proposer.close()
         draft.kill()
