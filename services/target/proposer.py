@@ -162,9 +162,11 @@ class DraftProposer:
                 self._mark_down(f"draft error {pb.ErrorCode.Name(r.error.code)}: {r.error.message}")
                 return None
         if soft:
-            elapsed = time.monotonic() - sent
-            self.reply_s = elapsed if self.reply_s is None else (1 - REPLY_EMA) * self.reply_s + REPLY_EMA * elapsed
+            self._observe_reply(time.monotonic() - sent)
         return responses
+
+    def _observe_reply(self, seconds: float) -> None:
+        self.reply_s = seconds if self.reply_s is None else (1 - REPLY_EMA) * self.reply_s + REPLY_EMA * seconds
 
     def _draft_busy(self) -> bool:
         """Whether an overdue round is still outstanding (dropping its reply once it is in)."""
@@ -173,6 +175,9 @@ class DraftProposer:
         futures, sent = self._late
         if all(f.done() for f in futures):
             self._late = None
+            # a late reply raises the deadline to fit it (an overestimate by at most a round), so
+            # replies that are slow but steady — JIT backups at a large batch — fit from now on
+            self.reply_s = max(self.reply_s or 0.0, time.monotonic() - sent)
             return self._call(futures) is None  # answered: its errors still count
         if time.monotonic() - sent > self.timeout_s:
             self._late = None

@@ -192,3 +192,22 @@ def test_malformed_replies_are_ignored_and_serving_continues(model_dirs, expecte
         assert out.stats["fallback_rounds"] > 0  # the corrupted rounds ran without a proposal
     finally:
         engine.proposer.close()
+
+
+def test_slow_but_steady_replies_raise_the_soft_deadline(model_dirs, expected):
+    """The deadline learnt from fast replies (cache hits) must not keep rejecting replies that
+    are slow by nature (every SD round drafts K tokens, here 3 x 60 ms): after one late reply
+    the deadline fits them and rounds speculate again."""
+    draft = EngineConfig(model=model_dirs["llama_draft_copy"], block_size=8, kv_cache_bytes=1 << 24,
+                         show_progress=False, emulate_forward_s=0.06)
+    target = EngineConfig(model=model_dirs["llama"], block_size=8, kv_cache_bytes=1 << 24, show_progress=False,
+                          emulate_forward_s=0.01)  # the late reply arrives while plain rounds go on
+    engine = speculative_engine(target, "sd", draft, SETTINGS)
+    try:
+        engine.proposer.reply_s = 0.001  # as if every reply so far had been an instant cache hit
+        out = LLM.from_engine(engine, None).generate(PROMPT, SamplingParams(max_tokens=NEW_TOKENS))[0]
+        assert out.token_ids == expected
+        assert engine.proposer.late_replies == 1 and engine.proposer.failures == 0
+        assert out.stats["spec_rounds"] > 1 and engine.proposer.reply_s >= 0.18
+    finally:
+        engine.proposer.close()
