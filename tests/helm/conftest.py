@@ -115,6 +115,23 @@ EXTRA_CASES = [
                   "speculation": {"k": 3, "fanOutList": [2, 2, 1, 1], "fanOutListMiss": [3, 1, 1, 1],
                                   "backup": "adaptive", "saguaroC": 0.5}},
                  id="tuned-engine-and-tree"),
+    # draft data parallelism (draft.workers): colocated containers draft, draft-1, ...; remote
+    # StatefulSets <draft>-w<i> with one autoscaler each; sd worker threads
+    pytest.param({"draft": {"workers": 2}}, id="draft-workers-2-colocated"),
+    pytest.param({"draft": {"workers": 3}, "metrics": {"enabled": False}, "gpu": {"enabled": False}},
+                 id="draft-workers-3-colocated-cpu-no-metrics"),
+    pytest.param({"pairing": {"mode": "remote"}, "draft": {"workers": 2, "replicas": 2}, "target": {"replicas": 2}},
+                 id="draft-workers-2-remote"),
+    pytest.param({"pairing": {"mode": "remote"}, "autoscaling": {"keda": {"enabled": True}},
+                  "target": {"autoscaling": {"enabled": True}},
+                  "draft": {"workers": 3, "autoscaling": {"enabled": True}},
+                  "monitoring": {"podMonitor": {"enabled": True}}},
+                 id="draft-workers-3-remote-keda-podmonitor"),
+    pytest.param({"pairing": {"mode": "remote", "remote": {"antiAffinity": "preferred"}},
+                  "target": {"autoscaling": {"enabled": True}},
+                  "draft": {"workers": 2, "autoscaling": {"enabled": True}}},
+                 id="draft-workers-2-remote-hpa"),
+    pytest.param({"target": {"mode": "sd"}, "draft": {"workers": 2}}, id="draft-workers-2-mode-sd"),
 ] + [pytest.param(yaml.safe_load(path.read_text()) or {}, id=f"example-{path.stem}") for path in EXAMPLES]
 
 ALL_CASES = COMBOS + EXTRA_CASES
@@ -149,6 +166,11 @@ class Manifests:
         assert len(found) == 1, f"expected one {component} workload, found {len(found)}"
         return found[0]
 
+    def workloads_of(self, component: str) -> list[dict]:
+        """Every workload of one component (remote pairing with draft.workers > 1: one draft
+        StatefulSet per worker)."""
+        return [o for o in self.workloads() if component_of(o) == component]
+
     def has_workload(self, component: str) -> bool:
         return any(component_of(o) == component for o in self.workloads())
 
@@ -162,6 +184,14 @@ class Manifests:
 def component_of(obj: dict) -> str | None:
     labels = obj.get("metadata", {}).get("labels", {}) or {}
     return labels.get("app.kubernetes.io/component")
+
+
+_WORKER_CONTAINER = re.compile(r"^draft-[1-9][0-9]*$")
+
+
+def role_of(container: dict) -> str:
+    """The Saguaro role a container runs: colocated draft workers "draft-1", "draft-2", ... are drafts."""
+    return "draft" if _WORKER_CONTAINER.match(container["name"]) else container["name"]
 
 
 def pod_spec(workload: dict) -> dict:
@@ -290,7 +320,7 @@ def k8s():
     """The Kubernetes-semantics helpers above, for test modules."""
     return SimpleNamespace(
         expand=expand, container_environment=container_environment, expanded_args=expanded_args,
-        pod_spec=pod_spec, pod_labels=pod_labels, component_of=component_of, deep_merge=deep_merge,
+        pod_spec=pod_spec, pod_labels=pod_labels, component_of=component_of, role_of=role_of, deep_merge=deep_merge,
         parse_rendered=parse_rendered, FAKE_SECRET=FAKE_SECRET, RELEASE=RELEASE, NAMESPACE=NAMESPACE,
         KUBE_VERSIONS=KUBE_VERSIONS, CHART=CHART, REPO=REPO, TOGGLES=TOGGLES,
     )

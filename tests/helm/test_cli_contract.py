@@ -36,9 +36,10 @@ def parse(args: list[str]):
 
 
 def containers(manifests, k8s):
+    """Every Saguaro container, colocated draft workers (draft-1, ...) included."""
     for workload in manifests.workloads():
         for container in k8s.pod_spec(workload)["containers"]:
-            if container["name"] in ("gateway", "target", "draft"):
+            if k8s.role_of(container) in ("gateway", "target", "draft"):
                 yield workload, container
 
 
@@ -50,7 +51,7 @@ def test_container_args_parse_with_the_real_cli(case, render, k8s):
     manifests = render(case)
     for workload, container in containers(manifests, k8s):
         args = k8s.expanded_args(manifests, workload, container)
-        assert args[0] == container["name"], "the subcommand is the container's role"
+        assert args[0] == k8s.role_of(container), "the subcommand is the container's role"
         parse(args)
 
 
@@ -80,31 +81,55 @@ def test_target_flags_match_the_wiring(case, render, k8s):
         assert parsed.draft_address is None and parsed.draft_model is None
         return
     assert parsed.draft_model == values.get("draft", {}).get("model", "/models/draft")
+    workers = values.get("draft", {}).get("workers", 1)
+    assert parsed.draft_workers == workers
     if mode == "sd":
         assert parsed.draft_address is None  # the CLI refuses --draft-address with --mode sd
         return
-    host, port = parsed.draft_address.rsplit(":", 1)
-    if manifests.has_workload("draft"):  # remote: target-N dials draft-N through the headless Service
-        draft_workload = manifests.workload("draft")
-        draft_service = manifests.get("Service", draft_workload["spec"]["serviceName"])
-        assert draft_service["spec"]["clusterIP"] == "None"
-        assert host == f"{draft_workload['metadata']['name']}-0.{draft_service['metadata']['name']}.{k8s.NAMESPACE}.svc.cluster.local"
-        draft = k8s.pod_spec(draft_workload)["containers"][0]
-        draft_parsed = parse(k8s.expanded_args(manifests, draft_workload, draft))
-        assert int(port) == draft_parsed.port == port_named(draft, "grpc") == draft_service["spec"]["ports"][0]["port"]
-        assert draft_parsed.host == values.get("draft", {}).get("listenHost", "0.0.0.0")
-    else:  # colocated: the draft container listens on the pod's loopback
-        draft = k8s.pod_spec(target_workload)["containers"][1]
-        draft_parsed = parse(k8s.expanded_args(manifests, target_workload, draft))
-        assert host == "127.0.0.1" == draft_parsed.host
-        assert int(port) == draft_parsed.port
-        assert "ports" not in draft, "nothing of a colocated draft is reachable from outside the pod"
-        assert draft_parsed.metrics_port == 0 or draft_parsed.metrics_port != parsed.metrics_port
-    # both ends agree on the speculation tree and block size
-    for flag in ("k", "fan_out", "fan_out_list", "fan_out_list_miss", "backup", "jit_max_batch", "saguaro_c",
-                 "block_size"):
-        assert getattr(parsed, flag) == getattr(draft_parsed, flag), flag
-    assert draft_parsed.device == parsed.device
+    addresses = parsed.draft_address
+    assert len(addresses) == workers and len(set(addresses)) == workers, addresses
+    # one args item per address: a $(VAR) reference expands to exactly one argument
+    start = target["args"].index("--draft-address") + 1
+    assert all(re.fullmatch(r"\$\(SAGUARO_DRAFT_ADDRESS(_[1-9][0-9]*)?\)", item)
+               for item in target["args"][start:start + workers]), target["args"][start:start + workers]
+    assert target["args"][start + workers].startswith("--")
+    drafts = []  # (workload, container, parsed args) of draft worker i
+    if manifests.has_workload("draft"):  # remote: target-N dials pod N of each draft worker StatefulSet
+        draft_workloads = manifests.workloads_of("draft")
+        assert len(draft_workloads) == workers
+        for i, address in enumerate(addresses):
+            host, port = address.rsplit(":", 1)
+            name = manifests.name("draft") if workers == 1 else f"{manifests.name('draft')}-w{i}"
+            draft_workload = manifests.get("StatefulSet", name)
+            draft_service = manifests.get("Service", draft_workload["spec"]["serviceName"])
+            assert draft_service["metadata"]["name"] == manifests.name("draft")
+            assert draft_service["spec"]["clusterIP"] == "None"
+            assert host == f"{name}-0.{draft_service['metadata']['name']}.{k8s.NAMESPACE}.svc.cluster.local"
+            draft = k8s.pod_spec(draft_workload)["containers"][0]
+            draft_parsed = parse(k8s.expanded_args(manifests, draft_workload, draft))
+            assert int(port) == draft_parsed.port == port_named(draft, "grpc") == draft_service["spec"]["ports"][0]["port"]
+            assert draft_parsed.host == values.get("draft", {}).get("listenHost", "0.0.0.0")
+            drafts.append((draft_workload, draft, draft_parsed))
+    else:  # colocated: draft worker i is the container draft[-i] on the pod's loopback
+        draft_containers = k8s.pod_spec(target_workload)["containers"][1:]
+        assert [c["name"] for c in draft_containers] == ["draft"] + [f"draft-{i}" for i in range(1, workers)]
+        for address, draft in zip(addresses, draft_containers):
+            host, port = address.rsplit(":", 1)
+            draft_parsed = parse(k8s.expanded_args(manifests, target_workload, draft))
+            assert host == "127.0.0.1" == draft_parsed.host
+            assert int(port) == draft_parsed.port
+            assert "ports" not in draft, "nothing of a colocated draft is reachable from outside the pod"
+            drafts.append((target_workload, draft, draft_parsed))
+        # one network namespace: every listening port of the pod differs
+        listening = [parsed.port, parsed.metrics_port] + [p for _, _, d in drafts for p in (d.port, d.metrics_port)]
+        listening = [p for p in listening if p]
+        assert len(listening) == len(set(listening)), listening
+    for _, _, draft_parsed in drafts:
+        # both ends agree on the speculation tree and block size
+        for flag in ("k", "fan_out", "fan_out_list", "fan_out_list_miss", "backup", "jit_max_batch", "saguaro_c",
+                     "block_size"):
+            assert getattr(parsed, flag) == getattr(draft_parsed, flag), flag
+        assert draft_parsed.device == parsed.device
 
 
 def test_gateway_flags_match_the_wiring(case, render, k8s):
@@ -162,13 +187,14 @@ def test_environment_variables_are_known(case, render, k8s):
         env = k8s.container_environment(manifests, workload, container)
         unknown = {name for name in env if name.startswith("OTEL_")} - OTEL_SPEC_VARIABLES
         assert not unknown, unknown
-        referenced = set(re.findall(r"\$\(([A-Z_]+)\)", " ".join(container["args"]) + " " +
+        referenced = set(re.findall(r"\$\(([A-Z_][A-Z0-9_]*)\)", " ".join(container["args"]) + " " +
                                     " ".join(v.get("value", "") for v in container.get("env", []))))
         assert referenced <= set(env), f"undefined: {referenced - set(env)}"
         defined_by_chart = {name for name in env if name.startswith("SAGUARO_")}
         unused = defined_by_chart - referenced
         # The colocated ConfigMap of a role may carry a value only another mode references.
-        assert unused <= {"SAGUARO_MODE", "SAGUARO_DRAFT_MODEL", "SAGUARO_DRAFT_TIMEOUT", "SAGUARO_WAIT_FOR_DRAFT",
+        assert unused <= {"SAGUARO_MODE", "SAGUARO_DRAFT_MODEL", "SAGUARO_DRAFT_WORKERS", "SAGUARO_DRAFT_TIMEOUT",
+                          "SAGUARO_WAIT_FOR_DRAFT",
                           "SAGUARO_K", "SAGUARO_FAN_OUT", "SAGUARO_BACKUP", "SAGUARO_JIT_MAX_BATCH",
                           "SAGUARO_SAGUARO_C", "SAGUARO_MAX_MODEL_LEN", "SAGUARO_METRICS_PORT",
                           "SAGUARO_TARGET_SERVICE", "SAGUARO_TARGET_PORT", "SAGUARO_MODEL_NAME",

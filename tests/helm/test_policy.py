@@ -82,7 +82,7 @@ def test_writable_paths_are_volumes(case, render, k8s):
     for workload in render(case).workloads():
         for container in containers_of(workload, k8s, init=False):
             mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
-            if container["name"] in SAGUARO_COMPONENTS:
+            if k8s.role_of(container) in SAGUARO_COMPONENTS:
                 assert "/tmp" in mounts, container["name"]
                 env = {e["name"]: e.get("value") for e in container.get("env", [])}
                 assert env.get("HOME") == "/tmp"
@@ -102,34 +102,35 @@ def test_images_are_pinned_tags(case, render, k8s):
 # ------------------------------------------------------------------------------------------
 
 def test_gpus_only_on_model_containers(case, render, k8s):
+    """target.gpus on the target, draft.gpus on every draft worker (container or pod), none elsewhere."""
     manifests = render(case)
     values = manifests.values
     gpu_enabled = values.get("gpu", {}).get("enabled", True)
     expected = {"target": values.get("target", {}).get("gpus", 1), "draft": values.get("draft", {}).get("gpus", 1)}
-    seen = set()
+    seen = {"target": 0, "draft": 0}
     for workload in manifests.workloads():
         for container in containers_of(workload, k8s):
             requests = container["resources"].get("requests", {})
             limits = container["resources"].get("limits", {})
-            if container["name"] in ("target", "draft") and gpu_enabled:
-                assert requests.get(GPU) == limits.get(GPU) == expected[container["name"]], container["name"]
-                seen.add(container["name"])
+            role = k8s.role_of(container)
+            if role in ("target", "draft") and gpu_enabled:
+                assert requests.get(GPU) == limits.get(GPU) == expected[role], container["name"]
+                seen[role] += 1
             else:
                 assert GPU not in requests and GPU not in limits, f"GPU on {container['name']}"
     if gpu_enabled:
-        assert "target" in seen
+        assert seen["target"] == 1
         if values.get("target", {}).get("mode", "ssd") == "ssd":
-            assert "draft" in seen
+            assert seen["draft"] == values.get("draft", {}).get("workers", 1), "a GPU request per draft worker"
 
 
 def test_gpu_pods_land_on_h100_nodes(case, render, k8s):
     manifests = render(case)
     values = manifests.values
     gpu_enabled = values.get("gpu", {}).get("enabled", True)
-    for component in ("target", "draft"):
-        if not manifests.has_workload(component):
-            continue
-        spec = k8s.pod_spec(manifests.workload(component))
+    for workload in manifests.workloads_of("target") + manifests.workloads_of("draft"):
+        component = k8s.component_of(workload)
+        spec = k8s.pod_spec(workload)
         if not gpu_enabled:
             assert "runtimeClassName" not in spec
             assert "nodeAffinity" not in spec.get("affinity", {})
@@ -156,18 +157,22 @@ def test_pairing_modes(case, render, k8s):
     values = manifests.values
     mode = values.get("target", {}).get("mode", "ssd")
     pairing = values.get("pairing", {}).get("mode", "colocated")
+    workers = values.get("draft", {}).get("workers", 1)
     target = manifests.workload("target")
     names = [c["name"] for c in k8s.pod_spec(target)["containers"]]
     if mode != "ssd":
         assert names == ["target"] and not manifests.has_workload("draft")
     elif pairing == "colocated":
-        assert target["kind"] == "Deployment" and names == ["target", "draft"]
+        assert target["kind"] == "Deployment" and names == ["target", "draft"] + [f"draft-{i}" for i in range(1, workers)]
         assert not manifests.has_workload("draft")
     else:
-        draft = manifests.workload("draft")
-        assert target["kind"] == draft["kind"] == "StatefulSet" and names == ["target"]
+        drafts = manifests.workloads_of("draft")
+        assert len(drafts) == workers, "one draft StatefulSet per draft worker"
+        assert target["kind"] == "StatefulSet" and names == ["target"]
+        assert all(d["kind"] == "StatefulSet" and [c["name"] for c in k8s.pod_spec(d)["containers"]] == ["draft"]
+                   for d in drafts)
         anti = values.get("pairing", {}).get("remote", {}).get("antiAffinity", "required")
-        for workload, other in ((target, "draft"), (draft, "target")):
+        for workload, other in [(target, "draft")] + [(draft, "target") for draft in drafts]:
             affinity = k8s.pod_spec(workload).get("affinity", {}).get("podAntiAffinity", {})
             if anti == "required":
                 terms = affinity["requiredDuringSchedulingIgnoredDuringExecution"]
@@ -194,11 +199,16 @@ def container_ports(workloads: list[dict], k8s) -> dict[str, int]:
 
 
 def test_services_select_one_workload_and_named_ports_exist(case, render, k8s):
+    """Each Service selects one workload, or (remote draft workers) exactly the StatefulSets it governs."""
     manifests = render(case)
     for service in manifests.of_kind("Service"):
         selected = matching_workloads(manifests, {"matchLabels": service["spec"]["selector"]}, k8s)
-        assert len(selected) == 1, f"Service {service['metadata']['name']} selects {len(selected)} workloads"
-        assert k8s.component_of(service) == k8s.component_of(selected[0])
+        name = service["metadata"]["name"]
+        assert selected, f"Service {name} selects nothing"
+        if len(selected) > 1:
+            governed = [w for w in manifests.of_kind("StatefulSet") if w["spec"]["serviceName"] == name]
+            assert selected == governed, f"Service {name} selects {len(selected)} workloads it does not govern"
+        assert {k8s.component_of(w) for w in selected} == {k8s.component_of(service)}
         ports = container_ports(selected, k8s)
         for port in service["spec"]["ports"]:
             target_port = port["targetPort"]
@@ -231,17 +241,21 @@ def test_probes_use_declared_ports(case, render, k8s):
 
 
 def test_pdbs_and_autoscalers_point_at_workloads(case, render, k8s):
+    """One PDB per pool (the draft pool's spans every draft worker StatefulSet), at most one
+    autoscaler per workload."""
     manifests = render(case)
     for pdb in manifests.of_kind("PodDisruptionBudget"):
-        assert len(matching_workloads(manifests, pdb["spec"]["selector"], k8s)) == 1
+        selected = matching_workloads(manifests, pdb["spec"]["selector"], k8s)
+        assert selected == manifests.workloads_of(k8s.component_of(pdb)), pdb["metadata"]["name"]
     scalers = manifests.of_kind("HorizontalPodAutoscaler") + manifests.of_kind("ScaledObject")
     for scaler in scalers:
         ref = scaler["spec"]["scaleTargetRef"]
         workload = manifests.get(ref["kind"], ref["name"])
+        assert k8s.component_of(workload) == k8s.component_of(scaler)
         assert "replicas" not in workload["spec"], f"{ref['name']} is autoscaled: helm must not set replicas"
-    for component in ("gateway", "target", "draft"):
-        if manifests.has_workload(component):
-            assert sum(1 for s in scalers if k8s.component_of(s) == component) <= 1
+    for workload in manifests.workloads():
+        refs = [s for s in scalers if s["spec"]["scaleTargetRef"]["name"] == workload["metadata"]["name"]]
+        assert len(refs) <= 1, workload["metadata"]["name"]
 
 
 def test_target_and_draft_scale_separately(case, render, k8s):
@@ -255,6 +269,10 @@ def test_target_and_draft_scale_separately(case, render, k8s):
     assert by_component["target"]["spec"]["scaleTargetRef"]["name"] == manifests.name("target")
     remote = manifests.has_workload("draft")
     assert ("draft" in by_component) == (remote and values.get("draft", {}).get("autoscaling", {}).get("enabled", False))
+    draft_scalers = [s for s in manifests.of_kind(kind) if k8s.component_of(s) == "draft"]
+    if draft_scalers:  # one per draft worker StatefulSet, each following the target pods
+        assert sorted(s["spec"]["scaleTargetRef"]["name"] for s in draft_scalers) == sorted(
+            w["metadata"]["name"] for w in manifests.workloads_of("draft"))
     target_behavior = (by_component["target"]["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
                        if keda else by_component["target"]["spec"]["behavior"])
     # damped for minutes-long model loads: scale-up waits and adds one pod per period; scale-down is slow
@@ -268,13 +286,13 @@ def test_target_and_draft_scale_separately(case, render, k8s):
         for trigger in triggers.values():
             assert f'namespace="{k8s.NAMESPACE}"' in trigger["metadata"]["query"]
             assert "{{" not in trigger["metadata"]["query"]
-        if remote:
-            draft_trigger = by_component["draft"]["spec"]["triggers"][0]
+        for draft_scaler in draft_scalers:
+            draft_trigger = draft_scaler["spec"]["triggers"][0]
             assert draft_trigger["type"] == "kubernetes-workload"
             target_labels = k8s.pod_labels(manifests.workload("target"))
             selector = dict(kv.split("=") for kv in draft_trigger["metadata"]["podSelector"].split(","))
             assert selects({"matchLabels": selector}, target_labels)
-            assert not selects({"matchLabels": selector}, k8s.pod_labels(manifests.workload("draft")))
+            assert not any(selects({"matchLabels": selector}, k8s.pod_labels(d)) for d in manifests.workloads_of("draft"))
 
 
 def test_monitors_scrape_declared_ports(case, render, k8s):
@@ -297,12 +315,12 @@ def test_dashboards_and_otel_wiring(case, render, k8s):
     otel = manifests.values.get("otel", {}).get("enabled", False)
     for workload in manifests.workloads():
         for container in k8s.pod_spec(workload)["containers"]:
-            if container["name"] not in SAGUARO_COMPONENTS:
+            if k8s.role_of(container) not in SAGUARO_COMPONENTS:
                 continue
             env = k8s.container_environment(manifests, workload, container)
             if otel:
                 assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http")
-                assert env["OTEL_SERVICE_NAME"] == f"saguaro-{container['name']}"
+                assert env["OTEL_SERVICE_NAME"] == f"saguaro-{k8s.role_of(container)}"
                 assert f"k8s.pod.name={workload['metadata']['name']}-0" in env["OTEL_RESOURCE_ATTRIBUTES"]
             else:
                 assert env["OTEL_SDK_DISABLED"] == "true"

@@ -9,6 +9,8 @@ mounts) run against them:
   the fast path, so readiness and liveness pass, and the startup probe's port is open; the
   gateway's HTTP probes pass and a request goes through gateway, target and draft;
 * a target whose draft never comes: DEGRADED, ready only while readyWhenDegraded is true;
+* two colocated draft workers (draft.workers=2): the containers draft and draft-1 listen on their
+  own ports, each passes its probes and takes a session from the target, which is SERVING;
 * after the process is gone every probe fails.
 """
 
@@ -80,6 +82,24 @@ class Service:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def free_port_run(count: int) -> int:
+    """A port p with p .. p + count - 1 all free (draft worker i listens on draft.port + i)."""
+    for _ in range(100):
+        base = free_port()
+        if base + count - 1 <= 65535 and all(not port_open(base + i) and _bindable(base + i) for i in range(count)):
+            return base
+    raise RuntimeError(f"no run of {count} free ports")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def run_probe(probe: dict, k8s) -> subprocess.CompletedProcess:
@@ -230,3 +250,55 @@ def test_probe_configmap_carries_the_script_verbatim(render, k8s):
     """Pods run the ConfigMap's copy; the tests above run the file: they must be the same bytes."""
     data = render({}).get("ConfigMap", "demo-saguaro-probe")["data"]["saguaro-probe.py"]
     assert data == (k8s.CHART / "files" / "saguaro-probe.py").read_text().rstrip("\n")
+
+
+def metric_value(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body = response.read().decode()
+    values = [float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+              if line.startswith(name) and not line.startswith("#")]
+    return sum(values)
+
+
+def test_two_colocated_draft_workers_serve_one_target(render, k8s, tiny_model, tmp_path):
+    """draft.workers=2, colocated: the pod's three containers, run as rendered, pair up — the
+    target dials both drafts (one --draft-address item each) and reports SERVING."""
+    values = cpu_values(tiny_model, pairing={"mode": "colocated"}, redis={"mode": "none"})
+    values["draft"] = {**values["draft"], "workers": 2, "port": free_port_run(2), "metricsPort": free_port_run(2)}
+    manifests = render(values)
+    workload = manifests.workload("target")
+    target_spec, *draft_specs = k8s.pod_spec(workload)["containers"]
+    assert [c["name"] for c in draft_specs] == ["draft", "draft-1"]
+    drafts = [Service(manifests, workload, spec, k8s, tmp_path / f"{spec['name']}.log") for spec in draft_specs]
+    target = None
+    try:
+        for draft, spec in zip(drafts, draft_specs):
+            draft.wait_listening()
+            assert run_probe(spec["readinessProbe"], k8s).returncode == 0
+            assert run_probe(spec["livenessProbe"], k8s).returncode == 0
+        draft_ports = [d.args[d.args.index("--port") + 1] for d in drafts]
+        assert draft_ports == [str(values["draft"]["port"]), str(values["draft"]["port"] + 1)]
+        target = Service(manifests, workload, target_spec, k8s, tmp_path / "target.log")
+        start = target.args.index("--draft-address") + 1
+        assert target.args[start:start + 2] == [f"127.0.0.1:{port}" for port in draft_ports]
+        target.wait_listening()
+        strict = {**target_spec["readinessProbe"]["exec"]}
+        strict["command"] = [c if c != "1,2" else "1" for c in strict["command"]]
+        assert wait_until(lambda: run_probe({"exec": strict}, k8s).returncode == 0), \
+            run_probe({"exec": strict}, k8s).stderr
+        # each worker took a session from the target (its own metrics port: draft.metricsPort + i)
+        for i in range(2):
+            port = values["draft"]["metricsPort"] + i
+            assert wait_until(lambda: metric_value(port, "saguaro_draft_sessions_total") >= 1), f"draft worker {i}"
+        from saguaro.client import Client
+
+        with Client(f"127.0.0.1:{values['target']['port']}", timeout=60) as client:
+            out = client.generate("def add(a, b):", max_tokens=8, ignore_eos=True)
+        assert len(out["token_ids"]) == 8
+    finally:
+        if target is not None:
+            target.stop()
+        for draft in drafts:
+            draft.stop()
+    for spec in draft_specs:
+        assert run_probe(spec["readinessProbe"], k8s).returncode != 0

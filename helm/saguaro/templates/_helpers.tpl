@@ -89,6 +89,71 @@ Derived settings
 {{- if and (eq .Values.target.mode "ssd") (eq .Values.pairing.mode "colocated") -}}true{{- end -}}
 {{- end -}}
 
+{{/* Draft workers per target (draft.workers): the target splits each batch's sequences across them
+(ssd: one draft service each; sd: worker threads in the target process). */}}
+{{- define "saguaro.draftWorkers" -}}
+{{- max 1 (int (default 1 .Values.draft.workers)) -}}
+{{- end -}}
+
+{{/* Name of draft worker i's workload in remote pairing: "<fullname>-draft" for a single worker
+(so draft.workers=1 keeps the original StatefulSet), "<fullname>-draft-w<i>" for several. Call
+with (list $ i). */}}
+{{- define "saguaro.draftWorkloadName" -}}
+{{- $root := index . 0 -}}
+{{- $name := include "saguaro.componentName" (list $root "draft") -}}
+{{- if gt (int (include "saguaro.draftWorkers" $root)) 1 -}}
+{{- printf "%s-w%d" $name (int (index . 1)) -}}
+{{- else -}}
+{{- $name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The label telling the draft worker StatefulSets apart (remote pairing with draft.workers > 1;
+empty otherwise). Call with (list $ i). */}}
+{{- define "saguaro.draftWorkerLabels" -}}
+{{- $root := index . 0 -}}
+{{- if gt (int (include "saguaro.draftWorkers" $root)) 1 -}}
+saguaro/draft-worker: {{ index . 1 | toString | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of the environment variable holding draft worker i's address in the target container:
+SAGUARO_DRAFT_ADDRESS, SAGUARO_DRAFT_ADDRESS_1, ... (one variable per address: a $(VAR) reference
+expands to exactly one argument). */}}
+{{- define "saguaro.draftAddressVar" -}}
+SAGUARO_DRAFT_ADDRESS{{ if gt (int .) 0 }}_{{ . }}{{ end }}
+{{- end -}}
+
+{{/* Colocated pairing puts the target and every draft worker in one network namespace: the
+target's ports and each worker's draft.port + i / draft.metricsPort + i must all differ. */}}
+{{- define "saguaro.checkColocatedPorts" -}}
+{{- if include "saguaro.colocatedDraft" . -}}
+{{- $metrics := .Values.metrics.enabled -}}
+{{- $used := dict (toString (int .Values.target.port)) "target.port" -}}
+{{- if $metrics -}}
+{{- $_ := set $used (toString (int .Values.target.metricsPort)) "target.metricsPort" -}}
+{{- end -}}
+{{- $ports := list -}}
+{{- range $i := until (int (include "saguaro.draftWorkers" .)) -}}
+{{- $ports = append $ports (list (add (int $.Values.draft.port) $i) (ternary "draft.port" (printf "draft.port + %d" $i) (eq $i 0))) -}}
+{{- if $metrics -}}
+{{- $ports = append $ports (list (add (int $.Values.draft.metricsPort) $i) (ternary "draft.metricsPort" (printf "draft.metricsPort + %d" $i) (eq $i 0))) -}}
+{{- end -}}
+{{- end -}}
+{{- range $entry := $ports -}}
+{{- $port := int (index $entry 0) -}}
+{{- $what := index $entry 1 -}}
+{{- if gt $port 65535 -}}
+{{- fail (printf "colocated pairing with draft.workers=%d: %s is %d, above 65535; lower draft.port / draft.metricsPort" (int (include "saguaro.draftWorkers" $)) $what $port) -}}
+{{- end -}}
+{{- if hasKey $used (toString $port) -}}
+{{- fail (printf "colocated pairing: %s and %s are both port %d in the target pod (draft worker i listens on draft.port + i and draft.metricsPort + i, draft.workers=%d); choose non-overlapping ports" (get $used (toString $port)) $what $port (int (include "saguaro.draftWorkers" $))) -}}
+{{- end -}}
+{{- $_ := set $used (toString $port) $what -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The target workload kind: a StatefulSet when drafts pair by ordinal, else a Deployment. */}}
 {{- define "saguaro.targetKind" -}}
 {{- if include "saguaro.remoteDraft" . -}}StatefulSet{{- else -}}Deployment{{- end -}}
@@ -450,12 +515,19 @@ SAGUARO_LOG_FORMAT: {{ $root.Values.logFormat | quote }}
 {{- end -}}
 
 {{/* The draft container (colocated: inside the target pod, listening on loopback; remote: its own
-pod). Call with (list $ colocated?). */}}
+pod). Call with (list $ colocated? [worker]). Colocated draft worker i (draft.workers > 1) is the
+container "draft-<i>" on draft.port + i and draft.metricsPort + i: its env overrides the
+ConfigMap's SAGUARO_PORT / SAGUARO_METRICS_PORT (env wins over envFrom). */}}
 {{- define "saguaro.draftContainer" -}}
 {{- $root := index . 0 -}}
 {{- $colocated := index . 1 -}}
+{{- $worker := 0 -}}
+{{- if gt (len .) 2 -}}
+{{- $worker = int (index . 2) -}}
+{{- end -}}
 {{- $values := $root.Values.draft -}}
-- name: draft
+{{- $port := add (int $values.port) $worker -}}
+- name: {{ ternary (printf "draft-%d" $worker) "draft" (gt $worker 0) }}
   image: {{ include "saguaro.image" (list $root $values.image) }}
   imagePullPolicy: {{ include "saguaro.pullPolicy" (list $root $values.image) }}
   args:
@@ -477,6 +549,12 @@ pod). Call with (list $ colocated?). */}}
   env:
     {{- include "saguaro.commonEnv" (list $root "saguaro-draft") | nindent 4 }}
     {{- include "saguaro.engineEnv" $root | nindent 4 }}
+    {{- if gt $worker 0 }}
+    - name: SAGUARO_PORT
+      value: {{ $port | quote }}
+    - name: SAGUARO_METRICS_PORT
+      value: {{ ternary (add (int $values.metricsPort) $worker) 0 $root.Values.metrics.enabled | quote }}
+    {{- end }}
     {{- with $values.env }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -496,15 +574,15 @@ pod). Call with (list $ colocated?). */}}
   {{- /* loopback only: kubelet's TCP probes dial the pod IP, so check from inside */}}
   startupProbe:
     exec:
-      command: ["python", {{ include "saguaro.probeScript" $root | quote }}, "tcp", "--port", {{ $values.port | quote }}]
+      command: ["python", {{ include "saguaro.probeScript" $root | quote }}, "tcp", "--port", {{ $port | quote }}]
     {{- include "saguaro.probeTiming" $values.probes.startup | nindent 4 }}
   livenessProbe:
     exec:
-      command: ["python", {{ include "saguaro.probeScript" $root | quote }}, "tcp", "--port", {{ $values.port | quote }}]
+      command: ["python", {{ include "saguaro.probeScript" $root | quote }}, "tcp", "--port", {{ $port | quote }}]
     {{- include "saguaro.probeTiming" $values.probes.liveness | nindent 4 }}
   readinessProbe:
     exec:
-      command: ["python", {{ include "saguaro.probeScript" $root | quote }}, "tcp", "--port", {{ $values.port | quote }}]
+      command: ["python", {{ include "saguaro.probeScript" $root | quote }}, "tcp", "--port", {{ $port | quote }}]
     {{- include "saguaro.probeTiming" $values.probes.readiness | nindent 4 }}
   {{- else }}
   startupProbe:
