@@ -8,7 +8,7 @@ compared token by token with target-only greedy decoding (the in-process AR engi
 once), so a lost, repeated or wrong token is counted. Reported: requests, tokens, throughput,
 p50/p99 latency and time to first token, outcome counts (anything but ``completed`` is an
 error: there are no faults here), and the resident memory of every process (first sample, peak,
-last) sampled every second. Exit status 1 when any request was not completed exactly.
+last, and at every progress line) sampled every second. Exit status 1 when any request was not completed exactly.
 
     python bench/soak.py --minutes 10 --concurrency 8          # tiny random models built here
     python bench/soak.py --seconds 60 --concurrency 4 --json out.json
@@ -36,6 +36,7 @@ from saguaro.loadtest import (
     reference_outputs,
     scrape_metric,
     summary,
+    tiny_pair,
 )
 
 
@@ -62,14 +63,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def tiny_pair(root: Path) -> tuple[str, str]:
-    """The test suite's tiny Llama and a perturbed copy as its draft (partial acceptance)."""
-    from saguaro.tiny_models import build_tiny_model, perturbed_copy
-
-    target = build_tiny_model(root / "target", family="llama")
-    return str(target), str(perturbed_copy(target, root / "draft", noise=0.05))
-
-
 def run(args: argparse.Namespace, scratch: Path) -> dict:
     from saguaro.config import ModelConfig
 
@@ -83,6 +76,7 @@ def run(args: argparse.Namespace, scratch: Path) -> dict:
         memory = RssSampler(stack, interval_s=1.0).start()
         load = LoadGenerator(stack.endpoint, workload, args.concurrency, seed=args.seed, retries=0).start()
         next_report = args.progress_s
+        timeline = []  # RSS of every process at each progress line: growth after warm-up shows here
         while load.elapsed() < args.duration_s:
             time.sleep(min(1.0, max(0.0, args.duration_s - load.elapsed())))
             dead = [name for name, service in stack.services.items() if not service.alive()]
@@ -92,9 +86,9 @@ def run(args: argparse.Namespace, scratch: Path) -> dict:
                 next_report += args.progress_s
                 done = list(load.outcomes)
                 errors = sum(o.kind != "completed" for o in done)
-                peak = max(memory.peak.values()) / (1 << 20)
-                print(f"  {load.elapsed():6.0f} s: {len(done)} requests, {errors} errors, largest RSS {peak:.0f} MiB",
-                      flush=True)
+                now = {name: round(b / (1 << 20), 1) for name, b in dict(memory.last).items()}
+                timeline.append({"s": round(load.elapsed()), "requests": len(done), "errors": errors, "rss_mib": now})
+                print(f"  {load.elapsed():6.0f} s: {len(done)} requests, {errors} errors, RSS MiB {now}", flush=True)
         outcomes = load.stop()
         seconds = load.elapsed()
         rss = memory.stop()
@@ -112,6 +106,7 @@ def run(args: argparse.Namespace, scratch: Path) -> dict:
         "summary": summary(outcomes, seconds),
         "errors": sorted({o.error for o in outcomes if o.error})[:20],
         "memory_mib": rss,
+        "timeline": timeline,
         "targets": metrics,
         "all_alive_at_end": all(alive.values()),
     }

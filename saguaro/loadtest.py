@@ -42,7 +42,11 @@ OUTCOMES = ("completed", "failed_retryable", "failed", "corrupted")
 # Refused before any token with these, a request was not served: sending it again is safe.
 RETRYABLE_CODES = {"UNAVAILABLE", "RESOURCE_EXHAUSTED"}
 FAULTS = ("kill", "stop")
-ROLES = ("draft", "target", "gateway", "redis")
+
+
+def role(name: str) -> str:
+    """``target1`` -> ``target``: what a service of the stack is."""
+    return name.rstrip("0123456789")
 
 
 # Started through this exec shim, a service gets SIGKILL when its parent dies (PR_SET_PDEATHSIG,
@@ -158,8 +162,6 @@ class StackSpec:
     draft_timeout_s: float = 1.0  # a stalled draft costs the target this long per round before it falls back
     max_queue: int = 256
     target_metrics: bool = False  # serve the targets' Prometheus metrics (``metrics_url``)
-    target_args: tuple[str, ...] = ()
-    gateway_args: tuple[str, ...] = ()
 
 
 class Stack:
@@ -199,14 +201,13 @@ class Stack:
             self._add(f"target{i}", [*python, "target", "--model", spec.target_model, "--mode", "ssd",
                                      "--draft-address", f"127.0.0.1:{draft_port}", "--wait-for-draft", "120",
                                      "--draft-timeout", str(spec.draft_timeout_s), "--port", str(target_port),
-                                     "--metrics-port", str(metrics_port), *target_engine, *speculation,
-                                     *spec.target_args],
+                                     "--metrics-port", str(metrics_port), *target_engine, *speculation],
                       target_port)
             targets.append(f"127.0.0.1:{target_port}")
         grpc_port, self.http_port = free_port(), free_port()
         self._add("gateway", [*python, "gateway", "--port", str(grpc_port), "--http-port", str(self.http_port),
                               "--targets", *targets, "--max-queue", str(spec.max_queue),
-                              *(["--redis-url", redis_url] if redis_url else []), *spec.gateway_args], grpc_port)
+                              *(["--redis-url", redis_url] if redis_url else [])], grpc_port)
         self.endpoint = f"127.0.0.1:{grpc_port}"
         self.http_url = f"http://127.0.0.1:{self.http_port}"
         self.redis_url = redis_url
@@ -214,8 +215,8 @@ class Stack:
     def _add(self, name: str, cmd: list[str], port: int) -> None:
         self.services[name] = Service(name, cmd, f"127.0.0.1:{port}", self.spec.log_dir / f"{name}.log")
 
-    def names(self, role: str) -> list[str]:
-        return [n for n in self.services if n.rstrip("0123456789") == role]
+    def names(self, kind: str) -> list[str]:
+        return [n for n in self.services if role(n) == kind]
 
     def start(self, timeout: float = 180.0) -> Stack:
         """Start everything at once (they load in parallel), then wait until the gateway serves
@@ -289,6 +290,15 @@ def prompt_pool(count: int, vocab_size: int, seed: int, min_len: int = 4, max_le
     """Seeded prompts of token ids (3 .. vocab: no special ids) of varied lengths."""
     rng = random.Random(seed)
     return [[rng.randrange(3, vocab_size) for _ in range(rng.randint(min_len, max_len))] for _ in range(count)]
+
+
+def tiny_pair(root: Path) -> tuple[str, str]:
+    """The test suite's tiny random Llama and a perturbed copy as its draft (partial acceptance),
+    built in ``root``: benchmarks without model folders run on these."""
+    from saguaro.tiny_models import build_tiny_model, perturbed_copy
+
+    target = build_tiny_model(root / "target", family="llama")
+    return str(target), str(perturbed_copy(target, root / "draft", noise=0.05))
 
 
 def reference_outputs(model_dir: str, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:
@@ -542,7 +552,7 @@ FAULT_PLAN = [
 
 def fault_name(service: str, fault: str) -> str:
     """``target0``, ``kill`` -> ``target-kill`` (the report's key)."""
-    return f"{service.rstrip('0123456789')}-{fault}"
+    return f"{role(service)}-{fault}"
 
 
 @dataclass
@@ -559,11 +569,21 @@ class FaultResult:
     midstream_at_fault: int = 0  # ... of which had streamed a token already
     fallback_rounds: int = 0  # rounds decoded without a draft, over all requests
     max_latency_s: float = 0.0  # the slowest request (a stall shows here)
+    # What the gateway did about it (its counters; None when it was the one restarted):
+    gateway_retries: int | None = None  # requests re-sent to another target before their first token
+    gateway_migrations: int | None = None  # streams moved to another target after it
     recovered: bool = False  # a request sent after the fault completed exactly
     errors: list[str] = field(default_factory=list)  # distinct error messages seen (for the report)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+GATEWAY_COUNTERS = ("saguaro_gateway_retries_total", "saguaro_gateway_migrations_total")
+
+
+def gateway_counters(stack: Stack) -> dict[str, float]:
+    return {name: scrape_metric(stack.http_url + "/metrics", name) for name in GATEWAY_COUNTERS}
 
 
 def run_fault(stack: Stack, workload: Workload, service: str, fault: str, seed: int, concurrency: int = 4,
@@ -575,15 +595,15 @@ def run_fault(stack: Stack, workload: Workload, service: str, fault: str, seed: 
     rng = random.Random(seed)
     at, pause = rng.uniform(0.3, 1.5), rng.uniform(1.0, 2.5)
     victim = stack.services[service]
-    role = service.rstrip("0123456789")
     window = None
+    before = gateway_counters(stack)
     load = LoadGenerator(stack.endpoint, workload, concurrency, seed=seed).start()
     try:
         time.sleep(at)
         at = load.elapsed()
         if fault == "kill":
             victim.kill()
-            if role in RESTARTED_AFTER_KILL:
+            if role(service) in RESTARTED_AFTER_KILL:
                 stack.restart(service)
                 window = load.elapsed() - at
         elif fault == "stop":
@@ -604,6 +624,9 @@ def run_fault(stack: Stack, workload: Workload, service: str, fault: str, seed: 
                          sum(o.ttft_s is not None and o.started_s + o.ttft_s <= at for o in running),
                          sum(o.fallback_rounds for o in outcomes), round(max(o.latency_s for o in outcomes), 2),
                          errors=sorted({o.error for o in outcomes if o.error})[:10])
+    if service != "gateway":
+        after = gateway_counters(stack)
+        result.gateway_retries, result.gateway_migrations = (round(after[k] - before[k]) for k in GATEWAY_COUNTERS)
     stack.wait_serving(time.monotonic() + 120)
     result.recovered = probe(stack.endpoint, workload, rng.randrange(len(workload.prompts))).kind == "completed"
     return result
