@@ -116,3 +116,21 @@ def start_draft_process(model: str, port: int, settings):
     )
     assert "listening" in proc.stdout.readline(), "draft service did not start"
     return proc
+
+
+def parse_cli(args: list[str]):
+    """``saguaro`` arguments through the real CLI parser; argparse exiting on a bad command line
+    becomes a test failure with its message."""
+    import contextlib
+    import io
+
+    import pytest
+
+    from saguaro.cli import build_parser
+
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            return build_parser().parse_args(args)
+    except SystemExit:
+        pytest.fail(f"`saguaro {' '.join(args)}` is rejected by saguaro.cli:\n{stderr.getvalue()}")

@@ -8,13 +8,10 @@ pod. The parsed values are then checked against the ports, Services and peers th
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 
-import pytest
 
-from saguaro.cli import build_parser
+from tests_support import parse_cli as parse
 
 # Environment variables of the OpenTelemetry SDK specification the chart may set.
 OTEL_SPEC_VARIABLES = {
@@ -23,16 +20,6 @@ OTEL_SPEC_VARIABLES = {
     "OTEL_LOGS_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_EXPORTER_OTLP_INSECURE", "OTEL_EXPORTER_OTLP_HEADERS",
 }
-
-
-def parse(args: list[str]):
-    """argparse exits on a bad command line; turn that into a test failure with its message."""
-    stderr = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr):
-            return build_parser().parse_args(args)
-    except SystemExit:
-        pytest.fail(f"`saguaro {' '.join(args)}` is rejected by saguaro.cli:\n{stderr.getvalue()}")
 
 
 def containers(manifests, k8s):

@@ -14,27 +14,16 @@ The rendered objects are also validated strictly against the Kubernetes 1.29 and
 
 from __future__ import annotations
 
-import contextlib
-import io
 
 import helm_python
 import kubernetes_validate
 import pytest
 
-from saguaro.cli import build_parser
+from tests_support import parse_cli as parse
 
 GPU = "nvidia.com/gpu"
 DRAFT = "demo-saguaro-draft"
 DNS = "llm.svc.cluster.local"
-
-
-def parse(args: list[str]):
-    stderr = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr):
-            return build_parser().parse_args(args)
-    except SystemExit:
-        pytest.fail(f"`saguaro {' '.join(args)}` is rejected by saguaro.cli:\n{stderr.getvalue()}")
 
 
 def validate(manifests, k8s) -> None:
