@@ -9,6 +9,7 @@ key conventions: both the older layout real checkpoints carry (``rope_theta`` +
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,37 +82,53 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
+        """Parse and check a config.json object; any bad value is a ModelLoadError naming its key."""
+        if not isinstance(raw, dict):
+            raise ModelLoadError(f"config.json must hold a JSON object, got {type(raw).__name__}")
         archs = raw.get("architectures") or []
-        arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+        archs = archs if isinstance(archs, list) else [archs]
+        arch = next((a for a in archs if isinstance(a, str) and a in SUPPORTED_ARCHITECTURES), None)
         if arch is None:
             raise ModelLoadError(
                 f"unsupported architecture {archs or raw.get('model_type')!r}; "
                 f"supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
             )
         family = SUPPORTED_ARCHITECTURES[arch]
-        hidden = int(raw["hidden_size"])
-        heads = int(raw["num_attention_heads"])
+        hidden = _positive_int(raw, "hidden_size")
+        heads = _positive_int(raw, "num_attention_heads")
+        kv_heads = _positive_int(raw, "num_key_value_heads", heads)
+        if heads % kv_heads:
+            raise ModelLoadError(
+                f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")
         eos = raw.get("eos_token_id")
-        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in eos_ids):
+            raise ModelLoadError(f"eos_token_id must be a token id or a list of token ids, got {eos!r}")
+        bos = raw.get("bos_token_id")
+        if bos is not None and (isinstance(bos, bool) or not isinstance(bos, int)):
+            raise ModelLoadError(f"bos_token_id must be a token id, got {bos!r}")
+        torch_dtype = raw.get("torch_dtype") or raw.get("dtype")
+        if torch_dtype is not None and not isinstance(torch_dtype, str):
+            raise ModelLoadError(f"torch_dtype must be a string such as \"bfloat16\", got {torch_dtype!r}")
         return cls(
             architecture=arch,
             family=family,
-            vocab_size=int(raw["vocab_size"]),
+            vocab_size=_positive_int(raw, "vocab_size"),
             hidden_size=hidden,
-            intermediate_size=int(raw["intermediate_size"]),
-            num_layers=int(raw["num_hidden_layers"]),
+            intermediate_size=_positive_int(raw, "intermediate_size"),
+            num_layers=_positive_int(raw, "num_hidden_layers"),
             num_heads=heads,
-            num_kv_heads=int(raw.get("num_key_value_heads") or heads),
-            head_dim=int(raw.get("head_dim") or hidden // heads),
-            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+            num_kv_heads=kv_heads,
+            head_dim=_positive_int(raw, "head_dim", hidden // heads),
+            rms_norm_eps=_positive_float(raw, "rms_norm_eps", 1e-6),
+            max_position_embeddings=_positive_int(raw, "max_position_embeddings", 2048),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             rope=_parse_rope(raw),
             qk_norm=family == "qwen3",
             attention_bias=bool(raw.get("attention_bias", False)),
-            bos_token_id=raw.get("bos_token_id"),
+            bos_token_id=bos,
             eos_token_ids=eos_ids,
-            torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
+            torch_dtype=torch_dtype,
         )
 
     @classmethod
@@ -123,33 +140,68 @@ class ModelConfig:
         if not cfg.is_file():
             raise ModelLoadError(f"no config.json in model folder {path}")
         try:
-            raw = json.loads(cfg.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelLoadError(f"{cfg} is not valid JSON: {exc}") from None
+            raw = json.loads(cfg.read_bytes())
+        except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, or nested too deep
+            raise ModelLoadError(f"{cfg} is not valid JSON: {str(exc)[:200]}") from None
         try:
             return cls.from_dict(raw)
-        except KeyError as exc:
-            raise ModelLoadError(f"{cfg} lacks the required key {exc.args[0]!r}") from None
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{cfg}: {exc}") from None
+
+
+_REQUIRED = object()
+
+
+def _number(raw: dict[str, Any], key: str, default: Any) -> Any:
+    value = raw.get(key)
+    if value is None:  # absent or null: the default (required keys have none)
+        if default is _REQUIRED:
+            raise ModelLoadError(f"config.json lacks the required key {key!r}")
+        return default
+    return value
+
+
+def _positive_int(raw: dict[str, Any], key: str, default: Any = _REQUIRED) -> int:
+    value = _number(raw, key, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ModelLoadError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _positive_float(raw: dict[str, Any], key: str, default: Any = _REQUIRED) -> float:
+    value = _number(raw, key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < math.inf:
+        raise ModelLoadError(f"{key} must be a positive number, got {value!r}")
+    return float(value)
 
 
 def _parse_rope(raw: dict[str, Any]) -> RopeConfig:
+    for key in ("rope_parameters", "rope_scaling"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise ModelLoadError(f"{key} must be an object, got {raw[key]!r}")
     params = dict(raw.get("rope_parameters") or {})
     legacy = dict(raw.get("rope_scaling") or {})
-    theta = params.get("rope_theta", raw.get("rope_theta", 10000.0))
+    theta = _positive_float({"rope_theta": params.get("rope_theta", raw.get("rope_theta"))}, "rope_theta", 10000.0)
     scaling = params if params.get("rope_type", "default") != "default" else legacy
     rope_type = scaling.get("rope_type", scaling.get("type", "default")) or "default"
     if rope_type not in ("default", "llama3"):
         raise ModelLoadError(f"unsupported rope scaling type {rope_type!r}; supported: default, llama3")
     if rope_type == "default":
-        return RopeConfig(theta=float(theta))
-    return RopeConfig(
-        theta=float(theta),
+        return RopeConfig(theta=theta)
+    rope = RopeConfig(
+        theta=theta,
         rope_type=rope_type,
-        factor=float(scaling["factor"]),
-        low_freq_factor=float(scaling.get("low_freq_factor", 1.0)),
-        high_freq_factor=float(scaling.get("high_freq_factor", 4.0)),
-        original_max_position_embeddings=int(scaling.get("original_max_position_embeddings", 8192)),
+        factor=_positive_float(scaling, "factor"),
+        low_freq_factor=_positive_float(scaling, "low_freq_factor", 1.0),
+        high_freq_factor=_positive_float(scaling, "high_freq_factor", 4.0),
+        original_max_position_embeddings=_positive_int(scaling, "original_max_position_embeddings", 8192),
     )
+    if rope.high_freq_factor <= rope.low_freq_factor:
+        raise ModelLoadError(f"rope scaling: high_freq_factor ({rope.high_freq_factor}) must exceed low_freq_factor "
+                             f"({rope.low_freq_factor})")
+    return rope
 
 
 @dataclass
@@ -183,6 +235,12 @@ class EngineConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError):  # torch's message for "" or "gpu" says little
+            raise ConfigError(f"unknown device {self.device!r}; use cpu or cuda[:N]") from None
+        if device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"unsupported device {self.device!r}; use cpu or cuda[:N]")
         if self.block_size <= 0:
             raise ConfigError(f"block_size must be positive, got {self.block_size}")
         if self.max_num_seqs <= 0:
@@ -199,3 +257,7 @@ class EngineConfig:
             raise ConfigError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
             )
+        if self.max_model_len is not None and self.max_model_len <= 0:
+            raise ConfigError(f"max_model_len must be positive, got {self.max_model_len}")
+        if self.emulate_forward_s is not None and not 0 <= self.emulate_forward_s < math.inf:
+            raise ConfigError(f"emulate_forward_s must be a finite number >= 0, got {self.emulate_forward_s}")

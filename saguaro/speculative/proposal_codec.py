@@ -36,10 +36,21 @@ def encode(probs: torch.Tensor, wire_dtype: int) -> bytes:
 
 
 def decode(payload: bytes, wire_dtype: int, rows: int, vocab: int) -> torch.Tensor:
-    """Inverse of ``encode`` followed by the canonical renormalisation: [rows, vocab] fp32."""
-    dtype = WIRE_DTYPES[wire_dtype]
+    """Inverse of ``encode`` followed by the canonical renormalisation: [rows, vocab] fp32.
+
+    The bytes come from another process: anything that is not a probability law (an unknown
+    dtype, a wrong length, NaN, infinities, negative or all-zero rows) is a ValueError, so the
+    target ignores that proposal instead of verifying against garbage.
+    """
+    dtype = WIRE_DTYPES.get(wire_dtype)
+    if dtype is None:
+        raise ValueError(f"proposal payload has an unknown dtype {wire_dtype}")
     expected = rows * vocab * torch.empty((), dtype=dtype).element_size()
     if len(payload) != expected:
         raise ValueError(f"proposal payload has {len(payload)} bytes, expected {expected} ({rows}x{vocab} {dtype})")
-    raw = torch.frombuffer(bytearray(payload), dtype=dtype).view(rows, vocab)
-    return _normalise(raw.float())
+    raw = torch.frombuffer(bytearray(payload), dtype=dtype).view(rows, vocab).float()
+    sums = raw.sum(dim=-1, keepdim=True)
+    # non-negative entries with a finite positive sum are all finite; NaN fails every comparison
+    if not (bool((raw.min() >= 0) & torch.isfinite(sums).all() & (sums > 0).all())):
+        raise ValueError("proposal payload is not a probability law (NaN, infinite, negative or all-zero rows)")
+    return raw / sums

@@ -17,6 +17,7 @@ from concurrent import futures
 import grpc
 
 from saguaro.config import EngineConfig
+from saguaro.errors import ConfigError
 from saguaro.p2p import P2PLink
 from saguaro.services.draft.handshake import answer_handshake, model_facts
 from saguaro.services.draft.settings import DraftSettings
@@ -49,9 +50,17 @@ class SpeculationService(pb_grpc.SpeculationServicer):
             log.warning("refused target %s: %s", request.target_instance_id, response.error_message)
             return response
         with self._lock:  # waits for the previous session's current request to finish
-            self.worker = None
             if tree_scratch_slots(0, settings.k, settings.budget) > self.runner.lookahead_slots:
-                self.runner = draft_runner(self.config, settings)  # the session needs more scratch room
+                try:
+                    runner = draft_runner(self.config, settings)  # the session needs more scratch room
+                except ConfigError as exc:  # K x fan-out scratch beyond this draft's KV cache: refuse
+                    response.accepted = False
+                    response.ClearField("session_id")
+                    response.ClearField("chosen_transport")
+                    response.error_message = f"this draft cannot hold the session's speculation tree: {exc}"
+                    log.warning("refused target %s: %s", request.target_instance_id, response.error_message)
+                    return response
+                self.worker, self.runner = None, runner
             self.runner.reset_cache()  # a new session starts with no sequences
             self.worker = DraftWorker(self.runner, settings, build_cache=self.build_cache)
             self.session_id = response.session_id

@@ -7,6 +7,12 @@ from dataclasses import dataclass, field
 from saguaro.speculative.fanout import uniform_fan_out, validate_fan_out
 from saguaro.v1 import speculation_pb2 as pb
 
+# Bounds on what a handshake may ask for: K and M size every per-round buffer (K x M tree tokens
+# per sequence), so an unbounded request (K = 2^32 - 1 is a valid uint32) must be refused up
+# front instead of allocating lists or KV scratch of that size.
+MAX_LOOKAHEAD = 64
+MAX_BUDGET = 1024
+
 
 @dataclass
 class DraftSettings:
@@ -24,8 +30,8 @@ class DraftSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.k <= 0:
-            raise ValueError(f"K (lookahead) must be positive, got {self.k}")
+        if not 0 < self.k <= MAX_LOOKAHEAD:
+            raise ValueError(f"K (lookahead) must be between 1 and {MAX_LOOKAHEAD}, got {self.k}")
         self.fan_out_hit = validate_fan_out(self.fan_out_hit or uniform_fan_out(self.k, self.fan_out), self.k)
         self.fan_out_miss = validate_fan_out(self.fan_out_miss or list(self.fan_out_hit), self.k)
         if sum(self.fan_out_hit) != sum(self.fan_out_miss):
@@ -33,6 +39,9 @@ class DraftSettings:
                 f"hit and miss fan-out lists must have equal sums (the budget M), got "
                 f"{sum(self.fan_out_hit)} and {sum(self.fan_out_miss)}"
             )
+        if self.budget > MAX_BUDGET:
+            raise ValueError(f"the fan-out budget M (branches per sequence) must be at most {MAX_BUDGET}, "
+                             f"got {self.budget}")
         if not 0 < self.downweight <= 1:
             raise ValueError(f"Saguaro downweight C must be in (0, 1], got {self.downweight}")
 
@@ -63,15 +72,21 @@ class DraftSettings:
 
     @classmethod
     def from_proto(cls, config: pb.SpeculationConfig, seed: int = 0) -> "DraftSettings":
+        """Unknown enum values (a newer peer's) count as the zero value, as docs/protocol.md §3 says."""
         return cls(
             k=config.lookahead_k,
             fan_out=config.fan_out or 1,
             fan_out_hit=list(config.fan_out_list_hit),
             fan_out_miss=list(config.fan_out_list_miss),
-            backup_policy=config.backup_policy or pb.BACKUP_POLICY_JIT,
+            backup_policy=_known(config.backup_policy, pb.BackupPolicy) or pb.BACKUP_POLICY_JIT,
             jit_max_batch_size=config.jit_max_batch_size or 4,
             downweight=config.saguaro_downweight if config.HasField("saguaro_downweight") else 1.0,
-            probs_dtype=config.probs_dtype or pb.DTYPE_FLOAT32,
-            fan_out_policy=config.fan_out_policy or pb.FAN_OUT_POLICY_LIST,
+            probs_dtype=_known(config.probs_dtype, pb.DType) or pb.DTYPE_FLOAT32,
+            fan_out_policy=_known(config.fan_out_policy, pb.FanOutPolicy) or pb.FAN_OUT_POLICY_LIST,
             seed=seed,
         )
+
+
+def _known(value: int, enum) -> int:
+    """``value`` if ``enum`` (a protobuf enum wrapper) defines it, else 0 (UNSPECIFIED)."""
+    return value if value in enum.values() else 0

@@ -115,10 +115,19 @@ class DraftWorker:
         vocab = self.runner.vocab_size
         fresh: list[DraftSequence] = []
         rows = []
-        for item in request.sequences:
-            tokens = list(item.prompt_token_ids)
+        limit = self.runner.max_model_len
+        for item in request.sequences:  # refuse before changing anything
+            tokens = item.prompt_token_ids
             if not tokens or min(tokens) < 0 or max(tokens) >= vocab:
                 raise ValueError(f"sequence {item.seq_id}: prompt is empty or has token ids outside [0, {vocab})")
+            known = self.sequences.get(item.seq_id)
+            total = len(tokens) + (0 if item.reset or known is None else len(known.tokens))
+            if total > limit:
+                raise ValueError(f"sequence {item.seq_id}: {total} tokens exceed the draft's context ({limit})")
+        if len({item.seq_id for item in request.sequences}) != len(request.sequences):
+            raise ValueError("a prefill request names a sequence more than once")
+        for item in request.sequences:
+            tokens = list(item.prompt_token_ids)
             seq = self.sequences.get(item.seq_id)
             if seq is None or item.reset:
                 self._forget(item.seq_id)
@@ -202,7 +211,9 @@ class DraftWorker:
         if len(seq.tokens) + len(row.committed_tokens) != row.committed_len:
             self._forget(row.seq_id)
             return pb.SpeculateRowReply(seq_id=row.seq_id, status=pb.ROW_STATUS_DESYNC), None
-        if not 0 <= row.recovery_token < self.runner.vocab_size or row.draft_temperature < 0:
+        vocab, tokens = self.runner.vocab_size, row.committed_tokens
+        if (not 0 <= row.recovery_token < vocab or row.draft_temperature < 0 or row.committed_len > self.runner.max_model_len
+                or (tokens and not 0 <= min(tokens) <= max(tokens) < vocab)):
             return pb.SpeculateRowReply(seq_id=row.seq_id, status=pb.ROW_STATUS_INVALID), None
         self._commit(seq, list(row.committed_tokens))
         if not self.runner.blocks.ensure_slots(seq.table, self._slots_needed(len(seq.tokens))):

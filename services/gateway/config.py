@@ -56,8 +56,12 @@ class GatewayConfig:
             raise ConfigError("--discovery kubernetes needs --service NAME (the target Service)")
         for address in self.targets:
             host, sep, port = address.rpartition(":")
-            if not (sep and host and port.isdigit()):
-                raise ConfigError(f"target {address!r} is not HOST:PORT")
+            if not (sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+                raise ConfigError(f"target {address!r} is not HOST:PORT (port 1-65535)")
+        for flag, port, lowest in (("--port", self.port, 0), ("--http-port", self.http_port, 0),
+                                   ("--target-port", self.target_port, 1)):
+            if port is not None and not lowest <= port < 65536:
+                raise ConfigError(f"{flag} must be between {lowest} and 65535, got {port}")
         if self.block_size <= 0:
             raise ConfigError(f"--block-size must be positive, got {self.block_size}")
         if self.max_queue <= 0:

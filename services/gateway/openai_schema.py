@@ -106,10 +106,20 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
         raise invalid("response_format: only {\"type\": \"text\"} is supported", "response_format")
 
 
+def _unicode(text: str, param: str) -> str:
+    """``text`` if it is valid Unicode. JSON's escapes can spell a lone surrogate ("\\ud800"),
+    which json.loads accepts but no tokenizer can encode (it was a 500)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise invalid(f"{param} is not valid Unicode: {exc.reason} at character {exc.start}", param) from None
+    return text
+
+
 def _completion_prompts(value: Any, preparer: Preparer) -> list[list[int]]:
     """``prompt``: a string, token ids, or a batch of either."""
     if isinstance(value, str):
-        return [preparer.prompt_from_text(value, "prompt")]
+        return [preparer.prompt_from_text(_unicode(value, "prompt"), "prompt")]
     if not isinstance(value, list) or not value:
         raise invalid("prompt is required and must not be empty: a string, a list of token ids, or a list of those",
                       "prompt")
@@ -120,7 +130,7 @@ def _completion_prompts(value: Any, preparer: Preparer) -> list[list[int]]:
     prompts = []
     for i, item in enumerate(value):
         if isinstance(item, str):
-            prompts.append(preparer.prompt_from_text(item, f"prompt[{i}]"))
+            prompts.append(preparer.prompt_from_text(_unicode(item, f"prompt[{i}]"), f"prompt[{i}]"))
         elif isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
             prompts.append(list(item))
         else:
@@ -150,7 +160,7 @@ def _chat_messages(value: Any) -> list[dict[str, str]]:
             content = "".join(texts)
         if not isinstance(content, str):
             raise invalid(f"{where}.content must be a string (or a list of text parts)", f"{where}.content")
-        out.append({"role": role, "content": content})
+        out.append({"role": role, "content": _unicode(content, f"{where}.content")})
     return out
 
 

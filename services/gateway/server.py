@@ -24,7 +24,7 @@ from saguaro.services.gateway.config import GatewayConfig
 from saguaro.services.gateway.discovery import KubernetesDiscovery
 from saguaro.services.gateway.dispatch import Dispatcher
 from saguaro.services.gateway.errors import GatewayError
-from saguaro.services.gateway.grpc_api import GatewayInferenceService
+from saguaro.services.gateway.grpc_api import GatewayInferenceService, RejectUndecodable
 from saguaro.services.gateway.http_api import OpenAIApi
 from saguaro.services.gateway.kv_watch import KvWatcher
 from saguaro.services.gateway.metrics import GatewayMetrics
@@ -104,7 +104,8 @@ class Gateway:
 
     async def _serve_grpc(self) -> None:
         config = self.config
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)],
+                                 interceptors=[RejectUndecodable()])
         pb_grpc.add_InferenceServicer_to_server(GatewayInferenceService(self), server)
         address = f"{config.host}:{config.port}"
         try:

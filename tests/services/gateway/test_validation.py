@@ -1,16 +1,12 @@
 """Bad input answers 400 / INVALID_ARGUMENT with a message naming the field, and the gateway
-keeps serving; random JSON at the HTTP API and random field values at the gRPC API never get
-a 5xx / INTERNAL or crash it (hypothesis, bounded examples)."""
+keeps serving. (Random JSON, bytes and field values: the property tests in tests/fuzz.)"""
 
 from __future__ import annotations
 
-import json
 import math
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
 
 from saguaro.client import Client
 from saguaro.v1 import inference_pb2 as pb
@@ -128,103 +124,6 @@ def test_the_gateway_keeps_serving_after_bad_input(gateway, http):
         assert reply.status == 400
     assert ok(gateway)
     assert http(gateway.http_url + "/readyz").status == 200
-
-
-# -- property-based ------------------------------------------------------------------------------
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                    max_leaves=12)
-
-
-def mostly(valid: st.SearchStrategy, other: st.SearchStrategy = JSON, odds: int = 3) -> st.SearchStrategy:
-    """Valid values ``odds`` times as often as anything else, so that many requests get past the
-    first check and reach the deeper ones (and some are served)."""
-    # (one_of's branch choice is not uniform; an integer draw is closer to it)
-    return st.integers(0, odds).flatmap(lambda i: other if i == odds // 2 else valid)
-
-
-def sometimes_wrong(valid: st.SearchStrategy, other: st.SearchStrategy = JSON) -> st.SearchStrategy:
-    return mostly(valid, other, odds=9)
-
-
-OPTIONAL_FIELDS = {
-    "max_tokens": sometimes_wrong(st.integers(1, 6), st.integers() | JSON),
-    "temperature": sometimes_wrong(st.sampled_from([0, 0.7, 2]), st.floats(-1, 3) | JSON),
-    "top_p": sometimes_wrong(st.sampled_from([0.5, 1]), st.floats(-0.5, 1.5) | JSON),
-    "top_k": sometimes_wrong(st.integers(-1, 50)),
-    "seed": sometimes_wrong(st.integers(0, 2**64 - 1), st.integers() | JSON),
-    "stream": sometimes_wrong(st.booleans()),
-    "stream_options": sometimes_wrong(st.fixed_dictionaries({"include_usage": st.booleans()})),
-    "stop_token_ids": sometimes_wrong(st.lists(st.integers(3, 499), max_size=3), st.lists(st.integers(), max_size=3) | JSON),
-    "ignore_eos": sometimes_wrong(st.booleans()),
-    "mode": sometimes_wrong(st.sampled_from(["ar", None]), st.sampled_from(["ssd", "sd", "x"]) | JSON),
-    "n": sometimes_wrong(st.just(1), st.integers(-1, 3) | JSON),
-    "stop": sometimes_wrong(st.sampled_from([None, "", []]), st.text(max_size=3) | JSON),
-    "logprobs": sometimes_wrong(st.sampled_from([None, False]), JSON),
-}
-MODEL = mostly(st.just("llama"), st.sampled_from(["other", ""]) | JSON)
-PROMPT_VALUE = mostly(st.text(min_size=1, max_size=60) | st.lists(st.integers(3, 499), min_size=1, max_size=30),
-                      st.lists(st.integers(), max_size=30) | st.lists(st.text(max_size=5), max_size=3) | JSON)
-MESSAGES = mostly(st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]),
-                                                  "content": st.text(max_size=30)}), min_size=1, max_size=3),
-                  st.lists(st.fixed_dictionaries({"role": JSON, "content": JSON}), max_size=2) | JSON)
-BODIES = {
-    "completions": mostly(st.fixed_dictionaries({"model": MODEL, "prompt": PROMPT_VALUE}, optional=OPTIONAL_FIELDS)),
-    "chat/completions": mostly(st.fixed_dictionaries({"model": MODEL, "messages": MESSAGES},
-                                                     optional=OPTIONAL_FIELDS)),
-}
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(data=st.data(), path=st.sampled_from(sorted(BODIES)))
-def test_random_json_never_gets_a_server_error(gateway, http, data, path):
-    body = data.draw(BODIES[path], label="body")
-    reply = http(f"{gateway.http_url}/v1/{path}", raw=json.dumps(body).encode(), method="POST")
-    event(f"HTTP {reply.status}")
-    assert reply.status in (200, 400), (reply.status, reply.body[:300])
-
-
-FLOAT32 = st.floats(width=32)  # any float32, NaN and infinities included
-SAMPLING = st.builds(
-    lambda max_tokens, temperature, top_p, top_k, seed, stops, ignore_eos, draft: pb.SamplingParams(
-        **({} if max_tokens is None else {"max_tokens": max_tokens}), temperature=temperature, top_p=top_p,
-        top_k=top_k, **({} if seed is None else {"seed": seed}), stop_token_ids=stops, ignore_eos=ignore_eos,
-        **({} if draft is None else {"draft_temperature": draft})),
-    mostly(st.none() | st.integers(1, 6), st.integers(0, 2**32 - 1)),
-    mostly(st.sampled_from([0.0, 0.5, 1.5]), FLOAT32),
-    mostly(st.sampled_from([0.0, 0.5, 1.0]), FLOAT32),
-    mostly(st.integers(0, 40), st.integers(0, 2**32 - 1)),
-    st.none() | st.integers(0, 2**64 - 1),
-    st.lists(st.integers(-2**31, 2**31 - 1), max_size=3),
-    st.booleans(),
-    mostly(st.none(), FLOAT32))
-PROMPT = mostly(st.text(min_size=1, max_size=60).map(lambda t: {"prompt_text": t})
-                | st.lists(st.integers(3, 499), min_size=1, max_size=40).map(lambda ids: {"prompt_token_ids":
-                                                                                          pb.TokenIds(ids=ids)}),
-                st.none() | st.lists(st.integers(-2**31, 2**31 - 1), max_size=80).map(
-                    lambda ids: {"prompt_token_ids": pb.TokenIds(ids=ids)}))
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(prompt=PROMPT, sampling=SAMPLING, decode_mode=mostly(st.sampled_from([0, 1]), st.integers(-3, 8)),
-       individually=st.booleans(), request_id=mostly(st.just(""), st.text(max_size=300)))
-def test_random_grpc_fields_never_get_an_internal_error(gateway, stub, prompt, sampling, decode_mode, individually,
-                                                        request_id):
-    request = pb.GenerateRequest(sampling=sampling, decode_mode=decode_mode, stream_tokens_individually=individually,
-                                 request_id=request_id, **(prompt or {}))
-    try:
-        messages = list(stub.Generate(request, timeout=60))
-    except grpc.RpcError as error:
-        event(error.code().name)
-        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (error.code(), error.details())
-        return
-    event("OK")
-    assert messages[-1].WhichOneof("kind") == "final"
-    assert messages[-1].final.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
-
-
-def test_after_the_fuzzing_the_gateway_still_serves(gateway):
-    assert ok(gateway)
 
 
 # -- size limits ---------------------------------------------------------------------------------
