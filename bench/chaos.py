@@ -86,13 +86,17 @@ def main() -> int:
         windows = [r["window_s"] for r in runs if r["window_s"] is not None]
         recovered = sum(r["recovered"] for r in runs)
         clean &= entry["failed"] == entry["corrupted"] == 0 and recovered == len(runs)
+        gateway = [r for r in runs if r["gateway_retries"] is not None]  # not when the gateway itself restarted
         rows.append([name, len(runs), sum(r["counts"][k] for r in runs for k in OUTCOMES), entry["completed"],
                      entry["failed_retryable"], entry["failed"], entry["corrupted"],
                      sum(r["inflight_at_fault"] for r in runs), sum(r["midstream_at_fault"] for r in runs),
+                     sum(r["gateway_retries"] for r in gateway) if gateway else "-",
+                     sum(r["gateway_migrations"] for r in gateway) if gateway else "-",
                      f"{min(windows):.1f}-{max(windows):.1f}" if windows else "stays down",
                      f"{recovered}/{len(runs)}"])
     print(markdown_table(["fault", "runs", "requests", "completed", "failed retryable", "failed", "corrupted",
-                          "in flight at fault", "mid-stream at fault", "window s", "recovered"], rows))
+                          "in flight at fault", "mid-stream at fault", "gateway retries", "migrations", "window s",
+                          "recovered"], rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"command": "python bench/chaos.py " + " ".join(sys.argv[1:]),
                                                "faults": faults}, indent=2) + "\n")

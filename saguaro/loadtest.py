@@ -52,8 +52,9 @@ def role(name: str) -> str:
 # Started through this exec shim, a service gets SIGKILL when its parent dies (PR_SET_PDEATHSIG,
 # Linux; kept across exec), so a killed test run leaves no stray servers. It is not set between
 # fork and exec (preexec_fn): forking a process with live gRPC threads there can crash the child.
-_DIE_WITH_PARENT = ([sys.executable, "-c", "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); "
-                     "os.execvp(sys.argv[1], sys.argv[1:])"] if sys.platform.startswith("linux") else [])
+_DIE_WITH_PARENT = ([sys.executable, "-c", ("import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); "
+                                             "os.execvp(sys.argv[1], sys.argv[1:])")]
+                    if sys.platform.startswith("linux") else [])
 
 
 def rss_bytes(pid: int) -> int:

@@ -17,7 +17,7 @@ CONCURRENCY = 16  # twice --max-num-seqs
 REQUESTS = 64
 
 
-def test_a_tiny_kv_cache_preempts_but_loses_nothing(model_dirs, workload, tmp_path):
+def test_a_tiny_kv_cache_preempts_but_loses_nothing(model_dirs, workload, tmp_path, chaos_report):
     block = bytes_per_block(ModelConfig.from_dir(model_dirs["llama"]), BLOCK_SIZE, torch.float32)
     stack = Stack(StackSpec(model_dirs["llama"], model_dirs["llama_draft_perturbed"], tmp_path, pairs=1, redis=False,
                             target_kv_cache_bytes=KV_BLOCKS * block, max_num_seqs=8,
@@ -25,8 +25,11 @@ def test_a_tiny_kv_cache_preempts_but_loses_nothing(model_dirs, workload, tmp_pa
     try:
         load = LoadGenerator(stack.endpoint, workload, CONCURRENCY, seed=3, requests=REQUESTS, retries=0).start()
         outcomes = load.wait()
+        preemptions = scrape_metric(stack.metrics_url("target0"), "vllm:num_preemptions_total")
+        chaos_report["memory-pressure"] = {"kv_blocks": KV_BLOCKS, "concurrency": CONCURRENCY,
+                                           "counts": counts(outcomes), "preemptions": int(preemptions)}
         assert counts(outcomes) == {"completed": REQUESTS, "failed_retryable": 0, "failed": 0, "corrupted": 0}
-        assert scrape_metric(stack.metrics_url("target0"), "vllm:num_preemptions_total") > 0
+        assert preemptions > 0
         assert stack.services["target0"].alive()
     finally:
         stack.stop()
