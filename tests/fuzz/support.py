@@ -25,6 +25,7 @@ PARSER = {"ci": 300, "long": 10_000}  # pure functions: milliseconds per example
 WORKER = {"ci": 60, "long": 3_000}  # the draft worker on a real model, no socket
 LIVE = {"ci": 50, "long": 400}  # a round trip to a real server per example
 LOADING = {"ci": 12, "long": 120}  # loads a model per example
+ATHERIS_RUNS = {"ci": 3_000, "long": 1_000_000}  # libFuzzer inputs per atheris harness (tests/fuzz/atheris_*.py)
 _COMMON = dict(deadline=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 for _name in ("ci", "long"):
