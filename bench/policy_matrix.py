@@ -3,7 +3,8 @@
 
 The bar (issue 9): adaptive SSD is never more than 3 % slower than AR at any batch size. Each
 cell decodes ``2 × batch`` prompts (two waves) of ``--new-tokens`` greedy tokens (EOS ignored);
-every mode's outputs are checked to be identical. The governor starts cold in every cell, so
+every mode's outputs are checked to be identical (the prompt file may hold fewer than 2 × batch
+prompts: then all of them are used). The governor starts cold in every cell, so
 its measuring rounds are included in the result.
 
     python bench/policy_matrix.py
@@ -34,7 +35,9 @@ def main() -> None:
     from saguaro.services.target.governor import SpeculationGovernor
     from saguaro.tokenizer import load_tokenizer
 
-    all_prompts = load_prompts(args.prompts, load_tokenizer(args.target), 2 * max(args.batch_sizes))
+    tokenizer = load_tokenizer(args.target)
+    available = sum(1 for line in args.prompts.read_text().splitlines() if line.strip())
+    all_prompts = load_prompts(args.prompts, tokenizer, min(2 * max(args.batch_sizes), available))
     rows, mismatched, missed = [], [], []
     for regime in args.regimes:
         profile = PROFILES[args.profile] if regime == "emulated" else None

@@ -156,7 +156,10 @@ class SpeculativeEngine(LLMEngine):
             telemetry.end_round(trace, self, seqs, spec, proposals, outcome if verified else {}, draft_time, verify_time)
         if governed:
             committed = sum(s.num_output_tokens for s in seqs) - before
-            self.governor.record(governed, not held, committed, time.perf_counter() - round_started)
+            if held or proposals:
+                self.governor.record(governed, not held, committed, time.perf_counter() - round_started)
+            else:  # meant to speculate, but the draft gave nothing (late, down): measures neither mode
+                self.governor.unanswered()
         self._release_finished(seqs)
 
     def _commit_round(self, seq: Sequence, accepted: int, new_tokens: list[int], proposal: Proposal | None,

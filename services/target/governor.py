@@ -9,14 +9,18 @@ JIT vs fast backup from round economics; ``services/draft/policy.py``) act first
 last resort, when even the best speculation loses.
 
 Estimates go stale (acceptance drifts with the text, load changes), so the losing mode is
-re-measured in a short burst every ``interval`` rounds; the interval doubles each time the
-burst confirms the choice (so a settled choice costs < 1 % of rounds) and resets when the choice
-flips. The first speculative round of a burst after plain rounds is a guaranteed cache miss
-(the draft was idle and must catch up), so it is not counted: the estimate is of steady state.
+re-measured in a short burst every ``interval`` rounds. A burst of the loser costs time in
+proportion to how much it loses, so the interval is at least what keeps that cost under
+``probe_budget`` (1 %) of the rounds' time — a mode 3× slower is probed every few hundred
+rounds, a near-tie every few dozen; it also doubles each time a burst confirms the choice and
+falls back when the choice flips. The first speculative round after plain rounds is a
+guaranteed cache miss (the draft was idle and must catch up), so it is not counted: the
+estimate is of steady state.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 EMA = 0.2  # weight of the newest round in the throughput estimates
@@ -56,19 +60,25 @@ class _Bucket:
     probe_spec: bool = False  # the burst's mode
     probing: bool = False  # the round being run belongs to a burst
     choice_before_probe: bool = True
+    decided: bool = False  # both modes measured once
 
 
 class SpeculationGovernor:
-    def __init__(self, base_interval: int = 16, max_interval: int = 1024, burst: int = 4, min_rounds: int = 2):
-        """``burst`` rounds re-measure the losing mode every ``interval`` rounds (doubling from
-        ``base_interval`` up to ``max_interval``); each mode needs ``min_rounds`` measured
-        rounds before it can win."""
-        if not 1 <= base_interval <= max_interval or burst < 2 or min_rounds < 1:
-            raise ValueError("need 1 <= base_interval <= max_interval, burst >= 2, min_rounds >= 1")
+    def __init__(self, base_interval: int = 16, max_interval: int = 4096, burst: int = 3, min_rounds: int = 2,
+                 probe_budget: float = 0.01):
+        """``burst`` rounds re-measure the losing mode every ``interval`` rounds (from
+        ``base_interval`` up to ``max_interval``, and long enough that probing costs at most
+        ``probe_budget`` of the time; 0 disables that bound); each mode needs ``min_rounds``
+        measured rounds before it can win."""
+        if not 1 <= base_interval <= max_interval or burst < 2 or min_rounds < 1 or not 0 <= probe_budget < 1:
+            raise ValueError("need 1 <= base_interval <= max_interval, burst >= 2, min_rounds >= 1, "
+                             "0 <= probe_budget < 1")
         self.base_interval, self.max_interval = base_interval, max_interval
-        self.burst, self.min_rounds = burst, min_rounds
+        self.burst, self.min_rounds, self.probe_budget = burst, min_rounds, probe_budget
         self.buckets: dict[int, _Bucket] = {}
-        self._last_spec = True  # mode of the previous round (a switch to spec costs one warm-up round)
+        # whether the previous round speculated: the first speculative round after plain ones
+        # (and the very first: the draft has just prefilled) is a warm-up cache miss
+        self._last_spec = False
 
     def _bucket(self, batch_size: int) -> _Bucket:
         key = bucket_of(batch_size)
@@ -108,10 +118,26 @@ class SpeculationGovernor:
         self._last_spec = speculated
         if not warm_up:
             (bucket.spec if speculated else bucket.plain).add(tokens, seconds)
-        if bucket.probing and bucket.probe_left == 0:  # a burst ended: did it confirm the choice?
+        if not bucket.decided and self._prefers_spec(bucket) is not None:
+            bucket.decided = True
+            bucket.interval = self._interval(bucket, self.base_interval)
+        elif bucket.probing and bucket.probe_left == 0:  # a burst ended: did it confirm the choice?
             bucket.probing = False
             confirmed = self._prefers_spec(bucket) == bucket.choice_before_probe
-            bucket.interval = min(bucket.interval * 2, self.max_interval) if confirmed else self.base_interval
+            bucket.interval = self._interval(bucket, bucket.interval * 2 if confirmed else self.base_interval)
+
+    def unanswered(self) -> None:
+        """A round meant to speculate ran plainly because the draft did not answer in time (or
+        is down): it measures neither mode, and the next speculative round is a warm-up."""
+        self._last_spec = False
+
+    def _interval(self, bucket: _Bucket, wanted: int) -> int:
+        """``wanted``, raised so that a burst of the losing mode costs at most the probe budget."""
+        if self.probe_budget > 0:
+            rates = sorted((bucket.spec.per_second, bucket.plain.per_second))
+            lost = self.burst * (rates[1] / rates[0] - 1)  # rounds' worth of time a burst of the loser costs
+            wanted = max(wanted, math.ceil(lost / self.probe_budget))
+        return min(max(wanted, self.base_interval), self.max_interval)
 
     def describe(self) -> dict[int, dict]:
         """Per bucket: measured tokens/s of each mode and the current choice (for logs and tests)."""

@@ -37,11 +37,24 @@ def test_buckets_group_batch_sizes_by_powers_of_two():
 def test_losing_speculation_is_switched_off_and_its_probes_get_rarer():
     governor = SpeculationGovernor(base_interval=8, max_interval=256, burst=4)
     chosen = drive(governor, 2000, 4, spec_tps=lambda i: 50.0, plain_tps=lambda i: 100.0)
-    assert chosen[:2] == [True, True] and chosen[2:4] == [False, False]  # measure both, speculation first
+    # measure both, speculation first (its first round, a warm-up after the draft's prefill, uncounted)
+    assert chosen[:5] == [True, True, True, False, False]
     late = chosen[1000:]
     assert sum(late) <= 0.03 * len(late)  # only the rare probes speculate
     assert governor.buckets[4].interval == 256  # every probe confirmed the choice: interval doubled to the cap
     assert governor.describe()[4]["speculates"] is False
+
+
+def test_probes_of_a_badly_losing_mode_are_spaced_to_cost_one_percent():
+    """Speculation at a third of plain throughput: a burst of 3 speculative rounds costs 6 plain
+    rounds' worth of time, so bursts come at least 600 rounds apart (1 % budget)."""
+    governor = SpeculationGovernor(base_interval=16, max_interval=4096, burst=3)
+    chosen = drive(governor, 3000, 16, spec_tps=lambda i: 100.0, plain_tps=lambda i: 300.0)
+    assert governor.buckets[16].interval >= 600
+    assert sum(chosen) <= 2 + 3 * 3  # the first measurements, then at most a burst per 600 rounds
+    near_tie = SpeculationGovernor(base_interval=16, max_interval=4096, burst=3)
+    drive(near_tie, 100, 16, spec_tps=lambda i: 290.0, plain_tps=lambda i: 300.0)
+    assert near_tie.buckets[16].interval <= 64  # a near-tie is worth re-checking often (doubling from 16)
 
 
 def test_paying_speculation_stays_on():
@@ -79,6 +92,8 @@ def test_the_first_speculative_round_after_plain_ones_is_not_measured():
     """It is a guaranteed cache miss (the draft sat idle), not the steady state."""
     governor = SpeculationGovernor(base_interval=4, burst=2, min_rounds=1)
     assert governor.speculate(1)
+    governor.record(1, True, 1, 1.0)  # the very first round follows the draft's prefill: a miss, ignored
+    assert governor.speculate(1)
     governor.record(1, True, 3, 0.01)  # 300 tok/s
     assert not governor.speculate(1)
     governor.record(1, False, 1, 0.01)  # 100 tok/s
@@ -87,8 +102,20 @@ def test_the_first_speculative_round_after_plain_ones_is_not_measured():
     assert governor.describe()[1]["speculative_tps"] == pytest.approx(300.0)
 
 
+def test_a_round_the_draft_left_unanswered_measures_nothing_and_makes_the_next_a_warm_up():
+    governor = SpeculationGovernor(base_interval=4, burst=2, min_rounds=1)
+    drive(governor, 3, 1, spec_tps=lambda i: 300.0, plain_tps=lambda i: 100.0)  # warm-up, spec, plain
+    before = governor.describe()[1]
+    assert governor.speculate(1)
+    governor.unanswered()  # the reply was late: the round ran plainly, slower than either mode
+    assert governor.describe()[1] == before
+    assert governor.speculate(1)
+    governor.record(1, True, 1, 1.0)  # the miss that follows: not counted either
+    assert governor.describe()[1] == before
+
+
 @pytest.mark.parametrize("bad", [dict(base_interval=0), dict(base_interval=9, max_interval=8), dict(burst=1),
-                                 dict(min_rounds=0)])
+                                 dict(min_rounds=0), dict(probe_budget=1.0)])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError, match="need"):
         SpeculationGovernor(**bad)
