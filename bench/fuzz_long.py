@@ -8,6 +8,7 @@ file short.
 
     nice -n 19 python bench/fuzz_long.py                       # capped at 20 minutes
     nice -n 19 python bench/fuzz_long.py --minutes 60 --json bench/results/fuzz_long.json
+    nice -n 19 python bench/fuzz_long.py --files test_http_fuzz.py      # one file
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Pure parsers first: they hold most of the examples; then the live servers, then model loading.
 ORDER = ["test_openai_parser.py", "test_speculation_codec.py", "test_config_fuzz.py", "test_atheris.py",
          "test_regressions.py", "test_draft_fuzz.py", "test_grpc_fuzz.py", "test_http_fuzz.py", "test_openapi.py"]
+HEADER = re.compile(r"^tests/fuzz/\S+::\S+:\s*$")  # a test's block in --hypothesis-show-statistics
 PHASE = re.compile(r"- (\d+) passing, (\d+) failing, and (\d+) invalid test cases")
-RESULT = re.compile(r"^(tests/fuzz/\S+::\S+) (PASSED|FAILED|ERROR)", re.M)
+RESULT = re.compile(r"^(PASSED|FAILED|ERROR) (tests/fuzz/\S+::\S+)", re.M)  # pytest -rA summary lines
 
 
 def statistics(output: str) -> dict[str, dict[str, int]]:
@@ -36,7 +38,7 @@ def statistics(output: str) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
     current = None
     for line in output.splitlines():
-        if line.startswith("tests/fuzz/") and line.rstrip().endswith(":"):
+        if HEADER.match(line):
             current = counts.setdefault(line.rstrip()[:-1], {"examples": 0, "invalid": 0})
         elif current is not None and (m := PHASE.search(line)):
             current["examples"] += int(m[1]) + int(m[2])
@@ -60,13 +62,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=20.0, help="cap on the whole run (default 20)")
     parser.add_argument("--json", type=Path, default=None, help="also write the per-test counts here")
+    parser.add_argument("--files", nargs="+", default=ORDER, metavar="TEST_FILE",
+                        help="only these files of tests/fuzz (default: all, parsers first)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))
     from fuzz.support import ATHERIS_RUNS
 
     deadline = time.monotonic() + args.minutes * 60
     rows, results, complete = [], {}, True
-    for name in ORDER:
+    for name in args.files:
         left = deadline - time.monotonic()
         if left < 30:
             print(f"{name}: not run (the {args.minutes:g}-minute cap is reached)", flush=True)
@@ -75,7 +79,7 @@ def main() -> int:
         started = time.monotonic()
         output, finished = run_file(name, left)
         complete &= finished
-        outcomes = dict(RESULT.findall(output))
+        outcomes = {test: outcome for outcome, test in RESULT.findall(output)}
         for test, count in statistics(output).items():
             rows.append([test.removeprefix("tests/fuzz/"), count["examples"], count["invalid"], "hypothesis"])
         for test, outcome in outcomes.items():

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from saguaro.client import speculation_stats
@@ -206,7 +207,11 @@ class OpenAIApi:
 
 
 async def _json_body(request: web.Request):
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except RequestPayloadError:  # e.g. a Content-Encoding the body is not in (found by tests/fuzz)
+        raise invalid(f"the request body cannot be decoded (Content-Encoding: "
+                      f"{request.headers.get('Content-Encoding', 'none')[:40]})") from None
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5000-digit number, deep nesting

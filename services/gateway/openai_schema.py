@@ -27,6 +27,7 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 FINISH = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length", pb.FINISH_REASON_ABORT: "abort",
           pb.FINISH_REASON_ERROR: "error"}
 MAX_BATCH = 64
+FLOAT32_TINY = 2.0**-149  # the smallest positive float32 (SamplingParams.top_p is a float)
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions (chat: the rest of the context)
 
 
@@ -199,7 +200,8 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
                           max_tokens_name)
     sampling = pb.SamplingParams(
         temperature=fields.number("temperature", 1.0, 0.0, 2.0),
-        top_p=fields.number("top_p", 1.0, 0.0, 1.0, lo_open=True),
+        # (a top_p under float32's smallest positive value would be sent as 0, which means "off")
+        top_p=max(fields.number("top_p", 1.0, 0.0, 1.0, lo_open=True), FLOAT32_TINY),
         top_k=max(0, fields.integer("top_k", 0, -1, 2**31 - 1)),
         stop_token_ids=_stop_token_ids(body.get("stop_token_ids"), facts.vocab_size),
         ignore_eos=fields.boolean("ignore_eos", False),

@@ -6,9 +6,10 @@ Two profiles, chosen by ``SAGUARO_FUZZ_PROFILE``:
   test, so the whole of tests/fuzz stays around a minute on one busy core;
 * ``long``: over 100 000 examples across the parsers (``bench/fuzz_long.py`` runs it).
 
-Each test names its cost class (``PARSER``, ``LIVE``, ``LOADING``); the class gives its examples
-under each profile. Tests take their settings from ``fuzz_settings`` instead of loading a profile
-globally, so running tests/fuzz next to other hypothesis tests changes nothing for those.
+Each test names its cost class (``PARSER``, ``WORKER``, ``LIVE``, ``LOADING``); the class gives its
+examples under each profile (``ATHERIS_RUNS``: libFuzzer inputs per atheris harness). Tests take
+their settings from ``fuzz_settings`` instead of loading a profile globally, so running tests/fuzz
+next to other hypothesis tests changes nothing for those.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ PARSER = {"ci": 300, "long": 10_000}  # pure functions: milliseconds per example
 WORKER = {"ci": 60, "long": 3_000}  # the draft worker on a real model, no socket
 LIVE = {"ci": 50, "long": 400}  # a round trip to a real server per example
 LOADING = {"ci": 12, "long": 120}  # loads a model per example
-ATHERIS_RUNS = {"ci": 3_000, "long": 1_000_000}  # libFuzzer inputs per atheris harness (tests/fuzz/atheris_*.py)
+ATHERIS_RUNS = {"ci": 3_000, "long": 1_000_000}  # tests/fuzz/atheris_*.py
 _COMMON = dict(deadline=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 for _name in ("ci", "long"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fuzz.support import MODEL_NAME
+from fuzz.support import CONTEXT, MODEL_NAME
 from saguaro import LLM, SamplingParams
 from saguaro.config import EngineConfig, ModelConfig
 from saguaro.errors import ConfigError, InvalidRequestError, ModelLoadError
@@ -129,6 +129,26 @@ def test_a_lone_surrogate_is_refused_naming_the_field(preparer, kind, body, para
     with pytest.raises(GatewayError, match="is not valid Unicode") as error:
         parse_request(kind, json.loads(json.dumps({"model": MODEL_NAME, **body})), preparer)
     assert error.value.param == param and error.value.http_status == 400
+
+
+def test_a_tiny_top_p_stays_a_tiny_top_p_upstream(preparer):
+    """top_p = 1e-53 is in (0, 1] but rounded to 0 in the float32 field, which the target reads
+    as "no nucleus filtering": the opposite of what was asked."""
+    parsed = parse_request("completions", {"model": MODEL_NAME, "prompt": [3, 4], "top_p": 7.9e-53}, preparer)
+    assert 0 < parsed.sampling.top_p < 1e-40
+
+
+@pytest.fixture(scope="module")
+def gateway(model_dirs, module_targets, start_module_gateway):
+    target = module_targets(model_dirs["llama"], max_model_len=CONTEXT)
+    return start_module_gateway([target.address])
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_body_not_in_its_content_encoding_is_a_400(gateway, http, encoding):
+    """aiohttp's RequestPayloadError used to escape the handler: HTTP 500."""
+    reply = http(gateway.http_url + "/v1/completions", raw=b'{"model": "llama"}', headers={"Content-Encoding": encoding})
+    assert reply.status == 400 and "cannot be decoded" in reply.json()["error"]["message"]
 
 
 # -- configuration -------------------------------------------------------------------------------
