@@ -87,9 +87,11 @@ def start_draft(args, port: int, draft_ms: float | None) -> subprocess.Popen:
 
 
 def run_mode(args, regime: str, batch: int, mode: str, k: int, prompts, profile, governor=None,
-             draft_workers: int = 1) -> Result:
+             draft_workers: int = 1, rehearse: bool = False) -> Result:
     """One mode on all prompts; ``governor``: the target's speculation governor (None: always
-    speculate); ``draft_workers``: draft services sharing the batch (ssd)."""
+    speculate); ``draft_workers``: draft services sharing the batch (ssd); ``rehearse``: run
+    the same workload once untimed first (a server in steady state: warm caches, a governor
+    that has measured these batch sizes)."""
     from saguaro import SamplingParams
     from saguaro.config import EngineConfig
     from saguaro.llm import LLM
@@ -115,7 +117,8 @@ def run_mode(args, regime: str, batch: int, mode: str, k: int, prompts, profile,
     try:
         llm = LLM.from_engine(engine, None)
         params = SamplingParams(max_tokens=args.new_tokens, ignore_eos=True)
-        llm.generate(prompts[:1], SamplingParams(max_tokens=8, ignore_eos=True))  # warm-up
+        llm.generate(prompts if rehearse else prompts[:1], params if rehearse else SamplingParams(
+            max_tokens=8, ignore_eos=True))  # warm-up
         start = time.perf_counter()
         outputs = llm.generate(prompts, params)
         seconds = time.perf_counter() - start

@@ -11,7 +11,7 @@ last resort, when even the best speculation loses.
 Estimates go stale (acceptance drifts with the text, load changes), so the losing mode is
 re-measured in a short burst every ``interval`` rounds. A burst of the loser costs time in
 proportion to how much it loses, so the interval is at least what keeps that cost under
-``probe_budget`` (1 %) of the rounds' time — a mode 3× slower is probed every few hundred
+``probe_budget`` (0.5 %) of the rounds' time — a mode 3× slower is probed every few hundred
 rounds, a near-tie every few dozen; it also doubles each time a burst confirms the choice and
 falls back when the choice flips. The first speculative round after plain rounds is a
 guaranteed cache miss (the draft was idle and must catch up), so it is not counted: the
@@ -65,7 +65,7 @@ class _Bucket:
 
 class SpeculationGovernor:
     def __init__(self, base_interval: int = 16, max_interval: int = 4096, burst: int = 3, min_rounds: int = 2,
-                 probe_budget: float = 0.01):
+                 probe_budget: float = 0.005):
         """``burst`` rounds re-measure the losing mode every ``interval`` rounds (from
         ``base_interval`` up to ``max_interval``, and long enough that probing costs at most
         ``probe_budget`` of the time; 0 disables that bound); each mode needs ``min_rounds``
