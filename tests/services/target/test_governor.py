@@ -48,11 +48,11 @@ def test_losing_speculation_is_switched_off_and_its_probes_get_rarer():
 def test_probes_of_a_badly_losing_mode_are_spaced_to_cost_one_percent():
     """Speculation at a third of plain throughput: a burst of 3 speculative rounds costs 6 plain
     rounds' worth of time, so bursts come at least 600 rounds apart (1 % budget)."""
-    governor = SpeculationGovernor(base_interval=16, max_interval=4096, burst=3)
+    governor = SpeculationGovernor(base_interval=16, max_interval=4096, burst=3, probe_budget=0.01)
     chosen = drive(governor, 3000, 16, spec_tps=lambda i: 100.0, plain_tps=lambda i: 300.0)
     assert governor.buckets[16].interval >= 600
     assert sum(chosen) <= 2 + 3 * 3  # the first measurements, then at most a burst per 600 rounds
-    near_tie = SpeculationGovernor(base_interval=16, max_interval=4096, burst=3)
+    near_tie = SpeculationGovernor(base_interval=16, max_interval=4096, burst=3, probe_budget=0.01)
     drive(near_tie, 100, 16, spec_tps=lambda i: 290.0, plain_tps=lambda i: 300.0)
     assert near_tie.buckets[16].interval <= 64  # a near-tie is worth re-checking often (doubling from 16)
 
