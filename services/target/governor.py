@@ -60,7 +60,8 @@ class _Bucket:
     probe_spec: bool = False  # the burst's mode
     probing: bool = False  # the round being run belongs to a burst
     choice_before_probe: bool = True
-    decided: bool = False  # both modes measured once
+    decided: bool = False  # both modes measured once, or a choice inherited from another bucket
+    inherited: bool | None = None  # the choice taken over while a mode is unmeasured here
 
 
 class SpeculationGovernor:
@@ -84,15 +85,32 @@ class SpeculationGovernor:
         key = bucket_of(batch_size)
         bucket = self.buckets.get(key)
         if bucket is None:
-            bucket = self.buckets[key] = _Bucket(_Rate(), _Rate(), self.base_interval)
+            bucket = self.buckets[key] = self._new_bucket(key)
         return bucket
 
-    def _prefers_spec(self, bucket: _Bucket) -> bool | None:
-        """None until both modes have enough measurements."""
+    def _new_bucket(self, key: int) -> _Bucket:
+        """A cold bucket takes over a neighbour's choice where the usual shape of the economics
+        makes it safe — speculation that loses at a smaller batch loses at a larger one, and
+        speculation that wins at a larger batch wins at a smaller one — and then only probes the
+        other mode, instead of paying to measure both (batch sizes wander as requests come and go)."""
+        bucket = _Bucket(_Rate(), _Rate(), self.base_interval)
+        for other_key, other in self.buckets.items():
+            prefers = self._measured_choice(other)
+            if prefers is not None and ((other_key < key and not prefers) or (other_key > key and prefers)):
+                bucket.inherited, bucket.decided, bucket.interval = prefers, True, other.interval
+                break
+        return bucket
+
+    def _measured_choice(self, bucket: _Bucket) -> bool | None:
         spec, plain = bucket.spec.per_second, bucket.plain.per_second
         if spec is None or plain is None or min(bucket.spec.rounds, bucket.plain.rounds) < self.min_rounds:
             return None
         return spec >= plain
+
+    def _prefers_spec(self, bucket: _Bucket) -> bool | None:
+        """The measured choice; until both modes are measured, the inherited one (or None)."""
+        measured = self._measured_choice(bucket)
+        return bucket.inherited if measured is None else measured
 
     def speculate(self, batch_size: int) -> bool:
         """Whether this round of ``batch_size`` speculating rows should speculate."""
@@ -133,7 +151,7 @@ class SpeculationGovernor:
 
     def _interval(self, bucket: _Bucket, wanted: int) -> int:
         """``wanted``, raised so that a burst of the losing mode costs at most the probe budget."""
-        if self.probe_budget > 0:
+        if self.probe_budget > 0 and self._measured_choice(bucket) is not None:
             rates = sorted((bucket.spec.per_second, bucket.plain.per_second))
             lost = self.burst * (rates[1] / rates[0] - 1)  # rounds' worth of time a burst of the loser costs
             wanted = max(wanted, math.ceil(lost / self.probe_budget))

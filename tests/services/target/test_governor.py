@@ -161,3 +161,17 @@ def test_a_fast_accurate_draft_keeps_speculating(model_dirs):
     stats = outputs[0].stats
     assert stats["spec_rounds"] > 3 * stats["policy_rounds"]
     assert governor.describe()[1]["speculates"] is True
+
+
+def test_a_cold_bucket_inherits_a_safe_choice_from_its_neighbours():
+    """Speculation lost at batch 2, so batch 8 starts plain (and probes speculation later);
+    speculation won at batch 16, so batch 4 would start speculating."""
+    governor = SpeculationGovernor(base_interval=8, max_interval=64, burst=3)
+    drive(governor, 40, 2, spec_tps=lambda i: 50.0, plain_tps=lambda i: 100.0)
+    assert drive(governor, 10, 8, spec_tps=lambda i: 50.0, plain_tps=lambda i: 100.0) == [False] * 10
+    winning = SpeculationGovernor(base_interval=8, max_interval=64, burst=3)
+    drive(winning, 40, 16, spec_tps=lambda i: 300.0, plain_tps=lambda i: 100.0)
+    assert drive(winning, 10, 4, spec_tps=lambda i: 300.0, plain_tps=lambda i: 100.0) == [True] * 10
+    # an inherited choice that is wrong here is corrected by the first probe
+    chosen = drive(governor, 200, 8, spec_tps=lambda i: 500.0, plain_tps=lambda i: 100.0)
+    assert sum(chosen[100:]) >= 90
