@@ -13,7 +13,8 @@ re-measured in a short burst every ``interval`` rounds. A burst of the loser cos
 proportion to how much it loses, so the interval is at least what keeps that cost under
 ``probe_budget`` (0.5 %) of the rounds' time — a mode 3× slower is probed every few hundred
 rounds, a near-tie every few dozen; it also doubles each time a burst confirms the choice and
-falls back when the choice flips. The first speculative round after plain rounds is a
+falls back when the choice flips (the first decision, from few rounds, is re-checked after
+``base_interval`` rounds whatever the cost). The first speculative round after plain rounds is a
 guaranteed cache miss (the draft was idle and must catch up), so it is not counted: the
 estimate is of steady state.
 """
@@ -65,7 +66,7 @@ class _Bucket:
 
 
 class SpeculationGovernor:
-    def __init__(self, base_interval: int = 16, max_interval: int = 4096, burst: int = 3, min_rounds: int = 2,
+    def __init__(self, base_interval: int = 16, max_interval: int = 4096, burst: int = 4, min_rounds: int = 3,
                  probe_budget: float = 0.005):
         """``burst`` rounds re-measure the losing mode every ``interval`` rounds (from
         ``base_interval`` up to ``max_interval``, and long enough that probing costs at most
@@ -97,7 +98,7 @@ class SpeculationGovernor:
         for other_key, other in self.buckets.items():
             prefers = self._measured_choice(other)
             if prefers is not None and ((other_key < key and not prefers) or (other_key > key and prefers)):
-                bucket.inherited, bucket.decided, bucket.interval = prefers, True, other.interval
+                bucket.inherited, bucket.decided = prefers, True  # probed after base_interval rounds
                 break
         return bucket
 
@@ -137,8 +138,8 @@ class SpeculationGovernor:
         if not warm_up:
             (bucket.spec if speculated else bucket.plain).add(tokens, seconds)
         if not bucket.decided and self._prefers_spec(bucket) is not None:
-            bucket.decided = True
-            bucket.interval = self._interval(bucket, self.base_interval)
+            bucket.decided = True  # first look: probe again soon, before the cost bound applies
+            bucket.interval = self.base_interval
         elif bucket.probing and bucket.probe_left == 0:  # a burst ended: did it confirm the choice?
             bucket.probing = False
             confirmed = self._prefers_spec(bucket) == bucket.choice_before_probe
