@@ -46,16 +46,18 @@ def statistics(output: str) -> dict[str, dict[str, int]]:
     return counts
 
 
-def run_file(name: str, seconds: float) -> tuple[str, bool]:
+def run_file(name: str, seconds: float) -> tuple[str, int | None]:
+    """pytest's output and exit status (None: cut by the time cap)."""
     env = dict(os.environ, SAGUARO_FUZZ_PROFILE="long", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "pytest", f"tests/fuzz/{name}", "-p", "no:cacheprovider", "-rA", "-q",
            "--hypothesis-show-statistics"]
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=seconds)
-        return proc.stdout + proc.stderr, True
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, errors="replace",
+                              timeout=seconds)
+        return proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        return out, False
+        return out, None
 
 
 def main() -> int:
@@ -77,9 +79,12 @@ def main() -> int:
             complete = False
             continue
         started = time.monotonic()
-        output, finished = run_file(name, left)
-        complete &= finished
+        output, code = run_file(name, left)
         outcomes = {test: outcome for outcome, test in RESULT.findall(output)}
+        finished = code is not None
+        if finished and code not in (0, 1) or not outcomes:  # killed (a signal, the OOM killer) or no report
+            outcomes[f"tests/fuzz/{name}"] = f"ERROR (exit status {code})"
+        complete &= finished
         for test, count in statistics(output).items():
             rows.append([test.removeprefix("tests/fuzz/"), count["examples"], count["invalid"], "hypothesis"])
         for test, outcome in outcomes.items():

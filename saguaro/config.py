@@ -257,6 +257,8 @@ class EngineConfig:
             raise ConfigError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
             )
+        if not -(2**63) <= self.seed < 2**64:  # what torch.Generator.manual_seed takes
+            raise ConfigError(f"seed must be between -2**63 and 2**64 - 1, got {self.seed}")
         if self.max_model_len is not None and self.max_model_len <= 0:
             raise ConfigError(f"max_model_len must be positive, got {self.max_model_len}")
         if self.emulate_forward_s is not None and not 0 <= self.emulate_forward_s < math.inf:

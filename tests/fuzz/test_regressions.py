@@ -191,6 +191,7 @@ def test_config_json_that_is_not_an_object_is_named(tmp_path, content):
     (dict(emulate_forward_s=math.inf), "emulate_forward_s must be a finite number"),  # was OverflowError per step
     (dict(emulate_forward_s=-1.0), "emulate_forward_s must be a finite number"),
     (dict(max_model_len=-3), "max_model_len must be positive"),
+    (dict(seed=-18446744073374007296), "seed must be between"),  # was torch's ValueError (long run)
 ])
 def test_bad_engine_settings_are_config_errors(model_dirs, fields, words):
     with pytest.raises(ConfigError, match=words):
