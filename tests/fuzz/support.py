@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from saguaro.v1 import speculation_pb2 as pb
 
 PROFILE = os.environ.get("SAGUARO_FUZZ_PROFILE", "ci")
-PARSER = {"ci": 300, "long": 10_000}  # pure functions: milliseconds per example
-WORKER = {"ci": 60, "long": 3_000}  # the draft worker on a real model, no socket
-LIVE = {"ci": 50, "long": 400}  # a round trip to a real server per example
+PARSER = {"ci": 200, "long": 10_000}  # pure functions: milliseconds per example
+WORKER = {"ci": 40, "long": 3_000}  # the draft worker on a real model, no socket
+LIVE = {"ci": 40, "long": 400}  # a round trip to a real server per example
 LOADING = {"ci": 12, "long": 120}  # loads a model per example
 ATHERIS_RUNS = {"ci": 3_000, "long": 1_000_000}  # tests/fuzz/atheris_*.py
 _COMMON = dict(deadline=None, print_blob=True,
