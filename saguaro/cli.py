@@ -194,6 +194,10 @@ def add_speculation_args(parser: argparse.ArgumentParser) -> None:
 SPECULATION_POLICY_HELP = ("adaptive: measure speculative and plain rounds per batch size and speculate only "
                            "where it is faster, so speculation never makes decoding slower than AR; always: "
                            "speculate every round (default: adaptive)")
+SOFT_DEADLINE_HELP = ("let a round decode plainly when its draft reply is late by the draft's recent standards "
+                      "(a few times its recent reply time, at least 50 ms), dropping the reply when it comes; "
+                      "--no-draft-soft-deadline waits for every reply up to --draft-timeout, which makes "
+                      "speculation reproducible for debugging (default: on)")
 
 
 def speculation_governor(policy: str):
@@ -284,7 +288,7 @@ def cmd_target(args: argparse.Namespace) -> int:
     draft = EngineConfig(model=args.draft_model, show_progress=False, **draft_options) if in_process else None
     engine = speculative_engine(target, mode, draft, settings, args.draft_address if mode == "ssd" else None,
                                 draft_workers=args.draft_workers, draft_credentials=draft_credentials, draft_timeout_s=args.draft_timeout,
-                                governor=speculation_governor(args.speculation_policy))
+                                draft_soft_deadline=args.draft_soft_deadline, governor=speculation_governor(args.speculation_policy))
     address = f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"
     draft_name = Path(args.draft_model).name if args.draft_model else ""
     configure_tracing("saguaro-target")
@@ -537,6 +541,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                        http_port=args.http_port or None, target_port=args.target_port, gateway_args=gateway_args,
                        draft_port=args.draft_port, extra_args=engine_argv(args) + spec,
                        target_args=["--draft-timeout", str(args.draft_timeout), "--metrics-port", str(args.metrics_port),
+                                    "--draft-soft-deadline" if args.draft_soft_deadline else "--no-draft-soft-deadline",
                                     "--speculation-policy", args.speculation_policy,
                                     "--log-format", args.log_format,
                                     "--tensor-parallel-size", str(args.tensor_parallel_size)],
@@ -719,7 +724,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draft workers sharing the batch (data parallelism): one per --draft-address, or M "
                              "worker threads with an in-process --draft-model (default: 1)")
     target.add_argument("--draft-timeout", type=float, default=5.0,
-                        help="seconds to wait for a draft reply before decoding the round without it (default: 5)")
+                        help="seconds without a draft reply before the draft is declared down and the target decodes "
+                             "plainly, reconnecting in the background (default: 5)")
+    target.add_argument("--draft-soft-deadline", action=argparse.BooleanOptionalAction, default=True,
+                        help=SOFT_DEADLINE_HELP)
     target.add_argument("--speculation-policy", choices=["adaptive", "always"], default="adaptive",
                         help=SPECULATION_POLICY_HELP)
     target.add_argument("--wait-for-draft", type=float, default=0.0, metavar="S",
@@ -759,7 +767,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--draft-workers", type=int, default=1, metavar="M",
                     help="draft workers sharing the batch (data parallelism): ssd starts M draft services on "
                          "--draft-port .. --draft-port+M-1; sd runs M worker threads in the target (default: 1)")
-    up.add_argument("--draft-timeout", type=float, default=5.0, help="target's wait for a draft reply, seconds (default: 5)")
+    up.add_argument("--draft-timeout", type=float, default=5.0,
+                    help="seconds without a draft reply before the target declares it down (default: 5)")
+    up.add_argument("--draft-soft-deadline", action=argparse.BooleanOptionalAction, default=True,
+                    help=SOFT_DEADLINE_HELP)
     up.add_argument("--speculation-policy", choices=["adaptive", "always"], default="adaptive",
                     help=SPECULATION_POLICY_HELP)
     up.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for both services (default: 300)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from typing import Any
 
@@ -50,11 +51,24 @@ def _current_trace_ids() -> tuple[str, str]:
     return tracing.trace_ids(trace.get_current_span())
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not when the handler was
+    made: a process that swaps stderr (a test harness capturing output, a daemonizing wrapper)
+    never leaves logging writing to a closed stream."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+
 def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     """Root logging for a service process (replaces handlers set up earlier)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown log format {fmt!r}; use text or json")
-    handler = logging.StreamHandler()
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):

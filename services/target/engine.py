@@ -44,9 +44,12 @@ class SpeculativeEngine(LLMEngine):
         draft_timeout_s: float = 5.0,
         retry_interval_s: float = 1.0,
         governor: SpeculationGovernor | None = None,
+        draft_soft_deadline: bool = True,
     ):
         """``connect`` opens a channel to the draft (called again to reconnect after a failure).
         ``governor``: speculate only at batch sizes where it beats plain decoding (None: always).
+        ``draft_soft_deadline``: let a round go ahead without a reply that is late by the draft's
+        recent standards (False: wait up to ``draft_timeout_s``; see ``DraftProposer``).
 
         An incompatible draft is refused here with ``IncompatibleDraft``; an unreachable one
         only delays speculation: the engine decodes plainly and keeps retrying.
@@ -65,7 +68,8 @@ class SpeculativeEngine(LLMEngine):
         self.telemetry = None
         if mode != "ar":
             request = handshake_request(self.runner, settings, config.max_num_seqs)
-            self.proposer = DraftProposer(connect, request, settings, self.runner.vocab_size, draft_timeout_s, retry_interval_s)
+            self.proposer = DraftProposer(connect, request, settings, self.runner.vocab_size, draft_timeout_s, retry_interval_s,
+                                          draft_soft_deadline)
             try:
                 self.proposer.connect()
             except ConnectionError as exc:

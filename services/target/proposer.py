@@ -10,7 +10,9 @@ Two deadlines bound what a slow draft costs. A round waits for its reply at most
 deadline (a few times the recent reply time, at least ``SOFT_FLOOR_S``): past it the round
 decodes plainly and the reply, when it comes, is dropped; while it is outstanding the draft is
 busy, so rounds decode plainly without asking. Only past the *hard* ``timeout_s`` is the draft
-declared down. A stalled draft thus costs one soft wait, not ``timeout_s`` per round. Dropping
+declared down. A stalled draft thus costs one soft wait, not ``timeout_s`` per round
+(``soft_deadline=False`` waits for every reply up to ``timeout_s``: rounds then never go ahead
+without a healthy draft, which makes speculation reproducible for debugging and tests). Dropping
 a reply is safe: the draft has applied the committed tokens it carried, and the next request's
 key (``n_prev = -1``) cannot hit a cache built for proposals the target never verified.
 """
@@ -70,6 +72,7 @@ class DraftProposer:
         vocab_size: int,
         timeout_s: float = 5.0,
         retry_interval_s: float = 1.0,
+        soft_deadline: bool = True,
     ):
         self._connect = connect
         self._handshake = handshake
@@ -77,6 +80,7 @@ class DraftProposer:
         self.vocab_size = vocab_size
         self.timeout_s = timeout_s
         self.retry_interval_s = retry_interval_s
+        self.soft_deadline = soft_deadline
         self.channel: DraftChannel | None = None
         self.transport = "none"
         self.views: dict[int, DraftView] = {}
@@ -136,7 +140,7 @@ class DraftProposer:
         self._down_since = time.monotonic()
 
     def _soft_wait_s(self) -> float:
-        if self.reply_s is None:
+        if not self.soft_deadline or self.reply_s is None:
             return self.timeout_s
         return min(self.timeout_s, max(SOFT_FLOOR_S, SOFT_FACTOR * self.reply_s))
 

@@ -84,7 +84,7 @@ def stack(model_dirs, tmp_path_factory):
                     "--metrics-port", str(draft_metrics), *SMALL_ARGS], env, logs / "draft.log")
     target = _start(["target", "--model", model_dirs["llama"], "--port", str(target_port), "--draft-address",
                      f"127.0.0.1:{draft_port}", "--wait-for-draft", "120", "--metrics-port", str(target_metrics),
-                     "--log-format", "json", "--speculation-policy", "always",  # every round speculates: spans to check
+                     "--log-format", "json", "--speculation-policy", "always", "--no-draft-soft-deadline",  # every round speculates
                      *SMALL_ARGS], env, logs / "target.log")
     address = f"127.0.0.1:{target_port}"
     channel = grpc.insecure_channel(address)

@@ -37,7 +37,8 @@ def exporter():
 @pytest.fixture
 def engine(model_dirs):
     engine = speculative_engine(EngineConfig(model=model_dirs["llama"], **SMALL), "ssd",
-                                EngineConfig(model=model_dirs["llama_draft_perturbed"], **SMALL), DraftSettings(k=3))
+                                EngineConfig(model=model_dirs["llama_draft_perturbed"], **SMALL), DraftSettings(k=3),
+                                draft_soft_deadline=False)
     yield engine
     engine.proposer.close()
 

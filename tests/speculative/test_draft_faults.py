@@ -194,20 +194,39 @@ def test_malformed_replies_are_ignored_and_serving_continues(model_dirs, expecte
         engine.proposer.close()
 
 
-def test_slow_but_steady_replies_raise_the_soft_deadline(model_dirs, expected):
-    """The deadline learnt from fast replies (cache hits) must not keep rejecting replies that
-    are slow by nature (every SD round drafts K tokens, here 3 x 60 ms): after one late reply
-    the deadline fits them and rounds speculate again."""
+def _slow_draft_engine(model_dirs, **options) -> SpeculativeEngine:
+    """SD whose draft replies take 3 x 60 ms, while the target's rounds take 10 ms."""
     draft = EngineConfig(model=model_dirs["llama_draft_copy"], block_size=8, kv_cache_bytes=1 << 24,
                          show_progress=False, emulate_forward_s=0.06)
     target = EngineConfig(model=model_dirs["llama"], block_size=8, kv_cache_bytes=1 << 24, show_progress=False,
-                          emulate_forward_s=0.01)  # the late reply arrives while plain rounds go on
-    engine = speculative_engine(target, "sd", draft, SETTINGS)
+                          emulate_forward_s=0.01)  # a late reply arrives while plain rounds go on
+    engine = speculative_engine(target, "sd", draft, SETTINGS, **options)
+    engine.proposer.reply_s = 0.001  # as if every reply so far had been an instant cache hit
+    return engine
+
+
+def test_slow_but_steady_replies_raise_the_soft_deadline(model_dirs, expected):
+    """The deadline learnt from fast replies (cache hits) must not keep rejecting replies that
+    are slow by nature (every SD round drafts K tokens): after one late reply the deadline fits
+    them and rounds speculate again."""
+    engine = _slow_draft_engine(model_dirs)
     try:
-        engine.proposer.reply_s = 0.001  # as if every reply so far had been an instant cache hit
         out = LLM.from_engine(engine, None).generate(PROMPT, SamplingParams(max_tokens=NEW_TOKENS))[0]
         assert out.token_ids == expected
         assert engine.proposer.late_replies == 1 and engine.proposer.failures == 0
         assert out.stats["spec_rounds"] > 1 and engine.proposer.reply_s >= 0.18
+    finally:
+        engine.proposer.close()
+
+
+def test_without_a_soft_deadline_every_round_waits_for_its_reply(model_dirs, expected):
+    """``--no-draft-soft-deadline``: the same slow replies are all waited for (up to the hard
+    timeout), so every round speculates."""
+    engine = _slow_draft_engine(model_dirs, draft_soft_deadline=False)
+    try:
+        out = LLM.from_engine(engine, None).generate(PROMPT, SamplingParams(max_tokens=NEW_TOKENS))[0]
+        assert out.token_ids == expected
+        assert engine.proposer.late_replies == 0 and engine.proposer.failures == 0
+        assert out.stats["fallback_rounds"] == 0 and out.stats["spec_rounds"] == out.stats["rounds"]
     finally:
         engine.proposer.close()

@@ -103,7 +103,8 @@ def build(model_dirs, case: Case):
         servers = [serve(draft, address, settings) for address in addresses]
     engine = speculative_engine(target, case.mode, draft, settings, draft_address=addresses,
                                 fast_path=case.transport == "torch.distributed", draft_workers=case.workers,
-                                governor=flapping_governor() if case.governed else None)
+                                governor=flapping_governor() if case.governed else None,
+                                draft_soft_deadline=False)  # every round waits for its reply: no timing luck
     return engine, servers
 
 

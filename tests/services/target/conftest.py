@@ -39,6 +39,7 @@ def serve(model_dir: str, mode: str, draft_dir: str | None = None, draft_address
           **proposer_options) -> Served:
     target = EngineConfig(model=model_dir, **SMALL)
     draft = EngineConfig(model=draft_dir, **SMALL) if draft_dir and not draft_address else None
+    proposer_options.setdefault("draft_soft_deadline", False)  # tests count rounds: no timing luck
     engine = speculative_engine(target, mode, draft, None, draft_address, **proposer_options)
     address = f"127.0.0.1:{free_port()}"
     server, loop = serve_target(engine, load_tokenizer(model_dir), address,

@@ -132,7 +132,7 @@ def _generate(model_dirs, prompts, target_pad_s: float | None, draft_pad_s: floa
     params = SamplingParams(max_tokens=128, ignore_eos=True)
     engine = speculative_engine(_config(model_dirs["llama"], target_pad_s), "sd",
                                 _config(model_dirs["llama_draft_copy"], draft_pad_s), DraftSettings(k=3, fan_out=1),
-                                governor=governor)
+                                governor=governor, draft_soft_deadline=False)
     outputs = LLM.from_engine(engine, None).generate(prompts, params)
     alone = LLM.from_engine(speculative_engine(_config(model_dirs["llama"]), "ar"), None).generate(prompts, params)
     return outputs, [o.token_ids for o in alone]
