@@ -86,48 +86,80 @@ def start_draft(args, port: int, draft_ms: float | None) -> subprocess.Popen:
     return proc
 
 
-def run_mode(args, regime: str, batch: int, mode: str, k: int, prompts, profile, governor=None,
-             draft_workers: int = 1, rehearse: bool = False) -> Result:
-    """One mode on all prompts; ``governor``: the target's speculation governor (None: always
-    speculate); ``draft_workers``: draft services sharing the batch (ssd); ``rehearse``: run
-    the same workload once untimed first (a server in steady state: warm caches, a governor
-    that has measured these batch sizes)."""
-    from saguaro import SamplingParams
-    from saguaro.config import EngineConfig
-    from saguaro.llm import LLM
-    from saguaro.services.draft.settings import DraftSettings
-    from saguaro.services.target.local import speculative_engine
-    from saguaro.v1 import speculation_pb2 as pb
+class ModeRunner:
+    """One mode's engine (and its draft services), kept up between timed runs so that runs of
+    several modes can alternate: on a shared VM the machine's speed drifts over minutes, and
+    alternating puts that drift on every mode alike.
 
-    target_s, draft_s = profile if profile else (None, None)
-    common = dict(max_num_seqs=batch, kv_cache_bytes=1 << 28, show_progress=False)
-    target = EngineConfig(model=str(args.target), emulate_forward_s=target_s, **common)
-    draft = EngineConfig(model=str(args.draft), emulate_forward_s=draft_s, **common)
-    policy = {"jit": pb.BACKUP_POLICY_JIT, "fast": pb.BACKUP_POLICY_FAST, "adaptive": pb.BACKUP_POLICY_ADAPTIVE}
-    fan_out = args.ssd_fan_out if mode == "ssd" else 1
-    settings = DraftSettings(k=max(k, 1), fan_out=fan_out, backup_policy=policy[args.backup])
-    draft_procs = []
-    addresses = None
-    if mode == "ssd":
-        ports = [free_port() for _ in range(draft_workers)]
-        draft_procs = [start_draft(args, port, draft_s * 1000 if draft_s else None) for port in ports]
-        addresses = [f"127.0.0.1:{port}" for port in ports]
-    engine = speculative_engine(target, mode, draft if mode == "sd" else None, settings, draft_address=addresses,
-                                fast_path=args.transport == "torch.distributed", governor=governor)
-    try:
-        llm = LLM.from_engine(engine, None)
-        params = SamplingParams(max_tokens=args.new_tokens, ignore_eos=True)
-        llm.generate(prompts if rehearse else prompts[:1], params if rehearse else SamplingParams(
-            max_tokens=8, ignore_eos=True))  # warm-up
+    ``governor``: the target's speculation governor (None: always speculate);
+    ``draft_workers``: draft services sharing the batch (ssd)."""
+
+    def __init__(self, args, regime: str, batch: int, mode: str, k: int, profile, governor=None,
+                 draft_workers: int = 1):
+        from saguaro.config import EngineConfig
+        from saguaro.llm import LLM
+        from saguaro.services.draft.settings import DraftSettings
+        from saguaro.services.target.local import speculative_engine
+        from saguaro.v1 import speculation_pb2 as pb
+
+        self.regime, self.batch, self.mode, self.k = regime, batch, mode, k
+        target_s, draft_s = profile if profile else (None, None)
+        common = dict(max_num_seqs=batch, kv_cache_bytes=1 << 28, show_progress=False)
+        target = EngineConfig(model=str(args.target), emulate_forward_s=target_s, **common)
+        draft = EngineConfig(model=str(args.draft), emulate_forward_s=draft_s, **common)
+        policy = {"jit": pb.BACKUP_POLICY_JIT, "fast": pb.BACKUP_POLICY_FAST, "adaptive": pb.BACKUP_POLICY_ADAPTIVE}
+        fan_out = args.ssd_fan_out if mode == "ssd" else 1
+        settings = DraftSettings(k=max(k, 1), fan_out=fan_out, backup_policy=policy[args.backup])
+        self.draft_procs = []
+        addresses = None
+        if mode == "ssd":
+            ports = [free_port() for _ in range(draft_workers)]
+            self.draft_procs = [start_draft(args, port, draft_s * 1000 if draft_s else None) for port in ports]
+            addresses = [f"127.0.0.1:{port}" for port in ports]
+        self.engine = speculative_engine(target, mode, draft if mode == "sd" else None, settings,
+                                         draft_address=addresses, fast_path=args.transport == "torch.distributed",
+                                         governor=governor)
+        self.llm = LLM.from_engine(self.engine, None)
+        self.new_tokens = args.new_tokens
+
+    def warm_up(self, prompts, rehearse: bool = False) -> None:
+        """A short request; or (``rehearse``) the whole workload once untimed: a server in steady
+        state (warm caches, a governor that has measured these batch sizes)."""
+        from saguaro import SamplingParams
+
+        if rehearse:
+            self.run(prompts)
+        else:
+            self.llm.generate(prompts[:1], SamplingParams(max_tokens=8, ignore_eos=True))
+
+    def run(self, prompts) -> tuple[list, float]:
+        """The outputs of one timed run of ``prompts`` and its seconds."""
+        from saguaro import SamplingParams
+
         start = time.perf_counter()
-        outputs = llm.generate(prompts, params)
-        seconds = time.perf_counter() - start
-    finally:
-        if engine.proposer is not None:
-            engine.proposer.close()
-        for draft_proc in draft_procs:
+        outputs = self.llm.generate(prompts, SamplingParams(max_tokens=self.new_tokens, ignore_eos=True))
+        return outputs, time.perf_counter() - start
+
+    def close(self) -> None:
+        if self.engine.proposer is not None:
+            self.engine.proposer.close()
+        for draft_proc in self.draft_procs:
             draft_proc.kill()
             draft_proc.wait()
+
+    def __enter__(self) -> ModeRunner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def run_mode(args, regime: str, batch: int, mode: str, k: int, prompts, profile, governor=None,
+             draft_workers: int = 1, rehearse: bool = False) -> Result:
+    """One mode on all prompts, timed once (see ``ModeRunner``)."""
+    with ModeRunner(args, regime, batch, mode, k, profile, governor, draft_workers) as runner:
+        runner.warm_up(prompts, rehearse)
+        outputs, seconds = runner.run(prompts)
     return summarise(regime, batch, mode, k, outputs, seconds)
 
 

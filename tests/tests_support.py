@@ -53,7 +53,7 @@ def flapping_governor():
     happen within a few tokens (exactness tests)."""
     from saguaro.services.target.governor import SpeculationGovernor
 
-    return SpeculationGovernor(base_interval=1, max_interval=1, burst=2, min_rounds=1)
+    return SpeculationGovernor(base_interval=1, max_interval=1, burst=2, max_burst=2, min_rounds=1)
 
 
 # -- TLS material made in the test (real certificates, a throwaway CA) ------------------------------

@@ -3,28 +3,37 @@
 Speculation pays when a round's tokens per second beat plain (AR) decoding's. That depends on
 the batch size (the target's verify cost grows with B·(K+1) tokens, the draft's with B·M
 branches), the acceptance rate and the hardware, so the governor measures instead of
-modelling: per batch-size bucket it keeps the recent throughput of speculative rounds and of
-plain rounds, and runs the better mode. The draft's own adaptations (fan-out from acceptance,
+modelling: per batch-size bucket it keeps the throughput of the last ``WINDOW`` speculative
+rounds and plain rounds, with its standard error, and runs the better mode. The draft's own adaptations (fan-out from acceptance,
 JIT vs fast backup from round economics; ``services/draft/policy.py``) act first; this is the
 last resort, when even the best speculation loses.
 
+Plain decoding is the safe default: a bucket the governor has not measured decodes plainly
+(unless speculation already wins at a larger batch, which makes it all but certain to win here)
+and tries speculation in a short burst only after ``base_interval`` rounds, so the transient
+batch sizes a batch passes through as requests finish never pay for measuring. Speculation must
+beat plain decoding by ``margin`` to be chosen: a switch has costs the steady-state estimates
+leave out, and a near-tie is not worth them.
+
 Estimates go stale (acceptance drifts with the text, load changes), so the losing mode is
-re-measured in a short burst every ``interval`` rounds. A burst of the loser costs time in
-proportion to how much it loses, so the interval is at least what keeps that cost under
-``probe_budget`` (0.5 %) of the rounds' time — a mode 3× slower is probed every few hundred
-rounds, a near-tie every few dozen; it also doubles each time a burst confirms the choice and
-falls back when the choice flips (the first decision, from few rounds, is re-checked after
-``base_interval`` rounds whatever the cost). The first speculative round after plain rounds is a
-guaranteed cache miss (the draft was idle and must catch up), so it is not counted: the
-estimate is of steady state.
+re-measured in a burst every ``interval`` rounds: ``burst`` rounds, more (up to ``max_burst``)
+while the two estimates are within ``Z`` standard errors — a clearly worse mode is dropped
+fast, and a long burst happens only when the modes are close, where it costs little. The interval doubles each time a burst
+confirms the choice (back to ``base_interval`` when it flips) and is at least what keeps a
+burst's measured cost under ``probe_budget`` (0.5 %) of the rounds' time. That cost includes the
+switch: the first speculative round after plain rounds is a guaranteed cache miss (the draft was
+idle and must catch up), so it is measured apart (the *warm-up* rate) and left out of the
+speculative estimate, which is of steady state.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
-EMA = 0.2  # weight of the newest round in the throughput estimates
+WINDOW = 32  # rounds of each mode an estimate rests on
+Z = 2.0  # standard errors that make a difference between the modes conclusive
 
 
 def bucket_of(batch_size: int) -> int:
@@ -34,49 +43,84 @@ def bucket_of(batch_size: int) -> int:
 
 @dataclass
 class _Rate:
-    """Exponentially weighted tokens and seconds (their ratio is the throughput)."""
+    """The last ``WINDOW`` rounds of one mode: throughput (total tokens / total seconds) and its
+    standard error. Speculative rounds vary a lot (a round commits 1 to K+1 tokens per row,
+    hits and misses differ in cost), so an estimate needs a few dozen of them."""
 
-    tokens: float = 0.0
-    seconds: float = 0.0
-    rounds: int = 0
+    window: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    rounds: int = 0  # every round measured, including those the window has dropped
+    _tokens: float = 0.0  # sums over the window
+    _seconds: float = 0.0
 
     def add(self, tokens: int, seconds: float) -> None:
-        w = 1.0 if self.rounds == 0 else EMA
-        self.tokens += w * (tokens - self.tokens)
-        self.seconds += w * (seconds - self.seconds)
+        if len(self.window) == self.window.maxlen:
+            old_tokens, old_seconds = self.window[0]
+            self._tokens -= old_tokens
+            self._seconds -= old_seconds
+        self.window.append((tokens, seconds))
+        self._tokens += tokens
+        self._seconds += seconds
         self.rounds += 1
 
     @property
+    def tokens(self) -> float:
+        """Mean tokens of a round."""
+        return self._tokens / len(self.window) if self.window else 0.0
+
+    @property
+    def seconds(self) -> float:
+        """Mean seconds of a round."""
+        return self._seconds / len(self.window) if self.window else 0.0
+
+    @property
     def per_second(self) -> float | None:
-        return self.tokens / self.seconds if self.rounds and self.seconds > 0 else None
+        return self._tokens / self._seconds if self.window and self._seconds > 0 else None
+
+    def standard_error(self) -> float:
+        """Of ``per_second``, a ratio estimator (delta method); infinite below two rounds."""
+        n = len(self.window)
+        rate = self.per_second
+        if n < 2 or rate is None:
+            return math.inf
+        spread = sum((t - rate * s) ** 2 for t, s in self.window) / (n - 1)
+        return math.sqrt(spread / n) / self.seconds
 
 
 @dataclass
 class _Bucket:
     spec: _Rate
     plain: _Rate
+    warm: _Rate  # speculative rounds right after plain ones: cache misses, the cost of a switch
     interval: int
+    inherited: bool  # the choice until both modes are measured here
     since_probe: int = 0  # rounds in the preferred mode since the last burst of the other
     probe_left: int = 0  # rounds left in the current burst of the other mode
     probe_spec: bool = False  # the burst's mode
     probing: bool = False  # the round being run belongs to a burst
-    choice_before_probe: bool = True
-    decided: bool = False  # both modes measured once, or a choice inherited from another bucket
-    inherited: bool | None = None  # the choice taken over while a mode is unmeasured here
+    burst_rounds: int = 0  # rounds the current burst has run
+    choice_before_probe: bool = False
+
+
+def _excess(rate: _Rate, per_second: float) -> float:
+    """Seconds a round at ``rate`` takes beyond what ``per_second`` needs for its tokens."""
+    return max(0.0, rate.seconds - rate.tokens / per_second)
 
 
 class SpeculationGovernor:
     def __init__(self, base_interval: int = 16, max_interval: int = 4096, burst: int = 4, min_rounds: int = 3,
-                 probe_budget: float = 0.005):
+                 probe_budget: float = 0.005, margin: float = 0.02, max_burst: int = WINDOW):
         """``burst`` rounds re-measure the losing mode every ``interval`` rounds (from
         ``base_interval`` up to ``max_interval``, and long enough that probing costs at most
-        ``probe_budget`` of the time; 0 disables that bound); each mode needs ``min_rounds``
-        measured rounds before it can win."""
-        if not 1 <= base_interval <= max_interval or burst < 2 or min_rounds < 1 or not 0 <= probe_budget < 1:
-            raise ValueError("need 1 <= base_interval <= max_interval, burst >= 2, min_rounds >= 1, "
-                             "0 <= probe_budget < 1")
+        ``probe_budget`` of the time; 0 disables that bound), and up to ``max_burst`` while the
+        two modes' estimates are too close to call; each mode needs ``min_rounds`` measured
+        rounds before it can win; speculation wins only by more than ``margin``."""
+        if (not 1 <= base_interval <= max_interval or not 2 <= burst <= max_burst or min_rounds < 1
+                or not 0 <= probe_budget < 1 or not 0 <= margin < 1):
+            raise ValueError("need 1 <= base_interval <= max_interval, 2 <= burst <= max_burst, min_rounds >= 1, "
+                             "0 <= probe_budget < 1, 0 <= margin < 1")
         self.base_interval, self.max_interval = base_interval, max_interval
-        self.burst, self.min_rounds, self.probe_budget = burst, min_rounds, probe_budget
+        self.burst, self.max_burst, self.min_rounds = burst, max_burst, min_rounds
+        self.probe_budget, self.margin = probe_budget, margin
         self.buckets: dict[int, _Bucket] = {}
         # whether the previous round speculated: the first speculative round after plain ones
         # (and the very first: the draft has just prefilled) is a warm-up cache miss
@@ -90,26 +134,19 @@ class SpeculationGovernor:
         return bucket
 
     def _new_bucket(self, key: int) -> _Bucket:
-        """A cold bucket takes over a neighbour's choice where the usual shape of the economics
-        makes it safe — speculation that loses at a smaller batch loses at a larger one, and
-        speculation that wins at a larger batch wins at a smaller one — and then only probes the
-        other mode, instead of paying to measure both (batch sizes wander as requests come and go)."""
-        bucket = _Bucket(_Rate(), _Rate(), self.base_interval)
-        for other_key, other in self.buckets.items():
-            prefers = self._measured_choice(other)
-            if prefers is not None and ((other_key < key and not prefers) or (other_key > key and prefers)):
-                bucket.inherited, bucket.decided = prefers, True  # probed after base_interval rounds
-                break
-        return bucket
+        """A cold bucket decodes plainly, unless speculation wins at a larger batch: with the
+        usual shape of the economics it then wins here too."""
+        spec_wins_above = any(k > key and self._measured_choice(b) for k, b in self.buckets.items())
+        return _Bucket(_Rate(), _Rate(), _Rate(), self.base_interval, inherited=spec_wins_above)
 
     def _measured_choice(self, bucket: _Bucket) -> bool | None:
         spec, plain = bucket.spec.per_second, bucket.plain.per_second
         if spec is None or plain is None or min(bucket.spec.rounds, bucket.plain.rounds) < self.min_rounds:
             return None
-        return spec >= plain
+        return spec > plain * (1 + self.margin)
 
-    def _prefers_spec(self, bucket: _Bucket) -> bool | None:
-        """The measured choice; until both modes are measured, the inherited one (or None)."""
+    def _prefers_spec(self, bucket: _Bucket) -> bool:
+        """The measured choice; until both modes are measured, the inherited one."""
         measured = self._measured_choice(bucket)
         return bucket.inherited if measured is None else measured
 
@@ -117,15 +154,13 @@ class SpeculationGovernor:
         """Whether this round of ``batch_size`` speculating rows should speculate."""
         bucket = self._bucket(batch_size)
         prefers = self._prefers_spec(bucket)
-        if prefers is None:  # measure speculation first, then plain rounds
-            bucket.probing = False
-            return bucket.spec.rounds < self.min_rounds or bucket.plain.rounds >= self.min_rounds
         if bucket.probe_left == 0 and bucket.since_probe >= bucket.interval:
-            bucket.since_probe, bucket.probe_left = 0, self.burst
+            bucket.since_probe, bucket.probe_left, bucket.burst_rounds = 0, self.burst, 0
             bucket.probe_spec, bucket.choice_before_probe = not prefers, prefers
         bucket.probing = bucket.probe_left > 0
         if bucket.probing:
             bucket.probe_left -= 1
+            bucket.burst_rounds += 1
             return bucket.probe_spec
         bucket.since_probe += 1
         return prefers
@@ -135,15 +170,22 @@ class SpeculationGovernor:
         bucket = self._bucket(batch_size)
         warm_up = speculated and not self._last_spec
         self._last_spec = speculated
-        if not warm_up:
-            (bucket.spec if speculated else bucket.plain).add(tokens, seconds)
-        if not bucket.decided and self._prefers_spec(bucket) is not None:
-            bucket.decided = True  # first look: probe again soon, before the cost bound applies
-            bucket.interval = self.base_interval
-        elif bucket.probing and bucket.probe_left == 0:  # a burst ended: did it confirm the choice?
-            bucket.probing = False
+        (bucket.warm if warm_up else bucket.spec if speculated else bucket.plain).add(tokens, seconds)
+        if bucket.probing and bucket.probe_left == 0:
+            if bucket.burst_rounds < self.max_burst and self._too_close(bucket):
+                bucket.probe_left = 1  # one more round of the burst
+                return
+            bucket.probing = False  # the burst ended: did it confirm the choice?
             confirmed = self._prefers_spec(bucket) == bucket.choice_before_probe
             bucket.interval = self._interval(bucket, bucket.interval * 2 if confirmed else self.base_interval)
+
+    def _too_close(self, bucket: _Bucket) -> bool:
+        """Whether the estimates cannot yet tell which mode wins (by ``Z`` standard errors)."""
+        spec, plain = bucket.spec, bucket.plain
+        if min(spec.rounds, plain.rounds) < self.min_rounds:
+            return True
+        gap = spec.per_second - plain.per_second * (1 + self.margin)
+        return abs(gap) < Z * math.hypot(spec.standard_error(), plain.standard_error() * (1 + self.margin))
 
     def unanswered(self) -> None:
         """A round meant to speculate ran plainly because the draft did not answer in time (or
@@ -153,10 +195,18 @@ class SpeculationGovernor:
     def _interval(self, bucket: _Bucket, wanted: int) -> int:
         """``wanted``, raised so that a burst of the losing mode costs at most the probe budget."""
         if self.probe_budget > 0 and self._measured_choice(bucket) is not None:
-            rates = sorted((bucket.spec.per_second, bucket.plain.per_second))
-            lost = self.burst * (rates[1] / rates[0] - 1)  # rounds' worth of time a burst of the loser costs
-            wanted = max(wanted, math.ceil(lost / self.probe_budget))
+            wanted = max(wanted, math.ceil(self._burst_cost(bucket) / self.probe_budget))
         return min(max(wanted, self.base_interval), self.max_interval)
+
+    def _burst_cost(self, bucket: _Bucket) -> float:
+        """Rounds of the preferred mode's time that a burst of the other mode loses, the switch
+        to speculation (its warm-up round) included."""
+        warm = bucket.warm if bucket.warm.rounds else bucket.spec
+        if self._prefers_spec(bucket):
+            rate = bucket.spec.per_second
+            return (self.burst * _excess(bucket.plain, rate) + _excess(warm, rate)) / bucket.spec.seconds
+        rate = bucket.plain.per_second
+        return (_excess(warm, rate) + (self.burst - 1) * _excess(bucket.spec, rate)) / bucket.plain.seconds
 
     def describe(self) -> dict[int, dict]:
         """Per bucket: measured tokens/s of each mode and the current choice (for logs and tests)."""

@@ -19,12 +19,14 @@ from saguaro.services.target.local import speculative_engine
 from tests_support import make_prompts
 
 
-def drive(governor: SpeculationGovernor, rounds: int, batch: int, spec_tps, plain_tps) -> list[bool]:
-    """Run ``rounds`` rounds whose throughput is ``spec_tps(i)`` / ``plain_tps(i)`` tokens/s."""
+def drive(governor: SpeculationGovernor, rounds: int, batch: int, spec_tps, plain_tps, warm_tps=None) -> list[bool]:
+    """Run ``rounds`` rounds whose throughput is ``spec_tps(i)`` / ``plain_tps(i)`` tokens/s
+    (``warm_tps(i)`` for a speculative round right after a plain one, when given)."""
     chosen = []
     for i in range(rounds):
         spec = governor.speculate(batch)
-        tps = spec_tps(i) if spec else plain_tps(i)
+        warm_up = spec and not (chosen[-1] if chosen else False)
+        tps = (warm_tps if warm_up and warm_tps else spec_tps)(i) if spec else plain_tps(i)
         governor.record(batch, spec, batch * 3, batch * 3 / tps)
         chosen.append(spec)
     return chosen
@@ -37,8 +39,8 @@ def test_buckets_group_batch_sizes_by_powers_of_two():
 def test_losing_speculation_is_switched_off_and_its_probes_get_rarer():
     governor = SpeculationGovernor(base_interval=8, max_interval=256, burst=4)
     chosen = drive(governor, 2000, 4, spec_tps=lambda i: 50.0, plain_tps=lambda i: 100.0)
-    # measure both, speculation first (its first round, a warm-up after the draft's prefill, uncounted)
-    assert chosen[:7] == [True] * 4 + [False] * 3
+    # a cold bucket decodes plainly, then a burst measures speculation (its warm-up round apart)
+    assert chosen[:12] == [False] * 8 + [True] * 4
     late = chosen[1000:]
     assert sum(late) <= 0.03 * len(late)  # only the rare probes speculate
     assert governor.buckets[4].interval == 256  # every probe confirmed the choice: interval doubled to the cap
@@ -51,11 +53,41 @@ def test_probes_of_a_badly_losing_mode_are_spaced_to_cost_one_percent():
     governor = SpeculationGovernor(base_interval=16, max_interval=4096, burst=3, probe_budget=0.01)
     chosen = drive(governor, 3000, 16, spec_tps=lambda i: 100.0, plain_tps=lambda i: 300.0)
     assert governor.buckets[16].interval >= 600
-    # the first measurements (4), an early re-check (3), then at most a burst per 600 rounds
-    assert sum(chosen) <= 4 + 3 + 3 * 5
+    # the first measurement (a burst of 3), then at most a burst per 600 rounds
+    assert sum(chosen) <= 3 + 3 * 5
     near_tie = SpeculationGovernor(base_interval=16, max_interval=4096, burst=3, probe_budget=0.01)
     drive(near_tie, 100, 16, spec_tps=lambda i: 290.0, plain_tps=lambda i: 300.0)
     assert near_tie.buckets[16].interval <= 64  # a near-tie is worth re-checking often (doubling from 16)
+
+
+def test_the_cost_of_switching_to_speculation_spaces_its_probes():
+    """A near-tie in steady state, but the first speculative round after plain ones (a cache
+    miss) runs at a tenth of plain throughput: each burst costs ~9 plain rounds, so at a 0.5 %
+    budget bursts come ~1,800 rounds apart, not every few dozen."""
+    governor = SpeculationGovernor(base_interval=16, max_interval=4096, burst=4)
+    drive(governor, 400, 4, spec_tps=lambda i: 295.0, plain_tps=lambda i: 300.0, warm_tps=lambda i: 30.0)
+    assert governor.buckets[4].interval >= 1800
+    assert governor.describe()[4]["speculates"] is False
+
+
+def test_speculation_must_win_by_the_margin():
+    """1.7 % faster in steady state is not worth switching for (margin 2 %); 5 % is."""
+    for spec_tps, speculates in ((305.0, False), (315.0, True)):
+        governor = SpeculationGovernor(base_interval=8, burst=4)
+        drive(governor, 100, 2, spec_tps=lambda i: spec_tps, plain_tps=lambda i: 300.0)
+        assert governor.describe()[2]["speculates"] is speculates
+
+
+def test_a_burst_goes_on_while_the_modes_are_too_close_to_call():
+    """Speculative rounds alternating between 200 and 500 tok/s against plain ones at 300: the
+    estimates stay within two standard errors of each other, so the burst runs to ``max_burst``;
+    speculation at half plain throughput is clear after the minimum burst."""
+    noisy = SpeculationGovernor(base_interval=8, burst=4, max_burst=20)
+    chosen = drive(noisy, 60, 4, spec_tps=lambda i: 200.0 if i % 2 else 500.0, plain_tps=lambda i: 300.0)
+    assert chosen[:8] == [False] * 8 and chosen[8:28] == [True] * 20 and not chosen[28]
+    clear = SpeculationGovernor(base_interval=8, burst=4, max_burst=20)
+    chosen = drive(clear, 60, 4, spec_tps=lambda i: 150.0, plain_tps=lambda i: 300.0)
+    assert chosen[8:12] == [True] * 4 and not any(chosen[12:])
 
 
 def test_paying_speculation_stays_on():
@@ -79,33 +111,35 @@ def test_batch_size_buckets_decide_independently():
     """Speculation pays at batch 1 and loses at batch 16 (the usual shape on real hardware)."""
     governor = SpeculationGovernor(base_interval=8, max_interval=256, burst=4)
     small = large = 0
-    for i in range(1000):
-        for batch, spec_tps, plain_tps in ((1, 300.0, 100.0), (16, 800.0, 1600.0)):
-            spec = governor.speculate(batch)
-            governor.record(batch, spec, 10, 10 / (spec_tps if spec else plain_tps))
-            if i >= 500:
-                small += spec and batch == 1
-                large += spec and batch == 16
+    for i in range(2000):  # the batch size changes every 50 rounds, as requests come and go
+        batch, spec_tps, plain_tps = (1, 300.0, 100.0) if i // 50 % 2 == 0 else (16, 800.0, 1600.0)
+        spec = governor.speculate(batch)
+        governor.record(batch, spec, 10, 10 / (spec_tps if spec else plain_tps))
+        if i >= 1000:
+            small += spec and batch == 1
+            large += spec and batch == 16
     assert small >= 0.95 * 500 and large <= 0.05 * 500
 
 
 def test_the_first_speculative_round_after_plain_ones_is_not_measured():
     """It is a guaranteed cache miss (the draft sat idle), not the steady state."""
-    governor = SpeculationGovernor(base_interval=4, burst=2, min_rounds=1)
-    assert governor.speculate(1)
-    governor.record(1, True, 1, 1.0)  # the very first round follows the draft's prefill: a miss, ignored
+    governor = SpeculationGovernor(base_interval=2, burst=2, min_rounds=1)
+    for _ in range(2):  # a cold bucket decodes plainly
+        assert not governor.speculate(1)
+        governor.record(1, False, 1, 0.01)  # 100 tok/s
+    assert governor.speculate(1)  # a burst measures speculation
+    governor.record(1, True, 1, 1.0)  # the warm-up round after plain ones: 1 tok/s, measured apart
     assert governor.speculate(1)
     governor.record(1, True, 3, 0.01)  # 300 tok/s
-    assert not governor.speculate(1)
-    governor.record(1, False, 1, 0.01)  # 100 tok/s
-    assert governor.speculate(1)
-    governor.record(1, True, 1, 1.0)  # the warm-up round after a plain one: 1 tok/s, ignored
-    assert governor.describe()[1]["speculative_tps"] == pytest.approx(300.0)
+    state = governor.describe()[1]
+    assert state["speculative_tps"] == pytest.approx(300.0) and state["plain_tps"] == pytest.approx(100.0)
+    assert state["speculates"] is True
+    assert governor.buckets[1].warm.per_second == pytest.approx(1.0)
 
 
 def test_a_round_the_draft_left_unanswered_measures_nothing_and_makes_the_next_a_warm_up():
-    governor = SpeculationGovernor(base_interval=4, burst=2, min_rounds=1)
-    drive(governor, 3, 1, spec_tps=lambda i: 300.0, plain_tps=lambda i: 100.0)  # warm-up, spec, plain
+    governor = SpeculationGovernor(base_interval=2, burst=2, min_rounds=1)
+    drive(governor, 4, 1, spec_tps=lambda i: 300.0, plain_tps=lambda i: 100.0)  # plain, plain, warm-up, spec
     before = governor.describe()[1]
     assert governor.speculate(1)
     governor.unanswered()  # the reply was late: the round ran plainly, slower than either mode
@@ -116,7 +150,8 @@ def test_a_round_the_draft_left_unanswered_measures_nothing_and_makes_the_next_a
 
 
 @pytest.mark.parametrize("bad", [dict(base_interval=0), dict(base_interval=9, max_interval=8), dict(burst=1),
-                                 dict(min_rounds=0), dict(probe_budget=1.0)])
+                                 dict(min_rounds=0), dict(probe_budget=1.0), dict(margin=1.0),
+                                 dict(burst=8, max_burst=4)])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError, match="need"):
         SpeculationGovernor(**bad)
@@ -164,15 +199,14 @@ def test_a_fast_accurate_draft_keeps_speculating(model_dirs):
     assert governor.describe()[1]["speculates"] is True
 
 
-def test_a_cold_bucket_inherits_a_safe_choice_from_its_neighbours():
-    """Speculation lost at batch 2, so batch 8 starts plain (and probes speculation later);
-    speculation won at batch 16, so batch 4 would start speculating."""
+def test_a_cold_bucket_starts_plain_unless_speculation_wins_at_a_larger_batch():
+    """A batch size seen for the first time decodes plainly (transient sizes never pay for
+    measuring speculation) and probes speculation after ``base_interval`` rounds; once
+    speculation won at batch 16, batch 4 starts speculating."""
     governor = SpeculationGovernor(base_interval=8, max_interval=64, burst=3)
-    drive(governor, 40, 2, spec_tps=lambda i: 50.0, plain_tps=lambda i: 100.0)
-    assert drive(governor, 8, 8, spec_tps=lambda i: 50.0, plain_tps=lambda i: 100.0) == [False] * 8  # then a probe
+    assert drive(governor, 8, 8, spec_tps=lambda i: 500.0, plain_tps=lambda i: 100.0) == [False] * 8
+    chosen = drive(governor, 200, 8, spec_tps=lambda i: 500.0, plain_tps=lambda i: 100.0)
+    assert chosen[:3] == [True] * 3 and sum(chosen[100:]) >= 90  # the probe found speculation pays here
     winning = SpeculationGovernor(base_interval=8, max_interval=64, burst=3)
     drive(winning, 40, 16, spec_tps=lambda i: 300.0, plain_tps=lambda i: 100.0)
     assert drive(winning, 8, 4, spec_tps=lambda i: 300.0, plain_tps=lambda i: 100.0) == [True] * 8
-    # an inherited choice that is wrong here is corrected by the first probe
-    chosen = drive(governor, 200, 8, spec_tps=lambda i: 500.0, plain_tps=lambda i: 100.0)
-    assert sum(chosen[100:]) >= 90
