@@ -9,6 +9,7 @@ GET  /v1/models             yes   the served model
 GET  /healthz               no    200 while the process runs (liveness)
 GET  /readyz                no    200 with at least one healthy target, else 503 (readiness)
 GET  /metrics               no    Prometheus text format
+GET  /openapi.json          no    the OpenAPI 3.1 description of this API
 ==========================  ====  ===========================================================
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``; 429 and 503
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from saguaro.services.gateway.server import Gateway
 
 MAX_BODY_BYTES = 32 << 20
+OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")  # shipped as package data
 
 
 def _error_response(exc: GatewayError) -> web.Response:
@@ -62,6 +65,7 @@ class OpenAIApi:
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
             web.get("/metrics", self.metrics),
+            web.get("/openapi.json", self.openapi),
         ])
         return app
 
@@ -74,6 +78,10 @@ class OpenAIApi:
         body = {"ready": gw.ready, "healthy_targets": len(gw.pool.healthy()), "targets": len(gw.pool.targets),
                 "prefix_index": {"backend": gw.index.name, "available": gw.index.available} if gw.index else None}
         return web.json_response(body, status=200 if gw.ready else 503)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """For clients and tools (code generators, schemathesis) to read the API off the server."""
+        return web.Response(body=OPENAPI_DOCUMENT.read_bytes(), content_type="application/json")
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.gateway.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -6,6 +6,7 @@ invalid, and checks every answer against it: status codes, content types, respon
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def test_the_document_lists_exactly_the_routes():
     documented = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
     app = OpenAIApi(gateway=None).app()  # building the routes needs no gateway
     served = {(route.method, route.resource.canonical) for route in app.router.routes() if route.method != "HEAD"}
-    # (the document's own URL, once the gateway serves it, need not describe itself)
+    # (the document's own URL need not describe itself)
     assert served - {("GET", "/openapi.json")} == documented
 
 
@@ -37,6 +38,12 @@ def test_the_document_lists_exactly_the_routes():
 def gateway(model_dirs, module_targets, start_module_gateway):
     target = module_targets(model_dirs["llama"], max_model_len=CONTEXT)
     return start_module_gateway([target.address])
+
+
+def test_the_gateway_serves_its_document(gateway):
+    with urllib.request.urlopen(f"{gateway.http_url}/openapi.json", timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert json.loads(response.read()) == json.loads(SPEC.read_text())
 
 
 @schema.parametrize()
