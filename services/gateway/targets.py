@@ -117,7 +117,12 @@ class TargetPool:
         return asyncio.get_running_loop().create_task(target.channel.close(grace=None))
 
     async def close(self) -> None:
+        """Remove every target and wait (briefly) for its tasks to end: a task still awaiting
+        Redis or a stream when the loop closes would be torn down half-way."""
+        tasks = [task for target in self.targets.values() for task in target.tasks]
         await asyncio.gather(*(self._remove(address) for address in list(self.targets)))
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
 
     # -- views -------------------------------------------------------------------------------
     def routable(self) -> list[Target]:
