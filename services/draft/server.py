@@ -19,6 +19,7 @@ import grpc
 from saguaro.config import EngineConfig
 from saguaro.errors import ConfigError
 from saguaro.p2p import P2PLink
+from saguaro.rpc_services import add_service
 from saguaro.services.draft.handshake import answer_handshake, model_facts
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.draft.tree import tree_scratch_slots
@@ -135,7 +136,7 @@ def serve(config: EngineConfig, address: str, settings: DraftSettings | None = N
     service = SpeculationService(config, settings or DraftSettings(), build_cache)
     if telemetry is not None:
         telemetry.attach(service)
-    pb_grpc.add_SpeculationServicer_to_server(service, server)
+    add_service(server, pb.DESCRIPTOR.services_by_name["Speculation"], service)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0 and not address.startswith("unix:"):
         raise OSError(f"cannot listen on {address}")

@@ -18,13 +18,14 @@ import grpc
 from aiohttp import web
 
 from saguaro.errors import ConfigError
+from saguaro.rpc_services import add_service
 from saguaro.services.gateway.admission import Admission, StreamLimit
 from saguaro.services.gateway.auth import ApiKeys
 from saguaro.services.gateway.config import GatewayConfig
 from saguaro.services.gateway.discovery import KubernetesDiscovery
 from saguaro.services.gateway.dispatch import Dispatcher
 from saguaro.services.gateway.errors import GatewayError
-from saguaro.services.gateway.grpc_api import GatewayInferenceService, RejectUndecodable
+from saguaro.services.gateway.grpc_api import GatewayInferenceService
 from saguaro.services.gateway.http_api import OpenAIApi
 from saguaro.services.gateway.kv_watch import KvWatcher
 from saguaro.services.gateway.metrics import GatewayMetrics
@@ -36,7 +37,6 @@ from saguaro.services.gateway.tokenization import GatewayTokenizer
 from saguaro.telemetry.tracing import configure_tracing, shutdown_tracing
 from saguaro.tls import channel_credentials, http_ssl_context, server_credentials
 from saguaro.v1 import inference_pb2 as pb
-from saguaro.v1 import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,8 @@ class Gateway:
 
     async def _serve_grpc(self) -> None:
         config = self.config
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)],
-                                 interceptors=[RejectUndecodable()])
-        pb_grpc.add_InferenceServicer_to_server(GatewayInferenceService(self), server)
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+        add_service(server, pb.DESCRIPTOR.services_by_name["Inference"], GatewayInferenceService(self))
         address = f"{config.host}:{config.port}"
         try:
             if config.tls_cert:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from saguaro.errors import ConfigError, InvalidRequestError
+from saguaro.rpc_services import add_service
 from saguaro.sampling import SamplingParams
 from saguaro.sequence import FinishReason, Sequence, SequenceStatus
 from saguaro.tokenizer import decode, encode
@@ -704,8 +705,9 @@ def serve_target(engine, tokenizer, address: str, draft_model_name: str = "",
     if telemetry is not None:  # metrics and traces (saguaro.telemetry.service), from the command line
         telemetry.attach(engine, loop)
     service = InferenceService(loop, tokenizer, draft_model_name, telemetry.requests if telemetry else None)
-    pb_grpc.add_InferenceServicer_to_server(service, server)
-    rpb_grpc.add_TargetRoutingServicer_to_server(TargetRoutingService(hub, tokenizer, service._tokenizer_lock), server)
+    add_service(server, pb.DESCRIPTOR.services_by_name["Inference"], service)
+    add_service(server, rpb.DESCRIPTOR.services_by_name["TargetRouting"],
+                TargetRoutingService(hub, tokenizer, service._tokenizer_lock))
     try:
         port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError:
