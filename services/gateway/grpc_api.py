@@ -56,47 +56,6 @@ def end_span(span: GatewaySpan | None, code: grpc.StatusCode, finals: Sequence[p
                     [FINISH.get(f.finish_reason, "stop") for f in finals])
 
 
-_UNDECODABLE = object()
-
-
-class RejectUndecodable(grpc.aio.ServerInterceptor):
-    """Bytes that are not the method's request message get INVALID_ARGUMENT.
-
-    grpc.aio would answer UNKNOWN ("Unexpected DecodeError") and log a traceback for every such
-    message, so any client could fill the gateway's log (found by tests/fuzz/test_grpc_fuzz.py).
-    """
-
-    async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if handler is None or handler.request_streaming or handler.request_deserializer is None:
-            return handler
-        parse, kind = handler.request_deserializer, "unary_stream" if handler.response_streaming else "unary_unary"
-        behavior = getattr(handler, kind)
-
-        def tolerant(data: bytes):
-            try:
-                return parse(data)
-            except Exception:  # protobuf's DecodeError
-                return _UNDECODABLE
-
-        async def refuse(context) -> None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"the request is not a valid message for {details.method}")
-
-        if handler.response_streaming:
-            async def checked(request, context):
-                if request is _UNDECODABLE:
-                    await refuse(context)
-                async for response in behavior(request, context):
-                    yield response
-        else:
-            async def checked(request, context):
-                if request is _UNDECODABLE:
-                    await refuse(context)
-                return await behavior(request, context)
-        return handler._replace(request_deserializer=tolerant, **{kind: checked})
-
-
 class GatewayInferenceService(pb_grpc.InferenceServicer):
     def __init__(self, gateway: "Gateway"):
         self.gateway = gateway
