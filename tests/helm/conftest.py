@@ -2,7 +2,8 @@
 helm/saguaro offline; nothing here talks to a cluster.
 
 `TOGGLES` are the chart's switches; `COMBOS` is their full product, so every test that takes a
-`combo` runs on each of the 64 combinations (plus the example values files and a few modes).
+`combo` runs on each of the 64 combinations (plus the example values files, a few modes and the
+internal TLS cases; `tls_case` takes only the latter).
 """
 
 from __future__ import annotations
@@ -62,10 +63,12 @@ TOGGLES: dict[str, tuple[dict, dict]] = {
                        "parentRefs": [{"name": "inference-gateway", "namespace": "gateways", "sectionName": "https"}]}},
     ),
     "tls": (
-        {"gateway": {"tls": {"enabled": False}}},
+        {"gateway": {"tls": {"enabled": False}}, "internalTls": {"enabled": False}},
         {"gateway": {"tls": {"enabled": True, "existingSecret": "saguaro-tls"},
                      "apiKeys": {"existingSecret": "saguaro-api-keys"}, "maxStreamsPerKey": 8},
-         "ingress": {"tls": [{"secretName": "saguaro-ingress-tls", "hosts": ["saguaro.example.com"]}]}},
+         "ingress": {"tls": [{"secretName": "saguaro-ingress-tls", "hosts": ["saguaro.example.com"]}]},
+         # mTLS on every hop inside the release (internalTls.mutual defaults to true)
+         "internalTls": {"enabled": True, "existingSecret": "saguaro-internal-tls"}},
     ),
 }
 
@@ -134,7 +137,41 @@ EXTRA_CASES = [
     pytest.param({"target": {"mode": "sd"}, "draft": {"workers": 2}}, id="draft-workers-2-mode-sd"),
 ] + [pytest.param(yaml.safe_load(path.read_text()) or {}, id=f"example-{path.stem}") for path in EXAMPLES]
 
-ALL_CASES = COMBOS + EXTRA_CASES
+
+# Internal TLS (internalTls) beyond the "tls" toggle: both pairing modes with mutual on and off,
+# the plaintext colocated hop, several draft workers, the modes without a draft service, and static
+# discovery naming the target pods (what a shared certificate can carry).
+INTERNAL_TLS_SECRET = "saguaro-internal-tls"
+
+
+def internal_tls(pairing: str, mutual: bool, **overrides) -> dict:
+    values = {"pairing": {"mode": pairing},
+              "internalTls": {"enabled": True, "existingSecret": INTERNAL_TLS_SECRET, "mutual": mutual}}
+    return deep_merge(values, overrides)
+
+
+INTERNAL_TLS_CASES = [
+    pytest.param(internal_tls(pairing, mutual), id=f"internal-tls-{pairing}-{'mtls' if mutual else 'tls'}")
+    for pairing in ("colocated", "remote") for mutual in (True, False)
+] + [
+    pytest.param(internal_tls("colocated", True, internalTls={"colocatedDraft": False}),
+                 id="internal-tls-colocated-plaintext-loopback"),
+    pytest.param(internal_tls("remote", True, internalTls={"colocatedDraft": False}),
+                 id="internal-tls-remote-colocated-draft-off"),
+    pytest.param(internal_tls("colocated", True, draft={"workers": 2}), id="internal-tls-colocated-2-workers"),
+    pytest.param(internal_tls("remote", False, draft={"workers": 2, "replicas": 2}, target={"replicas": 2}),
+                 id="internal-tls-remote-2-workers-tls"),
+    pytest.param(internal_tls("colocated", True, target={"mode": "sd"}), id="internal-tls-mode-sd"),
+    pytest.param(internal_tls("colocated", False, target={"mode": "ar"}, redis={"mode": "none"}),
+                 id="internal-tls-mode-ar-tls"),
+    pytest.param(internal_tls("remote", True, target={"replicas": 2}, gateway={
+        "discovery": "static", "tls": {"enabled": True, "existingSecret": "saguaro-tls"},
+        "staticTargets": [f"{RELEASE}-saguaro-target-{i}.{RELEASE}-saguaro-target.{NAMESPACE}.svc.cluster.local:50051"
+                          for i in range(2)]}),
+                 id="internal-tls-remote-static-discovery-public-tls"),
+]
+
+ALL_CASES = COMBOS + EXTRA_CASES + INTERNAL_TLS_CASES
 
 
 @dataclass
@@ -313,6 +350,8 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("combo", COMBOS)
     if "case" in metafunc.fixturenames:
         metafunc.parametrize("case", ALL_CASES)
+    if "tls_case" in metafunc.fixturenames:
+        metafunc.parametrize("tls_case", INTERNAL_TLS_CASES)
 
 
 @pytest.fixture(scope="session")
@@ -323,4 +362,5 @@ def k8s():
         pod_spec=pod_spec, pod_labels=pod_labels, component_of=component_of, role_of=role_of, deep_merge=deep_merge,
         parse_rendered=parse_rendered, FAKE_SECRET=FAKE_SECRET, RELEASE=RELEASE, NAMESPACE=NAMESPACE,
         KUBE_VERSIONS=KUBE_VERSIONS, CHART=CHART, REPO=REPO, TOGGLES=TOGGLES,
+        INTERNAL_TLS_SECRET=INTERNAL_TLS_SECRET,
     )

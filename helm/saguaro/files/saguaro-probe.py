@@ -1,6 +1,7 @@
 """Health probes for Saguaro containers: Kubernetes exec probes and Docker HEALTHCHECK.
 
     python saguaro-probe.py health --port 50051 [--ready-statuses 1,2] [--live]
+                                   [--tls-ca ca.crt [--tls-cert tls.crt --tls-key tls.key]]
     python saguaro-probe.py tcp --port 50061
     python saguaro-probe.py http --url http://127.0.0.1:8000/healthz
 
@@ -8,6 +9,11 @@
 grpcio and builds the empty HealthRequest and reads HealthResponse.status (field 1, a varint)
 from the wire bytes, so it does not import the saguaro package (which loads torch: seconds of
 CPU per probe on a GPU node). Exit status 0 means healthy; otherwise the reason is printed.
+
+With --tls-ca the call is made over TLS, verifying the server against that CA (a TLS port
+refuses plaintext, and the kubelet's own gRPC probe cannot present a client certificate); with
+--tls-cert/--tls-key too it presents that client certificate (mTLS). The server's certificate
+must name 127.0.0.1, the address dialled.
 
 ServingStatus: 0 UNSPECIFIED, 1 SERVING, 2 DEGRADED (decoding without the draft), 3 NOT_SERVING.
 
@@ -63,10 +69,31 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def check_health(port: int, timeout: float, ready_statuses: set[int], live: bool) -> str | None:
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise SystemExit(f"cannot read the {what} {path}: {exc.strerror}") from None
+
+
+def _channel(address: str, tls_ca: str | None, tls_cert: str | None, tls_key: str | None):
     import grpc
 
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    if not tls_ca:
+        return grpc.insecure_channel(address)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(tls_ca, "CA certificate"),
+        private_key=_read(tls_key, "client key") if tls_key else None,
+        certificate_chain=_read(tls_cert, "client certificate") if tls_cert else None)
+    return grpc.secure_channel(address, credentials)
+
+
+def check_health(port: int, timeout: float, ready_statuses: set[int], live: bool, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None) -> str | None:
+    import grpc
+
+    with _channel(f"127.0.0.1:{port}", tls_ca, tls_cert, tls_key) as channel:
         try:
             reply = channel.unary_unary(HEALTH_METHOD)(b"", timeout=timeout)
         except grpc.RpcError as exc:
@@ -103,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("--port", type=int, required=True)
     health.add_argument("--ready-statuses", default="1,2", help="comma-separated ServingStatus numbers that pass")
     health.add_argument("--live", action="store_true", help="liveness semantics (busy is alive)")
+    health.add_argument("--tls-ca", default=None, metavar="PEM",
+                        help="call over TLS, verifying the server against this CA")
+    health.add_argument("--tls-cert", default=None, metavar="PEM", help="mTLS: client certificate (with --tls-key)")
+    health.add_argument("--tls-key", default=None, metavar="PEM", help="mTLS: client key")
     tcp = sub.add_parser("tcp", help="a TCP connect to 127.0.0.1:PORT")
     tcp.add_argument("--port", type=int, required=True)
     http = sub.add_parser("http", help="an HTTP GET answered 2xx/3xx")
@@ -111,8 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--timeout", type=float, default=3.0)
     args = parser.parse_args(argv)
     if args.check == "health":
+        if bool(args.tls_cert) != bool(args.tls_key):
+            parser.error("--tls-cert and --tls-key go together")
+        if args.tls_cert and not args.tls_ca:
+            parser.error("--tls-cert needs --tls-ca (the CA that signed the server's certificate)")
         statuses = {int(s) for s in args.ready_statuses.split(",") if s.strip()}
-        problem = check_health(args.port, args.timeout, statuses, args.live)
+        problem = check_health(args.port, args.timeout, statuses, args.live, args.tls_ca, args.tls_cert, args.tls_key)
     elif args.check == "tcp":
         problem = check_tcp(args.port, args.timeout)
     else:

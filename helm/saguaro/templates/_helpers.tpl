@@ -329,6 +329,99 @@ Call with (list $ "service-name"). */}}
 {{/* The health probe script mounted into target and draft containers (files/saguaro-probe.py). */}}
 {{- define "saguaro.probeScript" -}}/etc/saguaro/probe/saguaro-probe.py{{- end -}}
 
+{{/* ------------------------------------------------------------------------------------------
+Internal TLS (internalTls): one Secret (tls.crt, tls.key, ca.crt) mounted read-only at
+saguaro.internalTlsPath in the containers that speak gRPC inside the release.
+------------------------------------------------------------------------------------------ */}}
+
+{{- define "saguaro.internalTlsPath" -}}/etc/saguaro/internal-tls{{- end -}}
+
+{{/* "true" when internal TLS is on; refuses inconsistent values (the schema says the same, but
+`helm install --skip-schema-validation` or a values file edited after validation still get a
+readable message). */}}
+{{- define "saguaro.internalTls" -}}
+{{- $tls := .Values.internalTls | default dict -}}
+{{- if $tls.enabled -}}
+{{- if not $tls.existingSecret -}}
+{{- fail "internalTls.enabled needs internalTls.existingSecret: the name of a Secret holding tls.crt, tls.key and ca.crt (e.g. a cert-manager Certificate's secretName)" -}}
+{{- end -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the target -> draft hop uses TLS: internal TLS with a draft service (ssd), always
+in remote pairing, in colocated pairing unless internalTls.colocatedDraft is false. */}}
+{{- define "saguaro.draftTls" -}}
+{{- if and (include "saguaro.internalTls" .) (include "saguaro.usesDraftService" .) -}}
+{{- if or (include "saguaro.remoteDraft" .) .Values.internalTls.colocatedDraft -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Server flags of the target and the draft: serve TLS, and with internalTls.mutual require a
+client certificate signed by ca.crt. */}}
+{{- define "saguaro.internalTlsServerArgs" -}}
+{{- $path := include "saguaro.internalTlsPath" . -}}
+- --tls-cert
+- {{ $path }}/tls.crt
+- --tls-key
+- {{ $path }}/tls.key
+{{- if .Values.internalTls.mutual }}
+- --tls-client-ca
+- {{ $path }}/ca.crt
+{{- end }}
+{{- end -}}
+
+{{/* Client flags towards a peer; call with (list $ "--target-tls") or (list $ "--draft-tls"):
+verify the peer against ca.crt, and with internalTls.mutual present tls.crt / tls.key. */}}
+{{- define "saguaro.internalTlsClientArgs" -}}
+{{- $root := index . 0 -}}
+{{- $flag := index . 1 -}}
+{{- $path := include "saguaro.internalTlsPath" $root -}}
+- {{ $flag }}-ca
+- {{ $path }}/ca.crt
+{{- if $root.Values.internalTls.mutual }}
+- {{ $flag }}-cert
+- {{ $path }}/tls.crt
+- {{ $flag }}-key
+- {{ $path }}/tls.key
+{{- end }}
+{{- end -}}
+
+{{/* Extra arguments of the target's exec health probes (inside a JSON-style list, each with a
+leading comma): the probe dials 127.0.0.1 over TLS, verifying the target against ca.crt, and with
+internalTls.mutual presents the pod's certificate. Empty without internal TLS. */}}
+{{- define "saguaro.probeTlsArgs" -}}
+{{- if include "saguaro.internalTls" . -}}
+{{- $path := include "saguaro.internalTlsPath" . -}}
+, "--tls-ca", {{ printf "%s/ca.crt" $path | quote }}
+{{- if .Values.internalTls.mutual -}}
+, "--tls-cert", {{ printf "%s/tls.crt" $path | quote }}, "--tls-key", {{ printf "%s/tls.key" $path | quote }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret volume (only the three keys: a Secret without one of them fails the pod's start
+with a clear event instead of a crash-looping service). */}}
+{{- define "saguaro.internalTlsVolume" -}}
+- name: internal-tls
+  secret:
+    secretName: {{ .Values.internalTls.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      - key: ca.crt
+        path: ca.crt
+{{- end -}}
+
+{{- define "saguaro.internalTlsVolumeMount" -}}
+- name: internal-tls
+  mountPath: {{ include "saguaro.internalTlsPath" . }}
+  readOnly: true
+{{- end -}}
+
 {{/* Tolerations of a GPU component; call with (list $ componentValues). */}}
 {{- define "saguaro.gpuTolerations" -}}
 {{- $root := index . 0 -}}
@@ -495,6 +588,9 @@ SAGUARO_LOG_FORMAT: {{ $root.Values.logFormat | quote }}
   emptyDir:
     sizeLimit: {{ .Values.models.emptyDir.sizeLimit }}
 {{- end }}
+{{- if include "saguaro.internalTls" . }}
+{{ include "saguaro.internalTlsVolume" . }}
+{{- end }}
 {{- end -}}
 
 {{- define "saguaro.engineVolumeMounts" -}}
@@ -527,6 +623,8 @@ ConfigMap's SAGUARO_PORT / SAGUARO_METRICS_PORT (env wins over envFrom). */}}
 {{- end -}}
 {{- $values := $root.Values.draft -}}
 {{- $port := add (int $values.port) $worker -}}
+{{- /* TLS on this hop: always for a remote draft, for a colocated one unless internalTls.colocatedDraft is false */ -}}
+{{- $tls := include "saguaro.draftTls" $root -}}
 - name: {{ ternary (printf "draft-%d" $worker) "draft" (gt $worker 0) }}
   image: {{ include "saguaro.image" (list $root $values.image) }}
   imagePullPolicy: {{ include "saguaro.pullPolicy" (list $root $values.image) }}
@@ -540,6 +638,9 @@ ConfigMap's SAGUARO_PORT / SAGUARO_METRICS_PORT (env wins over envFrom). */}}
     - $(SAGUARO_PORT)
     {{- include "saguaro.speculationArgs" $root | nindent 4 }}
     {{- include "saguaro.engineArgs" (list $root $values.engine) | nindent 4 }}
+    {{- if $tls }}
+    {{- include "saguaro.internalTlsServerArgs" $root | nindent 4 }}
+    {{- end }}
     {{- range $values.extraArgs }}
     - {{ . | quote }}
     {{- end }}
@@ -604,6 +705,9 @@ ConfigMap's SAGUARO_PORT / SAGUARO_METRICS_PORT (env wins over envFrom). */}}
     {{- toYaml $root.Values.containerSecurityContext | nindent 4 }}
   volumeMounts:
     {{- include "saguaro.engineVolumeMounts" $root | nindent 4 }}
+    {{- if $tls }}
+    {{- include "saguaro.internalTlsVolumeMount" $root | nindent 4 }}
+    {{- end }}
 {{- end -}}
 
 {{/* The Redis URL environment of gateway containers (SAGUARO_REDIS_URL); empty without Redis. */}}
