@@ -601,7 +601,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         api_keys=load_api_keys(args.api_keys_file), max_streams_per_key=args.max_streams_per_key,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         target_tls_ca=args.target_tls_ca, target_tls_cert=args.target_tls_cert, target_tls_key=args.target_tls_key,
-        model_name=args.model_name)
+        target_tls_server_name=args.target_tls_server_name, model_name=args.model_name)
     asyncio.run(run_gateway(config))
     return 0
 
@@ -659,6 +659,9 @@ def add_gateway_parser(sub) -> None:
     group.add_argument("--target-tls-ca", default=None, metavar="PEM", help="TLS to the targets: CA of their certificates")
     group.add_argument("--target-tls-cert", default=None, metavar="PEM", help="mTLS to the targets: client certificate")
     group.add_argument("--target-tls-key", default=None, metavar="PEM", help="mTLS to the targets: client key")
+    group.add_argument("--target-tls-server-name", default=None, metavar="NAME",
+                       help="TLS to the targets: verify their certificates against NAME instead of the dialled "
+                            "address (Kubernetes discovery dials pod IPs, which one shared certificate cannot list)")
     gateway.set_defaults(func=cmd_gateway)
 
 

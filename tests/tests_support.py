@@ -75,8 +75,9 @@ def pem_of(cert: x509.Certificate, key) -> Pem:
 
 
 def make_certificate(name: str, issuer: tuple[x509.Certificate, object] | None = None, ca: bool = False,
-                     client: bool = False) -> tuple[x509.Certificate, object]:
-    """A certificate for ``name`` valid for 127.0.0.1 and localhost; self-signed without ``issuer``."""
+                     client: bool = False, dns_names: tuple[str, ...] | None = None) -> tuple[x509.Certificate, object]:
+    """A certificate for ``name`` valid for 127.0.0.1 and localhost (or only ``dns_names``);
+    self-signed without ``issuer``."""
     key = _key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     issuer_cert, issuer_key = issuer if issuer else (None, key)
@@ -87,8 +88,9 @@ def make_certificate(name: str, issuer: tuple[x509.Certificate, object] | None =
                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
     if not ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        names = [x509.DNSName(n) for n in dns_names] if dns_names is not None else [
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH if client else x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     return builder.sign(issuer_key, hashes.SHA256()), key

@@ -31,6 +31,9 @@ class GatewayConfig:
     target_tls_ca: str | None = None  # TLS to the targets (CA that signed their certificates)
     target_tls_cert: str | None = None  # mTLS: the gateway's client certificate and key
     target_tls_key: str | None = None
+    # the name target certificates must carry, instead of the dialled address: under Kubernetes
+    # discovery the gateway dials pod IPs, which one shared certificate cannot list
+    target_tls_server_name: str | None = None
     model_name: str | None = None  # served model name; None: the targets' ModelInfo.model_name
     max_migrations: int = 2  # a request whose target fails mid-stream moves on at most this often
 
@@ -75,3 +78,6 @@ class GatewayConfig:
                               "(--api-keys-file or $SAGUARO_API_KEYS)")
         check_server_flags(self.tls_cert, self.tls_key)
         check_channel_flags(self.target_tls_ca, self.target_tls_cert, self.target_tls_key, "--target-tls", "target")
+        if self.target_tls_server_name and not self.target_tls_ca:
+            raise ConfigError("--target-tls-server-name names what target certificates must carry: "
+                              "it needs TLS to the targets (--target-tls-ca)")

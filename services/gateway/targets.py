@@ -93,7 +93,9 @@ class TargetPool:
 
     def _add(self, address: str) -> None:
         if self.credentials is not None:
-            channel = grpc.aio.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS)
+            name = self.config.target_tls_server_name
+            options = CHANNEL_OPTIONS + ([("grpc.ssl_target_name_override", name)] if name else [])
+            channel = grpc.aio.secure_channel(address, self.credentials, options=options)
         else:
             channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         breaker = CircuitBreaker(self.config.breaker_failures, self.config.breaker_cooldown_s,

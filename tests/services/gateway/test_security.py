@@ -108,6 +108,26 @@ def test_mtls_from_the_gateway_to_a_target(mtls_target, start_gateway, tmp_path)
             client.generate([3, 4], max_tokens=2)
 
 
+def test_target_certificates_can_name_a_service_instead_of_the_dialled_address(model_dirs, wired_target,
+                                                                                start_gateway, tmp_path):
+    """Kubernetes discovery dials pod IPs; one shared certificate names the Service instead, and
+    ``--target-tls-server-name`` verifies targets against that name."""
+    ca = make_certificate("saguaro-ca", ca=True)
+    server_pem = pem_of(*make_certificate("target", issuer=ca, dns_names=("saguaro-target.internal",)))
+    address, _ = wired_target(model_dirs["llama"],
+                              credentials=grpc.ssl_server_credentials([(server_pem.key, server_pem.cert)]))
+    ca_file = write(tmp_path, "ca.crt", pem_of(*ca).cert)
+    gateway = start_gateway([address], target_tls_ca=ca_file, target_tls_server_name="saguaro-target.internal")
+    with Client(gateway.grpc_address) as client:
+        assert client.generate([3, 4], max_tokens=2).finish_reason == "length"
+
+    # Verified against the dialled 127.0.0.1, the certificate does not match: never healthy.
+    mismatched = start_gateway([address], wait=False, target_tls_ca=ca_file)
+    with Client(mismatched.grpc_address, timeout=10, retries=0) as client:
+        with pytest.raises(ServiceUnavailableError, match="no healthy target"):
+            client.generate([3, 4], max_tokens=2)
+
+
 # -- concurrent streams per API key ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def slow_target(model_dirs, module_targets):
@@ -139,6 +159,11 @@ def test_concurrent_streams_are_limited_per_api_key(slow_target, start_gateway, 
 def test_the_stream_limit_needs_api_keys():
     with pytest.raises(ConfigError, match="--max-streams-per-key counts streams per API key"):
         GatewayConfig(targets=["127.0.0.1:1"], max_streams_per_key=2).validate()
+
+
+def test_a_target_server_name_needs_tls_to_the_targets():
+    with pytest.raises(ConfigError, match="--target-tls-server-name .* needs TLS to the targets"):
+        GatewayConfig(targets=["127.0.0.1:1"], target_tls_server_name="saguaro-target").validate()
 
 
 def test_every_test_docs_security_names_exists():
