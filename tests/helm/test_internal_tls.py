@@ -90,6 +90,10 @@ def test_every_hop_carries_its_tls_flags(case, render, k8s):
                 if expected["mutual"]:
                     want |= {"target_tls_cert": f"{MOUNT}/tls.crt", "target_tls_key": f"{MOUNT}/tls.key"}
             assert internal == want, where
+            # one name for every target, whatever the gateway dials (pod IPs cannot be in a shared certificate)
+            service = next(o["metadata"]["name"] for o in manifests.of_kind("Service") if k8s.component_of(o) == "target")
+            server_name = f"{service}.{k8s.NAMESPACE}.svc.cluster.local" if expected["enabled"] else None
+            assert parsed.target_tls_server_name == server_name, where
             continue
         want = {}
         if expected["enabled"] and (role == "target" or (role == "draft" and expected["draft_tls"])):
@@ -208,11 +212,11 @@ def test_internal_tls_off_ignores_its_other_values(render, k8s):
 
 def test_notes_name_what_the_certificate_must_carry(render, k8s):
     on = render({"internalTls": {"enabled": True, "existingSecret": k8s.INTERNAL_TLS_SECRET}}).notes
-    assert "Internal TLS (mutual)" in on and "fast path" in on and "IP SANs" in on
-    static = render({"internalTls": {"enabled": True, "existingSecret": k8s.INTERNAL_TLS_SECRET},
-                     "gateway": {"discovery": "static", "staticTargets": ["target-0.example:50051"]},
-                     "serviceAccount": {"create": False}}).notes
-    assert "Internal TLS" in static and "IP SANs" not in static
+    assert "Internal TLS (mutual)" in on and "fast path" in on
+    assert f"against the name {k8s.RELEASE}-saguaro-target.{k8s.NAMESPACE}.svc.cluster.local" in on
+    named = render({"internalTls": {"enabled": True, "existingSecret": k8s.INTERNAL_TLS_SECRET,
+                                    "targetServerName": "targets.internal"}}).notes
+    assert "against the name targets.internal" in named
     assert "Internal TLS" not in render({}).notes
 
 
@@ -222,7 +226,8 @@ def test_notes_name_what_the_certificate_must_carry(render, k8s):
 
 def make_pki(folder: Path) -> Path:
     """What a cert-manager Certificate's Secret holds (tls.crt, tls.key, ca.crt): one certificate
-    for server and client auth, naming 127.0.0.1 (as the chart's README asks), from a throwaway CA."""
+    for server and client auth, naming 127.0.0.1 and the target Service (as the chart's README
+    asks), from a throwaway CA."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -239,6 +244,7 @@ def make_pki(folder: Path) -> Path:
         if not ca:
             builder = (builder.add_extension(x509.SubjectAlternativeName(
                 [x509.DNSName("demo-saguaro-draft.llm.svc.cluster.local"),
+                 x509.DNSName("demo-saguaro-target.llm.svc.cluster.local"),  # the gateway's --target-tls-server-name
                  x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                       ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
@@ -371,7 +377,8 @@ def _san_matches(pattern: str, host: str) -> bool:
 
 def test_readme_example_certificate_names_every_dialled_address(chart, k8s):
     """helm/saguaro/README.md "Internal TLS": its values render, and its cert-manager Certificate
-    names every address those values make a pod dial (draft pods, static targets, 127.0.0.1)."""
+    names every address those values make a pod dial (127.0.0.1, the draft pods of remote
+    pairing) and the one name the gateway verifies targets against."""
     import yaml
 
     blocks = [yaml.safe_load(b) for b in _yaml_blocks((k8s.CHART / "README.md").read_text())]
@@ -380,20 +387,21 @@ def test_readme_example_certificate_names_every_dialled_address(chart, k8s):
     namespace = certificate["metadata"]["namespace"]
     assert values["internalTls"]["existingSecret"] == certificate["spec"]["secretName"]
     assert {"server auth", "client auth"} <= set(certificate["spec"]["usages"])
-    manifests = k8s.parse_rendered(chart.render(values, name="saguaro", namespace=namespace), values)
-    dialled = {"127.0.0.1"}
-    dialled |= {target.rsplit(":", 1)[0] for target in values["gateway"]["staticTargets"]}
-    target = manifests.workload("target")
-    container = k8s.pod_spec(target)["containers"][0]
-    for index in range(values["target"]["replicas"]):
-        env = {e["name"]: e["value"].replace("$(POD_INDEX)", str(index))
-               for e in container["env"] if e["name"].startswith("SAGUARO_DRAFT_ADDRESS")}
-        dialled |= {address.rsplit(":", 1)[0] for address in env.values()}
-    # the static targets are the target StatefulSet's pods under its headless Service
-    names = {f"{target['metadata']['name']}-{i}.{target['spec']['serviceName']}.{namespace}.svc.cluster.local"
-             for i in range(values["target"]["replicas"])}
-    assert {t.rsplit(":", 1)[0] for t in values["gateway"]["staticTargets"]} == names
     ips = set(certificate["spec"].get("ipAddresses", []))
     dns = certificate["spec"].get("dnsNames", [])
-    for host in dialled:
-        assert host in ips or any(_san_matches(pattern, host) for pattern in dns), f"{host} is not in the certificate"
+    for pairing in ({}, {"pairing": {"mode": "remote"}, "target": {"replicas": 2}}):
+        case = {**values, **pairing}
+        manifests = k8s.parse_rendered(chart.render(case, name="saguaro", namespace=namespace), case)
+        gateway = manifests.workload("gateway")
+        gateway_args = parse(k8s.expanded_args(manifests, gateway, k8s.pod_spec(gateway)["containers"][0]))
+        assert gateway_args.target_tls_server_name == f"saguaro-target.{namespace}.svc.cluster.local"
+        dialled = {"127.0.0.1", gateway_args.target_tls_server_name}
+        target = manifests.workload("target")
+        container = k8s.pod_spec(target)["containers"][0]
+        for index in range(_get(case, "target", "replicas", default=1)):
+            env = {e["name"]: e["value"].replace("$(POD_INDEX)", str(index))
+                   for e in container["env"] if e["name"].startswith("SAGUARO_DRAFT_ADDRESS")}
+            dialled |= {address.rsplit(":", 1)[0] for address in env.values()}
+        for host in dialled:
+            assert host in ips or any(_san_matches(pattern, host) for pattern in dns), \
+                f"{host} is not in the certificate"

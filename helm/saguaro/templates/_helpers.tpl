@@ -371,6 +371,12 @@ client certificate signed by ca.crt. */}}
 {{- end }}
 {{- end -}}
 
+{{/* The name the gateway verifies target certificates against (--target-tls-server-name): one
+name whatever address it dials, since a shared certificate cannot list pod IPs. */}}
+{{- define "saguaro.targetTlsServerName" -}}
+{{- .Values.internalTls.targetServerName | default (printf "%s.%s.svc.%s" (include "saguaro.componentName" (list . "target")) .Release.Namespace .Values.clusterDomain) -}}
+{{- end -}}
+
 {{/* Client flags towards a peer; call with (list $ "--target-tls") or (list $ "--draft-tls"):
 verify the peer against ca.crt, and with internalTls.mutual present tls.crt / tls.key. */}}
 {{- define "saguaro.internalTlsClientArgs" -}}
