@@ -20,7 +20,7 @@ re-measured in a burst every ``interval`` rounds: ``burst`` rounds, more (up to 
 while the two estimates are within ``Z`` standard errors — a clearly worse mode is dropped
 fast, and a long burst happens only when the modes are close, where it costs little. The interval doubles each time a burst
 confirms the choice (back to ``base_interval`` when it flips) and is at least what keeps a
-burst's measured cost under ``probe_budget`` (0.5 %) of the rounds' time. That cost includes the
+burst's measured cost under ``probe_budget`` (0.2 %) of the rounds' time. That cost includes the
 switch: the first speculative round after plain rounds is a guaranteed cache miss (the draft was
 idle and must catch up), so it is measured apart (the *warm-up* rate) and left out of the
 speculative estimate, which is of steady state.
@@ -108,7 +108,7 @@ def _excess(rate: _Rate, per_second: float) -> float:
 
 class SpeculationGovernor:
     def __init__(self, base_interval: int = 16, max_interval: int = 4096, burst: int = 4, min_rounds: int = 3,
-                 probe_budget: float = 0.005, margin: float = 0.02, max_burst: int = WINDOW):
+                 probe_budget: float = 0.002, margin: float = 0.02, max_burst: int = WINDOW):
         """``burst`` rounds re-measure the losing mode every ``interval`` rounds (from
         ``base_interval`` up to ``max_interval``, and long enough that probing costs at most
         ``probe_budget`` of the time; 0 disables that bound), and up to ``max_burst`` while the
