@@ -151,7 +151,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo models in {target.parent} (tiny random weights: the text is noise, the machinery is real)")
     stack = LocalStack(str(target), str(draft), mode="ssd", port=free_port(), http_port=free_port(),
                        draft_port=free_port(), extra_args=["--kv-cache-bytes", str(64 << 20), "--metrics-port", "0"],
-                       echo=args.verbose)
+                       # every round speculates, to show the machinery: the demo's random draft would
+                       # lose to plain decoding, and the adaptive default would decode plainly
+                       target_args=["--speculation-policy", "always"], echo=args.verbose)
     print("starting the local stack: a gateway, a target service and a draft service (SSD) ...", flush=True)
     try:
         stack.start(timeout=120)

@@ -66,7 +66,9 @@ def test_up_serves_the_same_tokens_as_local_generation_and_stops_its_children(mo
     up = subprocess.Popen(
         [sys.executable, "-m", "saguaro.cli", "up", "--target", model_dirs["llama"],
          "--draft", model_dirs["llama_draft_perturbed"], "--mode", "ssd", "--port", str(port),
-         "--draft-port", str(draft_port), "--draft-workers", "2", "--http-port", str(free_port()), *SMALL_ARGS],
+         "--draft-port", str(draft_port), "--draft-workers", "2", "--http-port", str(free_port()),
+         "--speculation-policy", "always",  # speculate from the first round (adaptive starts plain)
+         *SMALL_ARGS],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
     )
     out = Output(up)
