@@ -93,6 +93,10 @@ class SpeculativeEngine(LLMEngine):
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         spec = [s for s in seqs if self._speculates(s)]
+        if spec and self.governor is not None:
+            rows = sum(1 for s in self.scheduler.running if self._speculates(s))
+            if not self.governor.prefers(rows):  # decoding plainly for now: no draft prefill to wait for;
+                spec = []  # the draft gets these prompts with their first speculative round
         pending = self.proposer.start_prefill(spec) if spec else None
         super()._prefill(seqs)
         if pending is not None:

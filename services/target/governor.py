@@ -150,6 +150,11 @@ class SpeculationGovernor:
         measured = self._measured_choice(bucket)
         return bucket.inherited if measured is None else measured
 
+    def prefers(self, batch_size: int) -> bool:
+        """The current choice at ``batch_size``, without running a round: whether sequences just
+        admitted should be sent to the draft now, or with their first speculative round."""
+        return self._prefers_spec(self._bucket(batch_size))
+
     def speculate(self, batch_size: int) -> bool:
         """Whether this round of ``batch_size`` speculating rows should speculate."""
         bucket = self._bucket(batch_size)

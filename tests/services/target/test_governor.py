@@ -210,3 +210,27 @@ def test_a_cold_bucket_starts_plain_unless_speculation_wins_at_a_larger_batch():
     winning = SpeculationGovernor(base_interval=8, max_interval=64, burst=3)
     drive(winning, 40, 16, spec_tps=lambda i: 300.0, plain_tps=lambda i: 100.0)
     assert drive(winning, 8, 4, spec_tps=lambda i: 300.0, plain_tps=lambda i: 100.0) == [True] * 8
+
+
+def test_while_plain_decoding_is_preferred_admitted_prompts_wait_for_their_first_speculative_round(model_dirs):
+    """A prefill does not wait for the draft's when the batch will decode plainly; the draft gets
+    the prompt with the sequence's first speculative round, and the output is unchanged."""
+    prompts = make_prompts(2, 380, seed=9, min_len=4, max_len=12)
+    params = SamplingParams(max_tokens=24, ignore_eos=True)
+    for governor, synced in ((SpeculationGovernor(base_interval=8, burst=4), False), (None, True)):
+        engine = speculative_engine(_config(model_dirs["llama"]), "sd", _config(model_dirs["llama_draft_copy"]),
+                                    DraftSettings(k=3, fan_out=1), governor=governor, draft_soft_deadline=False)
+        try:
+            seqs = [engine.add_request(p, params) for p in prompts]
+            engine.step()  # the prefill (a cold bucket prefers plain decoding)
+            assert all(s.num_output_tokens == 1 for s in seqs)
+            assert all((s.seq_id in engine.proposer.views) is synced for s in seqs)
+            while engine.has_work():
+                engine.step()
+            outputs = [s.output_token_ids for s in seqs]
+            if governor is not None:  # the burst after 8 plain rounds speculated: the draft caught up
+                assert sum(s.stats.spec_rounds for s in seqs) > 0
+        finally:
+            engine.proposer.close()
+        alone = LLM.from_engine(speculative_engine(_config(model_dirs["llama"]), "ar"), None).generate(prompts, params)
+        assert outputs == [o.token_ids for o in alone]
