@@ -55,7 +55,8 @@ def main() -> None:
             rows.append([regime, batch, round(ar.tokens_per_s, 1), round(always.tokens_per_s, 1),
                          round(always.tokens_per_s / ar.tokens_per_s, 3), round(adaptive.tokens_per_s, 1),
                          round(ratio, 3), round(adaptive.tokens_per_round, 2), round(cold.tokens_per_s / ar.tokens_per_s, 3)])
-            print(f"done: {regime} batch {batch}", file=sys.stderr, flush=True)
+            print(f"done: {regime} batch {batch}: adaptive / AR {ratio:.3f}, always / AR "
+                  f"{always.tokens_per_s / ar.tokens_per_s:.3f}", file=sys.stderr, flush=True)  # kept if a later cell fails
     print(markdown_table(["regime", "batch", "AR tok/s", "SSD always tok/s", "always / AR", "SSD adaptive tok/s",
                           "adaptive / AR", "adaptive tok/round", "adaptive, cold / AR"], rows))
     print(f"\nidentical outputs across all modes: {'yes' if not mismatched else 'NO: ' + ', '.join(mismatched)}")
