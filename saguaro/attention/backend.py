@@ -90,7 +90,7 @@ def select_backend(device: torch.device) -> AttentionBackend:
     available to test it), see docs/kernels.md.
     """
     if device.type == "cuda":
-        from saguaro.kernels import store_kv as kernel_store  # lazy: saguaro.kernels imports this module
+        from saguaro.kernels.kv_store import store_kv as kernel_store  # lazy: saguaro.kernels.kv_store imports this module
 
         return TorchAttention(kernel_store)
     return TorchAttention()

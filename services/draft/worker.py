@@ -27,10 +27,11 @@ import torch
 
 from saguaro.cache import BlockTable
 from saguaro.config import EngineConfig
+from saguaro.kernels.fork import fork_candidates
+from saguaro.kernels.tree_attention import TreeStep, tree_attention
 from saguaro.model_runner import CausalChunk, ModelRunner
 from saguaro.sampling import role_seed
 from saguaro.speculative import proposal_codec
-from saguaro.kernels import TreeStep, fork_candidates, tree_attention
 from saguaro.speculative.fanout import select_fan_out
 from saguaro.speculative.verification import proposal_probs
 from saguaro.v1 import speculation_pb2 as pb

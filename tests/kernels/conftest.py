@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager, contextmanager
 
 import pytest
 
-from saguaro.kernels import launch_counts
+from saguaro.kernels.dispatch import launch_counts
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,11 @@ import torch
 from triton import knobs
 from triton.runtime.interpreter import InterpretedFunction
 
-from saguaro.kernels import fork_candidates, fused_verify, launch_counts, store_kv, tree_attention, use_triton
+from saguaro.kernels.dispatch import launch_counts, use_triton
+from saguaro.kernels.fork import fork_candidates
+from saguaro.kernels.kv_store import store_kv
+from saguaro.kernels.tree_attention import tree_attention
+from saguaro.kernels.verify import fused_verify
 from saguaro.kernels.fork_triton import _fork_kernel
 from saguaro.kernels.kv_store_triton import _store_kv_kernel
 from saguaro.kernels.tree_attention_triton import _tree_attention_kernel

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saguaro.kernels import fork_candidates
+from saguaro.kernels.fork import fork_candidates
 from saguaro.kernels.fork_triton import fork_triton
 from saguaro.speculative.fanout import fork_candidates as fork_candidates_reference
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from saguaro.attention import AttentionMetadata
 from saguaro.attention.backend import store_kv as store_kv_reference
-from saguaro.kernels import store_kv
+from saguaro.kernels.kv_store import store_kv
 
 
 def write_only_metadata(slot_mapping: torch.Tensor) -> AttentionMetadata:

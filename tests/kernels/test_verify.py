@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saguaro.kernels import fused_verify
+from saguaro.kernels.verify import fused_verify
 from saguaro.kernels.verify_triton import verify_triton
 from saguaro.speculative.verification import (
     greedy_verify,
