@@ -25,7 +25,7 @@ def add_ssd_args(parser, regimes: tuple[str, ...] = ("raw", "emulated"), backup:
     parser.add_argument("--ssd-k", type=int, default=5)
     parser.add_argument("--ssd-fan-out", type=int, default=3)
     parser.add_argument("--backup", choices=["jit", "fast", "adaptive"], default=backup)
-    parser.add_argument("--transport", choices=["grpc", "torch.distributed"], default="torch.distributed")
+    parser.add_argument("--transport", choices=["grpc", "unix", "torch.distributed"], default="unix")
 
 
 def pin_threads(threads: int = 1) -> None:

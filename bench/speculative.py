@@ -117,7 +117,7 @@ class ModeRunner:
             self.draft_procs = [start_draft(args, port, draft_s * 1000 if draft_s else None) for port in ports]
             addresses = [f"127.0.0.1:{port}" for port in ports]
         self.engine = speculative_engine(target, mode, draft if mode == "sd" else None, settings,
-                                         draft_address=addresses, fast_path=args.transport == "torch.distributed",
+                                         draft_address=addresses, fast_path=None if args.transport == "grpc" else args.transport,
                                          governor=governor)
         self.llm = LLM.from_engine(self.engine, None)
         self.new_tokens = args.new_tokens

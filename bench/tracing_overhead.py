@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--regime", choices=["raw", "emulated"], default="raw")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--fan-out", type=int, default=3)
-    parser.add_argument("--transport", choices=["grpc", "torch.distributed"], default="torch.distributed")
+    parser.add_argument("--transport", choices=["grpc", "unix", "torch.distributed"], default="unix")
     args = parser.parse_args()
     pin_threads(1)
     cores = sorted(os.sched_getaffinity(0))
@@ -218,7 +218,7 @@ def main() -> None:
                                   show_progress=False, emulate_forward_s=target_s)
             engine = speculative_engine(config, "ssd", None, DraftSettings(k=args.k, fan_out=args.fan_out),
                                         draft_address=f"127.0.0.1:{draft_port}",
-                                        fast_path=args.transport == "torch.distributed")
+                                        fast_path=None if args.transport == "grpc" else args.transport)
             run(engine, "baseline", prompts[:1], 16, tracer, draft.pid)  # warm-up
             results: dict[str, list[dict[str, float]]] = {c: [] for c in CONFIGS}
             for trial in range(args.trials):

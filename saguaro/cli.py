@@ -196,6 +196,9 @@ def add_speculation_args(parser: argparse.ArgumentParser) -> None:
 SPECULATION_POLICY_HELP = ("adaptive: measure speculative and plain rounds per batch size and speculate only "
                            "where it is faster, so speculation never makes decoding slower than AR; always: "
                            "speculate every round (default: adaptive)")
+FAST_PATH_HELP = ("how rounds travel when target and draft share a pod (one network namespace): unix (default; "
+                  "one socket write per message), torch.distributed (gloo/NCCL point-to-point), or none (the "
+                  "gRPC stream). Across pods, and with --draft-tls, rounds always use gRPC")
 SOFT_DEADLINE_HELP = ("let a round decode plainly when its draft reply is late by the draft's recent standards "
                       "(a few times its recent reply time, at least 50 ms), dropping the reply when it comes; "
                       "--no-draft-soft-deadline waits for every reply up to --draft-timeout, which makes "
@@ -289,6 +292,7 @@ def cmd_target(args: argparse.Namespace) -> int:
     draft_options = {**options, "tensor_parallel_size": 1}  # the draft is never sharded
     draft = EngineConfig(model=args.draft_model, show_progress=False, **draft_options) if in_process else None
     engine = speculative_engine(target, mode, draft, settings, args.draft_address if mode == "ssd" else None,
+                                fast_path=None if args.fast_path == "none" else args.fast_path,
                                 draft_workers=args.draft_workers, draft_credentials=draft_credentials, draft_timeout_s=args.draft_timeout,
                                 draft_soft_deadline=args.draft_soft_deadline, governor=speculation_governor(args.speculation_policy))
     address = f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"
@@ -544,6 +548,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                        draft_port=args.draft_port, extra_args=engine_argv(args) + spec,
                        target_args=["--draft-timeout", str(args.draft_timeout), "--metrics-port", str(args.metrics_port),
                                     "--draft-soft-deadline" if args.draft_soft_deadline else "--no-draft-soft-deadline",
+                                    "--fast-path", args.fast_path,
                                     "--speculation-policy", args.speculation_policy,
                                     "--log-format", args.log_format,
                                     "--tensor-parallel-size", str(args.tensor_parallel_size)],
@@ -733,6 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "plainly, reconnecting in the background (default: 5)")
     target.add_argument("--draft-soft-deadline", action=argparse.BooleanOptionalAction, default=True,
                         help=SOFT_DEADLINE_HELP)
+    target.add_argument("--fast-path", choices=["unix", "torch.distributed", "none"], default="unix", help=FAST_PATH_HELP)
     target.add_argument("--speculation-policy", choices=["adaptive", "always"], default="adaptive",
                         help=SPECULATION_POLICY_HELP)
     target.add_argument("--wait-for-draft", type=float, default=0.0, metavar="S",
@@ -776,6 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds without a draft reply before the target declares it down (default: 5)")
     up.add_argument("--draft-soft-deadline", action=argparse.BooleanOptionalAction, default=True,
                     help=SOFT_DEADLINE_HELP)
+    up.add_argument("--fast-path", choices=["unix", "torch.distributed", "none"], default="unix", help=FAST_PATH_HELP)
     up.add_argument("--speculation-policy", choices=["adaptive", "always"], default="adaptive",
                     help=SPECULATION_POLICY_HELP)
     up.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for both services (default: 300)")

@@ -18,6 +18,7 @@ class Transport(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRANSPORT_GRPC: _ClassVar[Transport]
     TRANSPORT_TORCH_DISTRIBUTED: _ClassVar[Transport]
     TRANSPORT_SHARED_MEMORY: _ClassVar[Transport]
+    TRANSPORT_UNIX_SOCKET: _ClassVar[Transport]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -67,6 +68,7 @@ TRANSPORT_UNSPECIFIED: Transport
 TRANSPORT_GRPC: Transport
 TRANSPORT_TORCH_DISTRIBUTED: Transport
 TRANSPORT_SHARED_MEMORY: Transport
+TRANSPORT_UNIX_SOCKET: Transport
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_BFLOAT16: DType

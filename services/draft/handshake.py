@@ -64,18 +64,24 @@ def pairing_problems(request: pb.HandshakeRequest, draft: pb.ModelFacts) -> list
     return problems
 
 
-def choose_transport(request: pb.HandshakeRequest, ours: pb.HostIdentity) -> int:
-    """The fast path when the target offers it from this very pod, else gRPC.
+FAST_PATHS = (pb.TRANSPORT_UNIX_SOCKET, pb.TRANSPORT_TORCH_DISTRIBUTED)  # what this draft serves besides gRPC
 
-    The fast path rendezvous on loopback, so the peers must share a network namespace. Same
-    boot id alone is not enough: two pods on one node share it but not loopback. Containers of
-    one pod share the IPC namespace (as they share the network one), so both must match.
+
+def choose_transport(request: pb.HandshakeRequest, ours: pb.HostIdentity) -> int:
+    """The target's first offered fast path when it runs in this very pod, else gRPC.
+
+    Both fast paths live in the network namespace (an abstract Unix socket, or a rendezvous on
+    loopback), so the peers must share one. Same boot id alone is not enough: two pods on one
+    node share it but not their network namespaces. Containers of one pod share the IPC
+    namespace (as they share the network one), so both must match.
     """
     theirs = request.host
     same_pod = bool(ours.boot_id and ours.ipc_namespace) and (theirs.boot_id, theirs.ipc_namespace) == (
         ours.boot_id, ours.ipc_namespace)
-    if same_pod and pb.TRANSPORT_TORCH_DISTRIBUTED in request.transports_offered:
-        return pb.TRANSPORT_TORCH_DISTRIBUTED
+    if same_pod:
+        for transport in request.transports_offered:
+            if transport in FAST_PATHS:
+                return transport
     return pb.TRANSPORT_GRPC
 
 

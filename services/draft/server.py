@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -20,6 +21,7 @@ from saguaro.config import EngineConfig
 from saguaro.errors import ConfigError
 from saguaro.p2p import P2PLink
 from saguaro.rpc_services import add_service
+from saguaro.socket_link import MessageLink, SocketListener
 from saguaro.services.draft.handshake import answer_handshake, model_facts
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.draft.tree import tree_scratch_slots
@@ -67,12 +69,15 @@ class SpeculationService(pb_grpc.SpeculationServicer):
             self.session_id = response.session_id
         if self.metrics is not None:
             self.metrics.sessions.inc()
-        if response.chosen_transport == pb.TRANSPORT_TORCH_DISTRIBUTED:
+        if response.chosen_transport == pb.TRANSPORT_UNIX_SOCKET:
+            listener = SocketListener(response.session_id)  # bound before the target hears of it
+            response.transport_params["address"] = listener.address
+            self._serve_fast_path(response.session_id, listener.accept)
+        elif response.chosen_transport == pb.TRANSPORT_TORCH_DISTRIBUTED:
             port = free_port()
             response.transport_params["host"] = "127.0.0.1"
             response.transport_params["port"] = str(port)
-            threading.Thread(target=self._serve_p2p, args=(response.session_id, port), daemon=True,
-                             name="draft-p2p").start()
+            self._serve_fast_path(response.session_id, lambda: P2PLink("127.0.0.1", port, rank=1))
         log.info("session %s: K=%d, fan-out %s, backup %s", response.session_id, settings.k, settings.fan_out_hit,
                  pb.BackupPolicy.Name(settings.backup_policy))
         return response
@@ -95,17 +100,22 @@ class SpeculationService(pb_grpc.SpeculationServicer):
                 if self.metrics is not None:
                     self.metrics.built(time.perf_counter() - started, len(self.worker.cache))
 
-    def _serve_p2p(self, session: str, port: int) -> None:
-        try:
-            link = P2PLink("127.0.0.1", port, rank=1)
-            while True:
-                response = self._serve_one(session, pb.SpeculationRequest.FromString(link.recv()))
-                if response is None:
-                    return
-                link.send(response.SerializeToString())
-                self._build(session)
-        except Exception as exc:  # the target went away or the link broke: the session ends
-            log.info("fast-path session %s ended: %s", session, exc)
+    def _serve_fast_path(self, session: str, open_link: Callable[[], MessageLink]) -> None:
+        """Serve ``session`` on a link of its own thread: the same strict order as the stream."""
+
+        def serve() -> None:
+            try:
+                link = open_link()
+                while True:
+                    response = self._serve_one(session, pb.SpeculationRequest.FromString(link.recv()))
+                    if response is None:
+                        return
+                    link.send(response.SerializeToString())
+                    self._build(session)
+            except Exception as exc:  # the target went away or the link broke: the session ends
+                log.info("fast-path session %s ended: %s", session, exc)
+
+        threading.Thread(target=serve, daemon=True, name="draft-fast-path").start()
 
     def Session(self, requests, context):
         session = dict(context.invocation_metadata()).get("saguaro-session-id", "")

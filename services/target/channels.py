@@ -18,6 +18,7 @@ from typing import Protocol
 
 import grpc
 
+from saguaro.socket_link import MessageLink, SocketLink
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.v1 import speculation_pb2_grpc as pb_grpc
 
@@ -84,16 +85,21 @@ class InProcessChannel:
                 self._thread.join(timeout=10)
 
 
+FAST_PATHS = {"unix": pb.TRANSPORT_UNIX_SOCKET, "torch.distributed": pb.TRANSPORT_TORCH_DISTRIBUTED}
+
+
 class RemoteChannel:
     """A draft service in another process: handshake over gRPC, rounds over the transport the
-    draft chose — the ``Session`` bidirectional stream, or the torch.distributed fast path
-    when both run on one host (offered unless ``fast_path=False``). With ``credentials`` the
-    channel is TLS (mTLS with a client certificate) and the fast path is never offered: the
-    torch.distributed link has no encryption."""
+    draft chose — the ``Session`` bidirectional stream, or a fast path when both run in one pod:
+    ``fast_path="unix"`` (the default: one socket write per message) or ``"torch.distributed"``;
+    ``None`` offers gRPC only. With ``credentials`` the channel is TLS (mTLS with a client
+    certificate) and no fast path is offered: neither link is encrypted."""
 
-    def __init__(self, address: str, fast_path: bool = True, credentials: grpc.ChannelCredentials | None = None):
+    def __init__(self, address: str, fast_path: str | None = "unix", credentials: grpc.ChannelCredentials | None = None):
+        if fast_path is not None and fast_path not in FAST_PATHS:
+            raise ValueError(f"fast_path must be one of {sorted(FAST_PATHS)} or None, not {fast_path!r}")
         self.address = address
-        self.fast_path = fast_path and credentials is None
+        self.fast_path = fast_path if credentials is None else None
         self.name = "grpc"
         options = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
         self._channel = (grpc.secure_channel(address, credentials, options) if credentials is not None
@@ -106,21 +112,27 @@ class RemoteChannel:
         self._closed = False
         self._open = False
         self._worker: threading.Thread | None = None
+        self._socket: SocketLink | None = None  # the Unix-socket fast path, written by submit itself
         atexit.register(self.close)  # end the session cleanly before the interpreter tears down
+
     def handshake(self, request: pb.HandshakeRequest, timeout: float) -> pb.HandshakeResponse:
         offer = pb.HandshakeRequest()
         offer.CopyFrom(request)
-        offer.transports_offered[:] = ([pb.TRANSPORT_TORCH_DISTRIBUTED] if self.fast_path else []) + [pb.TRANSPORT_GRPC]
+        offer.transports_offered[:] = ([FAST_PATHS[self.fast_path]] if self.fast_path else []) + [pb.TRANSPORT_GRPC]
         response = self._stub.Handshake(offer, timeout=timeout)
         if not response.accepted:
             return response
-        if response.chosen_transport == pb.TRANSPORT_TORCH_DISTRIBUTED:
+        params = response.transport_params
+        if response.chosen_transport == pb.TRANSPORT_UNIX_SOCKET:
+            self._socket = SocketLink.connect(params["address"], response.session_id, timeout_s=max(timeout, 10.0))
+            self.name = "unix"
+            worker = threading.Thread(target=self._read_socket, name="draft-unix", daemon=True)
+        elif response.chosen_transport == pb.TRANSPORT_TORCH_DISTRIBUTED:
             from saguaro.p2p import P2PLink
 
-            params = response.transport_params
             link = P2PLink(params["host"], int(params["port"]), rank=0, timeout_s=max(timeout, 10.0))
             self.name = "torch.distributed"
-            worker = threading.Thread(target=self._p2p_loop, args=(link,), name="draft-p2p", daemon=True)
+            worker = threading.Thread(target=self._link_loop, args=(link,), name="draft-p2p", daemon=True)
         else:
             metadata = (("saguaro-session-id", response.session_id),)
             self._responses = self._stub.Session(self._requests(), metadata=metadata)
@@ -147,9 +159,19 @@ class RemoteChannel:
             return
         self._fail(ChannelClosed(f"draft stream to {self.address} closed"))
 
+    # -- Unix socket ----------------------------------------------------------------------
+    def _read_socket(self) -> None:
+        """Replies as they come; ``submit`` writes the requests (one write each, no hand-off)."""
+        try:
+            while True:
+                self._resolve(pb.SpeculationResponse.FromString(self._socket.recv()))
+        except (OSError, ConnectionError) as exc:
+            self._fail(ChannelClosed(f"unix fast path to the draft failed: {exc}"))
+
     # -- torch.distributed ----------------------------------------------------------------
-    def _p2p_loop(self, link) -> None:
-        """Requests and replies alternate strictly, as the draft serves them."""
+    def _link_loop(self, link: MessageLink) -> None:
+        """Requests and replies alternate strictly, as the draft serves them. A gloo send waits
+        for the peer's receive, so it runs here, never on the round loop's thread."""
         try:
             while True:
                 request = self._outbox.get()
@@ -159,7 +181,7 @@ class RemoteChannel:
                 link.send(request.SerializeToString())
                 self._resolve(pb.SpeculationResponse.FromString(link.recv()))
         except Exception as exc:  # gloo reports a dead peer as a RuntimeError
-            self._fail(ChannelClosed(f"fast path to the draft failed: {exc}"))
+            self._fail(ChannelClosed(f"{self.name} fast path to the draft failed: {exc}"))
 
     # -- shared ---------------------------------------------------------------------------
     def _resolve(self, response: pb.SpeculationResponse) -> None:
@@ -183,13 +205,26 @@ class RemoteChannel:
                 return future
             request.round_id = next(self._ids)
             self._pending[request.round_id] = future
-        self._outbox.put(request)
+            if self._socket is None:
+                self._outbox.put(request)
+                return future
+            try:  # under the lock: requests reach the socket in round order
+                self._socket.send(request.SerializeToString())
+                return future
+            except OSError as exc:
+                error = exc
+        self._fail(ChannelClosed(f"unix fast path to the draft failed: {error}"))
         return future
 
     def close(self) -> None:
         if self._closed and not self._open:
             return
         self._outbox.put(None)
+        if self._socket is not None:
+            try:
+                self._socket.close_signal()
+            except OSError:
+                pass  # the draft already went away
         self._fail(ChannelClosed("channel closed by the target"))
         self._open = False
         if self._worker is not None and self._worker is not threading.current_thread():

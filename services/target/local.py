@@ -57,15 +57,15 @@ def speculative_engine(
     draft: EngineConfig | None = None,
     settings: DraftSettings | None = None,
     draft_address: str | Sequence[str] | None = None,
-    fast_path: bool = True,
+    fast_path: str | None = "unix",
     draft_credentials: grpc.ChannelCredentials | None = None,  # TLS / mTLS to a remote draft
     draft_workers: int = 1,
     **proposer_options,
 ) -> SpeculativeEngine:
     """``mode='sd'`` keeps the draft in this process (the synchronous baseline); ``'ssd'`` talks
     to the draft service at ``draft_address`` over gRPC, or runs an in-process draft worker on
-    its own thread when no address is given. ``fast_path`` offers the torch.distributed link,
-    which a draft on the same host accepts. Several addresses, or ``draft_workers`` > 1 in
+    its own thread when no address is given. ``fast_path`` ("unix", "torch.distributed" or None)
+    is the link offered to a draft in the same pod (``RemoteChannel``). Several addresses, or ``draft_workers`` > 1 in
     process, make a draft pool: the batch's sequences are split across the workers."""
     if mode == "ar":
         return SpeculativeEngine(target, "ar")

@@ -170,7 +170,7 @@ def test_rendered_pods_serve_and_pass_their_probes(render, k8s, tiny_model, tmp_
             body = response.read().decode()
         assert "vllm:num_requests_waiting" in body and "saguaro_draft_connected" in body
         # same pod, same host: the pair negotiated the fast path, not gRPC
-        assert 'transport="torch.distributed"' in body, [l for l in body.splitlines() if "transport" in l]
+        assert 'transport="unix"' in body, [l for l in body.splitlines() if "transport" in l]
 
         gateway.wait_listening()
         assert http_probe(gateway_spec, "startupProbe") == 200 and http_probe(gateway_spec, "livenessProbe") == 200

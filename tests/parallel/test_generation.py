@@ -67,7 +67,7 @@ def test_greedy_speculative_identical_to_transformers(tp_model_dirs, tp_config, 
         address = f"127.0.0.1:{free_port()}"
         server = serve(draft_cfg, address, settings)
     engine = speculative_engine(tp_config(target, tp=2, block_size=8, max_num_seqs=4), mode, draft_cfg, settings,
-                                draft_address=address, fast_path=transport == "torch.distributed",
+                                draft_address=address, fast_path=None if transport == "grpc" else transport,
                                 draft_soft_deadline=False)
     try:
         outputs = LLM.from_engine(engine, None).generate(prompts, SamplingParams(max_tokens=NEW_TOKENS))

@@ -68,6 +68,11 @@ CASES = [
     Case("ssd", "qwen3", "qwen3_draft_perturbed", 8, 3, 2, preempt=True, transport="grpc", workers=2),
     Case("ssd", "llama", "llama_draft_copy", 4, 3, 2, transport="torch.distributed", workers=3),
     Case("sd", "llama", "llama_draft_perturbed", 4, 3, 1, governed=True, workers=2),
+    Case("ssd", "llama", "llama_draft_perturbed", 1, 1, 3, "fast", transport="unix"),
+    Case("ssd", "qwen3", "qwen3_draft_perturbed", 4, 3, 1, transport="unix"),
+    Case("ssd", "llama", "llama_draft_perturbed", 8, 6, 3, preempt=True, transport="unix"),
+    Case("ssd", "qwen3", "qwen3_draft_perturbed", 8, 6, 1, "fast", preempt=True, transport="unix"),
+    Case("ssd", "llama", "llama_draft_copy", 4, 3, 2, "adaptive", transport="unix", workers=2),
 ]
 
 
@@ -102,7 +107,7 @@ def build(model_dirs, case: Case):
         addresses = [f"127.0.0.1:{free_port()}" for _ in range(case.workers)]
         servers = [serve(draft, address, settings) for address in addresses]
     engine = speculative_engine(target, case.mode, draft, settings, draft_address=addresses,
-                                fast_path=case.transport == "torch.distributed", draft_workers=case.workers,
+                                fast_path=None if case.transport == "grpc" else case.transport, draft_workers=case.workers,
                                 governor=flapping_governor() if case.governed else None,
                                 draft_soft_deadline=False)  # every round waits for its reply: no timing luck
     return engine, servers
