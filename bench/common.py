@@ -21,7 +21,7 @@ def add_pair_args(parser, new_tokens: int = 128, batch_sizes: tuple[int, ...] = 
 def add_ssd_args(parser, regimes: tuple[str, ...] = ("raw", "emulated"), backup: str = "jit") -> None:
     """Regimes and the SSD configuration ``speculative.run_mode`` reads."""
     parser.add_argument("--regimes", nargs="+", choices=["raw", "emulated"], default=list(regimes))
-    parser.add_argument("--profile", default="h100-70b-1b", help="emulation profile (saguaro/emulation.py)")
+    parser.add_argument("--profile", default="h100-70b-1b", help="emulation profile, PROFILE[:xS] (saguaro/emulation.py)")
     parser.add_argument("--ssd-k", type=int, default=5)
     parser.add_argument("--ssd-fan-out", type=int, default=3)
     parser.add_argument("--backup", choices=["jit", "fast", "adaptive"], default=backup)

@@ -30,13 +30,12 @@ def main() -> None:
     pin_threads(1)
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
-    from saguaro.emulation import PROFILES
     from saguaro.tokenizer import load_tokenizer
 
     all_prompts = load_prompts(args.prompts, load_tokenizer(args.target), max(args.batch_sizes))
     rows, mismatched = [], []
     for regime in args.regimes:
-        profile = PROFILES[args.profile] if regime == "emulated" else None
+        profile = args.profile if regime == "emulated" else None
         for batch in args.batch_sizes:
             prompts = all_prompts[:batch]
             ar = run_mode(args, regime, batch, "ar", 0, prompts, profile)

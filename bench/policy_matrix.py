@@ -32,7 +32,6 @@ def main() -> None:
     pin_threads(1)
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
-    from saguaro.emulation import PROFILES
     from saguaro.services.target.governor import SpeculationGovernor
     from saguaro.tokenizer import load_tokenizer
 
@@ -41,7 +40,7 @@ def main() -> None:
     all_prompts = load_prompts(args.prompts, tokenizer, min(2 * max(args.batch_sizes), available))
     rows, mismatched, missed = [], [], []
     for regime in args.regimes:
-        profile = PROFILES[args.profile] if regime == "emulated" else None
+        profile = args.profile if regime == "emulated" else None
         for batch in args.batch_sizes:
             prompts = all_prompts[: 2 * batch]
             ar, always, adaptive = alternate(args, regime, batch, prompts, profile, SpeculationGovernor)

@@ -5,8 +5,10 @@ Target and draft run in separate processes on separate cores for SSD (the draft 
 SD keeps its draft in the target's process, as the synchronous baseline does. Two regimes:
 
 * ``raw``: plain CPU timings of these small models;
-* ``emulated``: every target forward padded to 15 ms and every draft forward to 2 ms (profile
-  ``h100-70b-1b``), so the overlap SSD exploits is measured at accelerator-like cost ratios.
+* ``emulated``: every device step (metadata, forward, sampling) padded to the profile's cost
+  (``--profile h100-70b-1b[:xS]``: target 15 ms up to 300 tokens a step, draft 2 ms up to 256,
+  linear beyond, every pad times S), so the overlap SSD exploits is measured at accelerator-like
+  cost ratios (saguaro/emulation.py says what this models and what it does not).
 
 Every request decodes exactly ``--new-tokens`` tokens greedily (EOS ignored); the outputs of
 every mode are checked to be identical. transformers ``generate`` and assisted generation
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -46,6 +49,12 @@ class Result:
     jit: int = 0
     fast: int = 0
     transport: str = "none"
+    backup: str = ""
+    rounds: int = 0  # decode rounds of the batch (each advances every running row)
+    seconds: float = 0.0
+    verify_s: float = 0.0  # per round: the target's verify step and its bookkeeping
+    draft_wait_s: float = 0.0  # per round: the target waiting for the draft's reply
+    build_s: float = 0.0  # per round: the draft's cache build (SSD)
     outputs: list[list[int]] = field(default_factory=list, repr=False)
 
 
@@ -65,15 +74,20 @@ def summarise(regime: str, batch: int, mode: str, k: int, outputs, seconds: floa
         jit=sum(s.get("backups_jit", 0) for s in stats),
         fast=sum(s.get("backups_fast", 0) for s in stats),
         transport=stats[0].get("transport", "none") if stats else "none",
+        rounds=round(rounds / min(batch, len(stats))) if stats else 0,
+        seconds=seconds,
+        verify_s=sum(s.get("verify_time_s", 0.0) for s in stats) / rounds if rounds else 0.0,
+        draft_wait_s=sum(s.get("draft_time_s", 0.0) for s in stats) / rounds if rounds else 0.0,
+        build_s=sum(s.get("draft_build_time_s", 0.0) for s in stats) / rounds if rounds else 0.0,
         outputs=[o.token_ids for o in outputs],
     )
 
 
-def start_draft(args, port: int, draft_ms: float | None) -> subprocess.Popen:
+def start_draft(args, port: int, emulate: str | None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "saguaro.cli", "draft", "--model", str(args.draft), "--port", str(port),
            "--k", str(args.ssd_k), "--fan-out", str(args.ssd_fan_out), "--kv-cache-bytes", str(1 << 28)]
-    if draft_ms:
-        cmd += ["--emulate-forward-ms", str(draft_ms)]
+    if emulate:
+        cmd += ["--emulate", emulate]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cores = sorted(os.sched_getaffinity(0))
     draft_core = {cores[-1]}
@@ -97,16 +111,16 @@ class ModeRunner:
     def __init__(self, args, regime: str, batch: int, mode: str, k: int, profile, governor=None,
                  draft_workers: int = 1):
         from saguaro.config import EngineConfig
+        from saguaro.emulation import engine_fields
         from saguaro.llm import LLM
         from saguaro.services.draft.settings import DraftSettings
         from saguaro.services.target.local import speculative_engine
         from saguaro.v1 import speculation_pb2 as pb
 
         self.regime, self.batch, self.mode, self.k = regime, batch, mode, k
-        target_s, draft_s = profile if profile else (None, None)
         common = dict(max_num_seqs=batch, kv_cache_bytes=1 << 28, show_progress=False)
-        target = EngineConfig(model=str(args.target), emulate_forward_s=target_s, **common)
-        draft = EngineConfig(model=str(args.draft), emulate_forward_s=draft_s, **common)
+        target = EngineConfig(model=str(args.target), **engine_fields(profile, "target"), **common)
+        draft = EngineConfig(model=str(args.draft), **engine_fields(profile, "draft"), **common)
         policy = {"jit": pb.BACKUP_POLICY_JIT, "fast": pb.BACKUP_POLICY_FAST, "adaptive": pb.BACKUP_POLICY_ADAPTIVE}
         fan_out = args.ssd_fan_out if mode == "ssd" else 1
         settings = DraftSettings(k=max(k, 1), fan_out=fan_out, backup_policy=policy[args.backup])
@@ -114,7 +128,7 @@ class ModeRunner:
         addresses = None
         if mode == "ssd":
             ports = [free_port() for _ in range(draft_workers)]
-            self.draft_procs = [start_draft(args, port, draft_s * 1000 if draft_s else None) for port in ports]
+            self.draft_procs = [start_draft(args, port, profile) for port in ports]
             addresses = [f"127.0.0.1:{port}" for port in ports]
         self.engine = speculative_engine(target, mode, draft if mode == "sd" else None, settings,
                                          draft_address=addresses, fast_path=None if args.transport == "grpc" else args.transport,
@@ -183,59 +197,124 @@ def run_peers(args, prompts) -> dict[str, float]:
     return out
 
 
+def calibrate_dilation(args, batch: int, prompts) -> float:
+    """The dilation S that keeps every device step's real CPU work under half of its pad.
+
+    One raw SSD run at this batch size measures the real work per round: the target's verify
+    step, and the draft's build (glue and fork, then K tree steps: K + 1 device steps). S is the
+    smallest multiple of 0.5 at which each is at most half of its profile cost, and at least 1.
+    """
+    from saguaro.emulation import PROFILES
+
+    with ModeRunner(args, "raw", batch, "ssd", args.ssd_k, None) as runner:
+        runner.warm_up(prompts)
+        outputs, seconds = runner.run(prompts[: max(batch, 2)])
+    raw = summarise("raw", batch, "ssd", args.ssd_k, outputs, seconds)
+    profile = PROFILES[args.profile]
+    step_s = raw.build_s / (args.ssd_k + 1)
+    tree_tokens = batch * args.ssd_fan_out * (args.ssd_k + 1)
+    need = max(2 * step_s / profile.draft.seconds(tree_tokens),
+               2 * raw.verify_s / profile.target.seconds(batch * (args.ssd_k + 1)), 1.0)
+    dilation = math.ceil(need * 2) / 2
+    print(f"batch {batch}: real verify {raw.verify_s * 1e3:.2f} ms, real draft step {step_s * 1e3:.2f} ms "
+          f"-> dilation x{dilation:g}", file=sys.stderr, flush=True)
+    return dilation
+
+
+def timeline_ceiling(ssd: Result, batch: int, k: int, cost) -> float:
+    """Tokens/s of the paper's timeline at the run's measured tokens per round and hit rate.
+
+    A round costs the target's verify step, plus, when some row of the batch missed the cache
+    and the backup is JIT, K draft steps before the reply: with hit rate h per row, a fraction
+    1 - h^B of the rounds. Fast backups answer at once. Transport, scheduling and Python cost
+    nothing on this timeline:
+
+        T_round = T_target(B (K+1)) + [JIT] (1 - h^B) K T_draft(B)
+        ceiling = B * tokens_per_round / T_round
+    """
+    t_round = cost.target.seconds(batch * (k + 1))
+    if ssd.backup == "jit":
+        t_round += (1 - ssd.hit_rate ** batch) * k * cost.draft.seconds(batch)
+    return batch * ssd.tokens_per_round / t_round
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_args(parser)
     parser.add_argument("--num-prompts", type=int, default=8)
     parser.add_argument("--sd-ks", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 7], help="SD lookaheads swept; the best is reported")
     add_ssd_args(parser)
+    parser.add_argument("--dilation", default="auto",
+                        help="emulated regime: multiply every pad by this (auto: measured per batch size so that real "
+                             "CPU work stays under half of each pad)")
+    parser.add_argument("--ssd-backups", nargs="+", choices=["jit", "fast"], default=["jit", "fast"],
+                        help="SSD is run once with each backup policy")
     parser.add_argument("--json", type=Path, default=None, help="also write all results here")
     args = parser.parse_args()
     pin_threads(1)
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
-    from saguaro.emulation import PROFILES
+    from saguaro.emulation import parse_emulate
     from saguaro.tokenizer import load_tokenizer
 
     prompts = load_prompts(args.prompts, load_tokenizer(args.target), args.num_prompts)
     results: list[Result] = []
+    dilations: dict[int, float] = {}
     for regime in args.regimes:
-        profile = PROFILES[args.profile] if regime == "emulated" else None
         for batch in args.batch_sizes:
+            profile = None
+            if regime == "emulated":
+                dilations[batch] = calibrate_dilation(args, batch, prompts) if args.dilation == "auto" else float(args.dilation)
+                profile = f"{args.profile}:x{dilations[batch]:g}"
             results.append(run_mode(args, regime, batch, "ar", 0, prompts, profile))
             results += [run_mode(args, regime, batch, "sd", k, prompts, profile) for k in args.sd_ks]
-            results.append(run_mode(args, regime, batch, "ssd", args.ssd_k, prompts, profile))
+            for backup in args.ssd_backups:
+                ssd = run_mode(argparse.Namespace(**{**vars(args), "backup": backup}), regime, batch, "ssd", args.ssd_k,
+                               prompts, profile)
+                ssd.backup = backup
+                results.append(ssd)
             print(f"done: {regime} batch {batch}", file=sys.stderr, flush=True)
     reference = results[0].outputs
     mismatched = [f"{r.regime}/{r.batch}/{r.mode}{r.k}" for r in results if r.outputs != reference]
 
-    rows = []
+    rows, bars = [], []
     for regime in args.regimes:
         for batch in args.batch_sizes:
             group = [r for r in results if r.regime == regime and r.batch == batch]
             ar = next(r for r in group if r.mode == "ar")
             best_sd = max((r for r in group if r.mode == "sd"), key=lambda r: r.tokens_per_s)
-            ssd = next(r for r in group if r.mode == "ssd")
-            for r in [ar, *[g for g in group if g.mode == "sd"], ssd]:
-                label = f"{r.mode.upper()}" + (f" K={r.k}" if r.k else "") + (" (best SD)" if r is best_sd else "")
+            ssds = [r for r in group if r.mode == "ssd"]
+            best_ssd = max(ssds, key=lambda r: r.tokens_per_s)
+            for r in group:
+                label = (f"{r.mode.upper()}" + (f" K={r.k}" if r.k else "") + (f" {r.backup}" if r.backup else "")
+                         + (" (best SD)" if r is best_sd else ""))
+                ms_round = r.seconds / r.rounds * 1e3 if r.rounds else 0.0
                 rows.append([regime, batch, label, round(r.tokens_per_s, 1), round(r.tokens_per_s / ar.tokens_per_s, 2),
-                             round(r.tokens_per_round, 2), r.acceptance, round(r.hit_rate, 2), f"{r.jit}/{r.fast}",
-                             r.transport])
+                             round(r.tokens_per_round, 2), round(r.hit_rate, 2), f"{r.jit}/{r.fast}",
+                             round(ms_round, 1), round(r.verify_s * 1e3, 1), round(r.draft_wait_s * 1e3, 1),
+                             round(r.build_s * 1e3, 1), r.transport])
             if regime == "emulated":
-                target_s = PROFILES[args.profile][0]
-                ideal = ssd.tokens_per_round * batch / target_s
-                rows.append([regime, batch, "bars", "", "", "", f"SSD/best SD = {ssd.tokens_per_s / best_sd.tokens_per_s:.2f} (bar 1.3)",
-                             f"SSD/AR = {ssd.tokens_per_s / ar.tokens_per_s:.2f} (bar 2.5)",
-                             f"SSD/ideal = {ssd.tokens_per_s / ideal:.2f} (bar 0.85)", ""])
-    print(markdown_table(["regime", "batch", "mode", "tok/s", "vs AR", "tok/round", "acceptance/pos", "hit rate",
-                          "jit/fast backups", "transport"], rows))
+                target_profile, dilation = parse_emulate(f"{args.profile}:x{dilations[batch]:g}")
+                cost = type(target_profile)(target_profile.target.dilated(dilation), target_profile.draft.dilated(dilation))
+                ceiling = timeline_ceiling(best_ssd, batch, args.ssd_k, cost)
+                gap_us = (best_ssd.seconds / best_ssd.rounds - batch * best_ssd.tokens_per_round / ceiling) * 1e6
+                bars.append([batch, f"x{dilation:g}", f"{best_ssd.backup}",
+                             round(best_ssd.tokens_per_s / best_sd.tokens_per_s, 2),
+                             round(best_ssd.tokens_per_s / ar.tokens_per_s, 2), round(best_ssd.tokens_per_s / ceiling, 2),
+                             round(gap_us)])
+    print(markdown_table(["regime", "batch", "mode", "tok/s", "vs AR", "tok/round", "hit rate", "jit/fast backups",
+                          "ms/round", "verify ms", "draft wait ms", "build ms", "transport"], rows))
+    if bars:
+        print()
+        print(markdown_table(["batch", "dilation", "best SSD backup", "SSD / best SD", "SSD / AR", "SSD / ceiling",
+                              "gap to ceiling per round (us)"], bars))
     peers = run_peers(args, prompts)
     print()
     print(markdown_table(["peer (raw CPU, batch 1)", "tok/s"], [[k, round(v, 1)] for k, v in peers.items()]))
     print(f"\nidentical outputs across all modes: {'yes' if not mismatched else 'NO: ' + ', '.join(mismatched)}")
     if args.json:
         args.json.write_text(json.dumps({"results": [{k: v for k, v in vars(r).items() if k != "outputs"} for r in results],
-                                         "peers": peers}, indent=2))
+                                         "dilations": dilations, "peers": peers}, indent=2))
 
 
 if __name__ == "__main__":

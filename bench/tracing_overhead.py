@@ -188,13 +188,13 @@ def main() -> None:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     from saguaro.config import EngineConfig
-    from saguaro.emulation import PROFILES
+    from saguaro.emulation import engine_fields
     from saguaro.services.draft.settings import DraftSettings
     from saguaro.services.target.local import speculative_engine
     from saguaro.telemetry import tracing
     from saguaro.tokenizer import load_tokenizer
 
-    target_s, draft_s = PROFILES["h100-70b-1b"] if args.regime == "emulated" else (None, None)
+    emulate = "h100-70b-1b" if args.regime == "emulated" else None
     rx_port, draft_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env["OMP_NUM_THREADS"] = "1"
@@ -204,8 +204,8 @@ def main() -> None:
     draft_cmd = [sys.executable, "-m", "saguaro.cli", "draft", "--model", str(args.draft), "--port", str(draft_port),
                  "--k", str(args.k), "--fan-out", str(args.fan_out), "--kv-cache-bytes", str(1 << 28),
                  "--metrics-port", "0"]
-    if draft_s:
-        draft_cmd += ["--emulate-forward-ms", str(draft_s * 1000)]
+    if emulate:
+        draft_cmd += ["--emulate", emulate]
     draft = start(draft_cmd, dict(env, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_BSP_SCHEDULE_DELAY="100"), cores[-1],
                   "listening")
     tracing.configure_tracing("saguaro-target", exporters=[OTLPSpanExporter(endpoint=endpoint, insecure=True)])
@@ -215,7 +215,7 @@ def main() -> None:
     try:
         for batch in args.batch_sizes:
             config = EngineConfig(model=str(args.target), max_num_seqs=batch, kv_cache_bytes=1 << 28,
-                                  show_progress=False, emulate_forward_s=target_s)
+                                  show_progress=False, **engine_fields(emulate, "target"))
             engine = speculative_engine(config, "ssd", None, DraftSettings(k=args.k, fan_out=args.fan_out),
                                         draft_address=f"127.0.0.1:{draft_port}",
                                         fast_path=None if args.transport == "grpc" else args.transport)

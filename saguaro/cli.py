@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from saguaro.errors import SaguaroError
+from saguaro.errors import ConfigError, SaguaroError
 from saguaro.net import free_port
 
 Command = Callable[[argparse.Namespace], int]
@@ -35,9 +35,14 @@ def add_engine_args(parser: argparse.ArgumentParser, tensor_parallel: bool = Tru
     group.add_argument("--kv-cache-bytes", type=int, default=512 * 1024 * 1024, help="KV-cache budget on CPU (default: 512 MiB)")
     group.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default: 16)")
     group.add_argument("--no-prefix-caching", action="store_true", help="disable reuse of cached prompt prefixes")
+    group.add_argument("--emulate", default=None, metavar="PROFILE[:xS]",
+                       help="benchmarks: pad every device step to an accelerator's cost (profile h100-70b-1b: "
+                            "target 15 ms up to 300 tokens a step, draft 2 ms up to 256, linear beyond); the "
+                            "target gets the target's cost, a draft the draft's; :xS multiplies every pad by S "
+                            "(e.g. h100-70b-1b:x4) so that real CPU work stays well under it (docs/speculation.md)")
     group.add_argument("--emulate-forward-ms", type=float, default=None,
-                       help="benchmarks: pad every forward to this many ms to emulate accelerator timings "
-                            "(profile h100-70b-1b: target 15, draft 2)")
+                       help="benchmarks and tests: pad every device step to this many ms, whatever its tokens "
+                            "(a flat cost; --emulate gives both models their profile's costs)")
     if tensor_parallel:
         group.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
                            help="shard the target over N ranks: GPUs cuda:i..i+N-1 with --device cuda:i, processes "
@@ -81,7 +86,18 @@ def tls_server_credentials(args: argparse.Namespace):
     return server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
 
 
-def engine_options(args: argparse.Namespace) -> dict:
+def emulation_options(args: argparse.Namespace, role: str) -> dict:
+    """EngineConfig's emulation fields for the ``role`` ("target" or "draft") this process plays."""
+    from saguaro.emulation import engine_fields
+
+    if args.emulate and args.emulate_forward_ms:
+        raise ConfigError("give --emulate PROFILE or --emulate-forward-ms, not both")
+    if args.emulate:
+        return engine_fields(args.emulate, role)
+    return dict(emulate_forward_s=args.emulate_forward_ms / 1000 if args.emulate_forward_ms else None)
+
+
+def engine_options(args: argparse.Namespace, role: str = "target") -> dict:
     return dict(
         dtype=args.dtype,
         device=args.device,
@@ -90,8 +106,8 @@ def engine_options(args: argparse.Namespace) -> dict:
         kv_cache_bytes=args.kv_cache_bytes,
         block_size=args.block_size,
         enable_prefix_caching=not args.no_prefix_caching,
-        emulate_forward_s=args.emulate_forward_ms / 1000 if args.emulate_forward_ms else None,
         tensor_parallel_size=getattr(args, "tensor_parallel_size", 1),
+        **emulation_options(args, role),
     )
 
 
@@ -109,7 +125,6 @@ def sampling_params(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from saguaro.errors import ConfigError
     from saguaro.llm import LLM
 
     if args.endpoint and args.model:
@@ -222,8 +237,6 @@ def speculation_settings(args: argparse.Namespace):
                              fan_out_miss=args.fan_out_list_miss or [], backup_policy=policy[args.backup],
                              jit_max_batch_size=args.jit_max_batch, downweight=args.saguaro_c)
     except ValueError as exc:
-        from saguaro.errors import ConfigError
-
         raise ConfigError(str(exc)) from None
 
 
@@ -235,7 +248,7 @@ def cmd_draft(args: argparse.Namespace) -> int:
     from saguaro.telemetry.tracing import configure_tracing
 
     credentials = tls_server_credentials(args)  # checked before the model loads
-    config = EngineConfig(model=args.model, **engine_options(args))
+    config = EngineConfig(model=args.model, **engine_options(args, "draft"))
     address = f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"
     configure_tracing("saguaro-draft")
     telemetry = None
@@ -257,7 +270,6 @@ def cmd_target(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from saguaro.config import EngineConfig
-    from saguaro.errors import ConfigError
     from saguaro.services.target.local import speculative_engine
     from saguaro.services.target.server import serve_target
     from saguaro.telemetry.service import TargetTelemetry
@@ -289,7 +301,7 @@ def cmd_target(args: argparse.Namespace) -> int:
         raise ConfigError(f"--draft-workers {args.draft_workers} but {len(args.draft_address)} --draft-address "
                           "given: with draft services, each address is one worker")
     in_process = mode != "ar" and args.draft_model and not args.draft_address
-    draft_options = {**options, "tensor_parallel_size": 1}  # the draft is never sharded
+    draft_options = {**engine_options(args, "draft"), "tensor_parallel_size": 1}  # the draft is never sharded
     draft = EngineConfig(model=args.draft_model, show_progress=False, **draft_options) if in_process else None
     engine = speculative_engine(target, mode, draft, settings, args.draft_address if mode == "ssd" else None,
                                 fast_path=None if args.fast_path == "none" else args.fast_path,
@@ -347,7 +359,7 @@ class LocalStack:
                  gateway_args: list[str] | None = None, draft_workers: int = 1, draft_metrics_port: int = 0):
         """``draft_workers`` draft processes (ssd) listen on ``draft_port``, ``draft_port + 1``, ...
         and serve metrics on ``draft_metrics_port + i`` (0: none)."""
-        from saguaro.errors import ConfigError, ModelLoadError
+        from saguaro.errors import ModelLoadError
         from pathlib import Path
 
         if mode not in ("ar", "sd", "ssd"):
@@ -522,6 +534,10 @@ def engine_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--max-model-len", str(args.max_model_len)]
     if args.no_prefix_caching:
         argv.append("--no-prefix-caching")
+    if args.emulate:
+        argv += ["--emulate", args.emulate]
+    if args.emulate_forward_ms:
+        argv += ["--emulate-forward-ms", str(args.emulate_forward_ms)]
     return argv
 
 

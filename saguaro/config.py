@@ -228,9 +228,11 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     seed: int = 0
     show_progress: bool = True
-    # Benchmarks only: pad every forward to at least this long, to emulate an accelerator's
-    # step time on a CPU (real tokens, realistic target/draft cost ratio). See saguaro/emulation.py.
+    # Benchmarks only: pad every device step to at least this long, to emulate an accelerator's
+    # step time on a CPU (real tokens, realistic target/draft cost ratio); with a knee, a step of
+    # n tokens costs emulate_forward_s * max(1, n / knee). See saguaro/emulation.py.
     emulate_forward_s: float | None = None
+    emulate_knee_tokens: int | None = None
     tensor_parallel_size: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -263,3 +265,6 @@ class EngineConfig:
             raise ConfigError(f"max_model_len must be positive, got {self.max_model_len}")
         if self.emulate_forward_s is not None and not 0 <= self.emulate_forward_s < math.inf:
             raise ConfigError(f"emulate_forward_s must be a finite number >= 0, got {self.emulate_forward_s}")
+        if self.emulate_knee_tokens is not None and not (isinstance(self.emulate_knee_tokens, int)
+                                                         and self.emulate_knee_tokens > 0):
+            raise ConfigError(f"emulate_knee_tokens must be a positive integer, got {self.emulate_knee_tokens!r}")

@@ -140,15 +140,17 @@ class LLMEngine:
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         chunks = [CausalChunk(s.table.blocks, s.num_computed, s.token_ids[s.num_computed :]) for s in seqs]
-        self._sample_and_commit(seqs, self.runner.run_causal(chunks))
+        self._step_and_commit(seqs, chunks)
 
     def _decode(self, seqs: list[Sequence]) -> None:
         chunks = [CausalChunk(s.table.blocks, s.num_tokens - 1, s.token_ids[-1:]) for s in seqs]
-        self._sample_and_commit(seqs, self.runner.run_causal(chunks))
+        self._step_and_commit(seqs, chunks)
 
-    def _sample_and_commit(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
-        """One new token per sequence from its last-position logits."""
-        tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs]).tolist()
+    def _step_and_commit(self, seqs: list[Sequence], chunks: list[CausalChunk]) -> None:
+        """One device step (forward and sampling), then one new token per sequence committed."""
+        with self.runner.device_step():
+            logits = self.runner.run_causal(chunks)
+            tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs]).tolist()
         for seq, token in zip(seqs, tokens):
             self.commit(seq, seq.num_tokens, [token])
 

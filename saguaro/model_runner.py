@@ -11,6 +11,8 @@ import logging
 import resource
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import torch
 from saguaro.attention import AttentionBackend, AttentionMetadata, causal_metadata, select_backend
 from saguaro.cache import BlockManager, KVCache, num_blocks_for_budget
 from saguaro.config import EngineConfig, ModelConfig, parse_dtype
-from saguaro.emulation import pad_to
+from saguaro.emulation import StepCost, pad_to
 from saguaro.errors import ConfigError
 from saguaro.models import CausalLM, load_model
 from saguaro.parallel.group import TensorParallelGroup
@@ -145,6 +147,10 @@ class ModelRunner:
         if config.max_model_len and config.max_model_len > limit:
             log.warning("max_model_len %d exceeds the model's %d positions; using %d", config.max_model_len, limit, limit)
         max_positions = self.max_model_len + extra_positions
+        # emulation (benchmarks): the cost each device step is padded to; see device_step
+        self.step_cost = (StepCost(config.emulate_forward_s, config.emulate_knee_tokens)
+                          if config.emulate_forward_s else None)
+        self._open_step: list[float] | None = None  # [started, tokens] of the device step in progress
         self.parallel: TensorParallelLeader | None = None
         self._finalizer: weakref.finalize | None = None
         if config.tensor_parallel_size > 1:
@@ -208,9 +214,31 @@ class ModelRunner:
             logits = self.rank.forward(input_ids, positions, meta, logits_index, attention)
         else:
             logits = self.parallel.forward(self.rank, input_ids, positions, meta, logits_index, attention)
-        if self.config.emulate_forward_s:
-            pad_to(started + self.config.emulate_forward_s)
+        if self.step_cost is not None:
+            if self._open_step is not None:  # padded with the rest of its device step
+                self._open_step[1] += input_ids.numel()
+            else:
+                pad_to(started + self.step_cost.seconds(input_ids.numel()))
         return logits
+
+    @contextmanager
+    def device_step(self) -> Iterator[None]:
+        """One device step: the forwards inside, with their metadata and sampling around them.
+
+        On a GPU, CUDA graphs make a step's metadata, forward and sampling one launch; under
+        emulation (``config.emulate_forward_s``) the step is therefore padded as one unit, to
+        the cost of the tokens its forwards ran. Without emulation, and when nested, it is free.
+        """
+        if self.step_cost is None or self._open_step is not None:
+            yield
+            return
+        self._open_step = [time.perf_counter(), 0]
+        try:
+            yield
+        finally:
+            started, tokens = self._open_step
+            self._open_step = None
+        pad_to(started + self.step_cost.seconds(int(tokens)))  # not reached when the step raised
 
     def run_causal(self, chunks: list[CausalChunk], all_logits: bool = False) -> torch.Tensor:
         """Causal forward of several sequences' new tokens.

@@ -288,8 +288,9 @@ class DraftWorker:
                   for s, p in zip(seqs, plans)]
         steps_tokens, steps_probs = [], []
         for step in range(self.k):
-            logits = self.runner.run_causal(chunks)
-            tokens, probs = self._sample(logits[:, None, :], temps, gens)
+            with self.runner.device_step():
+                logits = self.runner.run_causal(chunks)
+                tokens, probs = self._sample(logits[:, None, :], temps, gens)
             steps_tokens.append(tokens[:, 0])
             steps_probs.append(probs)
             for s, c in zip(seqs, chunks):
@@ -339,15 +340,16 @@ class DraftWorker:
         k = self.k
         seqs = [p.seq for p in pending]
         committed = [len(s.tokens) for s in seqs]
-        glue = self._glue(pending)
-        if trace is not None:
-            trace.mark(GLUE_SPAN)
-        proposals = torch.tensor([p.proposal for p in pending], dtype=torch.long)
-        hit = torch.tensor([p.hit for p in pending])
         if self.settings.geometric:
             self.fan_out_hit = self.fan_out_miss = self.economics.geometric_lists(self.fan_out_hit)
-        fan = select_fan_out(hit, self.fan_out_hit, self.fan_out_miss)
-        forks, depth = fork_candidates(glue, proposals, fan)
+        with self.runner.device_step():  # glue and fork: one launch on a GPU
+            glue = self._glue(pending)
+            if trace is not None:
+                trace.mark(GLUE_SPAN)
+            proposals = torch.tensor([p.proposal for p in pending], dtype=torch.long)
+            hit = torch.tensor([p.hit for p in pending])
+            fan = select_fan_out(hit, self.fan_out_hit, self.fan_out_miss)
+            forks, depth = fork_candidates(glue, proposals, fan)
         if trace is not None:
             trace.mark(FORK_SPAN)
         temps = torch.tensor([p.draft_temperature for p in pending])
@@ -359,10 +361,11 @@ class DraftWorker:
         block_size = self.runner.config.block_size
         layout = TreeStep.build(tables, committed, depth, k, 0, block_size) if self.runner.device.type == "cuda" else None
         for step in range(k):
-            meta, positions = tree_step_metadata(tables, committed, depth, k, step, block_size)
-            attend = functools.partial(tree_attention, tree=layout and dataclasses.replace(layout, step=step))
-            logits = self.runner.forward(current.reshape(-1), positions, meta, attention=attend).view(batch, m, -1)
-            current, probs = self._sample(logits, temps, gens)
+            with self.runner.device_step():  # metadata, forward and sampling: one launch on a GPU
+                meta, positions = tree_step_metadata(tables, committed, depth, k, step, block_size)
+                attend = functools.partial(tree_attention, tree=layout and dataclasses.replace(layout, step=step))
+                logits = self.runner.forward(current.reshape(-1), positions, meta, attention=attend).view(batch, m, -1)
+                current, probs = self._sample(logits, temps, gens)
             tree_tokens.append(current)
             tree_probs.append(probs)
         tokens = torch.stack(tree_tokens, dim=2)  # [B, M, K]

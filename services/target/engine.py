@@ -133,23 +133,26 @@ class SpeculativeEngine(LLMEngine):
             for s in seqs
         ]
         started = time.perf_counter()
-        logits = self.runner.run_causal(chunks, all_logits=True)
-        ends = torch.cumsum(torch.tensor([len(c.token_ids) for c in chunks]), 0)
-        plain = [i for i, s in enumerate(seqs) if s.seq_id not in proposals]
+        unproposed = [i for i, s in enumerate(seqs) if s.seq_id not in proposals]
+        plain = [seqs[i] for i in unproposed]
         verified = [i for i, s in enumerate(seqs) if s.seq_id in proposals]
+        picked = [seqs[i] for i in verified]
+        props = [proposals[s.seq_id] for s in picked]
+        with self.runner.device_step():  # forward, sampling and verification: one launch on a GPU
+            logits = self.runner.run_causal(chunks, all_logits=True)
+            ends = torch.cumsum(torch.tensor([len(c.token_ids) for c in chunks]), 0)
+            if plain:
+                rows = logits[ends[unproposed] - 1]
+                plain_tokens = sample(rows, [s.params for s in plain], [s.generator for s in plain]).tolist()
+            if verified:
+                block = logits[(ends[verified, None] - (self.k + 1) + torch.arange(self.k + 1)[None, :]).reshape(-1)]
+                accepted, next_tokens = verify_rows(
+                    block.view(len(picked), self.k + 1, -1), props, [s.params for s in picked], [s.generator for s in picked]
+                )
         if plain:
-            rows = logits[ends[plain] - 1]
-            picked = [seqs[i] for i in plain]
-            tokens = sample(rows, [s.params for s in picked], [s.generator for s in picked]).tolist()
-            for seq, token in zip(picked, tokens):
+            for seq, token in zip(plain, plain_tokens):
                 self._commit_round(seq, 0, [token], None, draft_time, held)
         if verified:
-            block = logits[(ends[verified, None] - (self.k + 1) + torch.arange(self.k + 1)[None, :]).reshape(-1)]
-            picked = [seqs[i] for i in verified]
-            props = [proposals[s.seq_id] for s in picked]
-            accepted, next_tokens = verify_rows(
-                block.view(len(picked), self.k + 1, -1), props, [s.params for s in picked], [s.generator for s in picked]
-            )
             for seq, prop, n, r in zip(picked, props, accepted, next_tokens):
                 self._commit_round(seq, n, prop.tokens[:n] + [r], prop, draft_time)
             if telemetry is not None:
