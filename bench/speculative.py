@@ -34,6 +34,9 @@ from common import add_pair_args, add_ssd_args, load_prompts, markdown_table, pi
 from saguaro.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
+# The machine's cores, read before main() pins this process to the first one: the target runs
+# here on the first core, every draft process on the last.
+CORES = sorted(os.sched_getaffinity(0))
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Result:
     fast: int = 0
     transport: str = "none"
     backup: str = ""
+    fan_out: int = 0
     rounds: int = 0  # decode rounds of the batch (each advances every running row)
     seconds: float = 0.0
     verify_s: float = 0.0  # per round: the target's verify step and its bookkeeping
@@ -58,7 +62,8 @@ class Result:
     outputs: list[list[int]] = field(default_factory=list, repr=False)
 
 
-def summarise(regime: str, batch: int, mode: str, k: int, outputs, seconds: float) -> Result:
+def summarise(regime: str, batch: int, mode: str, k: int, outputs, seconds: float, decode_rounds: int = 0) -> Result:
+    """``decode_rounds``: the engine's decode steps in the run (``ModeRunner.last_rounds``)."""
     stats = [o.stats for o in outputs]
     tokens = sum(len(o.token_ids) for o in outputs)
     rounds = sum(s.get("rounds", 0) for s in stats)
@@ -74,7 +79,7 @@ def summarise(regime: str, batch: int, mode: str, k: int, outputs, seconds: floa
         jit=sum(s.get("backups_jit", 0) for s in stats),
         fast=sum(s.get("backups_fast", 0) for s in stats),
         transport=stats[0].get("transport", "none") if stats else "none",
-        rounds=round(rounds / min(batch, len(stats))) if stats else 0,
+        rounds=decode_rounds,
         seconds=seconds,
         verify_s=sum(s.get("verify_time_s", 0.0) for s in stats) / rounds if rounds else 0.0,
         draft_wait_s=sum(s.get("draft_time_s", 0.0) for s in stats) / rounds if rounds else 0.0,
@@ -89,8 +94,7 @@ def start_draft(args, port: int, emulate: str | None) -> subprocess.Popen:
     if emulate:
         cmd += ["--emulate", emulate]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cores = sorted(os.sched_getaffinity(0))
-    draft_core = {cores[-1]}
+    draft_core = {CORES[-1]}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             preexec_fn=lambda: os.sched_setaffinity(0, draft_core))
     line = proc.stdout.readline()
@@ -135,6 +139,14 @@ class ModeRunner:
                                          governor=governor)
         self.llm = LLM.from_engine(self.engine, None)
         self.new_tokens = args.new_tokens
+        self.last_rounds = 0  # decode steps of the last run: a round advances every running row
+        decode = self.engine._decode
+
+        def counted(seqs) -> None:
+            self.last_rounds += 1
+            decode(seqs)
+
+        self.engine._decode = counted
 
     def warm_up(self, prompts, rehearse: bool = False) -> None:
         """A short request; or (``rehearse``) the whole workload once untimed: a server in steady
@@ -150,6 +162,7 @@ class ModeRunner:
         """The outputs of one timed run of ``prompts`` and its seconds."""
         from saguaro import SamplingParams
 
+        self.last_rounds = 0
         start = time.perf_counter()
         outputs = self.llm.generate(prompts, SamplingParams(max_tokens=self.new_tokens, ignore_eos=True))
         return outputs, time.perf_counter() - start
@@ -174,7 +187,7 @@ def run_mode(args, regime: str, batch: int, mode: str, k: int, prompts, profile,
     with ModeRunner(args, regime, batch, mode, k, profile, governor, draft_workers) as runner:
         runner.warm_up(prompts, rehearse)
         outputs, seconds = runner.run(prompts)
-    return summarise(regime, batch, mode, k, outputs, seconds)
+    return summarise(regime, batch, mode, k, outputs, seconds, runner.last_rounds)
 
 
 def run_peers(args, prompts) -> dict[str, float]:
@@ -200,16 +213,18 @@ def run_peers(args, prompts) -> dict[str, float]:
 def calibrate_dilation(args, batch: int, prompts) -> float:
     """The dilation S that keeps every device step's real CPU work under half of its pad.
 
-    One raw SSD run at this batch size measures the real work per round: the target's verify
-    step, and the draft's build (glue and fork, then K tree steps: K + 1 device steps). S is the
+    One raw SSD run at this batch size, with the largest fan-out benchmarked, measures the real
+    work per round: the target's verify step, and the draft's build (glue and fork, then K tree
+    steps: K + 1 device steps). S is the
     smallest multiple of 0.5 at which each is at most half of its profile cost, and at least 1.
     """
     from saguaro.emulation import PROFILES
 
+    args = argparse.Namespace(**{**vars(args), "ssd_fan_out": max(getattr(args, "ssd_fan_outs", [args.ssd_fan_out]))})
     with ModeRunner(args, "raw", batch, "ssd", args.ssd_k, None) as runner:
         runner.warm_up(prompts)
         outputs, seconds = runner.run(prompts[: max(batch, 2)])
-    raw = summarise("raw", batch, "ssd", args.ssd_k, outputs, seconds)
+    raw = summarise("raw", batch, "ssd", args.ssd_k, outputs, seconds, runner.last_rounds)
     profile = PROFILES[args.profile]
     step_s = raw.build_s / (args.ssd_k + 1)
     tree_tokens = batch * args.ssd_fan_out * (args.ssd_k + 1)
@@ -221,7 +236,7 @@ def calibrate_dilation(args, batch: int, prompts) -> float:
     return dilation
 
 
-def timeline_ceiling(ssd: Result, batch: int, k: int, cost) -> float:
+def timeline_ceiling(ssd: Result, batch: int, k: int, cost) -> tuple[float, float]:
     """Tokens/s of the paper's timeline at the run's measured tokens per round and hit rate.
 
     A round costs the target's verify step, plus, when some row of the batch missed the cache
@@ -231,11 +246,13 @@ def timeline_ceiling(ssd: Result, batch: int, k: int, cost) -> float:
 
         T_round = T_target(B (K+1)) + [JIT] (1 - h^B) K T_draft(B)
         ceiling = B * tokens_per_round / T_round
+
+    Returns ``(T_round seconds, ceiling tokens/s)``.
     """
     t_round = cost.target.seconds(batch * (k + 1))
     if ssd.backup == "jit":
         t_round += (1 - ssd.hit_rate ** batch) * k * cost.draft.seconds(batch)
-    return batch * ssd.tokens_per_round / t_round
+    return t_round, batch * ssd.tokens_per_round / t_round
 
 
 def main() -> None:
@@ -248,11 +265,13 @@ def main() -> None:
                         help="emulated regime: multiply every pad by this (auto: measured per batch size so that real "
                              "CPU work stays under half of each pad)")
     parser.add_argument("--ssd-backups", nargs="+", choices=["jit", "fast"], default=["jit", "fast"],
-                        help="SSD is run once with each backup policy")
+                        help="SSD is run with each backup policy ...")
+    parser.add_argument("--ssd-fan-outs", type=int, nargs="+", default=[3, 10],
+                        help="... and each fan-out F; the best SSD is reported, as SD's best K is")
     parser.add_argument("--json", type=Path, default=None, help="also write all results here")
     args = parser.parse_args()
     pin_threads(1)
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    os.sched_setaffinity(0, {CORES[0]})
 
     from saguaro.emulation import parse_emulate
     from saguaro.tokenizer import load_tokenizer
@@ -269,10 +288,11 @@ def main() -> None:
             results.append(run_mode(args, regime, batch, "ar", 0, prompts, profile))
             results += [run_mode(args, regime, batch, "sd", k, prompts, profile) for k in args.sd_ks]
             for backup in args.ssd_backups:
-                ssd = run_mode(argparse.Namespace(**{**vars(args), "backup": backup}), regime, batch, "ssd", args.ssd_k,
-                               prompts, profile)
-                ssd.backup = backup
-                results.append(ssd)
+                for fan_out in args.ssd_fan_outs:
+                    ssd_args = argparse.Namespace(**{**vars(args), "backup": backup, "ssd_fan_out": fan_out})
+                    ssd = run_mode(ssd_args, regime, batch, "ssd", args.ssd_k, prompts, profile)
+                    ssd.backup, ssd.fan_out = backup, fan_out
+                    results.append(ssd)
             print(f"done: {regime} batch {batch}", file=sys.stderr, flush=True)
     reference = results[0].outputs
     mismatched = [f"{r.regime}/{r.batch}/{r.mode}{r.k}" for r in results if r.outputs != reference]
@@ -286,7 +306,8 @@ def main() -> None:
             ssds = [r for r in group if r.mode == "ssd"]
             best_ssd = max(ssds, key=lambda r: r.tokens_per_s)
             for r in group:
-                label = (f"{r.mode.upper()}" + (f" K={r.k}" if r.k else "") + (f" {r.backup}" if r.backup else "")
+                label = (f"{r.mode.upper()}" + (f" K={r.k}" if r.k else "") + (f" F={r.fan_out}" if r.fan_out else "")
+                         + (f" {r.backup}" if r.backup else "")
                          + (" (best SD)" if r is best_sd else ""))
                 ms_round = r.seconds / r.rounds * 1e3 if r.rounds else 0.0
                 rows.append([regime, batch, label, round(r.tokens_per_s, 1), round(r.tokens_per_s / ar.tokens_per_s, 2),
@@ -296,9 +317,9 @@ def main() -> None:
             if regime == "emulated":
                 target_profile, dilation = parse_emulate(f"{args.profile}:x{dilations[batch]:g}")
                 cost = type(target_profile)(target_profile.target.dilated(dilation), target_profile.draft.dilated(dilation))
-                ceiling = timeline_ceiling(best_ssd, batch, args.ssd_k, cost)
-                gap_us = (best_ssd.seconds / best_ssd.rounds - batch * best_ssd.tokens_per_round / ceiling) * 1e6
-                bars.append([batch, f"x{dilation:g}", f"{best_ssd.backup}",
+                t_round, ceiling = timeline_ceiling(best_ssd, batch, args.ssd_k, cost)
+                gap_us = (best_ssd.seconds / best_ssd.rounds - t_round) * 1e6
+                bars.append([batch, f"x{dilation:g}", f"F={best_ssd.fan_out} {best_ssd.backup}",
                              round(best_ssd.tokens_per_s / best_sd.tokens_per_s, 2),
                              round(best_ssd.tokens_per_s / ar.tokens_per_s, 2), round(best_ssd.tokens_per_s / ceiling, 2),
                              round(gap_us)])
@@ -306,7 +327,7 @@ def main() -> None:
                           "ms/round", "verify ms", "draft wait ms", "build ms", "transport"], rows))
     if bars:
         print()
-        print(markdown_table(["batch", "dilation", "best SSD backup", "SSD / best SD", "SSD / AR", "SSD / ceiling",
+        print(markdown_table(["batch", "dilation", "best SSD", "SSD / best SD", "SSD / AR", "SSD / ceiling",
                               "gap to ceiling per round (us)"], bars))
     peers = run_peers(args, prompts)
     print()

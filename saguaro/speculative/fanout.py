@@ -216,6 +216,21 @@ def geometric_fan_out(
     return floors
 
 
+def placeholder_fan_out(k: int, budget: int, vocab_size: int) -> list[int] | None:
+    """The fan-out of a row whose proposal was a fast backup's placeholder tokens.
+
+    The target rejects a placeholder at once unless it happens to equal the target's own token,
+    so such a row comes back with n = 0 and only depth 0 can hit: every branch goes there, up to
+    the V - 1 tokens depth 0 can hold (the placeholder s_1 is excluded), and any rest to the bonus
+    depth K. Keeps the budget M (static buffers). None when even that cannot hold M.
+    """
+    first = min(budget, vocab_size - 1)
+    rest = budget - first
+    if k == 0 or rest > vocab_size:
+        return None
+    return [first] + [0] * (k - 1) + [rest]
+
+
 def select_fan_out(
     hit: Tensor, hit_fan_out: Sequence[int], miss_fan_out: Sequence[int]
 ) -> Tensor:

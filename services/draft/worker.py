@@ -32,7 +32,7 @@ from saguaro.kernels.tree_attention import TreeStep, tree_attention
 from saguaro.model_runner import CausalChunk, ModelRunner
 from saguaro.sampling import role_seed
 from saguaro.speculative import proposal_codec
-from saguaro.speculative.fanout import select_fan_out
+from saguaro.speculative.fanout import placeholder_fan_out, select_fan_out
 from saguaro.speculative.verification import proposal_probs
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.services.draft.policy import RoundEconomics
@@ -70,6 +70,7 @@ class PendingRow:
     hit: bool
     draft_temperature: float
     ship_probs: bool
+    placeholder: bool = False  # a fast backup's tokens: the target keeps none of them (n = 0)
 
 
 class DraftWorker:
@@ -86,6 +87,7 @@ class DraftWorker:
         self._replied_at: float | None = None
         self.economics = RoundEconomics(settings.k, settings.budget)
         self.fan_out_hit, self.fan_out_miss = list(settings.fan_out_hit), list(settings.fan_out_miss)
+        self._placeholder_fan_out = placeholder_fan_out(settings.k, settings.budget, runner.vocab_size)
         self._trace: DraftRoundTrace | None = None  # span of the round answered last, until its build ends
 
     @property
@@ -265,6 +267,7 @@ class DraftWorker:
             probs = [None] * len(plans)
         for (index, plan), toks, q in zip(misses, tokens, probs):
             plan.proposal = toks.tolist()
+            plan.placeholder = not use_jit
             reply = replies[index]
             reply.tokens.extend(plan.proposal)
             reply.backup = pb.BACKUP_KIND_JIT if use_jit else pb.BACKUP_KIND_FAST
@@ -349,6 +352,9 @@ class DraftWorker:
             proposals = torch.tensor([p.proposal for p in pending], dtype=torch.long)
             hit = torch.tensor([p.hit for p in pending])
             fan = select_fan_out(hit, self.fan_out_hit, self.fan_out_miss)
+            placeholder = torch.tensor([p.placeholder for p in pending])
+            if placeholder.any() and self._placeholder_fan_out is not None:
+                fan[placeholder] = torch.tensor(self._placeholder_fan_out)
             forks, depth = fork_candidates(glue, proposals, fan)
         if trace is not None:
             trace.mark(FORK_SPAN)

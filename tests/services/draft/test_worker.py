@@ -131,6 +131,33 @@ def test_fast_backup_sends_placeholders_not_samples(model_dirs):
     assert r.backup == pb.BACKUP_KIND_FAST and not r.proposal_is_sample and r.probs == b"" and len(r.tokens) == K
 
 
+def test_a_placeholder_row_spends_its_whole_tree_at_depth_zero(model_dirs):
+    """The target keeps no placeholder token, so the row returns with n = 0: every branch forks
+    there, and a hit row of the same round keeps the hit fan-out."""
+    worker = make_worker(model_dirs["llama_draft_perturbed"], backup_policy=pb.BACKUP_POLICY_FAST, fan_out=2)
+    prefill(worker, 1, PROMPT)
+    prefill(worker, 2, PROMPT)
+    speculate(worker, [row(1, -1, 11, len(PROMPT)), row(2, -1, 11, len(PROMPT))])
+    worker.build()
+    budget = worker.settings.budget
+    for seq in (1, 2):
+        assert [j for (j, _) in worker.cache._by_seq[seq]] == [0] * budget
+    r = speculate(worker, [row(1, 0, next(iter(worker.cache._by_seq[1]))[1], len(PROMPT) + 1, [11])]).rows[0]
+    assert r.hit and not r.backup  # an n = 0 outcome the depth-0 fan-out covered
+    speculate(worker, [row(2, -1, 11, len(PROMPT))])  # row 2 misses again (placeholder)
+    worker.build()
+    assert [j for (j, _) in worker.cache._by_seq[2]] == [0] * budget
+
+
+def test_placeholder_fan_out_keeps_the_budget_within_the_vocabulary():
+    from saguaro.speculative.fanout import placeholder_fan_out
+
+    assert placeholder_fan_out(3, 8, 500) == [8, 0, 0, 0]
+    assert placeholder_fan_out(2, 8, 5) == [4, 0, 4]  # depth 0 holds V - 1 (s_1 excluded), the rest at K
+    assert placeholder_fan_out(2, 20, 5) is None
+    assert placeholder_fan_out(0, 3, 500) is None
+
+
 def test_bad_rows_and_requests_get_clear_answers_and_the_worker_keeps_serving(model_dirs):
     worker = make_worker(model_dirs["llama_draft_perturbed"])
     prefill(worker, 1, PROMPT)
