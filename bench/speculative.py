@@ -315,9 +315,8 @@ def main() -> None:
                              round(ms_round, 1), round(r.verify_s * 1e3, 1), round(r.draft_wait_s * 1e3, 1),
                              round(r.build_s * 1e3, 1), r.transport])
             if regime == "emulated":
-                target_profile, dilation = parse_emulate(f"{args.profile}:x{dilations[batch]:g}")
-                cost = type(target_profile)(target_profile.target.dilated(dilation), target_profile.draft.dilated(dilation))
-                t_round, ceiling = timeline_ceiling(best_ssd, batch, args.ssd_k, cost)
+                profile, dilation = parse_emulate(f"{args.profile}:x{dilations[batch]:g}")
+                t_round, ceiling = timeline_ceiling(best_ssd, batch, args.ssd_k, profile.dilated(dilation))
                 gap_us = (best_ssd.seconds / best_ssd.rounds - t_round) * 1e6
                 bars.append([batch, f"x{dilation:g}", f"F={best_ssd.fan_out} {best_ssd.backup}",
                              round(best_ssd.tokens_per_s / best_sd.tokens_per_s, 2),

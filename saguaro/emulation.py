@@ -48,6 +48,9 @@ class Profile:
     target: StepCost
     draft: StepCost
 
+    def dilated(self, factor: float) -> Profile:
+        return Profile(self.target.dilated(factor), self.draft.dilated(factor))
+
     def cost(self, role: str) -> StepCost:
         if role not in ("target", "draft"):
             raise ValueError(f"role must be 'target' or 'draft', not {role!r}")
@@ -82,7 +85,7 @@ def engine_fields(spec: str | None, role: str) -> dict:
     if not spec:
         return {}
     profile, dilation = parse_emulate(spec)
-    cost = profile.cost(role).dilated(dilation)
+    cost = profile.dilated(dilation).cost(role)
     return {"emulate_forward_s": cost.base_s, "emulate_knee_tokens": cost.knee}
 
 
