@@ -200,6 +200,10 @@ def add_speculation_args(parser: argparse.ArgumentParser) -> None:
                        help="explicit per-depth fan-out F_0..F_K (K+1 values) for rows whose lookup hit")
     group.add_argument("--fan-out-list-miss", type=int, nargs="+", default=None,
                        help="per-depth fan-out after a miss (same sum as --fan-out-list)")
+    group.add_argument("--fan-out-policy", choices=["list", "geometric"], default="list",
+                       help="list: the lists above (uniform --fan-out by default); geometric: the draft re-spreads "
+                            "the same budget over depths as F_j ~ P(n=j)^(1/2) from the acceptance it observes "
+                            "(default: list; docs/speculation.md)")
     group.add_argument("--backup", choices=["jit", "fast", "adaptive"], default="jit",
                        help="on a cache miss: jit drafts now (real samples), fast sends placeholders, "
                             "adaptive picks jit up to --jit-max-batch rows (default: jit)")
@@ -232,10 +236,12 @@ def speculation_settings(args: argparse.Namespace):
     from saguaro.v1 import speculation_pb2 as pb
 
     policy = {"jit": pb.BACKUP_POLICY_JIT, "fast": pb.BACKUP_POLICY_FAST, "adaptive": pb.BACKUP_POLICY_ADAPTIVE}
+    fan_out_policy = {"list": pb.FAN_OUT_POLICY_LIST, "geometric": pb.FAN_OUT_POLICY_GEOMETRIC}
     try:
         return DraftSettings(k=args.k, fan_out=args.fan_out, fan_out_hit=args.fan_out_list or [],
                              fan_out_miss=args.fan_out_list_miss or [], backup_policy=policy[args.backup],
-                             jit_max_batch_size=args.jit_max_batch, downweight=args.saguaro_c)
+                             jit_max_batch_size=args.jit_max_batch, downweight=args.saguaro_c,
+                             fan_out_policy=fan_out_policy[args.fan_out_policy])
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -543,7 +549,8 @@ def engine_argv(args: argparse.Namespace) -> list[str]:
 
 def speculation_argv(args: argparse.Namespace) -> list[str]:
     argv = ["--k", str(args.k), "--fan-out", str(args.fan_out), "--backup", args.backup,
-            "--jit-max-batch", str(args.jit_max_batch), "--saguaro-c", str(args.saguaro_c)]
+            "--jit-max-batch", str(args.jit_max_batch), "--saguaro-c", str(args.saguaro_c),
+            "--fan-out-policy", args.fan_out_policy]
     if args.fan_out_list:
         argv += ["--fan-out-list", *map(str, args.fan_out_list)]
     if args.fan_out_list_miss:

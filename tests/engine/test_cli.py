@@ -44,3 +44,16 @@ def test_help_explains_commands():
     assert proc.returncode == 0 and "generate" in proc.stdout
     proc = run_cli("generate", "--help")
     assert "--max-tokens" in proc.stdout and "--json" in proc.stdout
+
+
+def test_fan_out_policy_is_reachable_from_the_command_line(tmp_path):
+    from saguaro.cli import build_parser, speculation_argv, speculation_settings
+    from saguaro.v1 import speculation_pb2 as pb
+
+    args = build_parser().parse_args(["target", "--model", str(tmp_path), "--fan-out-policy", "geometric"])
+    assert speculation_settings(args).fan_out_policy == pb.FAN_OUT_POLICY_GEOMETRIC
+    assert speculation_settings(build_parser().parse_args(["draft", "--model", str(tmp_path)])).fan_out_policy == (
+        pb.FAN_OUT_POLICY_LIST)
+    up = build_parser().parse_args(["up", "--target", str(tmp_path), "--draft", str(tmp_path),
+                                    "--fan-out-policy", "geometric"])
+    assert speculation_argv(up)[-2:] == ["--fan-out-policy", "geometric"]  # passed on to the services

@@ -177,6 +177,7 @@ FLAG_VALUES = {
     "--kv-cache-bytes": ["-1", "0", "1000", "8388608", "16777216"],  # (never more than the machine has)
     "--block-size": ["-1", "0", "1", "16", "4096", "99999999999"],
     "--emulate-forward-ms": ["-1", "0", "0.5", "nan", "inf"],
+    "--emulate": ["h100-70b-1b", "h100-70b-1b:x2", "h100-70b-1b:x0", "h100-70b-1b:4", "a100", "h100-70b-1b:xnan"],
     "--max-tokens": ["-1", "0", "1", "2"],
     "--temperature": ["-1", "0", "0.7", "2", "nan", "inf"],
     "--top-p": ["-0.5", "0", "0.5", "1", "1.5", "nan"],
@@ -190,12 +191,13 @@ FLAG_VALUES = {
     "--backup": ["jit", "fast", "adaptive", "slow"],
     "--jit-max-batch": ["-1", "0", "4"],
     "--saguaro-c": ["-1", "0", "0.5", "1", "1.5", "nan"],
+    "--fan-out-policy": ["list", "geometric", "histogram"],
 }
 ENGINE_FLAGS = ["--dtype", "--device", "--max-model-len", "--max-num-seqs", "--kv-cache-bytes", "--block-size",
-                "--emulate-forward-ms"]
+                "--emulate-forward-ms", "--emulate"]
 SAMPLING_FLAGS = ["--max-tokens", "--temperature", "--top-p", "--top-k", "--seed"]
 SPECULATION_FLAGS = ["--k", "--fan-out", "--fan-out-list", "--fan-out-list-miss", "--backup", "--jit-max-batch",
-                     "--saguaro-c"]
+                     "--saguaro-c", "--fan-out-policy"]
 
 
 def argv(command: list[str], flags: list[str]) -> st.SearchStrategy[list[str]]:
