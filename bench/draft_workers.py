@@ -18,7 +18,8 @@ import os
 import sys
 
 from common import add_pair_args, add_ssd_args, load_prompts, markdown_table, pin_threads
-from speculative import run_mode
+from saguaro.compare import ModeSetup
+from speculative import run_mode, setup_for
 
 
 def main() -> None:
@@ -38,10 +39,10 @@ def main() -> None:
         profile = args.profile if regime == "emulated" else None
         for batch in args.batch_sizes:
             prompts = all_prompts[:batch]
-            ar = run_mode(args, regime, batch, "ar", 0, prompts, profile)
+            ar = run_mode(args, batch, ModeSetup("ar"), prompts, profile)
             rows.append([regime, batch, "AR", round(ar.tokens_per_s, 1), 1.0, "", ""])
             for workers in args.workers:
-                r = run_mode(args, regime, batch, "ssd", args.ssd_k, prompts, profile, draft_workers=workers)
+                r = run_mode(args, batch, setup_for(args, "ssd", args.ssd_k), prompts, profile, draft_workers=workers)
                 if r.outputs != ar.outputs:
                     mismatched.append(f"{regime}/{batch}/{workers} workers")
                 rows.append([regime, batch, f"SSD, {workers} draft worker{'s' if workers > 1 else ''}",

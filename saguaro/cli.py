@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 
 from saguaro.errors import ConfigError, SaguaroError
-from saguaro.net import free_port
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -159,37 +157,18 @@ def generate_remote(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from saguaro.client import Client
-    from saguaro.demo import demo_models
+    from saguaro.demo import DemoPlan, run_demo
 
-    target, draft = demo_models()
-    print(f"demo models in {target.parent} (tiny random weights: the text is noise, the machinery is real)")
-    stack = LocalStack(str(target), str(draft), mode="ssd", port=free_port(), http_port=free_port(),
-                       draft_port=free_port(), extra_args=["--kv-cache-bytes", str(64 << 20), "--metrics-port", "0"],
-                       # every round speculates, to show the machinery: the demo's random draft would
-                       # lose to plain decoding, and the adaptive default would decode plainly
-                       target_args=["--speculation-policy", "always"], echo=args.verbose)
-    print("starting the local stack: a gateway, a target service and a draft service (SSD) ...", flush=True)
-    try:
-        stack.start(timeout=120)
-        print(f"gateway (public API) on {stack.endpoint} and {stack.http_url}, target on {stack.target_address}, "
-              f"draft on {stack.draft_address}", flush=True)
-        with Client(stack.endpoint) as client:
-            for prompt in ["def add(a, b):", "import os", "class Stack:"]:
-                out = client.generate(prompt, max_tokens=args.max_tokens, ignore_eos=True)
-                stats = out["stats"]
-                print(json.dumps({
-                    "prompt": prompt, "token_ids": out["token_ids"][:16], "finish_reason": out["finish_reason"],
-                    "tokens_per_s": round(out["timings"]["decode_tokens_per_s"], 1),
-                    "mode": stats["mode"], "transport": stats["transport"], "rounds": stats["rounds"],
-                    "tokens_per_round": round(stats["tokens_per_round"], 2),
-                    "cache_hit_rate": round(stats["cache_hit_rate"], 2),
-                    "acceptance_per_position": [round(a, 2) for a in stats["acceptance_per_position"]],
-                }), flush=True)
-    finally:
-        stack.stop()
-    print("stack stopped")
-    return 0
+    if args.prompts < 1 or args.max_tokens < 1 or args.repeats < 1:
+        raise ConfigError("--prompts, --max-tokens and --repeats must be at least 1")
+    if args.dilation is not None and args.dilation < 1:
+        raise ConfigError(f"--dilation must be at least 1, got {args.dilation}")
+    if not args.verbose:  # the demo's own lines tell the story; engine INFO logs would interleave with them
+        logging.getLogger("saguaro").setLevel(logging.WARNING)
+    plan = DemoPlan(prompts=args.prompts, new_tokens=args.max_tokens, repeats=args.repeats, emulate=not args.raw,
+                    dilation=args.dilation)
+    table = run_demo(plan, verbose=args.verbose)
+    return 0 if table.identical else 1
 
 
 def add_speculation_args(parser: argparse.ArgumentParser) -> None:
@@ -212,9 +191,9 @@ def add_speculation_args(parser: argparse.ArgumentParser) -> None:
                        help="Saguaro sampling downweight C in (0, 1]: trades acceptance for cache hits at T > 0 (default: 1, off)")
 
 
-SPECULATION_POLICY_HELP = ("adaptive: measure speculative and plain rounds per batch size and speculate only "
-                           "where it is faster, so speculation never makes decoding slower than AR; always: "
-                           "speculate every round (default: adaptive)")
+SPECULATION_POLICY_HELP = ("adaptive: measure plain (AR), synchronous SD and (with a draft service) SSD rounds "
+                           "per batch size and run the fastest, so the deployment is never slower than the best "
+                           "of them; always: run the deployment's mode every round (default: adaptive)")
 FAST_PATH_HELP = ("how rounds travel when target and draft share a pod (one network namespace): unix (default; "
                   "one socket write per message), torch.distributed (gloo/NCCL point-to-point), or none (the "
                   "gRPC stream). Across pods, and with --draft-tls, rounds always use gRPC")
@@ -346,188 +325,6 @@ def wait_for_draft(address: str, timeout: float, credentials=None) -> bool:
             return False
 
 
-class LocalStack:
-    """``saguaro up``: the gateway, target and draft services as child processes of this one.
-
-    The gateway serves the public API on ``host:port`` (gRPC) and ``host:http_port`` (OpenAI
-    HTTP; None: off) and routes to the target, which listens on 127.0.0.1:``target_port`` (0: a
-    free port). Each child is pinned to a core (target: the first allowed CPU, draft: the
-    second, gateway: the third, or the target's on a two-core machine: it works while the
-    target waits for tokens) with one torch thread, runs in its own session (a terminal's
-    Ctrl-C reaches only this process, which stops them in order) and receives SIGTERM if this
-    process dies (Linux).
-    """
-
-    def __init__(self, target: str, draft: str | None, mode: str = "ssd", host: str = "127.0.0.1",
-                 port: int = 50050, draft_port: int = 50061, extra_args: list[str] | None = None,
-                 target_args: list[str] | None = None, draft_args: list[str] | None = None,
-                 echo: bool = True, verbose: bool = False, http_port: int | None = 8000, target_port: int = 0,
-                 gateway_args: list[str] | None = None, draft_workers: int = 1, draft_metrics_port: int = 0):
-        """``draft_workers`` draft processes (ssd) listen on ``draft_port``, ``draft_port + 1``, ...
-        and serve metrics on ``draft_metrics_port + i`` (0: none)."""
-        from saguaro.errors import ModelLoadError
-        from pathlib import Path
-
-        if mode not in ("ar", "sd", "ssd"):
-            raise ConfigError(f"unknown mode {mode!r}; use ssd, sd or ar")
-        if mode != "ar" and not draft:
-            raise ConfigError(f"--mode {mode} needs --draft DIR (or use --mode ar)")
-        for folder in (target, draft if mode != "ar" else None):
-            if folder and not (Path(folder) / "config.json").is_file():
-                raise ModelLoadError(f"model folder not found (no config.json): {folder}")
-        self.mode, self.host, self.port, self.draft_port = mode, host, port, draft_port
-        self.http_port = http_port
-        self.target_port = target_port or free_port()
-        self.echo = echo
-        connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        self.endpoint = f"{connect_host}:{port}"
-        self.http_url = f"http://{connect_host}:{http_port}" if http_port is not None else ""
-        self.target_address = f"127.0.0.1:{self.target_port}"
-        if draft_workers < 1:
-            raise ConfigError(f"--draft-workers must be at least 1, got {draft_workers}")
-        self.draft_addresses = [f"127.0.0.1:{draft_port + i}" for i in range(draft_workers)] if mode == "ssd" else []
-        self.draft_address = " ".join(self.draft_addresses)
-        base = [sys.executable, "-m", "saguaro.cli"] + (["-v"] if verbose else [])
-        extra = list(extra_args or [])
-        self.gateway_cmd = base + ["gateway", "--host", host, "--port", str(port), "--targets", self.target_address,
-                                   "--http-port", str(http_port if http_port is not None else 0), *(gateway_args or [])]
-        self.target_cmd = base + ["target", "--model", target, "--mode", mode, "--host", "127.0.0.1",
-                                  "--port", str(self.target_port), *extra, *(target_args or [])]
-        if mode != "ar":
-            self.target_cmd += ["--draft-model", draft]
-        if mode == "ssd":
-            self.target_cmd += ["--draft-address", *self.draft_addresses, "--wait-for-draft", "300"]
-        elif mode == "sd":
-            self.target_cmd += ["--draft-workers", str(draft_workers)]
-        self.draft_cmds = {("draft" if i == 0 else f"draft-{i}"): base + [
-            "draft", "--model", draft, "--host", "127.0.0.1", "--port", str(draft_port + i), *extra, *(draft_args or []),
-            "--metrics-port", str(draft_metrics_port + i if draft_metrics_port else 0)]
-            for i in range(len(self.draft_addresses))}
-        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        self.target_cpus = {cpus[0]} if len(cpus) >= 2 else None
-        self.draft_cpus = {cpus[1]} if len(cpus) >= 2 else None
-        self.gateway_cpus = {cpus[2]} if len(cpus) >= 3 else self.target_cpus
-        self.children: dict[str, _Child] = {}
-
-    def start(self, timeout: float = 300.0) -> None:
-        """Start the services (they load at once; the target waits for the draft before it
-        connects); return once the gateway reports SERVING (a target serves behind it)."""
-        import time
-
-        from saguaro.client import Client, ServiceError
-
-        deadline = time.monotonic() + timeout
-        try:
-            for name, cmd in self.draft_cmds.items():
-                self.children[name] = _Child(name, cmd, self.draft_cpus, self.echo)
-            self.children["target"] = _Child("target", self.target_cmd, self.target_cpus, self.echo)
-            self.children["gateway"] = _Child("gateway", self.gateway_cmd, self.gateway_cpus, self.echo)
-            for child in self.children.values():
-                child.wait_listening(deadline, others=self.children.values())
-            with Client(self.endpoint) as client:
-                try:
-                    client.wait_until_ready(max(1.0, deadline - time.monotonic()))
-                except ServiceError as exc:
-                    raise SaguaroError(f"the services started but the gateway is not serving: {exc}") from None
-        except BaseException:
-            self.stop()
-            raise
-
-    def check(self) -> None:
-        """Raise if a service exited on its own."""
-        for child in self.children.values():
-            child.check_running()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the gateway, the target, then the drafts; SIGKILL what is still alive after ``timeout``."""
-        for name in ("gateway", "target", *self.draft_cmds):
-            if name in self.children:
-                self.children[name].stop(timeout)
-
-    def __enter__(self) -> "LocalStack":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-def _libc():
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-
-class _Child:
-    """One service process; its output (stdout and stderr) is echoed with a [name] prefix."""
-
-    def __init__(self, name: str, cmd: list[str], cpus: set[int] | None, echo: bool):
-        import collections
-        import signal
-        import subprocess
-        import threading
-
-        self.name = name
-        self.echo = echo
-        self.tail: collections.deque[str] = collections.deque(maxlen=40)
-        self.listening = threading.Event()
-        libc = _libc() if sys.platform.startswith("linux") else None
-
-        def setup() -> None:  # runs in the child between fork and exec
-            if cpus:
-                os.sched_setaffinity(0, cpus)
-            if libc is not None:
-                libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: die with the parent
-
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env, preexec_fn=setup, start_new_session=True)
-        self.cpus = cpus
-        self._reader = threading.Thread(target=self._read, name=f"{name}-output", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            line = line.rstrip("\n")
-            self.tail.append(line)
-            if " listening on " in line:
-                self.listening.set()
-            if self.echo:
-                print(f"[{self.name}] {line}", flush=True)
-
-    def check_running(self) -> None:
-        code = self.proc.poll()
-        if code is not None:
-            self._reader.join(timeout=2)
-            log = "\n".join(f"  {line}" for line in self.tail)
-            detail = f"; its last output:\n{log}" if log else ""
-            raise SaguaroError(f"the {self.name} service exited with code {code}{detail}")
-
-    def wait_listening(self, deadline: float, others=()) -> None:
-        import time
-
-        while not self.listening.wait(0.1):
-            for child in (self, *others):
-                child.check_running()
-            if time.monotonic() > deadline:
-                raise SaguaroError(f"the {self.name} service did not start listening in time")
-
-    def stop(self, timeout: float) -> None:
-        import subprocess
-
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(timeout=2)
-
-
 class _Terminate(Exception):
     """SIGTERM received."""
 
@@ -561,6 +358,8 @@ def speculation_argv(args: argparse.Namespace) -> list[str]:
 def cmd_up(args: argparse.Namespace) -> int:
     import signal
     import time
+
+    from saguaro.local_stack import LocalStack
 
     if args.mode != "ar":
         speculation_settings(args)  # refuse bad K / fan-out before starting anything
@@ -816,11 +615,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_gateway_parser(sub)
 
-    demo = sub.add_parser("demo", help="run the embedded demo on tiny built-in models (no downloads)",
-                          description="Build a tiny target/draft pair locally (cached), start the local stack "
-                          "(gateway, target and draft services, SSD) on free ports, send three prompts through the "
-                          "gateway and print each result with its speculation stats, then stop the stack.")
-    demo.add_argument("--max-tokens", type=int, default=32, help="tokens per prompt (default: 32)")
+    demo = sub.add_parser(
+        "demo", help="run the embedded demo: a bundled trained pair, SSD streaming, AR vs SD vs SSD (no downloads)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Start the local stack (gateway, target and draft services, SSD) on the bundled draft/target pair "
+                    "(trained on the Python standard library), stream one completion through the gateway, then "
+                    "measure AR, SD at its best K and SSD on the same prompts side by side and check that their "
+                    "tokens are identical. Timings emulate the h100-70b-1b profile (a 70B target and a 1B draft "
+                    "on H100s) unless --raw.",
+        epilog="Exit status 1 if the modes' outputs differ (they never should).")
+    demo.add_argument("--raw", action="store_true",
+                      help="plain CPU timings instead of the emulated profile (SSD gains little on a CPU; see the note)")
+    demo.add_argument("--prompts", type=int, default=3, help="held-out prompts in the table (default: 3)")
+    demo.add_argument("--max-tokens", type=int, default=64, help="greedy tokens per prompt in the table (default: 64)")
+    demo.add_argument("--repeats", type=int, default=2, help="alternating timed runs of every mode (default: 2)")
+    demo.add_argument("--dilation", type=float, default=None,
+                      help="multiply every emulated step by this (default: calibrated so this CPU's real work stays "
+                           "under half of each step)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -193,6 +193,7 @@ def speculation_stats(spec: pb.SpeculationStats) -> dict[str, Any]:
         "ar_fallbacks": spec.ar_fallbacks,
         "fallback_rounds": spec.ar_fallback_rounds,
         "policy_rounds": spec.policy_ar_rounds,
+        "sync_rounds": spec.policy_sd_rounds,
         "draft_time_s": spec.draft_time_s,
         "verify_time_s": spec.verify_time_s,
         "draft_build_time_s": spec.draft_build_time_s,

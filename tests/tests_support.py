@@ -48,9 +48,9 @@ def hf_logits(model_dir: str, token_ids: list[int]) -> torch.Tensor:
 
 
 def flapping_governor():
-    """A speculation governor that switches between speculative and plain rounds every couple
-    of rounds whatever the timings: both kinds of round, and every switch between them,
-    happen within a few tokens (exactness tests)."""
+    """A speculation governor that switches between its arms every couple of rounds whatever
+    the timings: plain, SD and (in an SSD deployment) SSD rounds, and every switch between
+    them, happen within a few tokens (exactness tests)."""
     from saguaro.services.target.governor import SpeculationGovernor
 
     return SpeculationGovernor(base_interval=1, max_interval=1, burst=2, max_burst=2, min_rounds=1)

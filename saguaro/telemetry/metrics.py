@@ -101,6 +101,11 @@ DEFINITIONS: tuple[MetricDef, ...] = (
     _d("saguaro_draft_wait_seconds", "counter", "Time rounds waited for the draft's reply (critical path).",
        "target"),
     _d("saguaro_verify_seconds", "counter", "Time rounds spent verifying and committing.", "target"),
+    _d("saguaro_draft_transport_seconds", "counter",
+       "Draft wait not spent in the draft's lookup and backup: the round trip's transport and queuing.", "target"),
+    _d("saguaro_rounds_by_arm", "counter",
+       "Decode rounds by how they ran: ar (plain), sd (synchronous), ssd (the speculation governor's arm).", "target",
+       ("model_name", "arm")),
     _d("saguaro_draft_build_seconds", "counter",
        "Draft cache-building time reported to the target (glue, fork, tree).", "target"),
     _d("saguaro_draft_overlap_seconds", "counter",
@@ -154,7 +159,7 @@ _CALLBACK = {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_
              "vllm:spec_decode_num_accepted_tokens_per_pos", "saguaro_spec_cache_hits", "saguaro_spec_cache_misses",
              "saguaro_spec_backups", "saguaro_ar_fallback_rounds", "saguaro_round_duration_seconds",
              "saguaro_draft_wait_seconds", "saguaro_verify_seconds", "saguaro_draft_build_seconds",
-             "saguaro_draft_overlap_seconds"}
+             "saguaro_draft_overlap_seconds", "saguaro_draft_transport_seconds", "saguaro_rounds_by_arm"}
 
 
 def _family(name: str, model: str, value: float, **labels: str):
@@ -207,13 +212,14 @@ class RoundTotals:
     """
 
     __slots__ = ("drafts", "draft_tokens", "accepted", "per_pos", "hits", "misses", "jit", "fast", "fallback_rounds",
-                 "draft_wait", "verify", "build", "overlap", "round_counts", "round_sum")
+                 "draft_wait", "verify", "build", "overlap", "transport", "arm_rounds", "round_counts", "round_sum")
 
     def __init__(self) -> None:
         self.drafts = self.draft_tokens = self.accepted = self.hits = self.misses = 0
         self.jit = self.fast = self.fallback_rounds = 0
         self.per_pos: list[int] = []  # accepted at position i (grown to K)
-        self.draft_wait = self.verify = self.build = self.overlap = self.round_sum = 0.0
+        self.draft_wait = self.verify = self.build = self.overlap = self.transport = self.round_sum = 0.0
+        self.arm_rounds: dict[str, int] = {}
         self.round_counts = [0] * (len(ROUND_BUCKETS) + 1)  # per bucket (not cumulative), last = +Inf
 
     def observe_round(self, seconds: float) -> None:
@@ -236,8 +242,14 @@ class _RoundState:
                             ("saguaro_spec_cache_hits", t.hits), ("saguaro_spec_cache_misses", t.misses),
                             ("saguaro_ar_fallback_rounds", t.fallback_rounds),
                             ("saguaro_draft_wait_seconds", t.draft_wait), ("saguaro_verify_seconds", t.verify),
-                            ("saguaro_draft_build_seconds", t.build), ("saguaro_draft_overlap_seconds", t.overlap)):
+                            ("saguaro_draft_build_seconds", t.build), ("saguaro_draft_overlap_seconds", t.overlap),
+                            ("saguaro_draft_transport_seconds", t.transport)):
             yield _family(name, model, value)
+        d = BY_NAME["saguaro_rounds_by_arm"]
+        arms = CounterMetricFamily(d.name, d.help, labels=list(d.labels))
+        for arm, value in sorted(t.arm_rounds.items()):
+            arms.add_metric([model, arm], value)
+        yield arms
         d = BY_NAME["vllm:spec_decode_num_accepted_tokens_per_pos"]
         per_pos = CounterMetricFamily(d.name, d.help, labels=list(d.labels))
         for i, value in enumerate(list(t.per_pos)):

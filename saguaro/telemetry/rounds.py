@@ -109,8 +109,9 @@ class RoundTelemetry:
         trace.span.end()
 
     def end_round(self, trace: RoundTrace | None, engine: Any, seqs: list, spec: list, proposals: dict,
-                  outcome: dict[int, int], draft_time: float, verify_time: float) -> None:
-        """Account a finished round: ``proposals`` by seq_id, ``outcome`` seq_id -> accepted n."""
+                  outcome: dict[int, int], draft_time: float, verify_time: float, arm: str = "ssd") -> None:
+        """Account a finished round: ``proposals`` by seq_id, ``outcome`` seq_id -> accepted n;
+        ``arm``: how it ran (ar, sd or ssd; docs/speculation.md, the speculation governor)."""
         proposer = engine.proposer
         timings = proposer.last_timings if proposals and proposer is not None else None
         build = overlap = gap = 0.0
@@ -125,20 +126,24 @@ class RoundTelemetry:
             self._prev_reply = self._round_start + draft_time
         m = self.metrics
         if m is not None:
-            self._count(m.rounds, engine.k, spec, proposals, outcome, draft_time, verify_time, build, overlap, timings)
+            self._count(m.rounds, engine.k, spec, proposals, outcome, draft_time, verify_time, build, overlap, timings,
+                        arm)
         if trace is not None:
             self._finish(trace, engine, seqs, spec, proposals, outcome, draft_time, verify_time, timings, build, overlap,
-                         gap)
+                         gap, arm)
         self._open = None
 
     @staticmethod
     def _count(t: RoundTotals, k: int, spec: list, proposals: dict, outcome: dict[int, int], draft_time: float,
-               verify_time: float, build: float, overlap: float, timings: Any) -> None:
+               verify_time: float, build: float, overlap: float, timings: Any, arm: str) -> None:
         """Add the round to the plain-number totals a scrape exports (no locks, no calls out)."""
         t.observe_round(draft_time + verify_time)
         t.verify += verify_time
+        t.arm_rounds[arm] = t.arm_rounds.get(arm, 0) + 1
         if spec:
             t.draft_wait += draft_time
+        if timings is not None:
+            t.transport += max(0.0, draft_time - (timings.lookup_us + timings.backup_us) / 1e6)
         t.fallback_rounds += len(spec) - len(proposals)
         if not proposals:
             return
@@ -152,20 +157,21 @@ class RoundTelemetry:
             t.accepted += n
             for i in range(n):
                 per_pos[i] += 1
-        hits = 0
-        for p in proposals.values():
-            hits += p.hit
-            t.jit += p.backup == 1
-            t.fast += p.backup == 2
-        t.hits += hits
-        t.misses += n_prop - hits
+        if arm != "sd":  # a synchronous round looks nothing up
+            hits = 0
+            for p in proposals.values():
+                hits += p.hit
+                t.jit += p.backup == 1
+                t.fast += p.backup == 2
+            t.hits += hits
+            t.misses += n_prop - hits
         if timings is not None:
             t.build += build
             t.overlap += overlap
 
     def _finish(self, trace: RoundTrace, engine: Any, seqs: list, spec: list, proposals: dict,
                 outcome: dict[int, int], draft_time: float, verify_time: float, timings: Any, build: float,
-                overlap: float, gap: float) -> None:
+                overlap: float, gap: float, arm: str) -> None:
         k, proposer = engine.k, engine.proposer
         ids = [s.seq_id for s in seqs]
         rows = [proposals.get(sid) for sid in ids]
@@ -174,6 +180,7 @@ class RoundTelemetry:
             A.SSD_ROUND_INDEX: trace.index,
             A.SSD_ENGINE_ROUND: self.rounds,
             A.SSD_K: k,
+            A.SSD_ARM: arm,
             A.SSD_TRANSPORT: proposer.transport if proposer is not None else "none",
             A.SSD_BATCH_SIZE: len(seqs),
             A.SSD_BATCH_SPECULATIVE: len(spec),
@@ -205,6 +212,7 @@ class RoundTelemetry:
                 A.SSD_DRAFT_BACKUP: timings.backup_us / 1e6,
                 A.SSD_DRAFT_PREV_BUILD: build,
                 A.SSD_DRAFT_IDLE: timings.idle_us / 1e6,
+                A.SSD_TRANSPORT_TIME: max(0.0, draft_time - (timings.lookup_us + timings.backup_us) / 1e6),
                 A.SSD_OVERLAP: overlap,
                 A.SSD_TARGET_GAP: gap,
             })

@@ -153,7 +153,7 @@ class Timings(_message.Message):
     def __init__(self, time_to_first_token_s: _Optional[float] = ..., total_s: _Optional[float] = ..., queue_s: _Optional[float] = ...) -> None: ...
 
 class SpeculationStats(_message.Message):
-    __slots__ = ("decode_mode", "transport", "rounds", "lookahead_k", "mean_tokens_per_round", "tokens_per_round_histogram", "accepted_per_position", "draft_tokens", "accepted_draft_tokens", "cache_hits", "cache_misses", "jit_backups", "fast_backups", "ar_fallbacks", "ar_fallback_rounds", "draft_time_s", "verify_time_s", "draft_build_time_s", "policy_ar_rounds")
+    __slots__ = ("decode_mode", "transport", "rounds", "lookahead_k", "mean_tokens_per_round", "tokens_per_round_histogram", "accepted_per_position", "draft_tokens", "accepted_draft_tokens", "cache_hits", "cache_misses", "jit_backups", "fast_backups", "ar_fallbacks", "ar_fallback_rounds", "draft_time_s", "verify_time_s", "draft_build_time_s", "policy_ar_rounds", "policy_sd_rounds")
     DECODE_MODE_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +173,7 @@ class SpeculationStats(_message.Message):
     VERIFY_TIME_S_FIELD_NUMBER: _ClassVar[int]
     DRAFT_BUILD_TIME_S_FIELD_NUMBER: _ClassVar[int]
     POLICY_AR_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_SD_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     decode_mode: DecodeMode
     transport: str
     rounds: int
@@ -192,7 +193,8 @@ class SpeculationStats(_message.Message):
     verify_time_s: float
     draft_build_time_s: float
     policy_ar_rounds: int
-    def __init__(self, decode_mode: _Optional[_Union[DecodeMode, str]] = ..., transport: _Optional[str] = ..., rounds: _Optional[int] = ..., lookahead_k: _Optional[int] = ..., mean_tokens_per_round: _Optional[float] = ..., tokens_per_round_histogram: _Optional[_Iterable[int]] = ..., accepted_per_position: _Optional[_Iterable[int]] = ..., draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., jit_backups: _Optional[int] = ..., fast_backups: _Optional[int] = ..., ar_fallbacks: _Optional[int] = ..., ar_fallback_rounds: _Optional[int] = ..., draft_time_s: _Optional[float] = ..., verify_time_s: _Optional[float] = ..., draft_build_time_s: _Optional[float] = ..., policy_ar_rounds: _Optional[int] = ...) -> None: ...
+    policy_sd_rounds: int
+    def __init__(self, decode_mode: _Optional[_Union[DecodeMode, str]] = ..., transport: _Optional[str] = ..., rounds: _Optional[int] = ..., lookahead_k: _Optional[int] = ..., mean_tokens_per_round: _Optional[float] = ..., tokens_per_round_histogram: _Optional[_Iterable[int]] = ..., accepted_per_position: _Optional[_Iterable[int]] = ..., draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., jit_backups: _Optional[int] = ..., fast_backups: _Optional[int] = ..., ar_fallbacks: _Optional[int] = ..., ar_fallback_rounds: _Optional[int] = ..., draft_time_s: _Optional[float] = ..., verify_time_s: _Optional[float] = ..., draft_build_time_s: _Optional[float] = ..., policy_ar_rounds: _Optional[int] = ..., policy_sd_rounds: _Optional[int] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
     __slots__ = ("request_id",)

@@ -275,7 +275,7 @@ class PrefillRowReply(_message.Message):
     def __init__(self, seq_id: _Optional[int] = ..., status: _Optional[_Union[RowStatus, str]] = ..., committed_len: _Optional[int] = ...) -> None: ...
 
 class SpeculateRequest(_message.Message):
-    __slots__ = ("rows", "trace_context")
+    __slots__ = ("rows", "trace_context", "synchronous")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -285,9 +285,11 @@ class SpeculateRequest(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ROWS_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    SYNCHRONOUS_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[SpeculateRow]
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, rows: _Optional[_Iterable[_Union[SpeculateRow, _Mapping]]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    synchronous: bool
+    def __init__(self, rows: _Optional[_Iterable[_Union[SpeculateRow, _Mapping]]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., synchronous: _Optional[bool] = ...) -> None: ...
 
 class SpeculateRow(_message.Message):
     __slots__ = ("seq_id", "n_prev", "recovery_token", "committed_len", "committed_tokens", "draft_temperature", "target_temperature")

@@ -180,7 +180,7 @@ class DraftWorker:
         pending: list[PendingRow] = []
         misses: list[tuple[int, PendingRow]] = []
         for row in request.rows:
-            reply, plan = self._lookup(row)
+            reply, plan = self._lookup(row, request.synchronous)
             replies.append(reply)
             if plan is not None:
                 pending.append(plan)
@@ -190,11 +190,11 @@ class DraftWorker:
         if trace is not None:
             trace.mark(LOOKUP_SPAN)
         if misses:
-            self._fill_misses(misses, replies, len(request.rows))
+            self._fill_misses(misses, replies, len(request.rows), jit=request.synchronous or None)
         backup_us = int((time.perf_counter() - lookup_done) * 1e6)
         if trace is not None:
             trace.mark(BACKUP_SPAN if misses else None)
-        self.pending = pending
+        self.pending = [] if request.synchronous else pending  # a synchronous round builds nothing
         self._replied_at = time.perf_counter()
         timings = pb.DraftTimings(
             lookup_us=int((lookup_done - arrived) * 1e6),
@@ -207,7 +207,9 @@ class DraftWorker:
             trace.replied(reply, len(request.rows))
         return reply
 
-    def _lookup(self, row: pb.SpeculateRow) -> tuple[pb.SpeculateRowReply, PendingRow | None]:
+    def _lookup(self, row: pb.SpeculateRow, synchronous: bool = False) -> tuple[pb.SpeculateRowReply, PendingRow | None]:
+        """Sync the row and look its outcome key up; ``synchronous``: no lookup (the row is a
+        miss, its cache entries are dropped), and the economics of SSD rounds see nothing."""
         seq = self.sequences.get(row.seq_id)
         if seq is None:
             return pb.SpeculateRowReply(seq_id=row.seq_id, status=pb.ROW_STATUS_UNKNOWN_SEQUENCE), None
@@ -222,14 +224,19 @@ class DraftWorker:
         if not self.runner.blocks.ensure_slots(seq.table, self._slots_needed(len(seq.tokens))):
             self.cache.drop(row.seq_id)
             return pb.SpeculateRowReply(seq_id=row.seq_id, status=pb.ROW_STATUS_OUT_OF_MEMORY), None
-        cached = self.cache.take(row.seq_id, row.n_prev, row.recovery_token)
+        if synchronous:
+            self.cache.drop(row.seq_id)
+            cached = None
+        else:
+            cached = self.cache.take(row.seq_id, row.n_prev, row.recovery_token)
         if row.n_prev >= 0:
             self.economics.observe_outcome(row.n_prev)
         ship = row.draft_temperature > 0 and row.target_temperature > 0
         if cached is not None and (cached.probs is not None) != (row.draft_temperature > 0):
             cached = None  # built under another temperature regime: not a draw from this q
         plan = PendingRow(seq, row.recovery_token, [], cached is not None, row.draft_temperature, ship)
-        self.economics.observe_lookup(plan.hit)
+        if not synchronous:
+            self.economics.observe_lookup(plan.hit)
         reply = pb.SpeculateRowReply(seq_id=row.seq_id, status=pb.ROW_STATUS_OK, hit=cached is not None)
         if cached is not None:
             plan.proposal = cached.tokens.tolist()
@@ -255,8 +262,10 @@ class DraftWorker:
             valid += 1
         del kv[valid:]
 
-    def _fill_misses(self, misses: list[tuple[int, PendingRow]], replies: list, batch_size: int) -> None:
-        use_jit = self._use_jit(batch_size)
+    def _fill_misses(self, misses: list[tuple[int, PendingRow]], replies: list, batch_size: int,
+                     jit: bool | None = None) -> None:
+        """Backups for the rows that missed; ``jit``: True forces JIT (None: the backup policy's choice)."""
+        use_jit = self._use_jit(batch_size) if jit is None else jit
         plans = [p for _, p in misses]
         if use_jit:
             started = time.perf_counter()

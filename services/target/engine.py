@@ -63,6 +63,8 @@ class SpeculativeEngine(LLMEngine):
         super().__init__(config, lookahead=self.k)
         self.proposer: DraftProposer | None = None
         self.governor = governor if mode != "ar" else None
+        if self.governor is not None:
+            self.governor.bind(mode)
         # Per-round metrics and spans (saguaro.telemetry.rounds.RoundTelemetry), set by the
         # service; None costs a round nothing.
         self.telemetry = None
@@ -95,7 +97,7 @@ class SpeculativeEngine(LLMEngine):
         spec = [s for s in seqs if self._speculates(s)]
         if spec and self.governor is not None:
             rows = sum(1 for s in self.scheduler.running if self._speculates(s))
-            if not self.governor.prefers(rows):  # decoding plainly for now: no draft prefill to wait for;
+            if self.governor.prefers(rows) == "ar":  # decoding plainly for now: no draft prefill to wait for;
                 spec = []  # the draft gets these prompts with their first speculative round
         pending = self.proposer.start_prefill(spec) if spec else None
         super()._prefill(seqs)
@@ -115,7 +117,9 @@ class SpeculativeEngine(LLMEngine):
         round_started = time.perf_counter()
         spec = [s for s in seqs if self._speculates(s)]
         governed = len(spec) if spec and self.governor is not None else 0
-        held = governed and not self.governor.speculate(governed)
+        arm = self.governor.choose(governed) if governed else self.mode  # the governor's arm, or the mode's
+        held = bool(governed) and arm == "ar"
+        synchronous = arm == "sd" and self.mode == "ssd"  # SD beats SSD at this batch size right now
         if held:  # plain decoding beats speculation at this batch size right now
             self.proposer.skip(spec)
             for s in spec:
@@ -125,7 +129,7 @@ class SpeculativeEngine(LLMEngine):
         telemetry = self.telemetry
         trace = telemetry.start_round(seqs) if telemetry is not None else None
         started = time.perf_counter()
-        proposals = self.proposer.propose(spec, trace.carrier if trace is not None else None) if spec else {}
+        proposals = self.proposer.propose(spec, trace.carrier if trace is not None else None, synchronous) if spec else {}
         draft_time = time.perf_counter() - started
         chunks = [
             CausalChunk(s.table.blocks, s.num_tokens - 1,
@@ -154,7 +158,7 @@ class SpeculativeEngine(LLMEngine):
                 self._commit_round(seq, 0, [token], None, draft_time, held)
         if verified:
             for seq, prop, n, r in zip(picked, props, accepted, next_tokens):
-                self._commit_round(seq, n, prop.tokens[:n] + [r], prop, draft_time)
+                self._commit_round(seq, n, prop.tokens[:n] + [r], prop, draft_time, synchronous=synchronous)
             if telemetry is not None:
                 outcome = {s.seq_id: n for s, n in zip(picked, accepted)}
         verify_time = time.perf_counter() - started
@@ -164,18 +168,20 @@ class SpeculativeEngine(LLMEngine):
             if seq.seq_id in proposals:
                 seq.stats.draft_build_time_s += build_time
         if telemetry is not None:
-            telemetry.end_round(trace, self, seqs, spec, proposals, outcome if verified else {}, draft_time, verify_time)
+            telemetry.end_round(trace, self, seqs, spec, proposals, outcome if verified else {}, draft_time, verify_time,
+                                arm)
         if governed:
             committed = sum(s.num_output_tokens for s in seqs) - before
             if held or proposals:
-                self.governor.record(governed, not held, committed, time.perf_counter() - round_started)
+                self.governor.record(governed, arm, committed, time.perf_counter() - round_started)
             else:  # meant to speculate, but the draft gave nothing (late, down): measures neither mode
                 self.governor.unanswered()
         self._release_finished(seqs)
 
     def _commit_round(self, seq: Sequence, accepted: int, new_tokens: list[int], proposal: Proposal | None,
-                      draft_time: float, held: bool = False) -> None:
-        """``held``: the governor kept this round plain (not a draft failure)."""
+                      draft_time: float, held: bool = False, synchronous: bool = False) -> None:
+        """``held``: the governor kept this round plain (not a draft failure); ``synchronous``:
+        the governor ran it as SD on the SSD draft (no cache lookup to count)."""
         stats = seq.stats
         speculates = self._speculates(seq)
         if speculates:
@@ -188,10 +194,13 @@ class SpeculativeEngine(LLMEngine):
         else:
             stats.in_fallback = False
             stats.draft_time_s += draft_time
-            stats.cache_hits += proposal.hit
-            stats.cache_misses += not proposal.hit
-            stats.backups_jit += proposal.backup == 1
-            stats.backups_fast += proposal.backup == 2
+            if synchronous:
+                stats.sync_rounds += 1
+            else:
+                stats.cache_hits += proposal.hit
+                stats.cache_misses += not proposal.hit
+                stats.backups_jit += proposal.backup == 1
+                stats.backups_fast += proposal.backup == 2
             self.proposer.observe(seq, accepted)
         before = seq.num_output_tokens
         self.commit(seq, seq.num_tokens + accepted, new_tokens)

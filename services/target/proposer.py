@@ -210,10 +210,12 @@ class DraftProposer:
         if future is not None and self.channel is not None:
             self._call([future])
 
-    def propose(self, seqs: list[Sequence], trace_context: dict[str, str] | None = None) -> dict[int, Proposal]:
+    def propose(self, seqs: list[Sequence], trace_context: dict[str, str] | None = None,
+                synchronous: bool = False) -> dict[int, Proposal]:
         """One speculation round for ``seqs``; {} when the draft is unavailable.
 
         ``trace_context``: W3C carrier of the target's round span when the round is traced.
+        ``synchronous``: an SD round of an SSD draft (JIT drafting, no cache, no build).
         """
         if not seqs or not self.available() or self._draft_busy():
             return {}
@@ -232,7 +234,7 @@ class DraftProposer:
             ))
             view.seen = c
             view.n_prev = NO_PREVIOUS_ROUND  # until this round's outcome is observed
-        speculate = pb.SpeculateRequest(rows=rows)
+        speculate = pb.SpeculateRequest(rows=rows, synchronous=synchronous)
         if trace_context:
             speculate.trace_context.update(trace_context)
         futures.append(self.channel.submit(pb.SpeculationRequest(speculate=speculate)))

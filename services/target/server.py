@@ -442,6 +442,7 @@ def speculation_to_proto(stats: dict) -> pb.SpeculationStats:
         ar_fallbacks=stats.get("fallbacks", 0),
         ar_fallback_rounds=stats.get("fallback_rounds", 0),
         policy_ar_rounds=stats.get("policy_rounds", 0),
+        policy_sd_rounds=stats.get("sync_rounds", 0),
         draft_time_s=stats.get("draft_time_s", 0.0),
         verify_time_s=stats.get("verify_time_s", 0.0),
         draft_build_time_s=stats.get("draft_build_time_s", 0.0),

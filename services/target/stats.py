@@ -22,6 +22,7 @@ class SpecStats:
     fallbacks: int = 0  # times the request lost its draft and fell back to plain decoding
     fallback_rounds: int = 0
     policy_rounds: int = 0  # rounds the governor decoded plainly because speculation did not pay
+    sync_rounds: int = 0  # SSD deployment: rounds the governor ran as synchronous SD (it beat SSD here)
     draft_time_s: float = 0.0  # waiting for the draft's reply (critical path)
     verify_time_s: float = 0.0
     draft_build_time_s: float = 0.0  # the draft's cache building it reported (off the critical path)

@@ -290,7 +290,7 @@ def test_rendered_pods_serve_over_mtls_on_every_hop(render, k8s, tmp_path):
     rendered commands with a real certificate where the Secret is mounted; the target's TLS
     health probes pass (a plaintext one does not), the pair talks gRPC over mTLS (not the fast
     path), and a request goes through the gateway, the target and the draft."""
-    from saguaro.cli import free_port
+    from saguaro.net import free_port
     from saguaro.tiny_models import build_tiny_model
 
     helpers = probe_test_helpers()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from saguaro.cli import free_port
+from saguaro.net import free_port
 from saguaro.tiny_models import build_tiny_model
 
 PROBE_SCRIPT = "/etc/saguaro/probe/saguaro-probe.py"

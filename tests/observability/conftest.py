@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from saguaro.cli import free_port
+from saguaro.net import free_port
 from saguaro.telemetry.receiver import OtlpReceiver
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc

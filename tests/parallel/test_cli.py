@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from saguaro import LLM, SamplingParams
-from saguaro.cli import free_port, main
+from saguaro.cli import main
+from saguaro.net import free_port
 
 ARGS = ["--kv-cache-bytes", str(16 << 20), "--max-num-seqs", "4"]
 PROMPTS = ["--prompt", "def add(a, b):", "--prompt", "import os", "--max-tokens", "8", "--json"]

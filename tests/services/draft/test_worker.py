@@ -101,6 +101,26 @@ def test_covered_outcome_hits_then_uncovered_and_stale_miss(model_dirs):
     assert not reply.hit
 
 
+def test_a_synchronous_round_drafts_just_in_time_and_builds_nothing(model_dirs):
+    """The governor's SD arm on an SSD draft: a key the cache covers is not looked up (the row
+    is a JIT draft, even under the fast backup policy), the rows' entries are dropped, and the
+    build after the reply does nothing; the JIT tokens are what a fresh SD worker drafts."""
+    worker = make_worker(model_dirs["llama_draft_perturbed"], backup_policy=pb.BACKUP_POLICY_FAST)
+    prefill(worker, 1, PROMPT)
+    proposal = list(speculate(worker, [row(1, -1, 11, len(PROMPT))]).rows[0].tokens)
+    worker.build()
+    (j, t), _ = next(iter(worker.cache._by_seq[1].items()))
+    committed = [11] + proposal[:j]
+    request = pb.SpeculateRequest(rows=[pb.SpeculateRow(**row(1, j, t, len(PROMPT) + len(committed), committed))],
+                                  synchronous=True)
+    reply = worker.handle(pb.SpeculationRequest(speculate=request)).speculate.rows[0]
+    assert not reply.hit and reply.backup == pb.BACKUP_KIND_JIT and reply.proposal_is_sample
+    assert len(worker.cache) == 0 and worker.pending == []
+    worker.build()
+    assert len(worker.cache) == 0
+    assert list(reply.tokens) == jit_tokens(model_dirs["llama_draft_perturbed"], PROMPT + committed, t)
+
+
 def test_reset_prefill_forces_a_miss(model_dirs):
     worker = make_worker(model_dirs["llama_draft_copy"])
     prefill(worker, 1, PROMPT)

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from tests_support import hf_greedy
 
-from saguaro.cli import free_port
+from saguaro.net import free_port
 from saguaro.client import AsyncClient, Client, GenerateResult, StreamDelta
 from saguaro.tokenizer import decode, load_tokenizer
 from saguaro.v1 import inference_pb2 as pb

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from saguaro.cli import free_port
+from saguaro.net import free_port
 from saguaro.client import Client, ServiceUnavailableError
 
 SLOW_FORWARD_S = 0.4  # every forward of the slow targets takes this long (emulated accelerator)

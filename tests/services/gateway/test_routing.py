@@ -12,7 +12,7 @@ import grpc
 from kubernetes.client import (DiscoveryV1EndpointPort, V1Endpoint, V1EndpointConditions, V1EndpointSlice,
                                V1ObjectMeta)
 
-from saguaro.cli import free_port
+from saguaro.net import free_port
 from saguaro.services.gateway.breaker import BreakerState, CircuitBreaker
 from saguaro.services.gateway.discovery import KubernetesDiscovery, apply_slice_event, target_addresses
 from saguaro.services.gateway.metrics import GatewayMetrics

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from saguaro import LLM, SamplingParams
-from saguaro.cli import free_port
+from saguaro.net import free_port
 from saguaro.client import Client
 from saguaro.config import EngineConfig
 from saguaro.services.target.local import speculative_engine

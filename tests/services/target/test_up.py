@@ -1,4 +1,4 @@
-"""``saguaro up`` / ``target`` / ``generate --endpoint`` / ``demo``: the local stack from the command line."""
+"""``saguaro up`` / ``target`` / ``generate --endpoint``: the local stack from the command line."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import threading
 
 import pytest
 
-from saguaro.cli import free_port, main
+from saguaro.cli import main
+from saguaro.net import free_port
 
 SMALL_ARGS = ["--kv-cache-bytes", str(16 << 20), "--max-num-seqs", "8"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -124,12 +125,3 @@ def test_target_refuses_a_mode_without_its_draft(model_dirs, capsys):
     assert "--mode ssd needs a draft" in capsys.readouterr().err
     assert main(["up", "--target", model_dirs["llama"], "--mode", "ssd"]) == 2
     assert "--mode ssd needs --draft DIR" in capsys.readouterr().err
-
-
-def test_demo_runs_the_local_stack(tmp_path):
-    proc = saguaro("demo", "--max-tokens", "8", env=dict(ENV, SAGUARO_CACHE=str(tmp_path)))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(rows) == 3
-    assert all(r["mode"] == "ssd" and r["rounds"] > 0 and "cache_hit_rate" in r for r in rows)
-    assert proc.stdout.rstrip().endswith("stack stopped")

@@ -1,0 +1,195 @@
+"""``saguaro up``'s local stack: the gateway, target and draft services as child processes.
+
+Used by ``saguaro up`` and the demo. Each child is pinned to a core with one torch thread, runs
+in its own session, and dies with this process (Linux), so no service outlives the command.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from saguaro.errors import ConfigError, SaguaroError
+from saguaro.net import free_port
+
+
+class LocalStack:
+    """``saguaro up``: the gateway, target and draft services as child processes of this one.
+
+    The gateway serves the public API on ``host:port`` (gRPC) and ``host:http_port`` (OpenAI
+    HTTP; None: off) and routes to the target, which listens on 127.0.0.1:``target_port`` (0: a
+    free port). Each child is pinned to a core (target: the first allowed CPU, draft: the
+    second, gateway: the third, or the target's on a two-core machine: it works while the
+    target waits for tokens) with one torch thread, runs in its own session (a terminal's
+    Ctrl-C reaches only this process, which stops them in order) and receives SIGTERM if this
+    process dies (Linux).
+    """
+
+    def __init__(self, target: str, draft: str | None, mode: str = "ssd", host: str = "127.0.0.1",
+                 port: int = 50050, draft_port: int = 50061, extra_args: list[str] | None = None,
+                 target_args: list[str] | None = None, draft_args: list[str] | None = None,
+                 echo: bool = True, verbose: bool = False, http_port: int | None = 8000, target_port: int = 0,
+                 gateway_args: list[str] | None = None, draft_workers: int = 1, draft_metrics_port: int = 0):
+        """``draft_workers`` draft processes (ssd) listen on ``draft_port``, ``draft_port + 1``, ...
+        and serve metrics on ``draft_metrics_port + i`` (0: none)."""
+        from saguaro.errors import ModelLoadError
+        from pathlib import Path
+
+        if mode not in ("ar", "sd", "ssd"):
+            raise ConfigError(f"unknown mode {mode!r}; use ssd, sd or ar")
+        if mode != "ar" and not draft:
+            raise ConfigError(f"--mode {mode} needs --draft DIR (or use --mode ar)")
+        for folder in (target, draft if mode != "ar" else None):
+            if folder and not (Path(folder) / "config.json").is_file():
+                raise ModelLoadError(f"model folder not found (no config.json): {folder}")
+        self.mode, self.host, self.port, self.draft_port = mode, host, port, draft_port
+        self.http_port = http_port
+        self.target_port = target_port or free_port()
+        self.echo = echo
+        connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        self.endpoint = f"{connect_host}:{port}"
+        self.http_url = f"http://{connect_host}:{http_port}" if http_port is not None else ""
+        self.target_address = f"127.0.0.1:{self.target_port}"
+        if draft_workers < 1:
+            raise ConfigError(f"--draft-workers must be at least 1, got {draft_workers}")
+        self.draft_addresses = [f"127.0.0.1:{draft_port + i}" for i in range(draft_workers)] if mode == "ssd" else []
+        self.draft_address = " ".join(self.draft_addresses)
+        base = [sys.executable, "-m", "saguaro.cli"] + (["-v"] if verbose else [])
+        extra = list(extra_args or [])
+        self.gateway_cmd = base + ["gateway", "--host", host, "--port", str(port), "--targets", self.target_address,
+                                   "--http-port", str(http_port if http_port is not None else 0), *(gateway_args or [])]
+        self.target_cmd = base + ["target", "--model", target, "--mode", mode, "--host", "127.0.0.1",
+                                  "--port", str(self.target_port), *extra, *(target_args or [])]
+        if mode != "ar":
+            self.target_cmd += ["--draft-model", draft]
+        if mode == "ssd":
+            self.target_cmd += ["--draft-address", *self.draft_addresses, "--wait-for-draft", "300"]
+        elif mode == "sd":
+            self.target_cmd += ["--draft-workers", str(draft_workers)]
+        self.draft_cmds = {("draft" if i == 0 else f"draft-{i}"): base + [
+            "draft", "--model", draft, "--host", "127.0.0.1", "--port", str(draft_port + i), *extra, *(draft_args or []),
+            "--metrics-port", str(draft_metrics_port + i if draft_metrics_port else 0)]
+            for i in range(len(self.draft_addresses))}
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self.target_cpus = {cpus[0]} if len(cpus) >= 2 else None
+        self.draft_cpus = {cpus[1]} if len(cpus) >= 2 else None
+        self.gateway_cpus = {cpus[2]} if len(cpus) >= 3 else self.target_cpus
+        self.children: dict[str, ServiceProcess] = {}
+
+    def start(self, timeout: float = 300.0) -> None:
+        """Start the services (they load at once; the target waits for the draft before it
+        connects); return once the gateway reports SERVING (a target serves behind it)."""
+        import time
+
+        from saguaro.client import Client, ServiceError
+
+        deadline = time.monotonic() + timeout
+        try:
+            for name, cmd in self.draft_cmds.items():
+                self.children[name] = ServiceProcess(name, cmd, self.draft_cpus, self.echo)
+            self.children["target"] = ServiceProcess("target", self.target_cmd, self.target_cpus, self.echo)
+            self.children["gateway"] = ServiceProcess("gateway", self.gateway_cmd, self.gateway_cpus, self.echo)
+            for child in self.children.values():
+                child.wait_listening(deadline, others=self.children.values())
+            with Client(self.endpoint) as client:
+                try:
+                    client.wait_until_ready(max(1.0, deadline - time.monotonic()))
+                except ServiceError as exc:
+                    raise SaguaroError(f"the services started but the gateway is not serving: {exc}") from None
+        except BaseException:
+            self.stop()
+            raise
+
+    def check(self) -> None:
+        """Raise if a service exited on its own."""
+        for child in self.children.values():
+            child.check_running()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the gateway, the target, then the drafts; SIGKILL what is still alive after ``timeout``."""
+        for name in ("gateway", "target", *self.draft_cmds):
+            if name in self.children:
+                self.children[name].stop(timeout)
+
+    def __enter__(self) -> "LocalStack":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _libc():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+class ServiceProcess:
+    """One service process; its output (stdout and stderr) is echoed with a [name] prefix."""
+
+    def __init__(self, name: str, cmd: list[str], cpus: set[int] | None, echo: bool):
+        import collections
+        import signal
+        import subprocess
+        import threading
+
+        self.name = name
+        self.echo = echo
+        self.tail: collections.deque[str] = collections.deque(maxlen=40)
+        self.listening = threading.Event()
+        libc = _libc() if sys.platform.startswith("linux") else None
+
+        def setup() -> None:  # runs in the child between fork and exec
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+            if libc is not None:
+                libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: die with the parent
+
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env, preexec_fn=setup, start_new_session=True)
+        self.cpus = cpus
+        self._reader = threading.Thread(target=self._read, name=f"{name}-output", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.tail.append(line)
+            if " listening on " in line:
+                self.listening.set()
+            if self.echo:
+                print(f"[{self.name}] {line}", flush=True)
+
+    def check_running(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            self._reader.join(timeout=2)
+            log = "\n".join(f"  {line}" for line in self.tail)
+            detail = f"; its last output:\n{log}" if log else ""
+            raise SaguaroError(f"the {self.name} service exited with code {code}{detail}")
+
+    def wait_listening(self, deadline: float, others=()) -> None:
+        import time
+
+        while not self.listening.wait(0.1):
+            for child in (self, *others):
+                child.check_running()
+            if time.monotonic() > deadline:
+                raise SaguaroError(f"the {self.name} service did not start listening in time")
+
+    def stop(self, timeout: float) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=2)
