@@ -117,7 +117,8 @@ class SpeculativeEngine(LLMEngine):
         round_started = time.perf_counter()
         spec = [s for s in seqs if self._speculates(s)]
         governed = len(spec) if spec and self.governor is not None else 0
-        arm = self.governor.choose(governed) if governed else self.mode  # the governor's arm, or the mode's
+        # how this round runs: the governor's arm; else the deployment's mode, or plain without speculating rows
+        arm = self.governor.choose(governed) if governed else self.mode if spec else "ar"
         held = bool(governed) and arm == "ar"
         synchronous = arm == "sd" and self.mode == "ssd"  # SD beats SSD at this batch size right now
         if held:  # plain decoding beats speculation at this batch size right now

@@ -59,6 +59,12 @@ def test_target_metrics_count_the_requests_sent(stack):
     assert delta(before, after, "vllm:inter_token_latency_seconds_count") == sum(
         f.usage.completion_tokens - 1 for f in everyone)
     assert delta(before, after, "saguaro_round_duration_seconds_count") == sum(f.speculation.rounds for f in everyone)
+    by_arm = {arm: delta(before, after, "saguaro_rounds_by_arm_total", arm=arm) for arm in ("ar", "sd", "ssd")}
+    assert sum(by_arm.values()) == sum(f.speculation.rounds for f in everyone)
+    assert by_arm["sd"] == sum(f.speculation.policy_sd_rounds for f in everyone)
+    assert by_arm["ar"] >= ar.speculation.rounds  # the opt-out request's rounds ran plainly
+    transport = delta(before, after, "saguaro_draft_transport_seconds_total")
+    assert 0 < transport <= delta(before, after, "saguaro_draft_wait_seconds_total")
 
     k = spec[0].lookahead_k
     assert delta(before, after, "vllm:spec_decode_num_drafts_total") == sum(s.draft_tokens // k for s in spec)
