@@ -626,8 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status 1 if the modes' outputs differ (they never should).")
     demo.add_argument("--raw", action="store_true",
                       help="plain CPU timings instead of the emulated profile (SSD gains little on a CPU; see the note)")
-    demo.add_argument("--prompts", type=int, default=3, help="held-out prompts in the table (default: 3)")
-    demo.add_argument("--max-tokens", type=int, default=64, help="greedy tokens per prompt in the table (default: 64)")
+    demo.add_argument("--prompts", type=int, default=2, help="held-out prompts in the table (default: 2)")
+    demo.add_argument("--max-tokens", type=int, default=48, help="greedy tokens per prompt in the table (default: 48)")
     demo.add_argument("--repeats", type=int, default=2, help="alternating timed runs of every mode (default: 2)")
     demo.add_argument("--dilation", type=float, default=None,
                       help="multiply every emulated step by this (default: calibrated so this CPU's real work stays "
