@@ -170,6 +170,8 @@ class DraftWorker:
 
     # -- speculate ------------------------------------------------------------------------
     def speculate(self, request: pb.SpeculateRequest) -> pb.SpeculateReply:
+        if request.lookahead and not (request.synchronous and request.lookahead <= self.k):
+            raise ValueError(f"lookahead {request.lookahead} needs a synchronous round and at most K = {self.k}")
         arrived = time.perf_counter()
         idle_us = int((arrived - self._idle_since) * 1e6)
         self._close_trace()  # a traced round whose build never ran
@@ -190,7 +192,8 @@ class DraftWorker:
         if trace is not None:
             trace.mark(LOOKUP_SPAN)
         if misses:
-            self._fill_misses(misses, replies, len(request.rows), jit=request.synchronous or None)
+            self._fill_misses(misses, replies, len(request.rows), jit=request.synchronous or None,
+                              k=request.lookahead or self.k)
         backup_us = int((time.perf_counter() - lookup_done) * 1e6)
         if trace is not None:
             trace.mark(BACKUP_SPAN if misses else None)
@@ -263,14 +266,16 @@ class DraftWorker:
         del kv[valid:]
 
     def _fill_misses(self, misses: list[tuple[int, PendingRow]], replies: list, batch_size: int,
-                     jit: bool | None = None) -> None:
-        """Backups for the rows that missed; ``jit``: True forces JIT (None: the backup policy's choice)."""
+                     jit: bool | None = None, k: int | None = None) -> None:
+        """Backups for the rows that missed; ``jit``: True forces JIT (None: the backup policy's
+        choice); ``k``: tokens to draft (a synchronous round's lookahead; None: K)."""
         use_jit = self._use_jit(batch_size) if jit is None else jit
         plans = [p for _, p in misses]
         if use_jit:
             started = time.perf_counter()
-            tokens, probs = self._jit(plans)
-            self.economics.observe_jit(time.perf_counter() - started)
+            tokens, probs = self._jit(plans, k or self.k)
+            if k in (None, self.k):  # the economics price a K-step backup
+                self.economics.observe_jit(time.perf_counter() - started)
         else:
             tokens = [torch.randint(0, self.runner.vocab_size, (self.k,), generator=p.seq.generator) for p in plans]
             probs = [None] * len(plans)
@@ -291,15 +296,15 @@ class DraftWorker:
             return self.economics.use_jit(batch_size, self.settings.jit_max_batch_size)
         return policy != pb.BACKUP_POLICY_FAST
 
-    def _jit(self, plans: list[PendingRow]) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-        """Ordinary SD drafting for the given rows: K sequential draft steps from r."""
+    def _jit(self, plans: list[PendingRow], k: int) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """Ordinary SD drafting for the given rows: ``k`` sequential draft steps from r."""
         seqs = [p.seq for p in plans]
         temps = torch.tensor([p.draft_temperature for p in plans])
         gens = [s.generator for s in seqs]
         chunks = [CausalChunk(s.table.blocks, len(s.kv_tokens), s.tokens[len(s.kv_tokens) :] + [p.recovery])
                   for s, p in zip(seqs, plans)]
         steps_tokens, steps_probs = [], []
-        for step in range(self.k):
+        for step in range(k):
             with self.runner.device_step():
                 logits = self.runner.run_causal(chunks)
                 tokens, probs = self._sample(logits[:, None, :], temps, gens)
@@ -307,7 +312,7 @@ class DraftWorker:
             steps_probs.append(probs)
             for s, c in zip(seqs, chunks):
                 s.kv_tokens.extend(c.token_ids)
-            if step + 1 < self.k:
+            if step + 1 < k:
                 chunks = [CausalChunk(s.table.blocks, len(s.kv_tokens), [t]) for s, t in zip(seqs, tokens[:, 0].tolist())]
         tokens = torch.stack(steps_tokens, dim=1)
         if steps_probs[0] is None:

@@ -25,6 +25,7 @@ from saguaro.services.draft.handshake import handshake_request
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.target.channels import DraftChannel
 from saguaro.services.target.governor import SpeculationGovernor
+from saguaro.services.target.lookahead import LookaheadModel
 from saguaro.services.target.proposer import DraftProposer, Proposal
 from saguaro.services.target.stats import SpecStats
 from saguaro.services.target.verifier import verify_rows
@@ -65,6 +66,8 @@ class SpeculativeEngine(LLMEngine):
         self.governor = governor if mode != "ar" else None
         if self.governor is not None:
             self.governor.bind(mode)
+        # the governor's SD arm on an SSD draft drafts SD's best lookahead, from measurements
+        self.sd_lookahead = LookaheadModel(self.k) if self.governor is not None and mode == "ssd" else None
         # Per-round metrics and spans (saguaro.telemetry.rounds.RoundTelemetry), set by the
         # service; None costs a round nothing.
         self.telemetry = None
@@ -121,6 +124,7 @@ class SpeculativeEngine(LLMEngine):
         arm = self.governor.choose(governed) if governed else self.mode if spec else "ar"
         held = bool(governed) and arm == "ar"
         synchronous = arm == "sd" and self.mode == "ssd"  # SD beats SSD at this batch size right now
+        lookahead = self.sd_lookahead.best(governed) if synchronous else 0
         if held:  # plain decoding beats speculation at this batch size right now
             self.proposer.skip(spec)
             for s in spec:
@@ -130,7 +134,8 @@ class SpeculativeEngine(LLMEngine):
         telemetry = self.telemetry
         trace = telemetry.start_round(seqs) if telemetry is not None else None
         started = time.perf_counter()
-        proposals = self.proposer.propose(spec, trace.carrier if trace is not None else None, synchronous) if spec else {}
+        carrier = trace.carrier if trace is not None else None
+        proposals = self.proposer.propose(spec, carrier, synchronous, lookahead) if spec else {}
         draft_time = time.perf_counter() - started
         chunks = [
             CausalChunk(s.table.blocks, s.num_tokens - 1,
@@ -150,9 +155,10 @@ class SpeculativeEngine(LLMEngine):
                 rows = logits[ends[unproposed] - 1]
                 plain_tokens = sample(rows, [s.params for s in plain], [s.generator for s in plain]).tolist()
             if verified:
-                block = logits[(ends[verified, None] - (self.k + 1) + torch.arange(self.k + 1)[None, :]).reshape(-1)]
+                k = len(props[0].tokens)  # K, or a synchronous round's lookahead
+                block = logits[(ends[verified, None] - (k + 1) + torch.arange(k + 1)[None, :]).reshape(-1)]
                 accepted, next_tokens = verify_rows(
-                    block.view(len(picked), self.k + 1, -1), props, [s.params for s in picked], [s.generator for s in picked]
+                    block.view(len(picked), k + 1, -1), props, [s.params for s in picked], [s.generator for s in picked]
                 )
         if plain:
             for seq, token in zip(plain, plain_tokens):
@@ -171,6 +177,8 @@ class SpeculativeEngine(LLMEngine):
         if telemetry is not None:
             telemetry.end_round(trace, self, seqs, spec, proposals, outcome if verified else {}, draft_time, verify_time,
                                 arm)
+        if self.sd_lookahead is not None and verified:
+            self._observe_lookahead(governed, props, accepted, synchronous, verify_time, draft_time)
         if governed:
             committed = sum(s.num_output_tokens for s in seqs) - before
             if held or proposals:
@@ -178,6 +186,17 @@ class SpeculativeEngine(LLMEngine):
             else:  # meant to speculate, but the draft gave nothing (late, down): measures neither mode
                 self.governor.unanswered()
         self._release_finished(seqs)
+
+    def _observe_lookahead(self, batch_size: int, props: list[Proposal], accepted: list[int], synchronous: bool,
+                           verify_time: float, draft_time: float) -> None:
+        """Feed the SD arm's cost model: acceptance from real drafts (not fast backups'
+        placeholders), step and transport times from synchronous rounds (every row drafted)."""
+        k = len(props[0].tokens)
+        self.sd_lookahead.observe_acceptance([n for p, n in zip(props, accepted) if p.backup != 2], k)
+        timings = self.proposer.last_timings
+        if synchronous and timings is not None:
+            self.sd_lookahead.observe_times(batch_size, verify_time, draft_time, timings.lookup_us / 1e6,
+                                         timings.backup_us / 1e6, k)
 
     def _commit_round(self, seq: Sequence, accepted: int, new_tokens: list[int], proposal: Proposal | None,
                       draft_time: float, held: bool = False, synchronous: bool = False) -> None:

@@ -211,11 +211,12 @@ class DraftProposer:
             self._call([future])
 
     def propose(self, seqs: list[Sequence], trace_context: dict[str, str] | None = None,
-                synchronous: bool = False) -> dict[int, Proposal]:
+                synchronous: bool = False, lookahead: int = 0) -> dict[int, Proposal]:
         """One speculation round for ``seqs``; {} when the draft is unavailable.
 
         ``trace_context``: W3C carrier of the target's round span when the round is traced.
-        ``synchronous``: an SD round of an SSD draft (JIT drafting, no cache, no build).
+        ``synchronous``: an SD round of an SSD draft (JIT drafting, no cache, no build), of
+        ``lookahead`` tokens (0: K).
         """
         if not seqs or not self.available() or self._draft_busy():
             return {}
@@ -234,7 +235,7 @@ class DraftProposer:
             ))
             view.seen = c
             view.n_prev = NO_PREVIOUS_ROUND  # until this round's outcome is observed
-        speculate = pb.SpeculateRequest(rows=rows, synchronous=synchronous)
+        speculate = pb.SpeculateRequest(rows=rows, synchronous=synchronous, lookahead=lookahead)
         if trace_context:
             speculate.trace_context.update(trace_context)
         futures.append(self.channel.submit(pb.SpeculationRequest(speculate=speculate)))
@@ -247,10 +248,11 @@ class DraftProposer:
         if len(reply.rows) != len(seqs):
             self._mark_down(f"reply has {len(reply.rows)} rows for {len(seqs)} sequences")
             return {}
-        return self._proposals(seqs, reply)
+        return self._proposals(seqs, reply, lookahead)
 
-    def _proposals(self, seqs: list[Sequence], reply: pb.SpeculateReply) -> dict[int, Proposal]:
-        k = self.settings.k
+    def _proposals(self, seqs: list[Sequence], reply: pb.SpeculateReply, lookahead: int = 0) -> dict[int, Proposal]:
+        """The verifiable proposals of ``reply``: ``lookahead`` tokens each (0: K)."""
+        k = lookahead or self.settings.k
         out: dict[int, Proposal] = {}
         for s, row in zip(seqs, reply.rows):
             if row.status != pb.ROW_STATUS_OK or row.seq_id != s.seq_id:

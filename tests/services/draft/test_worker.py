@@ -121,6 +121,23 @@ def test_a_synchronous_round_drafts_just_in_time_and_builds_nothing(model_dirs):
     assert list(reply.tokens) == jit_tokens(model_dirs["llama_draft_perturbed"], PROMPT + committed, t)
 
 
+def test_a_synchronous_round_may_draft_fewer_tokens_than_k(model_dirs):
+    """``lookahead`` k < K: the first k tokens of the K-token JIT draft (greedy), and nothing
+    else; a lookahead outside a synchronous round, or above K, is refused and the worker keeps
+    serving."""
+    model = model_dirs["llama_draft_perturbed"]
+    worker = make_worker(model)
+    prefill(worker, 1, PROMPT)
+    request = pb.SpeculateRequest(rows=[pb.SpeculateRow(**row(1, -1, 11, len(PROMPT)))], synchronous=True, lookahead=2)
+    reply = worker.handle(pb.SpeculationRequest(speculate=request)).speculate.rows[0]
+    assert list(reply.tokens) == jit_tokens(model, PROMPT, 11)[:2] and reply.backup == pb.BACKUP_KIND_JIT
+    for bad in (dict(synchronous=False, lookahead=2), dict(synchronous=True, lookahead=K + 1)):
+        request = pb.SpeculateRequest(rows=[pb.SpeculateRow(**row(1, -1, 12, len(PROMPT) + 1, [11]))], **bad)
+        answer = worker.handle(pb.SpeculationRequest(speculate=request))
+        assert answer.WhichOneof("kind") == "error" and "lookahead" in answer.error.message
+    assert speculate(worker, [row(1, -1, 12, len(PROMPT) + 1, [11])]).rows[0].status == pb.ROW_STATUS_OK
+
+
 def test_reset_prefill_forces_a_miss(model_dirs):
     worker = make_worker(model_dirs["llama_draft_copy"])
     prefill(worker, 1, PROMPT)
