@@ -38,6 +38,20 @@ def test_the_best_lookahead_maximises_tokens_per_second():
     assert measured(reach, verify_s=0.015, step_s=0.002, transport_s=0.0001).best(1) == max(gpu, key=gpu.get) == 4
 
 
+def test_a_verify_that_grows_with_the_lookahead_favours_a_shorter_one():
+    """Measured at lookaheads 5 and 2, a CPU-like verify (1 ms a token) is read off a line:
+    k = 1 then costs less than k = 2, and the best lookahead is shorter than with a flat verify."""
+    reach = [0.9, 0.8, 0.7, 0.6, 0.5]
+    flat = measured(reach, verify_s=0.006, step_s=0.001, transport_s=0.0)
+    growing = measured(reach, verify_s=0.006, step_s=0.001, transport_s=0.0)
+    for _ in range(200):
+        growing.observe_times(1, 0.003 + 0.001 * 5, 0.005, 0.0, 0.005, 5)
+        growing.observe_times(1, 0.003 + 0.001 * 2, 0.002, 0.0, 0.002, 2)
+    times = growing.times[1]
+    assert times.verify_s(1) == pytest.approx(0.004, rel=0.05) and times.verify_s(4) == pytest.approx(0.007, rel=0.05)
+    assert growing.best(1) < flat.best(1)
+
+
 def test_k_until_measured_and_times_per_batch_bucket():
     model = LookaheadModel(4)
     assert model.best(1) == 4  # nothing measured
