@@ -364,11 +364,6 @@ class _Settings:
         out = [("authorization", f"Bearer {self.api_key}")] if self.api_key else []
         return out + _trace_context()
 
-    def deadline(self, timeout: float | None) -> float | None:
-        """Absolute deadline (time.monotonic) of a Generate with this ``timeout`` (None: default)."""
-        seconds = self.timeout if timeout is None else timeout
-        return None if seconds is None else time.monotonic() + seconds
-
     def retry_delay(self, exc: grpc.RpcError, attempt: int, deadline: float | None) -> float | None:
         """Seconds to wait before attempt ``attempt + 1``, or None: do not retry."""
         if exc.code() not in RETRYABLE or attempt > self.retries:
@@ -392,11 +387,13 @@ class _StreamBase:
     accumulated output."""
 
     def __init__(self, stub: pb_grpc.InferenceStub, request: pb.GenerateRequest, settings: _Settings,
-                 deadline: float | None, prompt_token_ids: list[int]):
+                 timeout: float | None, prompt_token_ids: list[int]):
+        """``timeout``: seconds for the whole request (None: the client's)."""
         self._stub = stub
         self._request = request  # sent again, with ``resume`` set, after the stream broke off
         self._settings = settings
-        self._deadline = deadline
+        self._timeout = settings.timeout if timeout is None else timeout  # named in a deadline error
+        self._deadline = None if self._timeout is None else time.monotonic() + self._timeout
         self._metadata = settings.metadata()  # the caller's trace context, for every attempt
         self._state = _Accumulator(settings.address, prompt_token_ids)
         self._cancelled = False
@@ -451,7 +448,7 @@ class GenerateStream(_StreamBase):
                         return  # stopped on purpose: no result
                     delay = self._delay(exc)
                     if delay is None:
-                        raise _error(exc, self._settings.address, self._settings.timeout) from None
+                        raise _error(exc, self._settings.address, self._timeout) from None
                     time.sleep(delay)
                     self._call = self._start()
             self._state.check_complete()
@@ -509,7 +506,7 @@ class Client:
         "ssd"), ``request_id`` (for ``abort``), ``stream_tokens_individually``; ``timeout``
         overrides the client's deadline."""
         request, prompt_ids = _generate_request(prompt, **options)
-        return GenerateStream(self._stub, request, self._settings, self._settings.deadline(timeout), prompt_ids)
+        return GenerateStream(self._stub, request, self._settings, timeout, prompt_ids)
 
     def generate(self, prompt: str | list[int], **options: Any) -> GenerateResult:
         """Run one request to completion (same options as ``stream``)."""
@@ -582,7 +579,7 @@ class AsyncGenerateStream(_StreamBase):
                         return
                     delay = self._delay(exc)
                     if delay is None:
-                        raise _error(exc, self._settings.address, self._settings.timeout) from None
+                        raise _error(exc, self._settings.address, self._timeout) from None
                     await asyncio.sleep(delay)
                     self._call = self._start()
             self._state.check_complete()
@@ -623,7 +620,7 @@ class AsyncClient:
     def stream(self, prompt: str | list[int], *, timeout: float | None = None, **options: Any) -> AsyncGenerateStream:
         """Start a request (options as ``Client.stream``); ``async for`` the result for deltas."""
         request, prompt_ids = _generate_request(prompt, **options)
-        return AsyncGenerateStream(self._stub, request, self._settings, self._settings.deadline(timeout), prompt_ids)
+        return AsyncGenerateStream(self._stub, request, self._settings, timeout, prompt_ids)
 
     async def generate(self, prompt: str | list[int], **options: Any) -> GenerateResult:
         stream = self.stream(prompt, **options)

@@ -110,8 +110,18 @@ class Preparer:
             raise invalid(f"{param} must be between 1 and {limit} (the model's context), got {value}", param)
 
     def check_request_id(self, request_id: str) -> None:
+        """A client's id goes back in a header and on to the target in a protobuf string: it
+        must be printable UTF-8 text (aiohttp hands a header's invalid bytes over as surrogates)."""
         if len(request_id) > MAX_REQUEST_ID_CHARS:
             raise invalid(f"request_id is {len(request_id)} characters long; at most {MAX_REQUEST_ID_CHARS} are allowed",
+                          "request_id")
+        try:
+            request_id.encode("utf-8")
+            printable = request_id.isprintable()
+        except UnicodeEncodeError:
+            printable = False
+        if not printable:
+            raise invalid("request_id (the x-request-id header) must be printable text: UTF-8, no control characters",
                           "request_id")
 
     # -- dispatch ----------------------------------------------------------------------------

@@ -388,7 +388,10 @@ def sampling_from_proto(sampling: pb.SamplingParams, decode_mode: int, server_mo
     """The request's sampling parameters; raises ``InvalidRequestError`` with the reason."""
     if not math.isfinite(sampling.temperature):
         raise InvalidRequestError(f"temperature must be a finite number >= 0, got {sampling.temperature}")
-    mode = PROTO_TO_MODE.get(decode_mode)  # unknown enum values count as DEFAULT
+    if decode_mode != pb.DECODE_MODE_DEFAULT and decode_mode not in PROTO_TO_MODE:
+        raise InvalidRequestError(f"unknown decode_mode {decode_mode}; use DECODE_MODE_DEFAULT (0), DECODE_MODE_AR (1), "
+                                  f"DECODE_MODE_SD (2) or DECODE_MODE_SSD (3)")
+    mode = PROTO_TO_MODE.get(decode_mode)  # None: DECODE_MODE_DEFAULT, the server's mode
     if mode in ("sd", "ssd") and mode != server_mode:
         raise InvalidRequestError(
             f"this server decodes with mode {server_mode!r}; a request may ask for DECODE_MODE_DEFAULT, "

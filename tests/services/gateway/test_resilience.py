@@ -134,6 +134,7 @@ def test_a_deadline_ends_the_request_and_frees_the_target(slow_target, start_gat
         with pytest.raises(ServiceUnavailableError) as error:
             client.generate([30, 31], max_tokens=50, ignore_eos=True, timeout=SLOW_FORWARD_S * 3)
         assert error.value.code == "DEADLINE_EXCEEDED"
+        assert f"within {SLOW_FORWARD_S * 3} s" in str(error.value)  # the request's deadline, not the client's
     wait_until(lambda: idle(slow_target.client), what="the target to drop the expired request")
 
 

@@ -138,3 +138,27 @@ def test_oversized_requests_are_refused_before_they_cost_anything(gateway, http,
         list(stub.Generate(pb.GenerateRequest(prompt_text="a" * (64 << 20)), timeout=60))
     assert error.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert ok(gateway)
+
+
+@pytest.mark.parametrize("value", [b"\xff\xfe-not-utf8", "caf\u00e9-\u2028".encode()])
+def test_a_request_id_header_that_is_not_printable_text_is_400_not_500(gateway, value):
+    """A client's x-request-id is echoed back and sent on to the target in a protobuf string: a
+    header that is not UTF-8 text (it was a 500), or text with a line separator, must be refused
+    with a JSON 400 naming it, and the gateway keeps serving."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    url = urlsplit(gateway.http_url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    body = json.dumps({"model": "llama", "prompt": [5, 6], "max_tokens": 1}).encode()
+    connection.putrequest("POST", "/v1/completions")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(len(body)))
+    connection.putheader("x-request-id", value)
+    connection.endheaders(body)
+    response = connection.getresponse()
+    error = json.loads(response.read())["error"]
+    connection.close()
+    assert response.status == 400 and error["param"] == "request_id" and "printable text" in error["message"]
+    assert ok(gateway)

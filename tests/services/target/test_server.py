@@ -156,6 +156,19 @@ def test_missing_prompt_and_text_without_tokenizer_are_refused(ssd_server):
     assert "no prompt: set prompt_text or prompt_token_ids" in info.value.details()
 
 
+def test_an_undefined_decode_mode_is_refused_not_served_as_the_default(ssd_server):
+    """The proto's contract: DEFAULT, AR or the server's mode; a value the enum does not define
+    (a newer client's, or garbage) is INVALID_ARGUMENT, never silently the server's mode."""
+    with grpc.insecure_channel(ssd_server.address) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        request = pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=[5, 6]), sampling=pb.SamplingParams(max_tokens=3),
+                                     decode_mode=7)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Generate(request, timeout=30))
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown decode_mode 7" in info.value.details()
+
+
 def _first_delta_then(stream, action):
     """Iterate a stream, run ``action`` once after the first delta; return the deltas."""
     deltas = []
