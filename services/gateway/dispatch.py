@@ -56,7 +56,8 @@ def routing_hashes(token_ids: Sequence[int], block_size: int, max_blocks: int) -
 class Dispatch:
     """One request on its way through the gateway."""
 
-    request: pb.GenerateRequest  # upstream message: token-id prompt (when tokenised) and request id
+    request: pb.GenerateRequest  # upstream message: token-id prompt (when tokenised) and scoped request id
+    client_id: str  # the request id as the client gave it (or was given it); answers carry this one
     block_hashes: Sequence[int]  # leading prompt blocks, for prefix-aware routing
     deadline: float  # time.monotonic() by which the whole request must be done
     api: str  # metrics label: grpc | completions | chat
@@ -95,7 +96,7 @@ class Dispatcher:
         request_id = dispatch.request.request_id
         if request_id in self.live:
             raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"request id {request_id!r} is already used by a running request; "
+                               f"request id {dispatch.client_id!r} is already used by a running request of yours; "
                                "use a unique id or leave it empty", "request_id")
         ticket = self.admission.admit()
         live = self.live[request_id] = _Live()

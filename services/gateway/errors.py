@@ -23,16 +23,19 @@ class GatewayError(Exception):
     """
 
     def __init__(self, code: grpc.StatusCode, message: str, param: str | None = None,
-                 retry_after: int | None = None):
+                 retry_after: int | None = None, http_status: int | None = None):
+        """``http_status``: the HTTP answer when it is not the code's usual one (415 for a body
+        that is not declared JSON, which gRPC has no code for)."""
         super().__init__(message)
         self.code = code
         self.message = message
         self.param = param
         self.retry_after = retry_after
+        self._http_status = http_status
 
     @property
     def http_status(self) -> int:
-        return _HTTP.get(self.code, (500, "server_error"))[0]
+        return self._http_status or _HTTP.get(self.code, (500, "server_error"))[0]
 
     def openai_body(self) -> dict:
         kind = _HTTP.get(self.code, (500, "server_error"))[1]

@@ -17,6 +17,7 @@ import grpc
 
 from saguaro.services.gateway.errors import GatewayError
 from saguaro.services.gateway.openai_schema import FINISH
+from saguaro.services.gateway.prepare import scoped_request_id
 from saguaro.telemetry.gateway import GatewaySpan
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
@@ -81,8 +82,9 @@ class GatewayInferenceService(pb_grpc.InferenceServicer):
                 request.request_id = gw.dispatcher.new_request_id()
             remaining = context.time_remaining()
             timeout = min(remaining, gw.config.request_timeout_s) if remaining is not None else gw.config.request_timeout_s
-            dispatch = preparer.dispatch(request, prompt, timeout, "grpc", span)
+            dispatch = preparer.dispatch(request, prompt, timeout, "grpc", span, owner=key)
             async for response in gw.dispatcher.stream(dispatch):
+                response.request_id = dispatch.client_id  # the targets saw it in the key's namespace
                 span.first_token()
                 if response.WhichOneof("kind") == "final":
                     finals.append(response.final)
@@ -107,10 +109,11 @@ class GatewayInferenceService(pb_grpc.InferenceServicer):
 
     async def Abort(self, request: pb.AbortRequest, context) -> pb.AbortResponse:
         try:
-            self.gateway.authenticate(_metadata(context).get("authorization"))
+            key = self.gateway.authenticate(_metadata(context).get("authorization"))
         except GatewayError as exc:
             await context.abort(exc.code, exc.message)
-        return pb.AbortResponse(found=await self.gateway.dispatcher.abort(request.request_id))
+        # only the caller's own requests: ids live in the key's namespace
+        return pb.AbortResponse(found=await self.gateway.dispatcher.abort(scoped_request_id(key, request.request_id)))
 
     async def Health(self, request: pb.HealthRequest, context) -> pb.HealthResponse:
         """Open to everyone (probes): SERVING while a target serves; load summed over them."""

@@ -124,7 +124,7 @@ class OpenAIApi:
                     request_id=request_id if len(parsed.prompts) == 1 else f"{request_id}-{i}",
                     sampling=parsed.sampling, decode_mode=parsed.decode_mode,
                     stream_tokens_individually=parsed.stream and parsed.tokens_individually)
-                dispatches.append(preparer.dispatch(upstream, prompt, gw.config.request_timeout_s, kind, span))
+                dispatches.append(preparer.dispatch(upstream, prompt, gw.config.request_timeout_s, kind, span, owner=key))
             prefix = "cmpl-" if kind == "completions" else "chatcmpl-"
             if parsed.stream:
                 return await self._stream(request, parsed, dispatches[0], prefix + request_id, preparer.facts.name,
@@ -215,6 +215,13 @@ class OpenAIApi:
 
 
 async def _json_body(request: web.Request):
+    """The request's JSON body. It must be declared as JSON: a browser sends a cross-site form
+    POST as text/plain or a form type without asking first, so an undeclared body is refused
+    (415) before it is read."""
+    if request.content_type != "application/json":
+        declared = request.headers.get("Content-Type", "none")[:60]
+        raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"Content-Type must be application/json, got {declared!r}", http_status=415)
     try:
         raw = await request.read()
     except RequestPayloadError:  # e.g. a Content-Encoding the body is not in (found by tests/fuzz)

@@ -9,6 +9,8 @@ token ids, which also makes every request migratable (``migration.py``).
 
 from __future__ import annotations
 
+import hashlib
+
 import math
 import time
 from dataclasses import dataclass
@@ -126,12 +128,24 @@ class Preparer:
 
     # -- dispatch ----------------------------------------------------------------------------
     def dispatch(self, request: pb.GenerateRequest, prompt_ids: list[int], timeout_s: float, api: str,
-                 span: GatewaySpan) -> Dispatch:
-        """``request`` (already validated, with its request id) with the prompt as token ids; the
-        target gets ``span``'s trace context."""
+                 span: GatewaySpan, owner: str | None = None) -> Dispatch:
+        """``request`` (already validated, with the client's request id) with the prompt as token
+        ids and the id in ``owner``'s namespace (``scoped_request_id``); the target gets
+        ``span``'s trace context."""
+        client_id = request.request_id
+        request.request_id = scoped_request_id(owner, client_id)
         if request.WhichOneof("prompt") != "prompt_token_ids":
             request.prompt_token_ids.CopyFrom(pb.TokenIds(ids=prompt_ids))  # replaces prompt_text (oneof)
         hashes = routing_hashes(resumed_prompt(request), self.block_size, self.max_prefix_blocks)
-        return Dispatch(request=request, block_hashes=hashes,
+        return Dispatch(request=request, client_id=client_id, block_hashes=hashes,
                         deadline=time.monotonic() + timeout_s, api=api, metadata=span.forward_metadata(),
                         prompt_tokens=len(prompt_ids), span=span)
+
+
+def scoped_request_id(owner: str | None, request_id: str) -> str:
+    """The id the targets and the dispatcher see for a client's ``request_id``: with API keys, in
+    the key's own namespace (a digest of the key, never the key), so that one tenant can neither
+    abort another's request nor learn which ids another has live; without keys, the id itself."""
+    if owner is None:
+        return request_id
+    return f"{hashlib.sha256(owner.encode()).hexdigest()[:16]}/{request_id}"

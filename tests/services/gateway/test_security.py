@@ -156,6 +156,29 @@ def test_concurrent_streams_are_limited_per_api_key(slow_target, start_gateway, 
     assert batch.status == 400 and batch.json()["error"]["param"] == "prompt"  # more prompts than the limit
 
 
+def test_one_api_key_can_neither_abort_nor_detect_another_keys_requests(slow_target, start_gateway, wait_until):
+    """Request ids live in each key's own namespace: bob's Abort of alice's live id finds
+    nothing and leaves her stream running, bob may use the same id himself (no "already used"
+    that would reveal hers), and alice's own Abort ends her stream; answers carry the id the
+    client gave."""
+    gateway = start_gateway([slow_target.address], api_keys=frozenset({"alice", "bob"}))
+    with Client(gateway.grpc_address, api_key="alice", retries=0) as alice, \
+            Client(gateway.grpc_address, api_key="bob", retries=0) as bob:
+        stream = alice.stream([8, 9, 10], max_tokens=500, ignore_eos=True, request_id="shared-id")
+        deltas = iter(stream)
+        first = next(deltas)
+        assert first.request_id == "shared-id"
+        assert bob.abort("shared-id") is False
+        out = bob.generate([3, 4], max_tokens=1, request_id="shared-id")  # same id, bob's namespace
+        assert out.request_id == "shared-id" and out.finish_reason == "length"
+        assert next(deltas).request_id == "shared-id"  # alice's stream is still running
+        assert alice.abort("shared-id") is True
+        for _ in deltas:
+            pass
+        assert stream.result.finish_reason == "abort"
+    wait_until(lambda: gateway.call(lambda: gateway.gateway.dispatcher.live) == {}, what="no live request left")
+
+
 def test_the_stream_limit_needs_api_keys():
     with pytest.raises(ConfigError, match="--max-streams-per-key counts streams per API key"):
         GatewayConfig(targets=["127.0.0.1:1"], max_streams_per_key=2).validate()

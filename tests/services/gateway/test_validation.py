@@ -162,3 +162,23 @@ def test_a_request_id_header_that_is_not_printable_text_is_400_not_500(gateway, 
     connection.close()
     assert response.status == 400 and error["param"] == "request_id" and "printable text" in error["message"]
     assert ok(gateway)
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_not_declared_as_json_is_415(gateway, content_type):
+    """A browser can send a cross-site POST as text/plain or a form without asking first: only
+    a body declared as application/json is read (415 with a JSON error otherwise)."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    url = urlsplit(gateway.http_url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    body = json.dumps({"model": "llama", "prompt": [5, 6], "max_tokens": 1}).encode()
+    headers = {"Content-Length": str(len(body))} | ({"Content-Type": content_type} if content_type else {})
+    connection.request("POST", "/v1/completions", body=body, headers=headers)
+    response = connection.getresponse()
+    error = json.loads(response.read())["error"]
+    connection.close()
+    assert response.status == 415 and "Content-Type must be application/json" in error["message"]
+    assert ok(gateway)
