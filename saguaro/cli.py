@@ -617,7 +617,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo", help="run the embedded demo: a bundled trained pair, SSD streaming, AR vs SD vs SSD (no downloads)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Start the local stack (gateway, target and draft services, SSD) on the bundled draft/target pair "
                     "(trained on the Python standard library), stream one completion through the gateway, then "
                     "measure AR, SD at its best K and SSD on the same prompts side by side and check that their "
