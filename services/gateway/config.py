@@ -47,6 +47,9 @@ class GatewayConfig:
     provisional_ttl_s: float = 10.0  # life of the index entry written when a request is routed
     index_ttl_s: float = 3600.0  # Redis: a target's keys expire this long after its last event
     max_prefix_blocks: int = 256  # leading prompt blocks looked up per request (4096 tokens at 16)
+    # an SSE comment line after this long without a chunk, so proxies with shorter idle timeouts
+    # do not cut a stream that waits (a migration, a long queue between rounds)
+    sse_keepalive_s: float = 5.0
 
     def validate(self) -> None:
         if self.policy not in POLICIES:

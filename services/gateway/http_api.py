@@ -21,6 +21,7 @@ request on the target.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -207,11 +208,31 @@ class OpenAIApi:
                                                                          final.usage.completion_tokens)))
                     await response.write(ChunkWriter.DONE)
                     return response
-                message = await anext(stream)
+                message = await _next_keeping_alive(stream, response, self.gateway.config.sse_keepalive_s)
         except ConnectionResetError:  # the client went away mid-stream
             return response
         finally:
             await stream.aclose()
+
+
+async def _next_keeping_alive(stream, response: web.StreamResponse, interval_s: float):
+    """The stream's next message; while it does not come, an SSE comment every ``interval_s``
+    (clients ignore comments; proxies see a live connection)."""
+    pending = asyncio.ensure_future(anext(stream))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=interval_s)
+            if done:
+                return pending.result()
+            await response.write(KEEPALIVE)
+    except BaseException:
+        pending.cancel()
+        with contextlib.suppress(BaseException):
+            await pending  # the generator must be idle before the caller closes it
+        raise
+
+
+KEEPALIVE = b": keep-alive\n\n"
 
 
 async def _json_body(request: web.Request):

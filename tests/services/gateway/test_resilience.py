@@ -4,6 +4,7 @@ queue answers 429 / RESOURCE_EXHAUSTED with Retry-After, deadlines, the circuit 
 
 from __future__ import annotations
 
+import json
 import threading
 import urllib.request
 
@@ -126,6 +127,24 @@ def test_a_full_queue_answers_429_and_resource_exhausted_with_retry_after(slow_t
         running.join(60)
         assert first["out"].token_ids == reference([[20, 21]], 2)[0]
         assert client.generate([22, 23], max_tokens=1).finish_reason == "length"  # room again
+
+
+def test_a_stream_that_waits_between_tokens_gets_sse_keep_alives(slow_target, start_gateway):
+    """Each token of the slow target takes 0.4 s; with keep-alives every 0.1 s, comment lines
+    arrive between the data chunks (a proxy with a short idle timeout keeps the connection), and
+    the stream still ends with its finish chunk and [DONE]."""
+    gateway = start_gateway([slow_target.address], sse_keepalive_s=0.1)
+    body = json.dumps({"model": "llama", "prompt": [40, 41], "max_tokens": 3, "stream": True,
+                       "ignore_eos": True}).encode()
+    request = urllib.request.Request(gateway.http_url + "/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        lines = [line.decode().rstrip("\n") for line in response]
+    keepalives = [line for line in lines if line.startswith(":")]
+    data = [line for line in lines if line.startswith("data: ")]
+    assert keepalives and all(line == ": keep-alive" for line in keepalives)
+    assert data[-1] == "data: [DONE]"
+    assert json.loads(data[-2][len("data: "):])["choices"][0]["finish_reason"] == "length"
 
 
 def test_a_deadline_ends_the_request_and_frees_the_target(slow_target, start_gateway, wait_until):
