@@ -124,7 +124,7 @@ class SpeculationGovernor:
         two arms' estimates are too close to call; each arm needs ``min_rounds`` measured
         rounds before it can win; a costlier arm wins only by more than ``margin``.
         ``arms``: a subset of ``ARMS`` with ``ar``; None: every arm of the engine's mode
-        (``bind``)."""
+        (``bind``), or all of ``ARMS`` for a governor used before any engine binds it."""
         if (not 1 <= base_interval <= max_interval or not 2 <= burst <= max_burst or min_rounds < 1
                 or not 0 <= probe_budget < 1 or not 0 <= margin < 1):
             raise ValueError("need 1 <= base_interval <= max_interval, 2 <= burst <= max_burst, min_rounds >= 1, "
