@@ -266,15 +266,15 @@ class DraftWorker:
         del kv[valid:]
 
     def _fill_misses(self, misses: list[tuple[int, PendingRow]], replies: list, batch_size: int,
-                     jit: bool | None = None, k: int | None = None) -> None:
+                     jit: bool | None, k: int) -> None:
         """Backups for the rows that missed; ``jit``: True forces JIT (None: the backup policy's
-        choice); ``k``: tokens to draft (a synchronous round's lookahead; None: K)."""
+        choice); ``k``: tokens to draft (K, or a synchronous round's lookahead)."""
         use_jit = self._use_jit(batch_size) if jit is None else jit
         plans = [p for _, p in misses]
         if use_jit:
             started = time.perf_counter()
-            tokens, probs = self._jit(plans, k or self.k)
-            if k in (None, self.k):  # the economics price a K-step backup
+            tokens, probs = self._jit(plans, k)
+            if k == self.k:  # the economics price a K-step backup
                 self.economics.observe_jit(time.perf_counter() - started)
         else:
             tokens = [torch.randint(0, self.runner.vocab_size, (self.k,), generator=p.seq.generator) for p in plans]

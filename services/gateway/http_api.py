@@ -182,6 +182,7 @@ class OpenAIApi:
         """Server-sent events; ``finals`` receives the final message."""
         stream = self.gateway.dispatcher.stream(dispatch)
         response: web.StreamResponse | None = None
+        keeper: asyncio.Task | None = None
         try:
             message = await anext(stream)  # errors before the first token still get a status code
             dispatch.span.first_token()
@@ -189,6 +190,8 @@ class OpenAIApi:
                                                    "x-saguaro-target": dispatch.target or ""})
             await response.prepare(request)
             chunks = ChunkWriter(parsed.kind, response_id, int(time.time()), model)
+            last_write = [time.monotonic()]
+            keeper = asyncio.create_task(_keep_alive(response, self.gateway.config.sse_keepalive_s, last_write))
             if parsed.kind == "chat":
                 await response.write(chunks.role())
             while True:
@@ -208,28 +211,26 @@ class OpenAIApi:
                                                                          final.usage.completion_tokens)))
                     await response.write(ChunkWriter.DONE)
                     return response
-                message = await _next_keeping_alive(stream, response, self.gateway.config.sse_keepalive_s)
+                message = await anext(stream)
+                last_write[0] = time.monotonic()
         except ConnectionResetError:  # the client went away mid-stream
             return response
         finally:
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+                    await keeper
             await stream.aclose()
 
 
-async def _next_keeping_alive(stream, response: web.StreamResponse, interval_s: float):
-    """The stream's next message; while it does not come, an SSE comment every ``interval_s``
-    (clients ignore comments; proxies see a live connection)."""
-    pending = asyncio.ensure_future(anext(stream))
-    try:
-        while True:
-            done, _ = await asyncio.wait({pending}, timeout=interval_s)
-            if done:
-                return pending.result()
+async def _keep_alive(response: web.StreamResponse, interval_s: float, last_write: list[float]) -> None:
+    """An SSE comment whenever ``interval_s`` passed without a chunk (clients ignore comments;
+    proxies see a live connection). Runs beside the stream, so a chunk costs only a clock read."""
+    while True:
+        await asyncio.sleep(max(0.0, last_write[0] + interval_s - time.monotonic()))
+        if time.monotonic() - last_write[0] >= interval_s:
             await response.write(KEEPALIVE)
-    except BaseException:
-        pending.cancel()
-        with contextlib.suppress(BaseException):
-            await pending  # the generator must be idle before the caller closes it
-        raise
+            last_write[0] = time.monotonic()
 
 
 KEEPALIVE = b": keep-alive\n\n"
