@@ -56,6 +56,25 @@ def flapping_governor():
     return SpeculationGovernor(base_interval=1, max_interval=1, burst=2, max_burst=2, min_rounds=1)
 
 
+def cycle_depths(engine, depths: tuple[int, ...]) -> None:
+    """Make an SSD engine's rounds propose ``depths`` in turn, whatever the timings: every change
+    of depth (an entry cut to a shallower round, a miss after a deeper one, a tree as deep as
+    its round) happens within a few tokens (exactness tests)."""
+    import itertools
+
+    from saguaro.services.target.lookahead import DepthModel
+
+    class CyclingDepth(DepthModel):
+        def __init__(self) -> None:
+            super().__init__(engine.k)
+            self._next = itertools.cycle(depths)
+
+        def best(self, batch_size: int) -> int:
+            return next(self._next)
+
+    engine.ssd_depth = CyclingDepth()
+
+
 # -- TLS material made in the test (real certificates, a throwaway CA) ------------------------------
 @dataclass
 class Pem:

@@ -27,6 +27,7 @@ __all__ = [
     "fork_candidates",
     "geometric_fan_out",
     "select_fan_out",
+    "shorten_fan_out",
     "uniform_fan_out",
     "validate_fan_out",
 ]
@@ -229,6 +230,19 @@ def placeholder_fan_out(k: int, budget: int, vocab_size: int) -> list[int] | Non
     if k == 0 or rest > vocab_size:
         return None
     return [first] + [0] * (k - 1) + [rest]
+
+
+def shorten_fan_out(fan_out: Sequence[int], k: int) -> list[int]:
+    """A fan-out list for a round of depth ``k`` <= K, from one for depth K (same budget M).
+
+    A proposal of k tokens has outcomes n = 0..k, and n = k ("all accepted") is the union of the
+    K-round outcomes n >= k, so the branches of depths k..K go to depth k. That depth excludes
+    no draft token (its token is the bonus), so it can hold them all up to V.
+    """
+    fan = list(fan_out)
+    if not 1 <= k <= len(fan) - 1:
+        raise ValueError(f"a round's depth must be in 1..{len(fan) - 1}, got {k}")
+    return fan[:k] + [sum(fan[k:])]
 
 
 def select_fan_out(

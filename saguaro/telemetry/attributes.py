@@ -65,7 +65,7 @@ SSD_TOKENS_PER_ROUND = "ssd.tokens_per_round"
 # -- ssd.* : one round (target ssd.round; the scalar row fields describe the primary request) ----
 SSD_ROUND_INDEX = "ssd.round.index"  # 0-based decode round of the primary request
 SSD_ENGINE_ROUND = "ssd.engine.round"  # the engine's own round counter (all requests)
-SSD_K = "ssd.k"
+SSD_K = "ssd.k"  # the round's depth: tokens proposed per row (K, or fewer chosen by a lookahead model)
 SSD_ARM = "ssd.arm"  # how the round ran: ar | sd (synchronous) | ssd (the speculation governor's arm)
 SSD_FAN_OUT = "ssd.fan_out"  # per-depth fan-out list F_0..F_K (hit rows)
 SSD_FAN_OUT_MISS = "ssd.fan_out.miss"  # per-depth fan-out list after a miss (draft)

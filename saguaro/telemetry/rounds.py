@@ -124,13 +124,14 @@ class RoundTelemetry:
             gap = self._round_start - self._prev_reply if self._prev_reply is not None else build
             overlap = min(build, max(0.0, gap))
             self._prev_reply = self._round_start + draft_time
+        # the round's depth: K, or fewer tokens chosen by a lookahead model (docs/speculation.md)
+        k = len(next(iter(proposals.values())).tokens) if proposals else engine.k
         m = self.metrics
         if m is not None:
-            self._count(m.rounds, engine.k, spec, proposals, outcome, draft_time, verify_time, build, overlap, timings,
-                        arm)
+            self._count(m.rounds, k, spec, proposals, outcome, draft_time, verify_time, build, overlap, timings, arm)
         if trace is not None:
-            self._finish(trace, engine, seqs, spec, proposals, outcome, draft_time, verify_time, timings, build, overlap,
-                         gap, arm)
+            self._finish(trace, engine, k, seqs, spec, proposals, outcome, draft_time, verify_time, timings, build,
+                         overlap, gap, arm)
         self._open = None
 
     @staticmethod
@@ -169,10 +170,10 @@ class RoundTelemetry:
             t.build += build
             t.overlap += overlap
 
-    def _finish(self, trace: RoundTrace, engine: Any, seqs: list, spec: list, proposals: dict,
+    def _finish(self, trace: RoundTrace, engine: Any, k: int, seqs: list, spec: list, proposals: dict,
                 outcome: dict[int, int], draft_time: float, verify_time: float, timings: Any, build: float,
                 overlap: float, gap: float, arm: str) -> None:
-        k, proposer = engine.k, engine.proposer
+        proposer = engine.proposer
         ids = [s.seq_id for s in seqs]
         rows = [proposals.get(sid) for sid in ids]
         hits = sum(p.hit for p in proposals.values())

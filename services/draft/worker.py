@@ -32,7 +32,7 @@ from saguaro.kernels.tree_attention import TreeStep, tree_attention
 from saguaro.model_runner import CausalChunk, ModelRunner
 from saguaro.sampling import role_seed
 from saguaro.speculative import proposal_codec
-from saguaro.speculative.fanout import placeholder_fan_out, select_fan_out
+from saguaro.speculative.fanout import placeholder_fan_out, select_fan_out, shorten_fan_out
 from saguaro.speculative.verification import proposal_probs
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.services.draft.policy import RoundEconomics
@@ -58,6 +58,7 @@ class DraftSequence:
     generator: torch.Generator
     kv_tokens: list[int] = field(default_factory=list)
     table: BlockTable = field(default_factory=BlockTable)
+    depth: int = 0  # tokens of the last proposal sent for it (0: none yet)
 
 
 @dataclass
@@ -87,7 +88,8 @@ class DraftWorker:
         self._replied_at: float | None = None
         self.economics = RoundEconomics(settings.k, settings.budget)
         self.fan_out_hit, self.fan_out_miss = list(settings.fan_out_hit), list(settings.fan_out_miss)
-        self._placeholder_fan_out = placeholder_fan_out(settings.k, settings.budget, runner.vocab_size)
+        self._placeholder_fan_outs = {k: placeholder_fan_out(k, settings.budget, runner.vocab_size)
+                                      for k in range(1, settings.k + 1)}
         self._trace: DraftRoundTrace | None = None  # span of the round answered last, until its build ends
 
     @property
@@ -170,8 +172,9 @@ class DraftWorker:
 
     # -- speculate ------------------------------------------------------------------------
     def speculate(self, request: pb.SpeculateRequest) -> pb.SpeculateReply:
-        if request.lookahead and not (request.synchronous and request.lookahead <= self.k):
-            raise ValueError(f"lookahead {request.lookahead} needs a synchronous round and at most K = {self.k}")
+        if request.lookahead > self.k:
+            raise ValueError(f"lookahead {request.lookahead} exceeds the session's K = {self.k}")
+        depth = request.lookahead or self.k
         arrived = time.perf_counter()
         idle_us = int((arrived - self._idle_since) * 1e6)
         self._close_trace()  # a traced round whose build never ran
@@ -182,7 +185,7 @@ class DraftWorker:
         pending: list[PendingRow] = []
         misses: list[tuple[int, PendingRow]] = []
         for row in request.rows:
-            reply, plan = self._lookup(row, request.synchronous)
+            reply, plan = self._lookup(row, depth, request.synchronous)
             replies.append(reply)
             if plan is not None:
                 pending.append(plan)
@@ -192,8 +195,9 @@ class DraftWorker:
         if trace is not None:
             trace.mark(LOOKUP_SPAN)
         if misses:
-            self._fill_misses(misses, replies, len(request.rows), jit=request.synchronous or None,
-                              k=request.lookahead or self.k)
+            self._fill_misses(misses, replies, len(request.rows), jit=request.synchronous or None, k=depth)
+        for plan in pending:
+            plan.seq.depth = depth
         backup_us = int((time.perf_counter() - lookup_done) * 1e6)
         if trace is not None:
             trace.mark(BACKUP_SPAN if misses else None)
@@ -210,9 +214,15 @@ class DraftWorker:
             trace.replied(reply, len(request.rows))
         return reply
 
-    def _lookup(self, row: pb.SpeculateRow, synchronous: bool = False) -> tuple[pb.SpeculateRowReply, PendingRow | None]:
-        """Sync the row and look its outcome key up; ``synchronous``: no lookup (the row is a
-        miss, its cache entries are dropped), and the economics of SSD rounds see nothing."""
+    def _lookup(self, row: pb.SpeculateRow, depth: int,
+                synchronous: bool = False) -> tuple[pb.SpeculateRowReply, PendingRow | None]:
+        """Sync the row and look its outcome key up for a proposal of ``depth`` tokens;
+        ``synchronous``: no lookup (the row is a miss, its cache entries are dropped), and the
+        economics of SSD rounds see nothing.
+
+        An entry built deeper than ``depth`` answers with its first ``depth`` tokens: a prefix
+        of a chain sampled token by token from q is itself such a chain, so the proposal law is
+        unchanged (docs/speculation.md, "SSD's depth"). A shallower entry cannot answer."""
         seq = self.sequences.get(row.seq_id)
         if seq is None:
             return pb.SpeculateRowReply(seq_id=row.seq_id, status=pb.ROW_STATUS_UNKNOWN_SEQUENCE), None
@@ -232,8 +242,10 @@ class DraftWorker:
             cached = None
         else:
             cached = self.cache.take(row.seq_id, row.n_prev, row.recovery_token)
-        if row.n_prev >= 0:
-            self.economics.observe_outcome(row.n_prev)
+            if cached is not None and len(cached.tokens) < depth:
+                cached = None
+        if row.n_prev >= 0 and seq.depth:
+            self.economics.observe_outcome(row.n_prev, seq.depth)
         ship = row.draft_temperature > 0 and row.target_temperature > 0
         if cached is not None and (cached.probs is not None) != (row.draft_temperature > 0):
             cached = None  # built under another temperature regime: not a draw from this q
@@ -242,11 +254,11 @@ class DraftWorker:
             self.economics.observe_lookup(plan.hit)
         reply = pb.SpeculateRowReply(seq_id=row.seq_id, status=pb.ROW_STATUS_OK, hit=cached is not None)
         if cached is not None:
-            plan.proposal = cached.tokens.tolist()
+            plan.proposal = cached.tokens[:depth].tolist()
             reply.tokens.extend(plan.proposal)
             reply.proposal_is_sample = True
             if ship:
-                reply.probs = proposal_codec.encode(cached.probs, self.settings.probs_dtype)
+                reply.probs = proposal_codec.encode(cached.probs[:depth], self.settings.probs_dtype)
         return reply, plan
 
     def _slots_needed(self, committed: int) -> int:
@@ -269,15 +281,14 @@ class DraftWorker:
                      jit: bool | None, k: int) -> None:
         """Backups for the rows that missed; ``jit``: True forces JIT (None: the backup policy's
         choice); ``k``: tokens to draft (K, or a synchronous round's lookahead)."""
-        use_jit = self._use_jit(batch_size) if jit is None else jit
+        use_jit = self._use_jit(batch_size, k) if jit is None else jit
         plans = [p for _, p in misses]
         if use_jit:
             started = time.perf_counter()
             tokens, probs = self._jit(plans, k)
-            if k == self.k:  # the economics price a K-step backup
-                self.economics.observe_jit(time.perf_counter() - started)
+            self.economics.observe_jit((time.perf_counter() - started) / k)
         else:
-            tokens = [torch.randint(0, self.runner.vocab_size, (self.k,), generator=p.seq.generator) for p in plans]
+            tokens = [torch.randint(0, self.runner.vocab_size, (k,), generator=p.seq.generator) for p in plans]
             probs = [None] * len(plans)
         for (index, plan), toks, q in zip(misses, tokens, probs):
             plan.proposal = toks.tolist()
@@ -289,11 +300,11 @@ class DraftWorker:
             if use_jit and plan.ship_probs:
                 reply.probs = proposal_codec.encode(q, self.settings.probs_dtype)
 
-    def _use_jit(self, batch_size: int) -> bool:
+    def _use_jit(self, batch_size: int, depth: int) -> bool:
         """Backup for a miss: JIT drafts real samples now; fast sends placeholders for free."""
         policy = self.settings.backup_policy
         if policy == pb.BACKUP_POLICY_ADAPTIVE:
-            return self.economics.use_jit(batch_size, self.settings.jit_max_batch_size)
+            return self.economics.use_jit(batch_size, self.settings.jit_max_batch_size, depth)
         return policy != pb.BACKUP_POLICY_FAST
 
     def _jit(self, plans: list[PendingRow], k: int) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
@@ -354,21 +365,24 @@ class DraftWorker:
         if trace is not None:
             trace.mark(None)  # reply -> build: the reply's trip out, not a phase
         start = time.perf_counter()
-        k = self.k
+        k = len(pending[0].proposal)  # the round's depth: the tree is built as deep for the next round
         seqs = [p.seq for p in pending]
         committed = [len(s.tokens) for s in seqs]
         if self.settings.geometric:
             self.fan_out_hit = self.fan_out_miss = self.economics.geometric_lists(self.fan_out_hit)
+        fan_hit, fan_miss = self.fan_out_hit, self.fan_out_miss
+        if k < self.k:
+            fan_hit, fan_miss = shorten_fan_out(fan_hit, k), shorten_fan_out(fan_miss, k)
         with self.runner.device_step():  # glue and fork: one launch on a GPU
-            glue = self._glue(pending)
+            glue = self._glue(pending, k)
             if trace is not None:
                 trace.mark(GLUE_SPAN)
             proposals = torch.tensor([p.proposal for p in pending], dtype=torch.long)
             hit = torch.tensor([p.hit for p in pending])
-            fan = select_fan_out(hit, self.fan_out_hit, self.fan_out_miss)
+            fan = select_fan_out(hit, fan_hit, fan_miss)
             placeholder = torch.tensor([p.placeholder for p in pending])
-            if placeholder.any() and self._placeholder_fan_out is not None:
-                fan[placeholder] = torch.tensor(self._placeholder_fan_out)
+            if placeholder.any() and self._placeholder_fan_outs[k] is not None:
+                fan[placeholder] = torch.tensor(self._placeholder_fan_outs[k])
             forks, depth = fork_candidates(glue, proposals, fan)
         if trace is not None:
             trace.mark(FORK_SPAN)
@@ -408,13 +422,13 @@ class DraftWorker:
         if trace is not None:
             trace.end(error=error)
 
-    def _glue(self, pending: list[PendingRow]) -> torch.Tensor:
-        """Forward ``[r, s_1..s_K]`` at positions C..C+K for every row: [B, K+1, V] logits.
+    def _glue(self, pending: list[PendingRow], k: int) -> torch.Tensor:
+        """Forward ``[r, s_1..s_k]`` at positions C..C+k for every row (k: the round's depth):
+        [B, k+1, V] logits.
 
         This also (re)writes the draft KV of the region that becomes committed once the target's
         outcome is known, always under the true context (ALGORITHM.md §10.4).
         """
-        k = self.k
         chunks = []
         for p in pending:
             s = p.seq

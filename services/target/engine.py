@@ -25,7 +25,7 @@ from saguaro.services.draft.handshake import handshake_request
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.target.channels import DraftChannel
 from saguaro.services.target.governor import SpeculationGovernor
-from saguaro.services.target.lookahead import LookaheadModel
+from saguaro.services.target.lookahead import Acceptance, DepthModel, LookaheadModel, SSDRound
 from saguaro.services.target.proposer import DraftProposer, Proposal
 from saguaro.services.target.stats import SpecStats
 from saguaro.services.target.verifier import verify_rows
@@ -66,8 +66,15 @@ class SpeculativeEngine(LLMEngine):
         self.governor = governor if mode != "ar" else None
         if self.governor is not None:
             self.governor.bind(mode)
-        # the governor's SD arm on an SSD draft drafts SD's best lookahead, from measurements
-        self.sd_lookahead = LookaheadModel(self.k) if self.governor is not None and mode == "ssd" else None
+        # under the governor, an SSD deployment sizes its rounds from measurements: the SD arm
+        # drafts SD's best lookahead, the SSD arm proposes (and builds) its best depth
+        self.sd_lookahead = self.ssd_depth = None
+        if self.governor is not None and mode == "ssd":
+            acceptance = Acceptance(self.k)
+            self.sd_lookahead, self.ssd_depth = LookaheadModel(self.k, acceptance), DepthModel(self.k, acceptance)
+        self._ssd_outcomes: dict[int, tuple[int, int]] = {}  # per row of the last SSD round: (n, depth)
+        self._last_ssd_round: tuple[int, int] | None = None  # (rows, depth) of the last round, if SSD
+        self._last_reply_at = 0.0  # when the last round's draft reply came
         # Per-round metrics and spans (saguaro.telemetry.rounds.RoundTelemetry), set by the
         # service; None costs a round nothing.
         self.telemetry = None
@@ -124,7 +131,11 @@ class SpeculativeEngine(LLMEngine):
         arm = self.governor.choose(governed) if governed else self.mode if spec else "ar"
         held = bool(governed) and arm == "ar"
         synchronous = arm == "sd" and self.mode == "ssd"  # SD beats SSD at this batch size right now
-        lookahead = self.sd_lookahead.best(governed) if synchronous else 0
+        lookahead = 0  # K
+        if synchronous:
+            lookahead = self.sd_lookahead.best(governed)
+        elif arm == "ssd" and self.ssd_depth is not None:
+            lookahead = self.ssd_depth.best(governed)
         if held:  # plain decoding beats speculation at this batch size right now
             self.proposer.skip(spec)
             for s in spec:
@@ -136,7 +147,8 @@ class SpeculativeEngine(LLMEngine):
         started = time.perf_counter()
         carrier = trace.carrier if trace is not None else None
         proposals = self.proposer.propose(spec, carrier, synchronous, lookahead) if spec else {}
-        draft_time = time.perf_counter() - started
+        since_reply, self._last_reply_at = started - self._last_reply_at, time.perf_counter()
+        draft_time = self._last_reply_at - started
         chunks = [
             CausalChunk(s.table.blocks, s.num_tokens - 1,
                         s.token_ids[-1:] + (proposals[s.seq_id].tokens if s.seq_id in proposals else []))
@@ -177,8 +189,9 @@ class SpeculativeEngine(LLMEngine):
         if telemetry is not None:
             telemetry.end_round(trace, self, seqs, spec, proposals, outcome if verified else {}, draft_time, verify_time,
                                 arm)
-        if self.sd_lookahead is not None and verified:
-            self._observe_lookahead(governed, props, accepted, synchronous, verify_time, draft_time)
+        if self.sd_lookahead is not None:
+            self._observe_costs(governed, picked, props, accepted if verified else [], synchronous, verify_time,
+                                draft_time, since_reply, time.perf_counter() - round_started)
         if governed:
             committed = sum(s.num_output_tokens for s in seqs) - before
             if held or proposals:
@@ -187,16 +200,39 @@ class SpeculativeEngine(LLMEngine):
                 self.governor.unanswered()
         self._release_finished(seqs)
 
-    def _observe_lookahead(self, batch_size: int, props: list[Proposal], accepted: list[int], synchronous: bool,
-                           verify_time: float, draft_time: float) -> None:
-        """Feed the SD arm's cost model: acceptance from real drafts (not fast backups'
-        placeholders), step and transport times from synchronous rounds (every row drafted)."""
+    def _observe_costs(self, batch_size: int, seqs: list[Sequence], props: list[Proposal], accepted: list[int],
+                       synchronous: bool, verify_time: float, draft_time: float, since_reply: float,
+                       round_time: float) -> None:
+        """Feed the lookahead models (services/target/lookahead.py): acceptance from real drafts
+        (not fast backups' placeholders); the SD arm's step and transport times from synchronous
+        rounds (every row drafted); the SSD arm's verify, host, link and backup times, the
+        draft's build after each SSD round, and hits keyed on the previous SSD round's outcome."""
+        ssd_round = bool(props) and not synchronous
+        last_round, self._last_ssd_round = self._last_ssd_round, None
+        previous, self._ssd_outcomes = self._ssd_outcomes, {}
+        if not props:
+            return
         k = len(props[0].tokens)
-        self.sd_lookahead.observe_acceptance([n for p, n in zip(props, accepted) if p.backup != 2], k)
+        self.sd_lookahead.acceptance.observe([n for p, n in zip(props, accepted) if p.backup != 2], k)
         timings = self.proposer.last_timings
-        if synchronous and timings is not None:
-            self.sd_lookahead.observe_times(batch_size, verify_time, draft_time, timings.lookup_us / 1e6,
-                                         timings.backup_us / 1e6, k)
+        if timings is None:
+            return
+        lookup_s, backup_s = timings.lookup_us / 1e6, timings.backup_us / 1e6
+        if synchronous:
+            self.sd_lookahead.observe_times(batch_size, verify_time, draft_time, lookup_s, backup_s, k)
+            return
+        if ssd_round:
+            build_s = timings.prev_build_us / 1e6 if last_round is not None else None
+            if last_round is not None:  # the build this reply reports followed that round
+                self.ssd_depth.observe_build(*last_round, build_s)
+            for seq, prop in zip(seqs, props):
+                if seq.seq_id in previous:
+                    self.ssd_depth.observe_lookup(*previous[seq.seq_id], prop.hit)
+            misses = sum(not p.hit for p in props)
+            self.ssd_depth.observe_round(SSDRound(batch_size, k, round_time, verify_time, draft_time, backup_s, misses,
+                                                  sum(p.backup == 2 for p in props), build_s, since_reply))
+            self._ssd_outcomes = {seq.seq_id: (n, k) for seq, n in zip(seqs, accepted)}
+            self._last_ssd_round = (batch_size, k)
 
     def _commit_round(self, seq: Sequence, accepted: int, new_tokens: list[int], proposal: Proposal | None,
                       draft_time: float, held: bool = False, synchronous: bool = False) -> None:

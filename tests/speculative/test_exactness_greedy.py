@@ -21,7 +21,7 @@ from saguaro.services.target.local import speculative_engine
 from saguaro.llm import LLM
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.net import free_port
-from tests_support import flapping_governor, hf_greedy, make_prompts
+from tests_support import cycle_depths, flapping_governor, hf_greedy, make_prompts
 
 NEW_TOKENS = 16
 BACKUPS = {"jit": pb.BACKUP_POLICY_JIT, "fast": pb.BACKUP_POLICY_FAST, "adaptive": pb.BACKUP_POLICY_ADAPTIVE}
@@ -42,6 +42,7 @@ class Case:
     geometric: bool = False
     governed: bool = False  # a governor that switches speculation off and on every few rounds
     workers: int = 1  # draft workers sharing the batch (data parallelism)
+    depths: tuple[int, ...] = ()  # SSD rounds propose these depths in turn (empty: K, or the depth model's)
 
 
 CASES = [
@@ -73,6 +74,10 @@ CASES = [
     Case("ssd", "llama", "llama_draft_perturbed", 8, 6, 3, preempt=True, transport="unix"),
     Case("ssd", "qwen3", "qwen3_draft_perturbed", 8, 6, 1, "fast", preempt=True, transport="unix"),
     Case("ssd", "llama", "llama_draft_copy", 4, 3, 2, "adaptive", transport="unix", workers=2),
+    Case("ssd", "llama", "llama_draft_perturbed", 4, 3, 2, depths=(3, 1, 2, 2)),
+    Case("ssd", "qwen3", "qwen3_draft_perturbed", 8, 6, 1, "fast", preempt=True, transport="unix", depths=(6, 2, 4, 1)),
+    Case("ssd", "llama", "llama_draft_copy", 1, 3, 3, transport="grpc", depths=(1, 3, 2)),
+    Case("ssd", "llama", "llama_draft_perturbed", 8, 3, 2, "adaptive", preempt=True, governed=True, depths=(2, 3)),
 ]
 
 
@@ -110,6 +115,8 @@ def build(model_dirs, case: Case):
                                 fast_path=None if case.transport == "grpc" else case.transport, draft_workers=case.workers,
                                 governor=flapping_governor() if case.governed else None,
                                 draft_soft_deadline=False)  # every round waits for its reply: no timing luck
+    if case.depths:
+        cycle_depths(engine, case.depths)
     return engine, servers
 
 
@@ -126,12 +133,14 @@ def test_greedy_tokens_identical_to_target(model_dirs, prompts, expected, case):
             assert engine.scheduler.num_preemptions > 0
         if case.governed:
             assert sum(s["policy_rounds"] for s in stats) > 0 and sum(s["spec_rounds"] for s in stats) > 0
-        if case.draft.endswith("copy") and not case.preempt:
+        if case.draft.endswith("copy") and not case.preempt and not case.depths:
             rounds = sum(s["spec_rounds"] for s in stats)
             accepted = sum(sum(s["accepted_per_position"]) for s in stats)
             assert accepted >= 0.9 * rounds * case.k  # full acceptance except where the output ends
             if case.mode == "ssd":
                 assert sum(s["cache_hits"] for s in stats) >= 0.5 * rounds
+        if case.depths and not case.governed:  # entries answered rounds of their own and of another depth
+            assert sum(s["cache_hits"] for s in stats) > 0
         if case.workers > 1:  # every worker speculated for its share of the batch
             assert all(rows > 0 for rows in engine.proposer.channel.rows_speculated)
     finally:

@@ -22,7 +22,7 @@ from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.target.local import speculative_engine
 from saguaro.tiny_models import build_tiny_model, perturbed_copy
 from saguaro.v1 import speculation_pb2 as pb
-from tests_support import flapping_governor, hf_logits
+from tests_support import cycle_depths, flapping_governor, hf_logits
 
 VOCAB = 10
 PROMPT = [4, 7, 3]
@@ -93,6 +93,7 @@ CONFIGS = {
     "ssd_c05": dict(mode="ssd", settings=DraftSettings(k=1, fan_out=4, downweight=0.5)),
     "ssd_fast_backup": dict(mode="ssd", settings=DraftSettings(k=2, fan_out=2, backup_policy=pb.BACKUP_POLICY_FAST)),
     "ssd_governed": dict(mode="ssd", settings=DraftSettings(k=1, fan_out=4), governed=True),
+    "ssd_depths": dict(mode="ssd", settings=DraftSettings(k=2, fan_out=3), depths=(2, 1)),
 }
 
 
@@ -104,6 +105,8 @@ def test_sampled_output_has_the_target_law(pair, exact_law, name):
                                       show_progress=False)
     governor = flapping_governor() if cfg.get("governed") else None
     engine = speculative_engine(make(target), cfg["mode"], make(draft), cfg.get("settings"), governor=governor)
+    if "depths" in cfg:  # rounds of depth 2 and 1 in turn: entries cut to the shallower round
+        cycle_depths(engine, cfg["depths"])
     try:
         counts, outputs = sample_pairs(engine)
     finally:
@@ -113,7 +116,7 @@ def test_sampled_output_has_the_target_law(pair, exact_law, name):
     if cfg["mode"] != "ar":
         stats = [o.stats for o in outputs]
         assert sum(s["spec_rounds"] for s in stats) > 0
-        if name.startswith("ssd_c"):
+        if name.startswith("ssd_c") or name == "ssd_depths":
             assert sum(s["cache_hits"] for s in stats) > SAMPLES // 10, "the cache path must be exercised"
             assert sum(sum(s["accepted_per_position"]) for s in stats) > 0
         if name == "ssd_fast_backup":

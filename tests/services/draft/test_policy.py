@@ -31,19 +31,38 @@ def test_acceptance_estimate_recovers_alpha_from_truncated_outcomes():
         n = 0
         while n < 4 and rng.random() < 0.7:
             n += 1
-        econ.observe_outcome(n)
+        econ.observe_outcome(n, 4)
     assert econ.acceptance == pytest.approx(0.7, abs=0.02)
 
 
 def test_backup_uses_the_batch_threshold_until_timings_are_measured():
     econ = RoundEconomics(k=3, budget=8)
-    assert econ.use_jit(batch=2, threshold=4) and not econ.use_jit(batch=8, threshold=4)
-    econ.observe_outcome(3)
-    econ.observe_outcome(1)
+    assert econ.use_jit(batch=2, threshold=4, depth=3) and not econ.use_jit(batch=8, threshold=4, depth=3)
+    econ.observe_outcome(3, 3)
+    econ.observe_outcome(1, 3)
     econ.observe_lookup(True)
     econ.observe_cycle(0.015)
-    econ.observe_jit(0.001)
-    assert econ.use_jit(batch=8, threshold=4)  # measured: JIT is nearly free, so it pays even at 8 rows
+    econ.observe_jit(0.0003)  # one step
+    assert econ.use_jit(batch=8, threshold=4, depth=3)  # measured: JIT is nearly free, so it pays even at 8 rows
+
+
+def test_acceptance_counts_a_full_shorter_round_as_no_rejection():
+    econ = RoundEconomics(k=5, budget=10)
+    econ.observe_outcome(2, 2)  # all of a depth-2 proposal accepted
+    econ.observe_outcome(1, 5)
+    assert econ.acceptance == pytest.approx(3 / 4)
+
+
+def test_jit_is_priced_per_step_at_the_round_depth():
+    econ = RoundEconomics(k=6, budget=12)
+    for _ in range(20):
+        econ.observe_outcome(1, 6)  # alpha = 0.5
+    econ.observe_lookup(False)
+    econ.observe_cycle(0.010)
+    econ.observe_jit(0.004)  # a step costs 40 % of a cycle
+    # deep backups cost too much at 4 rows; a depth-1 backup is cheap enough to pay
+    assert not econ.use_jit(batch=4, threshold=8, depth=6)
+    assert econ.use_jit(batch=4, threshold=0, depth=1)
 
 
 def test_geometric_lists_keep_the_budget_and_move_with_acceptance():
@@ -51,12 +70,12 @@ def test_geometric_lists_keep_the_budget_and_move_with_acceptance():
     current = [3, 3, 3, 3]
     assert econ.geometric_lists(current) == current  # nothing observed yet
     for _ in range(50):
-        econ.observe_outcome(3)  # full acceptance every round
+        econ.observe_outcome(3, 3)  # full acceptance every round
     lists = econ.geometric_lists(current)
     assert sum(lists) == 12 and lists[-1] == max(lists)
-    econ.observe_outcome(2)
+    econ.observe_outcome(2, 3)
     assert econ.geometric_lists(lists) == lists  # a small move keeps the allocation
     for _ in range(200):
-        econ.observe_outcome(0)
+        econ.observe_outcome(0, 3)
     low = econ.geometric_lists(lists)
     assert sum(low) == 12 and low[0] == max(low)

@@ -11,6 +11,7 @@ import torch
 from saguaro.config import EngineConfig
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.draft.worker import DraftWorker, draft_runner
+from saguaro.speculative import proposal_codec
 from saguaro.v1 import speculation_pb2 as pb
 
 K = 3
@@ -123,7 +124,7 @@ def test_a_synchronous_round_drafts_just_in_time_and_builds_nothing(model_dirs):
 
 def test_a_synchronous_round_may_draft_fewer_tokens_than_k(model_dirs):
     """``lookahead`` k < K: the first k tokens of the K-token JIT draft (greedy), and nothing
-    else; a lookahead outside a synchronous round, or above K, is refused and the worker keeps
+    else; a lookahead above K is refused, in a synchronous round or not, and the worker keeps
     serving."""
     model = model_dirs["llama_draft_perturbed"]
     worker = make_worker(model)
@@ -131,11 +132,62 @@ def test_a_synchronous_round_may_draft_fewer_tokens_than_k(model_dirs):
     request = pb.SpeculateRequest(rows=[pb.SpeculateRow(**row(1, -1, 11, len(PROMPT)))], synchronous=True, lookahead=2)
     reply = worker.handle(pb.SpeculationRequest(speculate=request)).speculate.rows[0]
     assert list(reply.tokens) == jit_tokens(model, PROMPT, 11)[:2] and reply.backup == pb.BACKUP_KIND_JIT
-    for bad in (dict(synchronous=False, lookahead=2), dict(synchronous=True, lookahead=K + 1)):
-        request = pb.SpeculateRequest(rows=[pb.SpeculateRow(**row(1, -1, 12, len(PROMPT) + 1, [11]))], **bad)
+    for synchronous in (False, True):
+        request = pb.SpeculateRequest(rows=[pb.SpeculateRow(**row(1, -1, 12, len(PROMPT) + 1, [11]))],
+                                      synchronous=synchronous, lookahead=K + 1)
         answer = worker.handle(pb.SpeculationRequest(speculate=request))
         assert answer.WhichOneof("kind") == "error" and "lookahead" in answer.error.message
     assert speculate(worker, [row(1, -1, 12, len(PROMPT) + 1, [11])]).rows[0].status == pb.ROW_STATUS_OK
+
+
+def speculate_at(worker: DraftWorker, rows: list[dict], depth: int) -> pb.SpeculateReply:
+    request = pb.SpeculateRequest(rows=[pb.SpeculateRow(**r) for r in rows], lookahead=depth)
+    reply = worker.handle(pb.SpeculationRequest(speculate=request))
+    assert reply.WhichOneof("kind") == "speculate", reply
+    return reply.speculate
+
+
+def test_a_shallower_ssd_round_builds_a_tree_as_deep_as_its_proposal(model_dirs):
+    """An SSD round of depth 2 < K: the proposal is 2 tokens, the glue covers [r, s_1, s_2],
+    the tree is 2 steps deep with the budget M (the branches of depths 2..K folded into depth
+    2), and every branch is what a fresh JIT draft gives under its context."""
+    model = model_dirs["llama_draft_perturbed"]
+    worker = make_worker(model, fan_out=2)
+    prefill(worker, 1, PROMPT)
+    proposal = list(speculate_at(worker, [row(1, -1, 11, len(PROMPT))], depth=2).rows[0].tokens)
+    assert proposal == jit_tokens(model, PROMPT, 11)[:2]
+    worker.build()
+    entries = worker.cache._by_seq[1]
+    depths = [j for j, _ in entries]
+    assert len(entries) == worker.settings.budget and max(depths) == 2
+    assert [depths.count(j) for j in range(3)] == [2, 2, 2 * (K - 1)]
+    for (j, t), cached in entries.items():
+        assert len(cached.tokens) == 2
+        assert cached.tokens.tolist() == jit_tokens(model, PROMPT + [11] + proposal[:j], t)[:2], (j, t)
+
+
+def test_an_entry_answers_a_shallower_round_with_its_prefix_but_not_a_deeper_one(model_dirs):
+    """A depth-K entry answers a depth-2 lookup with its first two tokens (and, for a sampled
+    row, the first two proposal laws): a prefix of a chain drawn token by token from q. A
+    depth-2 entry cannot answer a depth-K round: it misses and is backed up."""
+    worker = make_worker(model_dirs["llama_draft_perturbed"])
+    prefill(worker, 1, PROMPT, seed=3)
+    proposal = list(speculate(worker, [row(1, -1, 11, len(PROMPT), temperature=0.8)]).rows[0].tokens)
+    worker.build()
+    (j, t), entry = next(iter(worker.cache._by_seq[1].items()))
+    committed = [11] + proposal[:j]
+    c = len(PROMPT) + len(committed)
+    reply = speculate_at(worker, [row(1, j, t, c, committed, temperature=0.8)], depth=2)
+    (hit,) = reply.rows
+    assert hit.hit and list(hit.tokens) == entry.tokens[:2].tolist()
+    probs = proposal_codec.decode(hit.probs, reply.probs_dtype, 2, worker.runner.vocab_size)
+    assert torch.equal(probs, proposal_codec.decode(proposal_codec.encode(entry.probs[:2], reply.probs_dtype),
+                                                    reply.probs_dtype, 2, worker.runner.vocab_size))
+    worker.build()  # a depth-2 tree
+    (j2, t2), _ = next(iter(worker.cache._by_seq[1].items()))
+    committed2 = [t] + list(hit.tokens)[:j2]
+    deeper = speculate(worker, [row(1, j2, t2, c + len(committed2), committed2, temperature=0.8)]).rows[0]
+    assert not deeper.hit and deeper.backup == pb.BACKUP_KIND_JIT and len(deeper.tokens) == K
 
 
 def test_reset_prefill_forces_a_miss(model_dirs):
@@ -154,7 +206,6 @@ def test_sampled_rows_ship_the_law_they_were_drawn_from(model_dirs):
     prefill(worker, 1, PROMPT, seed=3)
     reply = speculate(worker, [row(1, -1, 11, len(PROMPT), temperature=0.8)])
     r = reply.rows[0]
-    from saguaro.speculative import proposal_codec
 
     q = proposal_codec.decode(r.probs, reply.probs_dtype, K, worker.runner.vocab_size)
     assert torch.allclose(q.sum(-1), torch.ones(K), atol=1e-5)

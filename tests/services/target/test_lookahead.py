@@ -1,6 +1,6 @@
-"""The SD arm's lookahead: a cost model of round time and tokens per round, fed by measured
-acceptance and step times (services/target/lookahead.py), and an SSD engine whose synchronous
-rounds draft that many tokens and stay exact."""
+"""The lookahead of speculative rounds (services/target/lookahead.py): SD's best lookahead and
+SSD's depth, cost models of round time and tokens per round fed by measured acceptance and
+times, and SSD engines whose synchronous and SSD rounds propose that many tokens and stay exact."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from saguaro import LLM, SamplingParams
 from saguaro.config import EngineConfig
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.target.governor import SpeculationGovernor
-from saguaro.services.target.lookahead import LookaheadModel
+from saguaro.services.target.lookahead import DepthModel, LookaheadModel, SSDRound
 from saguaro.services.target.local import speculative_engine
 from tests_support import make_prompts
 
@@ -22,7 +22,7 @@ def measured(reach: list[float], verify_s: float, step_s: float, transport_s: fl
     for i in range(len(reach) + 1):
         rows += [i] * round(((reach[i - 1] if i else 1.0) - (reach[i] if i < len(reach) else 0.0)) * 100)
     for _ in range(200):
-        model.observe_acceptance(rows, len(reach))
+        model.acceptance.observe(rows, len(reach))
         model.observe_times(batch, verify_s, transport_s + step_s * 3, 0.0, step_s * 3, 3)
     return model
 
@@ -48,14 +48,14 @@ def test_a_verify_that_grows_with_the_lookahead_favours_a_shorter_one():
         growing.observe_times(1, 0.003 + 0.001 * 5, 0.005, 0.0, 0.005, 5)
         growing.observe_times(1, 0.003 + 0.001 * 2, 0.002, 0.0, 0.002, 2)
     times = growing.times[1]
-    assert times.verify_s(1) == pytest.approx(0.004, rel=0.05) and times.verify_s(4) == pytest.approx(0.007, rel=0.05)
+    assert times.verify.at(1) == pytest.approx(0.004, rel=0.05) and times.verify.at(4) == pytest.approx(0.007, rel=0.05)
     assert growing.best(1) < flat.best(1)
 
 
 def test_k_until_measured_and_times_per_batch_bucket():
     model = LookaheadModel(4)
     assert model.best(1) == 4  # nothing measured
-    model.observe_acceptance([0, 1, 4], 4)
+    model.acceptance.observe([0, 1, 4], 4)
     assert model.best(1) == 4  # acceptance, but no times yet
     model.observe_times(1, 0.005, 0.030, 0.0, 0.028, 4)  # slow steps at batch 1
     assert model.best(1) < 4
@@ -64,7 +64,7 @@ def test_k_until_measured_and_times_per_batch_bucket():
 
 def test_positions_a_round_did_not_propose_are_not_observed():
     model = LookaheadModel(4)
-    model.observe_acceptance([2, 2], 2)
+    model.acceptance.observe([2, 2], 2)
     assert model.reach == [1.0, 1.0, None, None]
     with pytest.raises(ValueError, match="at least 1"):
         LookaheadModel(0)
@@ -94,3 +94,98 @@ def test_synchronous_rounds_draft_the_modelled_lookahead_and_stay_exact(model_di
     assert [o.token_ids for o in outputs] == [o.token_ids for o in alone]
     assert sum(o.stats["sync_rounds"] for o in outputs) > 0
     assert 1 <= chosen < 4
+
+
+def ssd_measured(reach: list[float], verify: dict[int, float], build_step_s: float, host_s: float = 0.0005,
+                 link_s: float = 0.0003, hit: float = 0.8, batch: int = 1) -> DepthModel:
+    """A depth model that has seen many SSD rounds: acceptance ``reach``, verify times per
+    depth measured, a build of (depth + 1) steps, hits at rate ``hit`` after every outcome,
+    and JIT backups that cost nothing (a fast path with every row answered)."""
+    model = DepthModel(len(reach))
+    rows = []
+    for i in range(len(reach) + 1):
+        rows += [i] * round(((reach[i - 1] if i else 1.0) - (reach[i] if i < len(reach) else 0.0)) * 100)
+    for _ in range(200):
+        model.acceptance.observe(rows, len(reach))
+        for depth, verify_s in verify.items():
+            build_s = (depth + 1) * build_step_s
+            gap = verify_s + host_s  # from the previous reply to this request
+            wait = link_s + max(0.0, build_s - gap)
+            model.observe_round(SSDRound(batch, depth, gap + wait, verify_s, wait, 0.0, 0, 0, build_s, gap))
+            model.observe_build(batch, depth, build_s)
+        for j in range(len(reach) + 1):
+            model.observe_lookup(j, len(reach), hit=(j % 10) < hit * 10)
+    return model
+
+
+def test_ssd_keeps_its_full_depth_while_the_build_hides_in_the_verify():
+    """GPU-like (a draft step 2 ms against a 15 ms verify): a K = 5 tree (12 ms) fits inside
+    the verify, so the deepest round commits most per round at the same round time."""
+    reach = [0.8, 0.65, 0.5, 0.4, 0.3]
+    model = ssd_measured(reach, {5: 0.015}, build_step_s=0.002)
+    assert model.best(1) == 5
+
+
+def test_ssd_goes_shallower_when_the_build_outlasts_the_verify():
+    """CPU-like (a draft step 2.2 ms against a 6-8 ms verify): a K = 5 build (13 ms) makes the
+    target wait every round; the modelled best depth is where build and verify meet, and the
+    rates are the formula of the module's docstring."""
+    reach = [0.7, 0.5, 0.35, 0.25, 0.18]
+    verify = {5: 0.0082, 2: 0.0065}
+    model = ssd_measured(reach, verify, build_step_s=0.0022)
+
+    def expected(k: int) -> float:
+        verify_k = 0.0065 + (0.0082 - 0.0065) / 3 * (k - 2)
+        round_s = max(verify_k + 0.0005 + 0.0003, (k + 1) * 0.0022 + 0.0003)
+        return (1 + sum(reach[:k])) / round_s
+
+    rates = {k: expected(k) for k in range(1, 6)}
+    assert model.rate(1, 3) == pytest.approx(rates[3], rel=0.05)
+    assert model.best(1) == max(rates, key=rates.get) == 2
+
+
+def test_ssd_depth_waits_for_measurements_and_keeps_a_near_tie():
+    model = DepthModel(4)
+    assert model.best(1) == 4  # nothing measured
+    model.acceptance.observe([0, 1, 4], 4)
+    assert model.best(1) == 4  # no times yet
+    reach = [0.7, 0.5, 0.35, 0.25]
+    close = ssd_measured(reach, {4: 0.010}, build_step_s=0.0021)  # a 10.5 ms build against ~10.8 ms
+    assert close.best(1) == 4
+    assert close.best(16) == 4  # another bucket: its own times, none yet
+
+
+def test_hit_rate_weighs_each_outcome_by_its_chance_at_the_depth():
+    """h(k) = sum_j P(n = j | k) g_j: the 'all accepted' outcome (a bonus token, no exclusion)
+    is looked up as its own class, whatever depth it followed."""
+    model = DepthModel(3)
+    model.acceptance.observe([0, 1, 2, 3], 3)  # P(n >= 1, 2, 3) = 3/4, 2/4, 1/4
+    for _ in range(50):
+        model.observe_lookup(0, 3, True)  # rejected at 1: always covered
+        model.observe_lookup(1, 3, False)  # rejected at 2: never
+        model.observe_lookup(3, 3, True)  # all accepted: always
+    # depth 1: P(n=0) g_0 + P(n>=1) g_all = 1/4 + 3/4; depth 3: 1/4 + 1/4 * 0 + 1/4 * g_2 + 1/4,
+    # g_2 never looked up: the pooled rate of rejections (1/2)
+    assert model.hit_rate(1) == pytest.approx(1.0)
+    assert model.hit_rate(3) == pytest.approx(0.25 + 0.125 + 0.25)
+    model.observe_lookup(1, 1, False)  # all of a depth-1 round accepted, not covered
+    assert model.hit_rate(1) < 1.0
+
+
+def test_ssd_rounds_go_shallower_when_draft_steps_are_slow_and_stay_exact(model_dirs):
+    """Draft steps padded to 5 ms against 12 ms target steps: the SSD arm's build of K = 4
+    (5 steps, 25 ms) outlasts the verify, so after measuring, SSD rounds propose fewer than K
+    tokens; greedy output is the target's own."""
+    prompts = make_prompts(2, 380, seed=17, min_len=4, max_len=12)
+    params = SamplingParams(max_tokens=40, ignore_eos=True)
+    governor = SpeculationGovernor(base_interval=4, max_interval=8, burst=2, arms=("ar", "ssd"))
+    engine = speculative_engine(_config(model_dirs["llama"], 0.012), "ssd",
+                                _config(model_dirs["llama_draft_perturbed"], 0.005), DraftSettings(k=4, fan_out=2),
+                                governor=governor, draft_soft_deadline=False)
+    try:
+        outputs = LLM.from_engine(engine, None).generate(prompts, params)
+    finally:
+        engine.proposer.close()
+    alone = LLM.from_engine(speculative_engine(_config(model_dirs["llama"], None), "ar"), None).generate(prompts, params)
+    assert [o.token_ids for o in outputs] == [o.token_ids for o in alone]
+    assert 1 <= engine.ssd_depth.best(2) < 4
