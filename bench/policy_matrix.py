@@ -56,7 +56,8 @@ def main() -> None:
             if regime == "emulated":
                 dilation = calibrate_dilation(args, batch, prompts) if args.dilation == "auto" else float(args.dilation)
                 profile = f"{args.profile}:x{dilation:g}"
-            ar, *sds, always, adaptive = rehearsed_alternation(args, batch, prompts, profile, SpeculationGovernor)
+            (ar, *sds, always, adaptive), depths = rehearsed_alternation(args, batch, prompts, profile,
+                                                                         SpeculationGovernor)
             cold = run_mode(args, batch, setup_for(args, "ssd", args.ssd_k), prompts, profile, SpeculationGovernor())
             for r in (*sds, always, adaptive, cold):
                 if r.outputs != ar.outputs[: len(r.outputs)]:  # the cold run is one run of the prompts
@@ -73,11 +74,11 @@ def main() -> None:
                          round(adaptive.tokens_per_s, 1), round(ratio, 3),
                          round(adaptive.tokens_per_s / best_sd.tokens_per_s, 3),
                          round(always.tokens_per_s / best_sd.tokens_per_s, 3), round(cold.tokens_per_s / peer, 3),
-                         "/".join(f"{share:.0%}" for share in adaptive.arm_shares())])
+                         "/".join(f"{share:.0%}" for share in adaptive.arm_shares()), depths])
             print(f"done: {regime} batch {batch}: adaptive / max(AR, best SD) {ratio:.3f}", file=sys.stderr, flush=True)
     print(markdown_table(["regime", "batch", "emulation", "AR tok/s", "best SD tok/s", "SSD always tok/s",
                           "SSD adaptive tok/s", "adaptive / max(AR, SD)", "adaptive / best SD", "always / best SD",
-                          "adaptive cold / max(AR, SD)", "adaptive rounds ar/sd/ssd"], rows))
+                          "adaptive cold / max(AR, SD)", "adaptive rounds ar/sd/ssd", "adaptive SSD depth"], rows))
     print(f"\nidentical outputs across all modes: {'yes' if not mismatched else 'NO: ' + ', '.join(mismatched)}")
     print(f"bars (adaptive >= {BAR:.2f} x max(AR, best SD) everywhere; >= {LARGE_BATCH_BAR:.1f} x best SD at batch 8, 16 "
           f"emulated): {'met' if not missed else 'MISSED at ' + '; '.join(missed)}")
@@ -85,7 +86,8 @@ def main() -> None:
 
 def rehearsed_alternation(args, batch: int, prompts, profile, governor):
     """AR, SD at each K of ``--sd-ks``, always-SSD and adaptive SSD (under ``governor()``),
-    rehearsed, then timed in turn ``args.repeats`` times; each result sums its mode's runs."""
+    rehearsed, then timed in turn ``args.repeats`` times; each result sums its mode's runs.
+    Also returns the depths the adaptive engine's SSD rounds chose, per batch-size bucket."""
     ssd = setup_for(args, "ssd", args.ssd_k)
     modes = [(ModeSetup("ar"), None), *((ModeSetup("sd", k), None) for k in args.sd_ks), (ssd, None), (ssd, governor())]
     engines = []
@@ -93,7 +95,10 @@ def rehearsed_alternation(args, batch: int, prompts, profile, governor):
         for setup, g in modes:
             engines.append(open_engine(args, batch, setup, profile, g))
             engines[-1].timed(prompts, args.new_tokens)
-        return alternate(engines, prompts, args.new_tokens, args.repeats)
+        results = alternate(engines, prompts, args.new_tokens, args.repeats)
+        depth_model = engines[-1].engine.ssd_depth
+        chosen = {b: depth_model.depths.get(b, depth_model.k_max) for b in sorted(depth_model.times)}
+        return results, " ".join(f"b{b}: {k}" for b, k in chosen.items())
     finally:
         for engine in engines:
             engine.close()

@@ -1,7 +1,7 @@
-"""Fork selection: the branch tokens of every sequence, one launch (ALGORITHM.md §3.6).
+"""Fork selection: the branch tokens of every sequence, one launch (docs/speculation.md, "Fan-out").
 
-The torch reference is :func:`saguaro.speculative.fanout.fork_candidates` (int64 rank keys
-over the whole [B, K+1, V] block, a scatter for the exclusions and a top-k); the Triton
+The torch reference is :func:`saguaro.speculative.fanout.fork_candidates` (int32 rank keys
+over the whole [B, K+1, V] block, a mask for the exclusions, a top-k and a tie fill); the Triton
 kernel ranks in registers and writes each depth's picks straight into their branch slots.
 """
 

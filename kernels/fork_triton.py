@@ -4,10 +4,10 @@ One program per (sequence, depth) streams its glue row once, keeping a running b
 list of F_max candidates in registers: each vocabulary tile is merged into the list by
 F_max extraction rounds (the better of the tile's best and the list's next entry), so the
 row is read from memory exactly once whatever F is. The ranking is the reference's
-:func:`~saguaro.speculative.verification.rank_keys` order — value descending by its
+:func:`~saguaro.speculative.verification.topk_indices` order — value descending by its
 ordered fp32 bit pattern (-0.0 folded into +0.0, NaNs where their bits put them), ties to
 the lowest index — compared as an (int32 key, index) pair, so the picks are bit-identical
-to ``torch.topk`` on the reference's int64 keys. The first F_j picks land directly in the
+to the reference's. The first F_j picks land directly in the
 branch slots ``start_j .. start_j + F_j - 1`` (start_j = F_0 + ... + F_{j-1} of the row).
 """
 
@@ -24,7 +24,7 @@ _INT32_MIN = tl.constexpr(-(2**31))
 
 @triton.jit
 def _ordered_key(x):
-    """int32 whose order is the float order of ``x`` (fp32), as in ``rank_keys``."""
+    """int32 whose order is the float order of ``x`` (fp32), as in ``topk_indices``."""
     bits = tl.where(x == 0.0, 0.0, x).to(tl.int32, bitcast=True)
     return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
 

@@ -1,4 +1,4 @@
-"""Tree attention: the draft's inner loop, one query per branch per step (ALGORITHM.md §3.7).
+"""Tree attention: the draft's inner loop, one query per branch per step (docs/speculation.md, "One round").
 
 The torch reference is ``TorchAttention`` on the metadata of
 :func:`saguaro.services.draft.tree.tree_step_metadata` (a dense [B, M, L] mask, a gather

@@ -1,6 +1,6 @@
 """Triton kernel: one tree step of the draft — M branch queries per sequence over the paged cache.
 
-The mask of ALGORITHM.md §3.7 is never materialised; it is recomputed per tile from the
+The mask of the tree layout (docs/speculation.md, "One round") is never materialised; it is recomputed per tile from the
 committed length C, the fork depths j_m, the step d, K and M. A sequence's context is the
 contiguous table range 0 .. C+K+(d+1)M, and branch m sees entry e iff
 

@@ -1,4 +1,4 @@
-"""Fused verification: n and r' for every row of a round in one launch (ALGORITHM.md §4).
+"""Fused verification: n and r' for every row of a round in one launch (docs/speculation.md, "Why the output is exact").
 
 The torch reference is :func:`saguaro.speculative.verification.verify`; the Triton path
 computes the same p (:func:`~saguaro.speculative.verification.probs_from_logits`, shared so

@@ -2,7 +2,7 @@
 
 Positions are passed per token (not implied by a token's slot) because the draft's tree
 tokens live in scratch slots while their RoPE position is the *logical* one they would have
-in the real sequence (ALGORITHM.md §3.7).
+in the real sequence (docs/speculation.md, "One round").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fan-out (branches per depth) of the speculation cache, ALGORITHM.md §3.6.
+"""Fan-out (branches per depth) of the speculation cache, docs/speculation.md, "Fan-out".
 
 Depth j in 0..K of a round's speculation corresponds to the verification outcome n = j:
 the target accepts j draft tokens and emits r' after them. The draft pre-computes one
@@ -20,7 +20,7 @@ from numbers import Integral, Real
 import torch
 from torch import Tensor
 
-from saguaro.speculative.verification import rank_keys
+from saguaro.speculative.verification import topk_indices
 
 __all__ = [
     "depth_probabilities",
@@ -277,7 +277,7 @@ def fork_candidates(
     rejected the target cannot emit it (greedy: the argmax differs; sampling: the residual
     max(0, p - q) is 0 at a rejected token, §4.2). Nothing is excluded at j = K (the bonus
     can be anything). Ranking is by logit (temperature-free), descending, ties to the
-    lowest token id (:func:`~saguaro.speculative.verification.rank_keys`), so tokens at one
+    lowest token id (:func:`~saguaro.speculative.verification.topk_indices`), so tokens at one
     depth are distinct and keys (seq, j, token) unique.
 
     Branch order inside a row: depth 0's F_0 tokens (best first), then depth 1's, ...
@@ -330,11 +330,11 @@ def fork_candidates(
             )
     f_max = max(per_depth_max) if per_depth_max else 0
 
-    keys = rank_keys(glue_logits)  # [B, K+1, V], unique per row
+    allowed = torch.ones(b, k1, v, dtype=torch.bool, device=device)
     if k > 0:
         excluded = draft_tokens.to(device=device, dtype=torch.long).unsqueeze(-1)
-        keys[:, :k].scatter_(-1, excluded, torch.iinfo(torch.int64).min)
-    top = keys.topk(f_max, dim=-1, largest=True, sorted=True).indices  # [B, K+1, Fmax]
+        allowed[:, :k].scatter_(-1, excluded, False)
+    top = topk_indices(glue_logits, f_max, allowed)  # [B, K+1, Fmax]
 
     cum = f.cumsum(dim=1)  # [B, K+1], end offset of each depth's slots
     slots = torch.arange(m, device=device)

@@ -3,9 +3,9 @@
 Pure tensor functions, no model code and no hidden global RNG: every random draw is an
 explicit input tensor (or comes from an explicitly passed :class:`torch.Generator`), so
 callers own separate generators per role (draft sampling / acceptance / residual,
-ALGORITHM.md §4.5.2 and §10.8) and tests can integrate over the randomness exactly.
+docs/speculation.md, "Why the output is exact") and tests can integrate over the randomness exactly.
 
-Why the rules below are exact (ALGORITHM.md §4):
+Why the rules below are exact (docs/speculation.md, "Why the output is exact"):
 
 * **Greedy** (target temperature 0, §4.1): a draft token is committed only if it equals the
   target argmax at its row, and the extra token is the target argmax after the accepted
@@ -57,7 +57,6 @@ __all__ = [
     "greedy_verify",
     "probs_from_logits",
     "proposal_probs",
-    "rank_keys",
     "rejection_verify",
     "saguaro_rescale",
     "sample_inverse_cdf",
@@ -82,34 +81,52 @@ class VerifyResult(NamedTuple):
 # --------------------------------------------------------------------------------------
 
 
-def rank_keys(values: Tensor) -> Tensor:
-    """Int64 keys whose descending order is "value descending, ties by lowest index".
+def _ordered_bits(values: Tensor) -> Tensor:
+    """int32 keys whose order is the fp32 order of ``values`` (exact for bf16/fp16 inputs);
+    -0.0 is folded into +0.0, and NaNs sit where their bits put them."""
+    f = values.to(torch.float32) + 0.0  # fresh contiguous copy; canonicalises -0.0
+    bits = f.view(torch.int32)
+    return torch.where(bits < 0, bits ^ _INT32_LOW_BITS, bits)
+
+
+def topk_indices(values: Tensor, k: int, allowed: Tensor | None = None) -> Tensor:
+    """Indices of the k largest entries of each row, ordered by value desc, ties lowest index.
 
     ``torch.topk`` does not specify which of several equal values it returns. Both the
     Saguaro rescale (which must select the same top tokens on the draft and on the verifier,
     else q' differs between the two sides and exactness breaks) and the fork rule (which
-    should be reproducible) need a fixed tie rule. Values are ranked as float32 (exact for
-    bf16/fp16 inputs); -0.0 is treated as +0.0. The key is
-    ``ordered_bits(value) * V + (V - 1 - index)``, which is unique per row.
-    """
-    v = values.shape[-1]
-    f = values.to(torch.float32) + 0.0  # fresh contiguous copy; canonicalises -0.0
-    bits = f.view(torch.int32)
-    ordered = torch.where(bits < 0, bits ^ _INT32_LOW_BITS, bits).to(torch.int64)
-    index = torch.arange(v, device=values.device, dtype=torch.int64)
-    return ordered * v + (v - 1 - index)
-
-
-def topk_indices(values: Tensor, k: int) -> Tensor:
-    """Indices of the k largest entries of each row, ordered by value desc, ties lowest index.
-
-    Deterministic (see :func:`rank_keys`); returns LongTensor[..., k].
+    should be reproducible) need a fixed tie rule. Values are ranked by their ordered fp32
+    bits (int32, the width of the values themselves): a ``topk`` finds each row's k-th key,
+    every entry above it is taken, and the lowest-index entries equal to it fill the rest;
+    the picks are then sorted by key, stably. ``allowed`` (bool, the shape of ``values``):
+    entries outside it rank below every entry in it (the fork's excluded draft token, which
+    a depth with fewer branches than the widest never reaches). Returns LongTensor[..., k].
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 0:
         raise ValueError(f"k must be a non-negative int, got {k!r}")
     if values.dim() < 1 or k > values.shape[-1]:
         raise ValueError(f"k={k} exceeds the last dimension of shape {tuple(values.shape)}")
-    return rank_keys(values).topk(k, dim=-1, largest=True, sorted=True).indices
+    if k == 0 or values.numel() == 0:
+        return torch.zeros(*values.shape[:-1], k, dtype=torch.long, device=values.device)
+    keys = _ordered_bits(values)
+    if allowed is not None:
+        keys = keys.masked_fill(~allowed, torch.iinfo(torch.int32).min)
+    kth = keys.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    above = keys > kth
+    tied = keys == kth
+    room = k - above.sum(dim=-1, keepdim=True)
+    if bool((tied.sum(dim=-1, keepdim=True) > room).any()):  # more ties than room: the lowest indices,
+        if allowed is None:  # allowed entries before the others
+            tied &= tied.cumsum(dim=-1) <= room
+        else:
+            first, rest = tied & allowed, tied & ~allowed
+            first &= first.cumsum(dim=-1) <= room
+            tied = first | (rest & (rest.cumsum(dim=-1) <= room - first.sum(dim=-1, keepdim=True)))
+    picked = (above | tied).nonzero()[:, -1].view(*keys.shape[:-1], k)  # ascending index
+    if allowed is not None:  # among equal keys, allowed entries first
+        picked = picked.gather(-1, (~allowed.gather(-1, picked)).to(torch.uint8).sort(dim=-1, stable=True).indices)
+    order = keys.gather(-1, picked).sort(dim=-1, descending=True, stable=True).indices
+    return picked.gather(-1, order)
 
 
 # --------------------------------------------------------------------------------------
@@ -170,7 +187,7 @@ def saguaro_rescale(probs: Tensor, fan_out: int, downweight: float) -> Tensor:
     (C > 0), the draft draws its tokens from q' and the verifier uses q' as the proposal,
     so the rejection lemma of §4.2 applies unchanged. The effect is only on *which* tokens
     the residual max(0, p - q') favours (more mass on the forked top tokens → more hits).
-    The selection is deterministic (value desc, ties lowest index, :func:`rank_keys`) so the
+    The selection is deterministic (value desc, ties lowest index, :func:`topk_indices`) so the
     draft and the verifier pick the same top set from the same q.
 
     Args:

@@ -3,7 +3,7 @@
 * **Fan-out (geometric).** The per-token acceptance α is estimated from the outcomes the target
   reports (n accepted of the round's k): rounds are truncated geometric draws, so the
   maximum-likelihood estimate is α = Σn / (Σn + #rounds with n < k). The M branches are then spread with
-  ``geometric_fan_out`` (F_j ∝ P(n=j)^(1/2), ALGORITHM.md §3.6), recomputed when α moves.
+  ``geometric_fan_out`` (F_j ∝ P(n=j)^(1/2), docs/speculation.md, "Fan-out"), recomputed when α moves.
 * **Backup (adaptive).** On a miss, JIT drafting buys real proposals for the missed rows at the
   cost of K draft steps on the critical path; the fast backup costs nothing but those rows yield
   one token. With B rows, a round of depth k, hit rate p, expected tokens per drafted row

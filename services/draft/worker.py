@@ -3,7 +3,7 @@
 Transport-agnostic: it consumes and produces ``saguaro.v1.speculation_pb2`` messages, so the
 same object serves an in-process target, the gRPC stream and the torch.distributed fast path.
 
-One round, from the draft's side (ALGORITHM.md §3.3):
+One round, from the draft's side (docs/speculation.md, "One round"):
 
 1. ``speculate``: apply the tokens the target committed since it last spoke about each
    sequence, look the outcome key (seq_id, n, r) up in the speculation cache, fill misses with
@@ -37,7 +37,7 @@ from saguaro.speculative.verification import proposal_probs
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.services.draft.policy import RoundEconomics
 from saguaro.services.draft.speculation_cache import CachedDraft, SpeculationCache
-from saguaro.services.draft.tree import tree_scratch_slots, tree_step_metadata
+from saguaro.services.draft.tree import TreeRound, tree_scratch_slots
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.telemetry.attributes import BACKUP_SPAN, FORK_SPAN, GLUE_SPAN, LOOKUP_SPAN, TREE_SPAN
 from saguaro.telemetry.draft import DraftRoundTrace, round_trace
@@ -394,9 +394,10 @@ class DraftWorker:
         tree_tokens, tree_probs = [], []
         block_size = self.runner.config.block_size
         layout = TreeStep.build(tables, committed, depth, k, 0, block_size) if self.runner.device.type == "cuda" else None
+        tree = TreeRound(tables, committed, depth, k, block_size)
         for step in range(k):
             with self.runner.device_step():  # metadata, forward and sampling: one launch on a GPU
-                meta, positions = tree_step_metadata(tables, committed, depth, k, step, block_size)
+                meta, positions = tree.step(step)
                 attend = functools.partial(tree_attention, tree=layout and dataclasses.replace(layout, step=step))
                 logits = self.runner.forward(current.reshape(-1), positions, meta, attention=attend).view(batch, m, -1)
                 current, probs = self._sample(logits, temps, gens)
@@ -427,7 +428,7 @@ class DraftWorker:
         [B, k+1, V] logits.
 
         This also (re)writes the draft KV of the region that becomes committed once the target's
-        outcome is known, always under the true context (ALGORITHM.md §10.4).
+        outcome is known, always under the true context (docs/speculation.md, "One round").
         """
         chunks = []
         for p in pending:

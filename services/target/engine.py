@@ -24,7 +24,7 @@ from saguaro.sequence import Sequence
 from saguaro.services.draft.handshake import handshake_request
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.target.channels import DraftChannel
-from saguaro.services.target.governor import SpeculationGovernor
+from saguaro.services.target.governor import SpeculationGovernor, bucket_of
 from saguaro.services.target.lookahead import Acceptance, DepthModel, LookaheadModel, SSDRound
 from saguaro.services.target.proposer import DraftProposer, Proposal
 from saguaro.services.target.stats import SpecStats
@@ -75,6 +75,7 @@ class SpeculativeEngine(LLMEngine):
         self._ssd_outcomes: dict[int, tuple[int, int]] = {}  # per row of the last SSD round: (n, depth)
         self._last_ssd_round: tuple[int, int] | None = None  # (rows, depth) of the last round, if SSD
         self._last_reply_at = 0.0  # when the last round's draft reply came
+        self._ssd_depths: dict[int, int] = {}  # per batch-size bucket: the depth SSD rounds ran at last
         # Per-round metrics and spans (saguaro.telemetry.rounds.RoundTelemetry), set by the
         # service; None costs a round nothing.
         self.telemetry = None
@@ -131,11 +132,7 @@ class SpeculativeEngine(LLMEngine):
         arm = self.governor.choose(governed) if governed else self.mode if spec else "ar"
         held = bool(governed) and arm == "ar"
         synchronous = arm == "sd" and self.mode == "ssd"  # SD beats SSD at this batch size right now
-        lookahead = 0  # K
-        if synchronous:
-            lookahead = self.sd_lookahead.best(governed)
-        elif arm == "ssd" and self.ssd_depth is not None:
-            lookahead = self.ssd_depth.best(governed)
+        lookahead = self._lookahead(arm, len(spec), synchronous)
         if held:  # plain decoding beats speculation at this batch size right now
             self.proposer.skip(spec)
             for s in spec:
@@ -199,6 +196,21 @@ class SpeculativeEngine(LLMEngine):
             else:  # meant to speculate, but the draft gave nothing (late, down): measures neither mode
                 self.governor.unanswered()
         self._release_finished(seqs)
+
+    def _lookahead(self, arm: str, rows: int, synchronous: bool) -> int:
+        """Tokens each row proposes this round (0: K): SD's best lookahead for a synchronous
+        round, SSD's depth for an SSD round (services/target/lookahead.py). A new depth makes
+        the governor re-measure the SSD arm at this batch size."""
+        if synchronous:
+            return self.sd_lookahead.best(rows)
+        if arm != "ssd" or self.ssd_depth is None or not rows:
+            return 0
+        depth = self.ssd_depth.best(rows)
+        if depth != self._ssd_depths.setdefault(bucket_of(rows), depth):
+            self._ssd_depths[bucket_of(rows)] = depth
+            if self.governor is not None:
+                self.governor.forget(rows, "ssd")
+        return depth
 
     def _observe_costs(self, batch_size: int, seqs: list[Sequence], props: list[Proposal], accepted: list[int],
                        synchronous: bool, verify_time: float, draft_time: float, since_reply: float,

@@ -237,13 +237,24 @@ class SpeculationGovernor:
         gap = costly.per_second - cheap.per_second * (1 + self.margin)
         return abs(gap) < Z * math.hypot(costly.standard_error(), cheap.standard_error() * (1 + self.margin))
 
+    def forget(self, batch_size: int, arm: str) -> None:
+        """``arm`` now runs differently at ``batch_size`` (SSD changed its depth): its estimate
+        describes what no longer runs, so it starts over, and it is probed again soon."""
+        bucket = self._bucket(batch_size)
+        bucket.rates[arm], bucket.warm[arm] = _Rate(), _Rate()
+        bucket.interval = min(bucket.interval, self.base_interval)
+        bucket.since_probe = min(bucket.since_probe, bucket.interval)
+
     def unanswered(self) -> None:
         """A round meant to speculate ran plainly because the draft did not answer in time (or
         is down): it measures no arm, and the next speculative round is a warm-up."""
         self._last_arm = "ar"
 
     def _interval(self, bucket: _Bucket, wanted: int) -> int:
-        """``wanted``, raised so that a burst of the arm just probed costs at most the probe budget."""
+        """``wanted``, raised so that a burst of the arm just probed costs at most the probe budget;
+        the base interval while an arm is not measured here (its first burst is what tells)."""
+        if any(bucket.rates[a].rounds < self.min_rounds for a in self.arms):
+            return self.base_interval
         if self.probe_budget > 0 and self._measured_choice(bucket) is not None:
             wanted = max(wanted, math.ceil(self._burst_cost(bucket) / self.probe_budget))
         return min(max(wanted, self.base_interval), self.max_interval)

@@ -234,9 +234,9 @@ class DepthModel:
 
     def hit_rate(self, k: int) -> float | None:
         """h(k): the chance that a round of depth ``k`` finds the next outcome in the cache.
-        An outcome never looked up takes the pooled rate of the rejections."""
-        rejected = sum(self._lookups[:-1])
-        pooled = sum(self._hits[:-1]) / rejected if rejected else None
+        An outcome never looked up takes the pooled rate of all lookups (None: none yet)."""
+        lookups = sum(self._lookups)
+        pooled = sum(self._hits) / lookups if lookups else None
         rates = [h / n if n else pooled for h, n in zip(self._hits, self._lookups)]
         total = 0.0
         for j in range(k + 1):

@@ -1,4 +1,4 @@
-"""Verify a batch of proposals against the target's logits (ALGORITHM.md §4).
+"""Verify a batch of proposals against the target's logits (docs/speculation.md, "Why the output is exact").
 
 Greedy rows compare with the target argmax. Sampled rows run the rejection rule against the
 target distribution *after* the request's own temperature, top-k and top-p — the same

@@ -69,7 +69,7 @@ def test_depth_probabilities() -> None:
 
 
 def test_geometric_fan_out_spec_example() -> None:
-    # ALGORITHM.md §3.6: alpha=0.8, r=1, K=7, M=24 gives ~[4, 3.5, 3, 3, 2.5, 2, 2, 4]
+    # the specification's worked example: alpha=0.8, r=1, K=7, M=24 gives ~[4, 3.5, 3, 3, 2.5, 2, 2, 4]
     out = geometric_fan_out(7, 24, 0.8, power=1.0)
     assert sum(out) == 24 and len(out) == 8
     probs = depth_probabilities(7, 0.8)

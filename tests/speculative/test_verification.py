@@ -30,7 +30,6 @@ from saguaro.speculative.verification import (
     greedy_verify,
     probs_from_logits,
     proposal_probs,
-    rank_keys,
     rejection_verify,
     saguaro_rescale,
     sample_inverse_cdf,
@@ -529,14 +528,32 @@ def test_saguaro_rescale_unit() -> None:
         saguaro_rescale(torch.ones(2, 3, dtype=torch.long), 1, 0.5)
 
 
-def test_topk_indices_and_rank_keys_tie_rule() -> None:
+def test_topk_indices_tie_rule() -> None:
     x = torch.tensor([[-0.0, 0.0, 2.0, 2.0, -1.0, float("-inf")]])
     assert topk_indices(x, 4).tolist() == [[2, 3, 0, 1]]  # -0.0 ties with +0.0
     assert topk_indices(x.bfloat16(), 6).tolist() == [[2, 3, 0, 1, 4, 5]]
-    keys = rank_keys(x)
-    assert keys.dtype == torch.int64 and len(set(keys[0].tolist())) == 6
+    allowed = torch.tensor([[True, True, False, True, True, True]])
+    assert topk_indices(x, 3, allowed).tolist() == [[3, 0, 1]]
+    assert topk_indices(x, 0).shape == (1, 0)
     with pytest.raises(ValueError):
         topk_indices(x, 7)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_topk_indices_is_a_sort_by_value_then_index(seed: int) -> None:
+    """Against the definition: sort (allowed) entries by value descending, then index
+    ascending, and take the first k; values drawn from a few levels so ties are common."""
+    g = torch.Generator().manual_seed(seed)
+    rows, vocab = 6, int(torch.randint(2, 50, (1,), generator=g))
+    x = torch.randint(-3, 4, (rows, vocab), generator=g).float() / 2
+    x[torch.rand(rows, vocab, generator=g) < 0.1] = float("-inf")
+    allowed = torch.rand(rows, vocab, generator=g) < 0.8
+    allowed[:, :2] = True
+    k = int(torch.randint(0, int(allowed.sum(-1).min()) + 1, (1,), generator=g))
+    got = topk_indices(x, k, allowed)
+    for row in range(rows):
+        ranked = sorted((i for i in range(vocab) if allowed[row, i]), key=lambda i: (-x[row, i].item(), i))
+        assert got[row].tolist() == ranked[:k]
 
 
 def test_input_validation() -> None:

@@ -285,6 +285,31 @@ def test_a_costlier_arm_must_beat_a_cheaper_one_by_the_margin():
         assert governor.describe()[2]["choice"] == expected
 
 
+def test_every_arm_is_measured_before_probes_are_spaced_out():
+    """SD clearly beats plain decoding at batch 4; however costly that makes a burst of plain
+    rounds, SSD (never measured here yet) gets its first burst at the base interval."""
+    governor = SpeculationGovernor(base_interval=8, max_interval=4096, burst=4)
+    governor.bind("ssd")
+    chosen = drive_arms(governor, 60, 4, {"ar": 100.0, "sd": 1000.0, "ssd": 300.0})
+    assert "ssd" in chosen
+    assert governor.describe()[4]["choice"] == "sd"
+
+
+def test_a_forgotten_arm_is_re_measured_soon():
+    """SSD lost at its old depth; after ``forget`` (a new depth), its estimate starts over and
+    it is probed again within the base interval, where it now wins."""
+    governor = SpeculationGovernor(base_interval=8, max_interval=4096, burst=4)
+    governor.bind("ssd")
+    drive_arms(governor, 2000, 4, {"ar": 100.0, "sd": 1000.0, "ssd": 300.0})
+    assert governor.describe()[4]["interval"] > 100
+    governor.forget(4, "ssd")
+    assert governor.describe()[4]["tokens_per_s"]["ssd"] is None
+    chosen = drive_arms(governor, 40, 4, {"ar": 100.0, "sd": 1000.0, "ssd": 1500.0})
+    assert "ssd" in chosen[:20]
+    drive_arms(governor, 200, 4, {"ar": 100.0, "sd": 1000.0, "ssd": 1500.0})
+    assert governor.describe()[4]["choice"] == "ssd"
+
+
 def test_arms_must_suit_the_mode():
     with pytest.raises(ValueError, match="cannot run the arms"):
         SpeculationGovernor(arms=("ar", "ssd")).bind("sd")

@@ -165,9 +165,9 @@ def test_hit_rate_weighs_each_outcome_by_its_chance_at_the_depth():
         model.observe_lookup(1, 3, False)  # rejected at 2: never
         model.observe_lookup(3, 3, True)  # all accepted: always
     # depth 1: P(n=0) g_0 + P(n>=1) g_all = 1/4 + 3/4; depth 3: 1/4 + 1/4 * 0 + 1/4 * g_2 + 1/4,
-    # g_2 never looked up: the pooled rate of rejections (1/2)
+    # g_2 never looked up: the pooled rate of all lookups (100 hits of 150)
     assert model.hit_rate(1) == pytest.approx(1.0)
-    assert model.hit_rate(3) == pytest.approx(0.25 + 0.125 + 0.25)
+    assert model.hit_rate(3) == pytest.approx(0.25 + 0.25 * 2 / 3 + 0.25)
     model.observe_lookup(1, 1, False)  # all of a depth-1 round accepted, not covered
     assert model.hit_rate(1) < 1.0
 
