@@ -347,9 +347,9 @@ class DraftWorker:
         settings = self.settings
         q = proposal_probs(logits, temps, fan_out=settings.fan_out, downweight=settings.downweight)
         q = proposal_codec.canonical(q, settings.probs_dtype)
-        for i in sampled:
-            noise = torch.empty(q.shape[1:]).exponential_(generator=gens[i])
-            tokens[i] = (q[i] / noise).argmax(dim=-1)
+        # each row's noise from its own generator (reproducible per sequence), one race for all rows
+        noise = torch.stack([torch.empty(q.shape[1:]).exponential_(generator=gens[i]) for i in sampled])
+        tokens[sampled] = (q[sampled] / noise).argmax(dim=-1)
         return tokens, q
 
     # -- build (off the critical path) -----------------------------------------------------

@@ -42,7 +42,9 @@ from dataclasses import dataclass, field
 
 from saguaro.services.target.governor import bucket_of
 
-ALPHA = 0.05  # weight of one observation in the moving averages
+ALPHA = 0.05  # weight of one observation in the moving averages of times and hit rates
+ACCEPTANCE_DECAY = 0.01  # acceptance drifts slowly with the text: a window of about 100 rounds
+MIN_ROWS = 30  # rows proposed a position before its acceptance counts as measured
 FULL_WEIGHT = 20  # rounds after which a lookahead's time counts fully in its line
 DEPTH_MARGIN = 0.03  # SSD changes its depth only for a modelled gain above this (a change costs a round of misses)
 
@@ -64,18 +66,20 @@ class Acceptance:
 
     @property
     def reach(self) -> list[float | None]:
-        """P(n >= i) for i = 1..K (None: position never proposed)."""
-        return [r / a if a else None for r, a in zip(self._reached, self._asked)]
+        """P(n >= i) for i = 1..K (None: position proposed to fewer than ``MIN_ROWS`` rows; a
+        handful of rounds that happened never to accept it would read as P = 0)."""
+        return [r / a if a >= MIN_ROWS else None for r, a in zip(self._reached, self._asked)]
 
     def observe(self, accepted: list[int], k: int) -> None:
         """Rows of a round whose proposals were real drafts of ``k`` tokens: n accepted each.
-        Positions beyond ``k`` were not proposed and are not observed. Counts decay by ``ALPHA``
-        a round, so the estimate follows drift."""
+        Positions beyond ``k`` were not proposed and are not observed. Counts decay by
+        ``ACCEPTANCE_DECAY`` a round, so the estimate follows drift."""
         if not accepted:
             return
+        keep = 1 - ACCEPTANCE_DECAY
         for i in range(min(k, self.k_max)):
-            self._reached[i] = (1 - ALPHA) * self._reached[i] + sum(n > i for n in accepted)
-            self._asked[i] = (1 - ALPHA) * self._asked[i] + len(accepted)
+            self._reached[i] = keep * self._reached[i] + sum(n > i for n in accepted)
+            self._asked[i] = keep * self._asked[i] + len(accepted)
 
     def expected_tokens(self, k: int) -> float | None:
         """E(k): tokens a row commits from a real draft of k tokens (None: not yet measured)."""
