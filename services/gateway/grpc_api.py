@@ -74,7 +74,7 @@ class GatewayInferenceService(pb_grpc.InferenceServicer):
             span = GatewaySpan.start(metadata, api="grpc", model=gw.model_name)
             preparer = gw.preparer()
             preparer.check_request_id(request.request_id)
-            prompt = preparer.prompt_from_proto(request)
+            prompt = await preparer.tokenizer.run(preparer.prompt_from_proto, request)
             preparer.check_sampling(request.sampling, "sampling.")
             span.requested(**sampling_attributes(request.sampling))
             release = gw.streams.acquire(key)

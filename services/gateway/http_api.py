@@ -114,7 +114,8 @@ class OpenAIApi:
             key = gw.authenticate(request.headers.get("Authorization"))
             span = GatewaySpan.start(request.headers, api="http", model=gw.model_name)
             preparer = gw.preparer()
-            parsed = parse_request(kind, await _json_body(request), preparer)
+            raw = await _read_json_body(request, min(MAX_BODY_BYTES, preparer.body_byte_limit))
+            parsed = await preparer.tokenizer.run(_parse_body, kind, raw, preparer)
             span.requested(**sampling_attributes(parsed.sampling))
             release = gw.streams.acquire(key, len(parsed.prompts))
             request_id = request.headers.get("x-request-id") or gw.dispatcher.new_request_id()
@@ -236,20 +237,34 @@ async def _keep_alive(response: web.StreamResponse, interval_s: float, last_writ
 KEEPALIVE = b": keep-alive\n\n"
 
 
-async def _json_body(request: web.Request):
-    """The request's JSON body. It must be declared as JSON: a browser sends a cross-site form
-    POST as text/plain or a form type without asking first, so an undeclared body is refused
-    (415) before it is read."""
+async def _read_json_body(request: web.Request, limit: int) -> bytes:
+    """The request's body, at most ``limit`` bytes once decompressed (413 beyond: a small
+    compressed body can inflate to gigabytes). It must be declared as JSON: a browser sends a
+    cross-site form POST as text/plain or a form type without asking first, so an undeclared
+    body is refused (415) before it is read."""
     if request.content_type != "application/json":
         declared = request.headers.get("Content-Type", "none")[:60]
         raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"Content-Type must be application/json, got {declared!r}", http_status=415)
+    body = bytearray()
     try:
-        raw = await request.read()
+        async for chunk in request.content.iter_chunked(1 << 16):
+            body += chunk
+            if len(body) > limit:
+                raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"the request body is larger than {limit} bytes (decompressed), more than any "
+                                   f"request to this model needs", http_status=413)
     except RequestPayloadError:  # e.g. a Content-Encoding the body is not in (found by tests/fuzz)
         raise invalid(f"the request body cannot be decoded (Content-Encoding: "
                       f"{request.headers.get('Content-Encoding', 'none')[:40]})") from None
+    return bytes(body)
+
+
+def _parse_body(kind: str, raw: bytes, preparer: Preparer) -> OpenAIRequest:
+    """JSON and the OpenAI fields, prompts tokenized (on the tokenizer's thread: see
+    ``GatewayTokenizer.run``)."""
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5000-digit number, deep nesting
         raise invalid(f"the request body is not valid JSON: {str(exc)[:200]}") from None
+    return parse_request(kind, body, preparer)

@@ -187,8 +187,9 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
         max_tokens_name = "max_tokens"
         default_max: int | None = DEFAULT_COMPLETION_TOKENS
     else:
-        prompts = [preparer.check_prompt_ids(preparer.tokenizer.chat_prompt(_chat_messages(body.get("messages"))),
-                                             "messages")]
+        messages = _chat_messages(body.get("messages"))
+        preparer.check_text_size([m["content"] for m in messages], "messages")
+        prompts = [preparer.check_prompt_ids(preparer.tokenizer.chat_prompt(messages), "messages")]
         max_tokens_name = "max_completion_tokens" if fields.present("max_completion_tokens") else "max_tokens"
         default_max = None
     limit = facts.max_model_len

@@ -23,6 +23,8 @@ from saguaro.telemetry.gateway import GatewaySpan
 from saguaro.v1 import inference_pb2 as pb
 
 MAX_REQUEST_ID_CHARS = 256
+TEXT_SLACK = 4  # the byte limit on text allows this many times the bytes a full context can hold
+JSON_SLACK = 6  # a JSON string may escape every character as \uXXXX: six bytes for one
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,33 @@ class Preparer:
         self.block_size = block_size
         self.max_prefix_blocks = max_prefix_blocks
 
+    # -- bounds on the work before admission -------------------------------------------------
+    @property
+    def text_byte_limit(self) -> int:
+        """Bytes of prompt text beyond which a prompt cannot fit the context: a full context of
+        ``max_model_len`` tokens spans at most that many times the longest token, and the limit
+        allows ``TEXT_SLACK`` times that (normalisers may drop characters)."""
+        return self.facts.max_model_len * max(self.tokenizer.max_token_bytes, 1) * TEXT_SLACK
+
+    @property
+    def body_byte_limit(self) -> int:
+        """Bytes of a (decompressed) HTTP body worth reading: one prompt at the text limit, every
+        character escaped, and room for the other fields; a batch of prompts larger than that
+        must be split."""
+        return JSON_SLACK * self.text_byte_limit + (1 << 20)
+
+    def check_text_size(self, texts: list[str], param: str) -> None:
+        size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+        limit = self.text_byte_limit
+        if size > limit:
+            raise invalid(f"{param} is {size} bytes of text, more than the model's context of {self.facts.max_model_len} "
+                          f"tokens can hold ({limit} bytes at most): shorten it", param)
+
     # -- prompt ------------------------------------------------------------------------------
     def prompt_from_text(self, text: str, param: str) -> list[int]:
         if not text:
             raise invalid(f"{param} is empty; give at least one token of text", param)
+        self.check_text_size([text], param)
         ids = self.tokenizer.encode(text, param)
         if not ids:
             raise invalid(f"{param} encodes to no tokens; give some text", param)

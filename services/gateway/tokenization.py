@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from saguaro.services.gateway.errors import invalid
 from saguaro.tokenizer import load_tokenizer
@@ -22,9 +25,24 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 
+T = TypeVar("T")
+
+
 class GatewayTokenizer:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer  # a transformers tokenizer, or None (token-id prompts only)
+        # Tokenizing a long text takes time the event loop cannot give (every live stream would
+        # stall), and a fast tokenizer is not safe to share between threads: one thread of its own.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-tokenizer")
+        # No token spans more bytes than the longest vocabulary entry (UTF-8 of its string form,
+        # which for byte-level and SentencePiece vocabularies over-counts): the basis of the
+        # byte limit on text prompts, checked before any tokenizing.
+        vocab = tokenizer.get_vocab() if tokenizer is not None else {}
+        self.max_token_bytes = max((len(piece.encode("utf-8", "surrogatepass")) for piece in vocab), default=1)
+
+    async def run(self, work: Callable[..., T], *args) -> T:
+        """``work(*args)`` on the tokenizer's thread, one at a time, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
 
     @classmethod
     async def fetch(cls, routing_stub, timeout: float = 60.0) -> "GatewayTokenizer":

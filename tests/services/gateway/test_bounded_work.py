@@ -1,0 +1,122 @@
+"""Bounded work before admission (docs/reliability.md): a prompt too large for the context is
+refused before it is tokenized, a body that inflates past what any request needs is refused
+while it is read, and tokenizing happens off the event loop, so a hostile request never
+stalls the streams already running."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+FORWARD_S = 0.05  # every forward of the target takes this long: a stream of 30 tokens lasts 1.5 s
+
+
+@pytest.fixture(scope="module")
+def gateway(model_dirs, module_targets, start_module_gateway):
+    target = module_targets(model_dirs["llama"], emulate_forward_s=FORWARD_S)
+    return start_module_gateway([target.address], sse_keepalive_s=60.0)
+
+
+def post(gateway, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(gateway.http_url + "/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+class LiveStream(threading.Thread):
+    """A streamed completion, recording when each data chunk arrived."""
+
+    def __init__(self, gateway):
+        super().__init__(daemon=True)
+        self.gateway = gateway
+        self.arrivals: list[float] = []
+        self.lines: list[str] = []
+
+    def run(self) -> None:
+        body = json.dumps({"model": "llama", "prompt": [40, 41], "max_tokens": 30, "stream": True,
+                           "ignore_eos": True}).encode()
+        request = urllib.request.Request(self.gateway.http_url + "/v1/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            for raw in response:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("data: "):
+                    self.arrivals.append(time.monotonic())
+                    self.lines.append(line)
+
+    def longest_gap(self) -> float:
+        return max(b - a for a, b in zip(self.arrivals, self.arrivals[1:]))
+
+
+def beside_a_stream(gateway, hostile) -> tuple[LiveStream, object]:
+    stream = LiveStream(gateway)
+    stream.start()
+    deadline = time.monotonic() + 30
+    while len(stream.arrivals) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    answer = hostile()
+    stream.join(60)
+    assert stream.lines[-1] == "data: [DONE]"
+    return stream, answer
+
+
+def test_a_multi_megabyte_prompt_is_refused_and_live_streams_keep_flowing(gateway):
+    """8 MB of text, beyond what any request to this model needs: refused while the body is
+    read (413); the live stream's chunks never wait half a second."""
+    prompt = "def add(a, b):\n    return a + b\n" * ((8 << 20) // 32)
+    body = json.dumps({"model": "llama", "prompt": prompt, "max_tokens": 4}).encode()
+    stream, (status, answer) = beside_a_stream(gateway, lambda: post(gateway, body))
+    assert status == 413 and "larger than" in answer["error"]["message"]
+    assert stream.longest_gap() < 0.5
+
+
+def test_text_beyond_what_the_context_can_hold_is_refused_before_tokenizing(gateway):
+    """A prompt just over the byte limit (the context times the longest token, with slack):
+    400 naming its size, with no tokenizing; one just under it is tokenized (and refused as
+    too many tokens, as before); a live stream keeps flowing meanwhile."""
+    preparer = gateway.gateway.preparer()
+    limit = preparer.text_byte_limit
+    assert preparer.body_byte_limit > 6 * limit
+    over = json.dumps({"model": "llama", "prompt": "a" * (limit + 1), "max_tokens": 4}).encode()
+    stream, (status, answer) = beside_a_stream(gateway, lambda: post(gateway, over))
+    assert status == 400 and answer["error"]["param"] == "prompt" and "bytes of text" in answer["error"]["message"]
+    assert stream.longest_gap() < 0.5
+    under = json.dumps({"model": "llama", "prompt": "a " * (limit // 2), "max_tokens": 4}).encode()
+    status, answer = post(gateway, under)
+    assert status == 400 and "max_model_len" in answer["error"]["message"]
+
+
+def test_a_body_that_inflates_past_the_limit_is_413_and_live_streams_keep_flowing(gateway):
+    """A gzip body of about 30 KB that inflates to 30 MiB: refused while it is read (413, a JSON
+    error), not parsed; the live stream is not held up."""
+    inflated = b'{"model": "llama", "prompt": "' + b" " * (30 << 20) + b'", "max_tokens": 1}'
+    body = gzip.compress(inflated)
+    assert len(body) < 64 << 10
+    stream, (status, answer) = beside_a_stream(
+        gateway, lambda: post(gateway, body, {"Content-Encoding": "gzip"}))
+    assert status == 413 and "larger than" in answer["error"]["message"]
+    assert stream.longest_gap() < 0.5
+
+
+def test_a_chat_whose_messages_exceed_the_context_is_refused_before_rendering(gateway):
+    messages = [{"role": "user", "content": "x" * (1 << 20)}]
+    body = json.dumps({"model": "llama", "messages": messages, "max_tokens": 4}).encode()
+    request = urllib.request.Request(gateway.http_url + "/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request, timeout=60)
+    answer = json.loads(error.value.read())
+    assert error.value.code == 400 and answer["error"]["param"] == "messages"
+    assert "bytes of text" in answer["error"]["message"]
+    status, ok = post(gateway, json.dumps({"model": "llama", "prompt": [5, 6], "max_tokens": 2}).encode())
+    assert status == 200 and ok["choices"][0]["finish_reason"] == "length"
