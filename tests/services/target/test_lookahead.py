@@ -82,25 +82,33 @@ def _config(model_dir: str, pad_s: float | None) -> EngineConfig:
                         emulate_forward_s=pad_s)
 
 
+def governed_run(model_dirs, target_pad_s: float, draft_pad_s: float, settings: DraftSettings, arms: tuple[str, ...],
+                 seed: int, max_tokens: int, base_interval: int):
+    """Two prompts through an SSD engine whose governor may use ``arms``, with padded steps; the
+    engine (closed) and whether its greedy output equals plain decoding's."""
+    prompts = make_prompts(2, 380, seed=seed, min_len=4, max_len=12)
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    governor = SpeculationGovernor(base_interval=base_interval, max_interval=8, burst=2, arms=arms)
+    engine = speculative_engine(_config(model_dirs["llama"], target_pad_s), "ssd",
+                                _config(model_dirs["llama_draft_perturbed"], draft_pad_s), settings,
+                                governor=governor, draft_soft_deadline=False)
+    try:
+        outputs = LLM.from_engine(engine, None).generate(prompts, params)
+    finally:
+        engine.proposer.close()
+    alone = LLM.from_engine(speculative_engine(_config(model_dirs["llama"], None), "ar"), None).generate(prompts, params)
+    return engine, outputs, [o.token_ids for o in outputs] == [o.token_ids for o in alone]
+
+
 def test_synchronous_rounds_draft_the_modelled_lookahead_and_stay_exact(model_dirs):
     """Draft steps padded to 10 ms against 3 ms target steps: a long lookahead does not pay, so
     after measuring, the SD arm's rounds draft fewer than K = 4 tokens; greedy output is the
     target's own."""
-    prompts = make_prompts(2, 380, seed=13, min_len=4, max_len=12)
-    params = SamplingParams(max_tokens=60, ignore_eos=True)
-    governor = SpeculationGovernor(base_interval=2, max_interval=8, burst=2, arms=("ar", "sd"))
-    engine = speculative_engine(_config(model_dirs["llama"], 0.003), "ssd",
-                                _config(model_dirs["llama_draft_perturbed"], 0.01), DraftSettings(k=4, fan_out=1),
-                                governor=governor, draft_soft_deadline=False)
-    try:
-        outputs = LLM.from_engine(engine, None).generate(prompts, params)
-        chosen = engine.sd_lookahead.best(2)
-    finally:
-        engine.proposer.close()
-    alone = LLM.from_engine(speculative_engine(_config(model_dirs["llama"], None), "ar"), None).generate(prompts, params)
-    assert [o.token_ids for o in outputs] == [o.token_ids for o in alone]
+    engine, outputs, exact = governed_run(model_dirs, 0.003, 0.01, DraftSettings(k=4, fan_out=1), ("ar", "sd"),
+                                          seed=13, max_tokens=60, base_interval=2)
+    assert exact
     assert sum(o.stats["sync_rounds"] for o in outputs) > 0
-    assert 1 <= chosen < 4
+    assert 1 <= engine.sd_lookahead.best(2) < 4
 
 
 def ssd_measured(reach: list[float], verify: dict[int, float], build_step_s: float, host_s: float = 0.0005,
@@ -185,16 +193,7 @@ def test_ssd_rounds_go_shallower_when_draft_steps_are_slow_and_stay_exact(model_
     """Draft steps padded to 5 ms against 20 ms target steps: SSD beats plain decoding, but its
     build of K = 4 (5 steps, 25 ms) outlasts the verify, so after measuring, SSD rounds propose
     fewer than K tokens; greedy output is the target's own."""
-    prompts = make_prompts(2, 380, seed=17, min_len=4, max_len=12)
-    params = SamplingParams(max_tokens=100, ignore_eos=True)
-    governor = SpeculationGovernor(base_interval=4, max_interval=8, burst=2, arms=("ar", "ssd"))
-    engine = speculative_engine(_config(model_dirs["llama"], 0.020), "ssd",
-                                _config(model_dirs["llama_draft_perturbed"], 0.005), DraftSettings(k=4, fan_out=2),
-                                governor=governor, draft_soft_deadline=False)
-    try:
-        outputs = LLM.from_engine(engine, None).generate(prompts, params)
-    finally:
-        engine.proposer.close()
-    alone = LLM.from_engine(speculative_engine(_config(model_dirs["llama"], None), "ar"), None).generate(prompts, params)
-    assert [o.token_ids for o in outputs] == [o.token_ids for o in alone]
+    engine, _, exact = governed_run(model_dirs, 0.020, 0.005, DraftSettings(k=4, fan_out=2), ("ar", "ssd"),
+                                    seed=17, max_tokens=100, base_interval=4)
+    assert exact
     assert 1 <= engine.ssd_depth.best(2) < 4
