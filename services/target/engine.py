@@ -68,14 +68,13 @@ class SpeculativeEngine(LLMEngine):
             self.governor.bind(mode)
         # under the governor, an SSD deployment sizes its rounds from measurements: the SD arm
         # drafts SD's best lookahead, the SSD arm proposes (and builds) its best depth
-        self.sd_lookahead = self.ssd_depth = None
+        self.acceptance = self.sd_lookahead = self.ssd_depth = None
         if self.governor is not None and mode == "ssd":
-            acceptance = Acceptance(self.k)
-            self.sd_lookahead, self.ssd_depth = LookaheadModel(self.k, acceptance), DepthModel(self.k, acceptance)
+            self.acceptance = Acceptance(self.k)  # one estimate, read by both models
+            self.sd_lookahead, self.ssd_depth = LookaheadModel(self.k, self.acceptance), DepthModel(self.k, self.acceptance)
         self._ssd_outcomes: dict[int, tuple[int, int]] = {}  # per row of the last SSD round: (n, depth)
         self._last_ssd_round: tuple[int, int] | None = None  # (rows, depth) of the last round, if SSD
         self._last_reply_at = 0.0  # when the last round's draft reply came
-        self._ssd_depths: dict[int, int] = {}  # per batch-size bucket: the depth SSD rounds ran at last
         # Per-round metrics and spans (saguaro.telemetry.rounds.RoundTelemetry), set by the
         # service; None costs a round nothing.
         self.telemetry = None
@@ -205,11 +204,10 @@ class SpeculativeEngine(LLMEngine):
             return self.sd_lookahead.best(rows)
         if arm != "ssd" or self.ssd_depth is None or not rows:
             return 0
+        before = self.ssd_depth.depths.get(bucket_of(rows), self.k)
         depth = self.ssd_depth.best(rows)
-        if depth != self._ssd_depths.setdefault(bucket_of(rows), depth):
-            self._ssd_depths[bucket_of(rows)] = depth
-            if self.governor is not None:
-                self.governor.forget(rows, "ssd")
+        if depth != before and self.governor is not None:
+            self.governor.forget(rows, "ssd")
         return depth
 
     def _observe_costs(self, batch_size: int, seqs: list[Sequence], props: list[Proposal], accepted: list[int],
@@ -219,13 +217,12 @@ class SpeculativeEngine(LLMEngine):
         (not fast backups' placeholders); the SD arm's step and transport times from synchronous
         rounds (every row drafted); the SSD arm's verify, host, link and backup times, the
         draft's build after each SSD round, and hits keyed on the previous SSD round's outcome."""
-        ssd_round = bool(props) and not synchronous
         last_round, self._last_ssd_round = self._last_ssd_round, None
         previous, self._ssd_outcomes = self._ssd_outcomes, {}
         if not props:
             return
         k = len(props[0].tokens)
-        self.sd_lookahead.acceptance.observe([n for p, n in zip(props, accepted) if p.backup != 2], k)
+        self.acceptance.observe([n for p, n in zip(props, accepted) if p.backup != 2], k)
         timings = self.proposer.last_timings
         if timings is None:
             return
@@ -233,18 +230,18 @@ class SpeculativeEngine(LLMEngine):
         if synchronous:
             self.sd_lookahead.observe_times(batch_size, verify_time, draft_time, lookup_s, backup_s, k)
             return
-        if ssd_round:
-            build_s = timings.prev_build_us / 1e6 if last_round is not None else None
-            if last_round is not None:  # the build this reply reports followed that round
-                self.ssd_depth.observe_build(*last_round, build_s)
-            for seq, prop in zip(seqs, props):
-                if seq.seq_id in previous:
-                    self.ssd_depth.observe_lookup(*previous[seq.seq_id], prop.hit)
-            misses = sum(not p.hit for p in props)
-            self.ssd_depth.observe_round(SSDRound(batch_size, k, round_time, verify_time, draft_time, backup_s, misses,
-                                                  sum(p.backup == 2 for p in props), build_s, since_reply))
-            self._ssd_outcomes = {seq.seq_id: (n, k) for seq, n in zip(seqs, accepted)}
-            self._last_ssd_round = (batch_size, k)
+        build_s = None
+        if last_round is not None:  # the build this reply reports followed that round
+            build_s = timings.prev_build_us / 1e6
+            self.ssd_depth.observe_build(*last_round, build_s)
+        for seq, prop in zip(seqs, props):
+            if seq.seq_id in previous:
+                self.ssd_depth.observe_lookup(*previous[seq.seq_id], prop.hit)
+        misses = sum(not p.hit for p in props)
+        self.ssd_depth.observe_round(SSDRound(batch_size, k, round_time, verify_time, draft_time, backup_s, misses,
+                                              sum(p.backup == 2 for p in props), build_s, since_reply))
+        self._ssd_outcomes = {seq.seq_id: (n, k) for seq, n in zip(seqs, accepted)}
+        self._last_ssd_round = (batch_size, k)
 
     def _commit_round(self, seq: Sequence, accepted: int, new_tokens: list[int], proposal: Proposal | None,
                       draft_time: float, held: bool = False, synchronous: bool = False) -> None:
