@@ -50,6 +50,11 @@ class GatewayConfig:
     # an SSE comment line after this long without a chunk, so proxies with shorter idle timeouts
     # do not cut a stream that waits (a migration, a long queue between rounds)
     sse_keepalive_s: float = 5.0
+    # an HTTP connection that has not sent a whole request head this long after it opened (or
+    # after its last response) is closed: slow-header (slowloris) connections cannot pile up
+    http_header_timeout_s: float = 30.0
+    # a request body that has not fully arrived this long after its head: 408
+    http_body_timeout_s: float = 30.0
 
     def validate(self) -> None:
         if self.policy not in POLICIES:

@@ -114,7 +114,8 @@ class OpenAIApi:
             key = gw.authenticate(request.headers.get("Authorization"))
             span = GatewaySpan.start(request.headers, api="http", model=gw.model_name)
             preparer = gw.preparer()
-            raw = await _read_json_body(request, min(MAX_BODY_BYTES, preparer.body_byte_limit))
+            raw = await _read_json_body(request, min(MAX_BODY_BYTES, preparer.body_byte_limit),
+                                        gw.config.http_body_timeout_s)
             parsed = await preparer.tokenizer.run(_parse_body, kind, raw, preparer)
             span.requested(**sampling_attributes(parsed.sampling))
             release = gw.streams.acquire(key, len(parsed.prompts))
@@ -237,9 +238,10 @@ async def _keep_alive(response: web.StreamResponse, interval_s: float, last_writ
 KEEPALIVE = b": keep-alive\n\n"
 
 
-async def _read_json_body(request: web.Request, limit: int) -> bytes:
+async def _read_json_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
     """The request's body, at most ``limit`` bytes once decompressed (413 beyond: a small
-    compressed body can inflate to gigabytes). It must be declared as JSON: a browser sends a
+    compressed body can inflate to gigabytes), within ``timeout_s`` (408 beyond: a body sent a
+    byte at a time holds a connection). It must be declared as JSON: a browser sends a
     cross-site form POST as text/plain or a form type without asking first, so an undeclared
     body is refused (415) before it is read."""
     if request.content_type != "application/json":
@@ -248,12 +250,16 @@ async def _read_json_body(request: web.Request, limit: int) -> bytes:
                            f"Content-Type must be application/json, got {declared!r}", http_status=415)
     body = bytearray()
     try:
-        async for chunk in request.content.iter_chunked(1 << 16):
-            body += chunk
-            if len(body) > limit:
-                raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"the request body is larger than {limit} bytes (decompressed), more than any "
-                                   f"request to this model needs", http_status=413)
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_chunked(1 << 16):
+                body += chunk
+                if len(body) > limit:
+                    raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"the request body is larger than {limit} bytes (decompressed), more than any "
+                                       f"request to this model needs", http_status=413)
+    except TimeoutError:
+        raise GatewayError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                           f"the request body did not arrive within {timeout_s:g} s", http_status=408) from None
     except RequestPayloadError:  # e.g. a Content-Encoding the body is not in (found by tests/fuzz)
         raise invalid(f"the request body cannot be decoded (Content-Encoding: "
                       f"{request.headers.get('Content-Encoding', 'none')[:40]})") from None

@@ -123,7 +123,10 @@ class Gateway:
         config = self.config
         if config.http_port is None:
             return
-        runner = web.AppRunner(OpenAIApi(self).app(), handler_cancellation=True, access_log=None)
+        # aiohttp's keep-alive timer runs from the connection's start until a request head is
+        # complete, and again after each response: it is the header read timeout
+        runner = web.AppRunner(OpenAIApi(self).app(), handler_cancellation=True, access_log=None,
+                               keepalive_timeout=config.http_header_timeout_s)
         await runner.setup()
         ssl_context = http_ssl_context(config.tls_cert, config.tls_key) if config.tls_cert else None
         site = web.TCPSite(runner, config.host, config.http_port, ssl_context=ssl_context)

@@ -1,16 +1,20 @@
-"""Bounded work before admission (docs/reliability.md): a prompt too large for the context is
+"""Bounded work before admission (docs/security.md): a prompt too large for the context is
 refused before it is tokenized, a body that inflates past what any request needs is refused
-while it is read, and tokenizing happens off the event loop, so a hostile request never
-stalls the streams already running."""
+while it is read, tokenizing happens off the event loop, and heads and bodies sent too slowly
+are cut off, so a hostile request never stalls the streams already running or holds a
+connection for ever."""
 
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -120,3 +124,42 @@ def test_a_chat_whose_messages_exceed_the_context_is_refused_before_rendering(ga
     assert "bytes of text" in answer["error"]["message"]
     status, ok = post(gateway, json.dumps({"model": "llama", "prompt": [5, 6], "max_tokens": 2}).encode())
     assert status == 200 and ok["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.fixture(scope="module")
+def impatient_gateway(model_dirs, module_targets, start_module_gateway):
+    target = module_targets(model_dirs["llama"])
+    return start_module_gateway([target.address], http_header_timeout_s=0.5, http_body_timeout_s=0.5)
+
+
+def raw_connection(gateway) -> socket.socket:
+    url = urlsplit(gateway.http_url)
+    return socket.create_connection((url.hostname, url.port), timeout=10)
+
+
+def test_a_request_head_sent_too_slowly_is_closed(impatient_gateway):
+    """Slowloris: a head that never completes holds its connection only until the header
+    timeout (here 0.5 s), then the server closes it; new requests are served meanwhile."""
+    connection = raw_connection(impatient_gateway)
+    connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: saguaro\r\n")
+    started = time.monotonic()
+    connection.sendall(b"X-Slow: 1\r\n")
+    assert connection.recv(1024) == b""  # closed by the server
+    assert time.monotonic() - started < 5
+    connection.close()
+    status, answer = post(impatient_gateway, json.dumps({"model": "llama", "prompt": [5, 6], "max_tokens": 1}).encode())
+    assert status == 200
+
+
+def test_a_body_sent_too_slowly_is_408(impatient_gateway):
+    """The head is complete, the body stops after 10 of its 100 bytes: 408 with a JSON error
+    once the body timeout (0.5 s) has passed."""
+    connection = raw_connection(impatient_gateway)
+    connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: saguaro\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 100\r\n\r\n" + b'{"model": ')
+    response = http.client.HTTPResponse(connection)
+    response.begin()
+    body = response.read()
+    connection.close()
+    assert response.status == 408
+    assert "did not arrive within 0.5 s" in json.loads(body)["error"]["message"]
