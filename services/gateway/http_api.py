@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from saguaro.client import speculation_stats
@@ -46,6 +46,31 @@ if TYPE_CHECKING:
 
 MAX_BODY_BYTES = 32 << 20
 OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")  # shipped as package data
+
+
+class _AnswerHalfClosed(RequestHandler):
+    """A client may half-close its socket once its request is sent (``shutdown(SHUT_WR)``, as
+    some proxies and scripts do). aiohttp closes the connection on the FIN, so the request was
+    never answered; here it is answered, and the connection closes after the response."""
+
+    def eof_received(self) -> bool:
+        self.close()  # serve what has arrived, accept nothing more
+        return True  # keep our half open for the response (asyncio ignores this under TLS)
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _AnswerHalfClosed(self, loop=self._loop, **self._kwargs)
+
+
+class HttpRunner(web.AppRunner):
+    """The gateway's HTTP server: an aiohttp application runner whose connections answer
+    half-closed requests."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # aiohttp builds its Server inside the application; only the handler differs
+        return server
 
 
 def _error_response(exc: GatewayError) -> web.Response:

@@ -26,7 +26,7 @@ from saguaro.services.gateway.discovery import KubernetesDiscovery
 from saguaro.services.gateway.dispatch import Dispatcher
 from saguaro.services.gateway.errors import GatewayError
 from saguaro.services.gateway.grpc_api import GatewayInferenceService
-from saguaro.services.gateway.http_api import OpenAIApi
+from saguaro.services.gateway.http_api import HttpRunner, OpenAIApi
 from saguaro.services.gateway.kv_watch import KvWatcher
 from saguaro.services.gateway.metrics import GatewayMetrics
 from saguaro.services.gateway.prefix_index import MemoryPrefixIndex, PrefixIndex
@@ -125,8 +125,8 @@ class Gateway:
             return
         # aiohttp's keep-alive timer runs from the connection's start until a request head is
         # complete, and again after each response: it is the header read timeout
-        runner = web.AppRunner(OpenAIApi(self).app(), handler_cancellation=True, access_log=None,
-                               keepalive_timeout=config.http_header_timeout_s)
+        runner = HttpRunner(OpenAIApi(self).app(), handler_cancellation=True, access_log=None,
+                            keepalive_timeout=config.http_header_timeout_s)
         await runner.setup()
         ssl_context = http_ssl_context(config.tls_cert, config.tls_key) if config.tls_cert else None
         site = web.TCPSite(runner, config.host, config.http_port, ssl_context=ssl_context)

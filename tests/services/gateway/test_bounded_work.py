@@ -163,3 +163,19 @@ def test_a_body_sent_too_slowly_is_408(impatient_gateway):
     connection.close()
     assert response.status == 408
     assert "did not arrive within 0.5 s" in json.loads(body)["error"]["message"]
+
+
+def test_a_request_from_a_half_closed_socket_is_answered(impatient_gateway):
+    """The client sends its request and shuts its sending side (a FIN): it still gets its
+    answer, and then the connection closes."""
+    body = json.dumps({"model": "llama", "prompt": [5, 6], "max_tokens": 2}).encode()
+    connection = raw_connection(impatient_gateway)
+    connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: saguaro\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    connection.shutdown(socket.SHUT_WR)
+    response = http.client.HTTPResponse(connection)
+    response.begin()
+    answer = json.loads(response.read())
+    assert response.status == 200 and answer["choices"][0]["finish_reason"] == "length"
+    assert connection.recv(1024) == b""  # closed after the response
+    connection.close()
