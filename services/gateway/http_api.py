@@ -21,6 +21,7 @@ request on the target.
 from __future__ import annotations
 
 import asyncio
+import logging
 import contextlib
 import json
 import time
@@ -45,27 +46,49 @@ if TYPE_CHECKING:
     from saguaro.services.gateway.server import Gateway
 
 MAX_BODY_BYTES = 32 << 20
+
+log = logging.getLogger(__name__)
 OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")  # shipped as package data
 
 
-class _AnswerHalfClosed(RequestHandler):
-    """A client may half-close its socket once its request is sent (``shutdown(SHUT_WR)``, as
-    some proxies and scripts do). aiohttp closes the connection on the FIN, so the request was
-    never answered; here it is answered, and the connection closes after the response."""
+class _GatewayConnection(RequestHandler):
+    """One HTTP connection, as aiohttp serves it, with two differences.
+
+    * A client may half-close its socket once its request is sent (``shutdown(SHUT_WR)``, as
+      some proxies and scripts do). aiohttp closes the connection on the FIN, so the request was
+      never answered; here it is answered, and the connection closes after the response.
+    * A request aiohttp's parser refuses (a bad request line, oversized headers) gets an OpenAI
+      JSON error, as every other refusal does, and one log line instead of a traceback.
+    """
 
     def eof_received(self) -> bool:
         self.close()  # serve what has arrived, accept nothing more
         return True  # keep our half open for the response (asyncio ignores this under TLS)
 
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500:  # our fault: keep aiohttp's logging (with the traceback) and its checks
+            super().handle_error(request, status, exc, message)
+        elif request.writer.output_size > 0:
+            raise ConnectionError("the response has begun; no error response can follow")
+        else:
+            log.info("refused a malformed HTTP request from %s: %d %s", request.remote, status, message or exc)
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        text = "internal error" if status >= 500 else f"malformed HTTP request: {message or exc}"
+        response = web.json_response({"error": {"message": text[:300], "type": kind, "param": None, "code": None}},
+                                     status=status)
+        response.force_close()
+        return response
+
 
 class _Server(web.Server):
     def __call__(self) -> RequestHandler:
-        return _AnswerHalfClosed(self, loop=self._loop, **self._kwargs)
+        return _GatewayConnection(self, loop=self._loop, **self._kwargs)
 
 
 class HttpRunner(web.AppRunner):
-    """The gateway's HTTP server: an aiohttp application runner whose connections answer
-    half-closed requests."""
+    """The gateway's HTTP server: an aiohttp application runner whose connections are
+    ``_GatewayConnection``s."""
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()

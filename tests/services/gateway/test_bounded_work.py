@@ -179,3 +179,21 @@ def test_a_request_from_a_half_closed_socket_is_answered(impatient_gateway):
     assert response.status == 200 and answer["choices"][0]["finish_reason"] == "length"
     assert connection.recv(1024) == b""  # closed after the response
     connection.close()
+
+
+@pytest.mark.parametrize("raw", [b"GARBAGE\r\n\r\n", b"GET /v1/models HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n"],
+                         ids=["bad request line", "oversized header"])
+def test_requests_the_http_parser_refuses_get_a_json_error(impatient_gateway, raw, caplog):
+    """aiohttp's own refusals (before any handler runs) answer 4xx with an OpenAI JSON error, and
+    log one line, not a traceback."""
+    connection = raw_connection(impatient_gateway)
+    with caplog.at_level("INFO", logger="saguaro.services.gateway.http_api"):
+        connection.sendall(raw)
+        response = http.client.HTTPResponse(connection)
+        response.begin()
+        error = json.loads(response.read())["error"]
+    connection.close()
+    assert 400 <= response.status < 500 and response.getheader("Content-Type").startswith("application/json")
+    assert error["type"] == "invalid_request_error" and error["message"].startswith("malformed HTTP request")
+    refusals = [r for r in caplog.records if "malformed HTTP request" in r.getMessage()]
+    assert refusals and all(r.exc_info is None for r in refusals)
