@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 64  # a request without sampling.max_tokens gets this many tokens at most
+CONTROL_THREADS = 16  # worker threads beyond the Generate streams: Health, Abort, facts, KV-event watches
+RETRY_AFTER_S = 1  # sent with a Generate refused for want of a stream slot
 
 MODE_TO_PROTO = {"ar": pb.DECODE_MODE_AR, "sd": pb.DECODE_MODE_SD, "ssd": pb.DECODE_MODE_SSD}
 PROTO_TO_MODE = {v: k for k, v in MODE_TO_PROTO.items()}
@@ -501,8 +503,13 @@ class TextStream:
 # -- the gRPC service ---------------------------------------------------------------------------
 class InferenceService(pb_grpc.InferenceServicer):
     def __init__(self, loop: EngineLoop, tokenizer=None, draft_model_name: str = "",
-                 telemetry: RequestTelemetry | None = None):
+                 telemetry: RequestTelemetry | None = None, max_streams: int = 32):
+        """``max_streams``: Generate streams served at once (each holds a worker thread); more
+        are refused with RESOURCE_EXHAUSTED and ``retry-after``, while Health and the other
+        unary calls keep threads of their own (``serve_target``)."""
         self.loop = loop
+        self.max_streams = max_streams
+        self._streams = threading.BoundedSemaphore(max_streams)
         self.engine = loop.engine
         self.tokenizer = tokenizer
         self.draft_model_name = draft_model_name
@@ -513,13 +520,20 @@ class InferenceService(pb_grpc.InferenceServicer):
         self.telemetry = telemetry or RequestTelemetry(self.engine.runner.model_dir.name)
 
     def Generate(self, request: pb.GenerateRequest, context):
-        record = self.telemetry.start(request.request_id or uuid.uuid4().hex, context.invocation_metadata(),
-                                      time.perf_counter())
+        if not self._streams.acquire(blocking=False):
+            context.set_trailing_metadata((("retry-after", str(RETRY_AFTER_S)),))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"this target serves {self.max_streams} streams at once; retry in {RETRY_AFTER_S} s")
         try:
-            yield from self._generate(request, context, record)
-        except BaseException as exc:  # refused, cancelled by the client (GeneratorExit), a bug
-            record.fail(request_error_type(exc, context))
-            raise
+            record = self.telemetry.start(request.request_id or uuid.uuid4().hex, context.invocation_metadata(),
+                                          time.perf_counter())
+            try:
+                yield from self._generate(request, context, record)
+            except BaseException as exc:  # refused, cancelled by the client (GeneratorExit), a bug
+                record.fail(request_error_type(exc, context))
+                raise
+        finally:
+            self._streams.release()
 
     def _generate(self, request: pb.GenerateRequest, context, record: RequestRecord):
         arrival, request_id = record.arrival, record.request_id
@@ -696,19 +710,23 @@ def serve_target(engine, tokenizer, address: str, draft_model_name: str = "",
     TLS (or mTLS) with ``credentials`` (``saguaro.tls.server_credentials``), else plaintext.
 
     Next to ``Inference`` it serves ``TargetRouting`` (KV-cache events and the tokenizer) for
-    gateways. Every open Generate or WatchKvEvents stream holds a worker thread; beyond
-    ``max_workers`` concurrent RPCs the server answers RESOURCE_EXHAUSTED instead of queueing.
+    gateways. Every open Generate or WatchKvEvents stream holds a worker thread. Generate
+    streams beyond ``max_workers`` (default: 4 × max_num_seqs, at least 32) are refused with
+    RESOURCE_EXHAUSTED; ``CONTROL_THREADS`` more threads serve Health, Abort, the model's facts
+    and the KV-event watches, so a loaded target still answers its health checks (a busy pod is
+    not an unhealthy one).
     """
-    workers = max_workers or max(32, 4 * engine.config.max_num_seqs)
+    streams = max_workers or max(32, 4 * engine.config.max_num_seqs)
     blocks = engine.runner.blocks
     hub = KvEventHub(blocks.block_size, initial=blocks.by_hash)
     blocks.listener = hub  # set before the loop thread starts: from then on only it changes blocks
     loop = EngineLoop(engine).start()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference"),
-                         maximum_concurrent_rpcs=workers)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=streams + CONTROL_THREADS,
+                                                    thread_name_prefix="inference"))
     if telemetry is not None:  # metrics and traces (saguaro.telemetry.service), from the command line
         telemetry.attach(engine, loop)
-    service = InferenceService(loop, tokenizer, draft_model_name, telemetry.requests if telemetry else None)
+    service = InferenceService(loop, tokenizer, draft_model_name, telemetry.requests if telemetry else None,
+                               max_streams=streams)
     add_service(server, pb.DESCRIPTOR.services_by_name["Inference"], service)
     add_service(server, rpb.DESCRIPTOR.services_by_name["TargetRouting"],
                 TargetRoutingService(hub, tokenizer, service._tokenizer_lock))

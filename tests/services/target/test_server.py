@@ -238,3 +238,49 @@ def test_health_is_degraded_once_the_draft_dies(model_dirs, reference, serve_mod
                           "message": "draft unavailable, decoding without speculation"}
     finally:
         served.close()
+
+
+def test_streams_beyond_the_limit_are_refused_and_health_still_answers(model_dirs):
+    """Two stream slots, four concurrent streams on a slow engine: two are served, two refused
+    with RESOURCE_EXHAUSTED and retry-after; meanwhile Health answers SERVING at once (it does
+    not compete with generation for a slot)."""
+    from saguaro.config import EngineConfig
+    from saguaro.net import free_port
+    from saguaro.services.target.local import speculative_engine
+    from saguaro.services.target.server import serve_target
+    from saguaro.tokenizer import load_tokenizer
+
+    engine = speculative_engine(EngineConfig(model=model_dirs["llama"], kv_cache_bytes=16 << 20, max_num_seqs=4,
+                                             show_progress=False, emulate_forward_s=0.05), "ar")
+    address = f"127.0.0.1:{free_port()}"
+    server, loop = serve_target(engine, load_tokenizer(model_dirs["llama"]), address, max_workers=2)
+    outcomes: list[str] = []
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.InferenceStub(channel)
+
+            def stream() -> None:
+                request = pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=[5, 6, 7]),
+                                             sampling=pb.SamplingParams(max_tokens=20, ignore_eos=True))
+                call = stub.Generate(request)
+                try:
+                    responses = list(call)
+                    outcomes.append("served" if responses[-1].WhichOneof("kind") == "final" else "cut")
+                except grpc.RpcError as error:
+                    retry = dict(error.trailing_metadata() or ()).get("retry-after")
+                    outcomes.append(f"{error.code().name}:{retry}")
+
+            threads = [threading.Thread(target=stream) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.3)  # the served streams are decoding (20 steps of 50 ms)
+            for _ in range(5):
+                started = time.monotonic()
+                health = stub.Health(pb.HealthRequest(), timeout=5)
+                assert health.status == pb.SERVING_STATUS_SERVING and time.monotonic() - started < 0.5
+            for thread in threads:
+                thread.join(60)
+    finally:
+        server.stop(None)
+        loop.stop()
+    assert sorted(outcomes) == ["RESOURCE_EXHAUSTED:1"] * 2 + ["served"] * 2, outcomes
