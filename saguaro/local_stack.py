@@ -23,6 +23,10 @@ class LocalStack:
     target waits for tokens) with one torch thread, runs in its own session (a terminal's
     Ctrl-C reaches only this process, which stops them in order) and receives SIGTERM if this
     process dies (Linux).
+
+    A draft that exits is restarted (``check``), after 1, 2, 4 … up to 30 s: a draft fault never
+    stops the stack, because the target decodes plainly (exactly) while its draft is away and
+    reconnects to the new one. A gateway or target that exits is fatal: nothing serves without it.
     """
 
     def __init__(self, target: str, draft: str | None, mode: str = "ssd", host: str = "127.0.0.1",
@@ -75,6 +79,8 @@ class LocalStack:
         self.draft_cpus = {cpus[1]} if len(cpus) >= 2 else None
         self.gateway_cpus = {cpus[2]} if len(cpus) >= 3 else self.target_cpus
         self.children: dict[str, ServiceProcess] = {}
+        self._restart_at: dict[str, float] = {}  # a draft that exited: when it restarts
+        self._failures: dict[str, int] = {}  # per draft: exits in a row, for the backoff
 
     def start(self, timeout: float = 300.0) -> None:
         """Start the services (they load at once; the target waits for the draft before it
@@ -101,9 +107,33 @@ class LocalStack:
             raise
 
     def check(self) -> None:
-        """Raise if a service exited on its own."""
-        for child in self.children.values():
-            child.check_running()
+        """Raise if the gateway or the target exited on its own; restart a draft that did (with
+        backoff), once its delay has passed. Call it every fraction of a second."""
+        for name, child in list(self.children.items()):
+            if name in self.draft_cmds:
+                self._supervise_draft(name, child)
+            else:
+                child.check_running()
+
+    def _supervise_draft(self, name: str, child: "ServiceProcess") -> None:
+        import time
+
+        now = time.monotonic()
+        code = child.proc.poll()
+        if code is None:
+            if now - child.started > STABLE_S:
+                self._failures[name] = 0  # up long enough: the next exit starts the backoff over
+            return
+        if name not in self._restart_at:
+            failures = self._failures.get(name, 0)
+            delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
+            self._restart_at[name] = now + delay
+            self._failures[name] = failures + 1
+            print(f"[saguaro up] the {name} service exited with code {code}; restarting it in {delay:g} s "
+                  f"(the target decodes without speculation meanwhile)", flush=True)
+        elif now >= self._restart_at[name]:
+            del self._restart_at[name]
+            self.children[name] = ServiceProcess(name, self.draft_cmds[name], self.draft_cpus, self.echo)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the gateway, the target, then the drafts; SIGKILL what is still alive after ``timeout``."""
@@ -128,6 +158,10 @@ def _libc():
         return None
 
 
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # delays before restarting a draft that exited
+STABLE_S = 60.0  # a draft up this long has recovered: its next exit restarts after the first delay
+
+
 class ServiceProcess:
     """One service process; its output (stdout and stderr) is echoed with a [name] prefix."""
 
@@ -136,6 +170,7 @@ class ServiceProcess:
         import signal
         import subprocess
         import threading
+        import time
 
         self.name = name
         self.echo = echo
@@ -153,6 +188,7 @@ class ServiceProcess:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=env, preexec_fn=setup, start_new_session=True)
         self.cpus = cpus
+        self.started = time.monotonic()
         self._reader = threading.Thread(target=self._read, name=f"{name}-output", daemon=True)
         self._reader.start()
 

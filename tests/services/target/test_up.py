@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -125,3 +126,55 @@ def test_target_refuses_a_mode_without_its_draft(model_dirs, capsys):
     assert "--mode ssd needs a draft" in capsys.readouterr().err
     assert main(["up", "--target", model_dirs["llama"], "--mode", "ssd"]) == 2
     assert "--mode ssd needs --draft DIR" in capsys.readouterr().err
+
+
+def test_a_killed_draft_is_restarted_and_every_stream_completes_exactly(model_dirs):
+    """SIGKILL the draft of a running `saguaro up` while long greedy streams run: every stream
+    completes with the target's own tokens (as `mode=ar` gives them), the stack keeps serving,
+    the draft is restarted, and speculation resumes with it."""
+    from saguaro.client import Client
+
+    port = free_port()
+    up = subprocess.Popen(
+        [sys.executable, "-m", "saguaro.cli", "up", "--target", model_dirs["llama"],
+         "--draft", model_dirs["llama_draft_perturbed"], "--mode", "ssd", "--port", str(port),
+         "--draft-port", str(free_port()), "--http-port", str(free_port()), "--speculation-policy", "always",
+         "--emulate-forward-ms", "10", *SMALL_ARGS],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+    )
+    out = Output(up)
+    try:
+        out.wait_for(r"^ready: saguaro stack serving, mode ssd")
+        target_address = re.search(r"target \(internal\)\s+(\S+)", out.wait_for(r"^  target \(internal\)")).group(1)
+        draft_pid = int(re.search(r"pid (\d+)", out.wait_for(r"^  draft \(Speculation\)")).group(1))
+        prompts = [[40 + i, 41, 42] for i in range(4)]
+        results: dict[int, list[int]] = {}
+        with Client(f"127.0.0.1:{port}", timeout=120) as client:
+            def run(i: int) -> None:
+                results[i] = client.generate(prompts[i], max_tokens=120, ignore_eos=True).token_ids
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+            for thread in threads:
+                thread.start()
+            time.sleep(1.0)  # the streams are decoding with the draft
+            os.kill(draft_pid, signal.SIGKILL)
+            for thread in threads:
+                thread.join(120)
+            plain = [client.generate(p, max_tokens=120, ignore_eos=True, mode="ar").token_ids for p in prompts]
+        assert [results[i] for i in range(len(prompts))] == plain
+        out.wait_for(r"the draft service exited with code -9; restarting it in 1 s")
+        # the target reconnects when a round wants to speculate and its retry interval has passed
+        with Client(f"127.0.0.1:{port}", timeout=120) as client, Client(target_address, timeout=30) as target:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                again = client.generate(prompts[0], max_tokens=16, ignore_eos=True)
+                assert again.token_ids == plain[0][:16]
+                if target.health()["draft_connected"] and again.stats["spec_rounds"] > 0:
+                    break
+                time.sleep(0.5)
+        assert again.stats["spec_rounds"] > 0, "\n".join(l for l in out.lines[-30:] if l is not None)
+        assert up.poll() is None
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(timeout=60)
+    assert code == 0, "\n".join(l for l in out.lines if l is not None)
