@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -195,3 +197,42 @@ def test_targets_come_and_go_without_a_restart(fast_target, model_dirs, targets,
         assert client.health()["message"] == "1 of 1 targets healthy"
     assert metric(gateway, "saguaro_gateway_target_healthy", target=fast_target.address) == 0  # series removed
     assert newcomer.client.load()["prefix_cache_queried_tokens"] >= 4 * 3  # it served them all
+
+
+STREAMS = 64
+
+
+def test_streams_at_the_target_limit_are_served_and_readiness_holds(model_dirs, targets, start_gateway, http):
+    """64 concurrent streams on a target with max_num_seqs 16 (four times it, the target's
+    stream limit; the gateway's queue limit above that): every request gets 200 or 429, while
+    /readyz and the target's health stay SERVING throughout. A Health check never waits behind
+    generation for a slot; with one shared cap of 64 calls it was refused here, and the gateway
+    reported its only target unhealthy."""
+    target = targets(model_dirs["llama"], max_num_seqs=16, emulate_forward_s=0.05)
+    gateway = start_gateway([target.address], max_queue=64)
+    statuses: list[int] = []
+
+    def stream(i: int) -> None:
+        body = json.dumps({"model": "llama", "prompt": [40 + i % 50, 41], "max_tokens": 20, "stream": True,
+                           "ignore_eos": True}).encode()
+        request = urllib.request.Request(gateway.http_url + "/v1/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                lines = [line.decode().rstrip("\n") for line in response]
+                statuses.append(response.status if "data: [DONE]" in lines else -1)
+        except urllib.error.HTTPError as error:
+            statuses.append(error.code)
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(STREAMS)]
+    for thread in threads:
+        thread.start()
+    ready, health = [], []
+    while any(thread.is_alive() for thread in threads):
+        ready.append(http(gateway.http_url + "/readyz").status)
+        health.append(target.client.health(timeout=5)["status"])
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    assert len(statuses) == STREAMS and set(statuses) <= {200, 429} and statuses.count(200) > 0
+    assert ready and set(ready) == {200} and set(health) == {"serving"}
