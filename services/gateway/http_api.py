@@ -96,6 +96,22 @@ class HttpRunner(web.AppRunner):
         return server
 
 
+@web.middleware
+async def _json_http_errors(request: web.Request, handler) -> web.StreamResponse:
+    """aiohttp's own 4xx answers (no such path, a method the path does not take) as OpenAI
+    JSON errors, like every refusal of ours."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+        message = f"{exc.reason}: {request.method} {request.path[:200]}"
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": None}},
+                                 status=exc.status, headers=headers)
+
+
 def _error_response(exc: GatewayError) -> web.Response:
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     return web.json_response(exc.openai_body(), status=exc.http_status, headers=headers)
@@ -106,7 +122,7 @@ class OpenAIApi:
         self.gateway = gateway
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_http_errors])
         app.add_routes([
             web.post("/v1/completions", self.completions),
             web.post("/v1/chat/completions", self.chat_completions),

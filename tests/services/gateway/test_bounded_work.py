@@ -197,3 +197,14 @@ def test_requests_the_http_parser_refuses_get_a_json_error(impatient_gateway, ra
     assert error["type"] == "invalid_request_error" and error["message"].startswith("malformed HTTP request")
     refusals = [r for r in caplog.records if "malformed HTTP request" in r.getMessage()]
     assert refusals and all(r.exc_info is None for r in refusals)
+
+
+@pytest.mark.parametrize("method, path, status", [("GET", "/v1/nothing-here", 404), ("GET", "/v1/completions", 405)])
+def test_the_routers_own_refusals_are_json_errors(impatient_gateway, method, path, status):
+    request = urllib.request.Request(impatient_gateway.http_url + path, method=method)
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request, timeout=30)
+    assert error.value.code == status and error.value.headers["Content-Type"].startswith("application/json")
+    assert path in json.loads(error.value.read())["error"]["message"]
+    if status == 405:
+        assert "POST" in error.value.headers["Allow"]
