@@ -75,8 +75,7 @@ class _GatewayConnection(RequestHandler):
             log.info("refused a malformed HTTP request from %s: %d %s", request.remote, status, message or exc)
         kind = "server_error" if status >= 500 else "invalid_request_error"
         text = "internal error" if status >= 500 else f"malformed HTTP request: {message or exc}"
-        response = web.json_response({"error": {"message": text[:300], "type": kind, "param": None, "code": None}},
-                                     status=status)
+        response = _openai_error(status, kind, text[:300])
         response.force_close()
         return response
 
@@ -106,10 +105,14 @@ async def _json_http_errors(request: web.Request, handler) -> web.StreamResponse
         if exc.status < 400:
             raise
         kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
-        message = f"{exc.reason}: {request.method} {request.path[:200]}"
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": None}},
-                                 status=exc.status, headers=headers)
+        return _openai_error(exc.status, kind, f"{exc.reason}: {request.method} {request.path[:200]}", headers)
+
+
+def _openai_error(status: int, kind: str, message: str, headers: dict | None = None) -> web.Response:
+    """An OpenAI error body for refusals that happen before our handlers (no field to name)."""
+    return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": None}},
+                             status=status, headers=headers)
 
 
 def _error_response(exc: GatewayError) -> web.Response:
