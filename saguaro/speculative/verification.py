@@ -115,10 +115,10 @@ def topk_indices(values: Tensor, k: int, allowed: Tensor | None = None) -> Tenso
     above = keys > kth
     tied = keys == kth
     room = k - above.sum(dim=-1, keepdim=True)
-    if bool((tied.sum(dim=-1, keepdim=True) > room).any()):  # more ties than room: the lowest indices,
-        if allowed is None:  # allowed entries before the others
+    if bool((tied.sum(dim=-1, keepdim=True) > room).any()):  # more ties than room: the lowest indices
+        if allowed is None:
             tied &= tied.cumsum(dim=-1) <= room
-        else:
+        else:  # allowed entries before the others
             first, rest = tied & allowed, tied & ~allowed
             first &= first.cumsum(dim=-1) <= room
             tied = first | (rest & (rest.cumsum(dim=-1) <= room - first.sum(dim=-1, keepdim=True)))
