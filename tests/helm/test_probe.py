@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from saguaro.net import free_port
+from saguaro.net import free_port, free_port_run
 from saguaro.tiny_models import build_tiny_model
 
 PROBE_SCRIPT = "/etc/saguaro/probe/saguaro-probe.py"
@@ -82,24 +82,6 @@ class Service:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
-
-
-def free_port_run(count: int) -> int:
-    """A port p with p .. p + count - 1 all free (draft worker i listens on draft.port + i)."""
-    for _ in range(100):
-        base = free_port()
-        if base + count - 1 <= 65535 and all(not port_open(base + i) and _bindable(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no run of {count} free ports")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def run_probe(probe: dict, k8s) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from saguaro.cli import main
-from saguaro.net import free_port
+from saguaro.net import free_port, free_port_run
 
 SMALL_ARGS = ["--kv-cache-bytes", str(16 << 20), "--max-num-seqs", "8"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -64,7 +64,7 @@ def alive(pid: int) -> bool:
 
 def test_up_serves_the_same_tokens_as_local_generation_and_stops_its_children(model_dirs):
     """Two draft workers (data parallelism): two draft processes, the target splits its batch."""
-    port, draft_port = free_port(), free_port()
+    port, draft_port = free_port(), free_port_run(2)
     up = subprocess.Popen(
         [sys.executable, "-m", "saguaro.cli", "up", "--target", model_dirs["llama"],
          "--draft", model_dirs["llama_draft_perturbed"], "--mode", "ssd", "--port", str(port),
