@@ -56,7 +56,7 @@ def main() -> None:
     print("measured P(n >= i):", [round(x, 2) if x is not None else None for x in model.reach])
     for bucket, times in sorted(model.times.items()):
         rates = [model.rate(bucket, k) for k in range(1, args.ssd_k + 1)]
-        verify = {k: round(t * 1e3, 2) for k, t in sorted(times.verify.by_k.items())}
+        verify = {k: round(t * 1e3, 2) for k, t in sorted(times.verify.by_x.items())}
         print(f"bucket {bucket}: verify ms by lookahead {verify}, draft step {times.step_s * 1e3:.2f} ms, transport "
               f"{times.transport_s * 1e3:.2f} ms; modelled tok/s per row for k = 1..{args.ssd_k}: "
               f"{[round(r, 1) for r in rates]} -> lookahead {model.best(bucket)}")

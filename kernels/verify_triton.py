@@ -34,7 +34,7 @@ import triton.language as tl
 
 from saguaro.kernels.dispatch import record_launch
 
-# Proposal kind per row. JUNK: not a q-sample (fast-backup fill), verified with q ≡ 0 (§4.5.1).
+# Proposal kind per row. JUNK: not a q-sample (fast-backup fill), verified with q ≡ 0.
 GREEDY = tl.constexpr(0)
 SAMPLE = tl.constexpr(1)
 JUNK = tl.constexpr(2)

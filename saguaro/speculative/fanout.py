@@ -3,12 +3,14 @@
 Depth j in 0..K of a round's speculation corresponds to the verification outcome n = j:
 the target accepts j draft tokens and emits r' after them. The draft pre-computes one
 branch per (j, candidate r') for the F_j most likely candidates under its glue row j. The
-total budget M = sum_j F_j is held constant (hit and miss lists alike) so every buffer,
-attention mask and CUDA graph of the tree decode keeps a static shape (§10.10).
+budget M = sum_j F_j is the same for the hit and miss lists of a build, and the session's M
+sizes every buffer of the tree decode; a build narrower than M (``scale_fan_out``, when a full
+tree would outlast the target's verify) uses a prefix of them.
 
 Exactness never depends on the fan-out: fork tokens are chosen deterministically from the
 draft logits and only decide *which* outcomes are covered, not the proposal law of a
-covered outcome (§4.3). Fan-out is purely a speed knob (hit rate vs. tree compute).
+covered outcome (docs/speculation.md, "Why the output is exact"). Fan-out is purely a speed
+knob (hit rate vs. tree compute).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "depth_probabilities",
     "fork_candidates",
     "geometric_fan_out",
+    "scale_fan_out",
     "select_fan_out",
     "shorten_fan_out",
     "uniform_fan_out",
@@ -122,7 +125,8 @@ def geometric_fan_out(
     power: float = 1.0,
     cap: int | None = None,
 ) -> list[int]:
-    """Budget-optimal fan-out over depths 0..K (the paper's capped geometric series, §3.6).
+    """Budget-optimal fan-out over depths 0..K (the paper's capped geometric series;
+    docs/speculation.md, "Fan-out").
 
     Derivation. With per-token acceptance α the outcome n of a round has
     P(n=j) = α^j (1-α) for j < K and P(n=K) = α^K. Model the miss probability of depth j
@@ -245,12 +249,33 @@ def shorten_fan_out(fan_out: Sequence[int], k: int) -> list[int]:
     return fan[:k] + [sum(fan[k:])]
 
 
+def scale_fan_out(fan_out: Sequence[int], budget: int) -> list[int]:
+    """The list with ``budget`` branches, 1 <= budget <= M, each depth keeping its share.
+
+    The draft narrows its tree this way when a full one would not fit in the time the target
+    gives it (docs/speculation.md, "Branches per batch size"). Shares are rounded by largest
+    remainder, ties to the shallower depth (it is the likelier outcome), so the result sums
+    to exactly ``budget`` and never exceeds the original at any depth.
+    """
+    fan = list(fan_out)
+    total = sum(fan)
+    budget = _as_int(budget, "budget")
+    if not 1 <= budget <= total:
+        raise ValueError(f"budget must be in 1..{total} (the list's M), got {budget}")
+    shares = [f * budget / total for f in fan]
+    scaled = [math.floor(x) for x in shares]
+    order = sorted(range(len(fan)), key=lambda j: (-(shares[j] - scaled[j]), j))
+    for j in order[: budget - sum(scaled)]:
+        scaled[j] += 1
+    return scaled
+
+
 def select_fan_out(
     hit: Tensor, hit_fan_out: Sequence[int], miss_fan_out: Sequence[int]
 ) -> Tensor:
     """Per-row fan-out LongTensor[B, K+1]: ``hit_fan_out`` where ``hit``, else the miss list.
 
-    Both lists must have the same length and the same sum M (static buffers, §3.6).
+    Both lists must have the same length and the same sum M (one build's buffers).
     """
     k = len(hit_fan_out) - 1
     hit_list = validate_fan_out(hit_fan_out, k)
@@ -275,7 +300,7 @@ def fork_candidates(
     Glue row j is the draft's distribution after r, s_1..s_j, i.e. where r' lands if the
     target accepts exactly j tokens. For j < K the draft's own s_{j+1} is excluded: if it is
     rejected the target cannot emit it (greedy: the argmax differs; sampling: the residual
-    max(0, p - q) is 0 at a rejected token, §4.2). Nothing is excluded at j = K (the bonus
+    max(0, p - q) is 0 at a rejected token). Nothing is excluded at j = K (the bonus
     can be anything). Ranking is by logit (temperature-free), descending, ties to the
     lowest token id (:func:`~saguaro.speculative.verification.topk_indices`), so tokens at one
     depth are distinct and keys (seq, j, token) unique.

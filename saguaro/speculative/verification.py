@@ -7,24 +7,24 @@ docs/speculation.md, "Why the output is exact") and tests can integrate over the
 
 Why the rules below are exact (docs/speculation.md, "Why the output is exact"):
 
-* **Greedy** (target temperature 0, §4.1): a draft token is committed only if it equals the
+* **Greedy** (target temperature 0): a draft token is committed only if it equals the
   target argmax at its row, and the extra token is the target argmax after the accepted
   prefix. By induction every committed token is the target's greedy choice given the
   committed prefix, whatever produced the proposal (JIT, cache, random junk). The draft
   only changes *how many* tokens a round commits, never *which*.
-* **Sampling** (temperature > 0, §4.2): for a token s drawn from q, accept with probability
+* **Sampling** (temperature > 0): for a token s drawn from q, accept with probability
   min(1, p(s)/q(s)); on rejection draw from R = norm(max(0, p - q)). Then
   P(emit x) = q(x) min(1, p(x)/q(x)) + (1 - sum_y min(p, q)(y)) R(x)
             = min(p, q)(x) + max(0, p - q)(x) = p(x).
   Each accepted token becomes the next row's context, so chaining the lemma over rows gives
   the exact target joint law. On full acceptance the bonus is drawn from p_K directly.
 * The lemma needs q to be *exactly* the law the proposal was drawn from. Hence the Saguaro
-  rescale (§4.4) must be applied identically on both sides: the draft samples from q' and
+  rescale must be applied identically on both sides: the draft samples from q' and
   the verifier uses the same q' (q' is a legitimate proposal, so the lemma still applies).
-  Proposals that are not q-samples at all (fast-backup junk, §4.5.1) must not go through
+  Proposals that are not q-samples at all (fast-backup junk) must not go through
   the ratio test: those rows are forced to n = 0 and r' ~ p_0, which is trivially exact.
   (At T = 0 no forcing is needed: the greedy comparison is exact for any proposal.)
-* Speculating on predicted outcomes (§4.3) keeps exactness because which cached branch is
+* Speculating on predicted outcomes keeps exactness because which cached branch is
   looked up depends only on the target's randomness, never on the proposal's values.
 
 Semantics chosen here (documented once, relied upon by the tests):
@@ -160,7 +160,7 @@ def probs_from_logits(logits: Tensor, temperature: Tensor | float) -> Tensor:
     The one-hot row uses ``torch.argmax`` (ties resolve to the lowest index), so the T == 0
     distribution is the same degenerate law that greedy verification compares against.
     Exactness of sampling verification is relative to *this* fp32 p (and the q produced by
-    the same function on the draft logits), so both sides must call it (§10.6).
+    the same function on the draft logits), so both sides must call it.
 
     Args:
         logits: Tensor[..., V] (any float dtype).
@@ -183,9 +183,9 @@ def probs_from_logits(logits: Tensor, temperature: Tensor | float) -> Tensor:
 def saguaro_rescale(probs: Tensor, fan_out: int, downweight: float) -> Tensor:
     """Saguaro (cache-aware) proposal q' ∝ C·q on the top-(F+1) tokens of q, q elsewhere.
 
-    Why this stays exact (§4.4): q' is an ordinary distribution with the same support as q
+    Why this stays exact: q' is an ordinary distribution with the same support as q
     (C > 0), the draft draws its tokens from q' and the verifier uses q' as the proposal,
-    so the rejection lemma of §4.2 applies unchanged. The effect is only on *which* tokens
+    so the rejection lemma above applies unchanged. The effect is only on *which* tokens
     the residual max(0, p - q') favours (more mass on the forked top tokens → more hits).
     The selection is deterministic (value desc, ties lowest index, :func:`topk_indices`) so the
     draft and the verifier pick the same top set from the same q.
@@ -228,7 +228,7 @@ def proposal_probs(
 
     The single definition of "the distribution a draft token was drawn from": the draft
     samples from it and the verifier passes it as ``draft_probs``, so the two agree
-    bit-for-bit given the same logits (§10.6). ``downweight=1`` is plain sampling.
+    bit-for-bit given the same logits. ``downweight=1`` is plain sampling.
     """
     return saguaro_rescale(probs_from_logits(logits, temperature), fan_out, downweight)
 
@@ -288,7 +288,7 @@ def _check_target(target: Tensor, name: str) -> tuple[int, int, int]:
 def greedy_verify(target_logits: Tensor, draft_tokens: Tensor) -> VerifyResult:
     """Greedy acceptance: n = longest prefix with s_{i+1} == argmax p_i; r' = argmax p_n.
 
-    Exact for *any* proposal (§4.1): only tokens equal to the target's greedy choice are
+    Exact for *any* proposal: only tokens equal to the target's greedy choice are
     ever committed, and r' is the greedy choice after them. Ties resolve to the lowest
     index (``torch.argmax``), identical to a greedy AR step on the same logits.
 
@@ -354,7 +354,7 @@ def rejection_verify(
     uniforms: Tensor,
     residual_uniforms: Tensor,
 ) -> VerifyResult:
-    """Standard speculative sampling (Leviathan et al. / Chen et al.), §4.2.
+    """Standard speculative sampling (Leviathan et al. / Chen et al.).
 
     Accept s_{i+1} iff ``u_i < p_i(s)/q_i(s)`` (and q_i(s) > 0); the first rejection stops.
     At a rejection row n draw r' from norm(max(0, p_n - q_n)) (p_n if that sums to 0); on
@@ -362,7 +362,7 @@ def rejection_verify(
     max(0, p - q)(x) = p(x) at every row and accepted tokens become the next row's context.
     A token with q(s) = 0 is always rejected (it cannot have been drawn from q; probability-0
     event for a correct proposal). A rejected s has R(s) = 0 since rejection requires
-    q(s) > p(s) — the reason forks exclude s_{j+1} (§3.6).
+    q(s) > p(s) — the reason forks exclude s_{j+1}.
 
     Args:
         target_probs: Tensor[B, K+1, V], p_0..p_K (e.g. from :func:`probs_from_logits`).
@@ -400,9 +400,9 @@ def draw_verification_uniforms(
 
     Returns ``(uniforms[B, K], residual_uniforms[B])``, U[0, 1) on the generator's device.
     The acceptance uniforms come from ``generator``; the residual/bonus uniforms come from
-    ``residual_generator`` when given (separate streams per role, §10.8), else from
+    ``residual_generator`` when given (separate streams per role), else from
     ``generator`` right after the acceptance uniforms. Independence of these draws from the
-    draft's sampling noise is what §4.3 relies on. float64 by default so that tiny
+    draft's sampling noise is what speculating on predicted outcomes relies on. float64 by default so that tiny
     probabilities are resolved well beyond fp32 granularity.
     """
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 0:
@@ -436,13 +436,13 @@ def verify(
     Per row b:
 
     * ``T_b == 0``: :func:`greedy_verify` on the logits, whatever ``draft_probs`` and
-      ``proposal_is_sample`` say. Greedy comparison is exact for any proposal (§4.1), so
+      ``proposal_is_sample`` say. Greedy comparison is exact for any proposal, so
       junk rows are *not* forced to n = 0 here: a junk token that equals the argmax is a
       correct token and committing it is free speed.
     * ``T_b > 0`` and ``proposal_is_sample[b]``: :func:`rejection_verify` with
       p = softmax(logits / T_b) (fp32) and q = ``draft_probs[b]`` (exactly the law the
       tokens were drawn from, Saguaro rescale included — see :func:`proposal_probs`).
-    * ``T_b > 0`` and not ``proposal_is_sample[b]`` (fast-backup junk, §4.5.1): forced
+    * ``T_b > 0`` and not ``proposal_is_sample[b]`` (fast-backup junk): forced
       n = 0 and r' ~ p_0 — trivially exact, and the ratio test would be meaningless for a
       token not drawn from q.
 

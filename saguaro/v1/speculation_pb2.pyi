@@ -275,7 +275,7 @@ class PrefillRowReply(_message.Message):
     def __init__(self, seq_id: _Optional[int] = ..., status: _Optional[_Union[RowStatus, str]] = ..., committed_len: _Optional[int] = ...) -> None: ...
 
 class SpeculateRequest(_message.Message):
-    __slots__ = ("rows", "trace_context", "synchronous", "lookahead")
+    __slots__ = ("rows", "trace_context", "synchronous", "lookahead", "build_budget_us")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -287,11 +287,13 @@ class SpeculateRequest(_message.Message):
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     SYNCHRONOUS_FIELD_NUMBER: _ClassVar[int]
     LOOKAHEAD_FIELD_NUMBER: _ClassVar[int]
+    BUILD_BUDGET_US_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[SpeculateRow]
     trace_context: _containers.ScalarMap[str, str]
     synchronous: bool
     lookahead: int
-    def __init__(self, rows: _Optional[_Iterable[_Union[SpeculateRow, _Mapping]]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., synchronous: _Optional[bool] = ..., lookahead: _Optional[int] = ...) -> None: ...
+    build_budget_us: int
+    def __init__(self, rows: _Optional[_Iterable[_Union[SpeculateRow, _Mapping]]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., synchronous: _Optional[bool] = ..., lookahead: _Optional[int] = ..., build_budget_us: _Optional[int] = ...) -> None: ...
 
 class SpeculateRow(_message.Message):
     __slots__ = ("seq_id", "n_prev", "recovery_token", "committed_len", "committed_tokens", "draft_temperature", "target_temperature")

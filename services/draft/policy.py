@@ -13,19 +13,24 @@
       fast : B·(p·E + 1 − p)   tokens per  T
   and the draft picks the higher rate. Until both times have been measured it uses the batch
   threshold (JIT up to ``jit_max_batch_size`` rows), which also provides the first measurements.
+* **Branches per batch size** (``TreeBudget``). The target sends with every SSD round the time it
+  expects to spend before its next request. A build of m branches per row at depth k costs
+  ``T_fixed + k * T_step(m)`` (glue and fork, then k tree steps), each measured per batch-size
+  bucket, T_step on a line in m. The draft builds the most branches, up to M, whose build fits
+  that time: a tree that outlasts the verify makes the target wait for it every round, and on a
+  GPU a step past the device's knee costs more than its extra branches win (docs/speculation.md,
+  "Branches per batch size").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from saguaro.speculative.costs import Line, bucket_of, ema
 from saguaro.speculative.fanout import geometric_fan_out
 
 EMA = 0.1  # weight of the newest observation
-
-
-def _ema(old: float | None, new: float) -> float:
-    return new if old is None else (1 - EMA) * old + EMA * new
+BUILD_MARGIN = 0.1  # share of the target's time a build leaves free: steps vary from round to round
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -58,13 +63,13 @@ class RoundEconomics:
         self.rejections += accepted < depth
 
     def observe_lookup(self, hit: bool) -> None:
-        self.hit_rate = _ema(self.hit_rate, float(hit))
+        self.hit_rate = ema(self.hit_rate, float(hit), EMA)
 
     def observe_cycle(self, seconds: float) -> None:
-        self.cycle_s = _ema(self.cycle_s, seconds)
+        self.cycle_s = ema(self.cycle_s, seconds, EMA)
 
     def observe_jit(self, step_seconds: float) -> None:
-        self.jit_step_s = _ema(self.jit_step_s, step_seconds)
+        self.jit_step_s = ema(self.jit_step_s, step_seconds, EMA)
 
     @property
     def acceptance(self) -> float | None:
@@ -85,3 +90,37 @@ class RoundEconomics:
             return current
         self._fan_alpha = alpha
         return geometric_fan_out(self.k, self.budget, alpha)
+
+
+@dataclass
+class _BuildCosts:
+    fixed_s: float | None = None  # glue and fork
+    step: Line = field(default_factory=Line)  # one tree step, by branches per row
+
+
+class TreeBudget:
+    """Branches per row of the next build, so that it fits the time the target gives it."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.costs: dict[int, _BuildCosts] = {}
+
+    def observe(self, batch: int, branches: int, depth: int, fixed_s: float, tree_s: float) -> None:
+        """A build of ``batch`` rows, ``branches`` per row, ``depth`` tree steps."""
+        costs = self.costs.setdefault(bucket_of(batch), _BuildCosts())
+        costs.fixed_s = ema(costs.fixed_s, fixed_s)
+        costs.step.observe(branches, tree_s / depth)
+
+    def branches(self, batch: int, depth: int, budget_s: float) -> int:
+        """The most branches, at most M, whose build fits ``budget_s`` (0: no estimate yet, M).
+
+        Where no width fits, the most branches that cost no more than the narrowest tree: on a
+        GPU below its knee a step costs the same at any width, and narrowing would lose hits
+        for nothing. A step measured at one width only is taken as proportional to it; the
+        next build measures a second width, and the line takes over."""
+        costs = self.costs.get(bucket_of(batch))
+        if budget_s <= 0 or costs is None or costs.fixed_s is None:
+            return self.budget
+        tree = [depth * costs.step.at(m, per_unit_offset=0) for m in range(1, self.budget + 1)]
+        limit = max(budget_s * (1 - BUILD_MARGIN) - costs.fixed_s, tree[0])
+        return max(m for m, seconds in enumerate(tree, start=1) if seconds <= limit)

@@ -32,10 +32,10 @@ from saguaro.kernels.tree_attention import TreeStep, tree_attention
 from saguaro.model_runner import CausalChunk, ModelRunner
 from saguaro.sampling import role_seed
 from saguaro.speculative import proposal_codec
-from saguaro.speculative.fanout import placeholder_fan_out, select_fan_out, shorten_fan_out
+from saguaro.speculative.fanout import placeholder_fan_out, scale_fan_out, select_fan_out, shorten_fan_out
 from saguaro.speculative.verification import proposal_probs
 from saguaro.v1 import speculation_pb2 as pb
-from saguaro.services.draft.policy import RoundEconomics
+from saguaro.services.draft.policy import RoundEconomics, TreeBudget
 from saguaro.services.draft.speculation_cache import CachedDraft, SpeculationCache
 from saguaro.services.draft.tree import TreeRound, tree_scratch_slots
 from saguaro.services.draft.settings import DraftSettings
@@ -87,9 +87,9 @@ class DraftWorker:
         self._idle_since = time.perf_counter()
         self._replied_at: float | None = None
         self.economics = RoundEconomics(settings.k, settings.budget)
+        self.tree_budget = TreeBudget(settings.budget)
+        self._build_budget_s = 0.0  # the time the target gave the next build (its request's build_budget_us)
         self.fan_out_hit, self.fan_out_miss = list(settings.fan_out_hit), list(settings.fan_out_miss)
-        self._placeholder_fan_outs = {k: placeholder_fan_out(k, settings.budget, runner.vocab_size)
-                                      for k in range(1, settings.k + 1)}
         self._trace: DraftRoundTrace | None = None  # span of the round answered last, until its build ends
 
     @property
@@ -202,6 +202,7 @@ class DraftWorker:
         if trace is not None:
             trace.mark(BACKUP_SPAN if misses else None)
         self.pending = [] if request.synchronous else pending  # a synchronous round builds nothing
+        self._build_budget_s = request.build_budget_us / 1e6
         self._replied_at = time.perf_counter()
         timings = pb.DraftTimings(
             lookup_us=int((lookup_done - arrived) * 1e6),
@@ -373,6 +374,9 @@ class DraftWorker:
         fan_hit, fan_miss = self.fan_out_hit, self.fan_out_miss
         if k < self.k:
             fan_hit, fan_miss = shorten_fan_out(fan_hit, k), shorten_fan_out(fan_miss, k)
+        branches = self.tree_budget.branches(len(pending), k, self._build_budget_s)
+        if branches < self.settings.budget:
+            fan_hit, fan_miss = scale_fan_out(fan_hit, branches), scale_fan_out(fan_miss, branches)
         with self.runner.device_step():  # glue and fork: one launch on a GPU
             glue = self._glue(pending, k)
             if trace is not None:
@@ -381,11 +385,13 @@ class DraftWorker:
             hit = torch.tensor([p.hit for p in pending])
             fan = select_fan_out(hit, fan_hit, fan_miss)
             placeholder = torch.tensor([p.placeholder for p in pending])
-            if placeholder.any() and self._placeholder_fan_outs[k] is not None:
-                fan[placeholder] = torch.tensor(self._placeholder_fan_outs[k])
+            placeholder_fan = placeholder_fan_out(k, branches, self.runner.vocab_size) if placeholder.any() else None
+            if placeholder_fan is not None:
+                fan[placeholder] = torch.tensor(placeholder_fan)
             forks, depth = fork_candidates(glue, proposals, fan)
         if trace is not None:
             trace.mark(FORK_SPAN)
+        forked = time.perf_counter()
         temps = torch.tensor([p.draft_temperature for p in pending])
         gens = [s.generator for s in seqs]
         tables = [s.table.blocks for s in seqs]
@@ -403,6 +409,7 @@ class DraftWorker:
                 current, probs = self._sample(logits, temps, gens)
             tree_tokens.append(current)
             tree_probs.append(probs)
+        self.tree_budget.observe(batch, m, k, forked - start, time.perf_counter() - forked)
         tokens = torch.stack(tree_tokens, dim=2)  # [B, M, K]
         probs = None if tree_probs[0] is None else torch.stack(tree_probs, dim=2)  # [B, M, K, V]
         for b, plan in enumerate(pending):

@@ -24,7 +24,8 @@ from saguaro.sequence import Sequence
 from saguaro.services.draft.handshake import handshake_request
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.target.channels import DraftChannel
-from saguaro.services.target.governor import SpeculationGovernor, bucket_of
+from saguaro.services.target.governor import SpeculationGovernor
+from saguaro.speculative.costs import bucket_of
 from saguaro.services.target.lookahead import Acceptance, DepthModel, LookaheadModel, SSDRound
 from saguaro.services.target.proposer import DraftProposer, Proposal
 from saguaro.services.target.stats import SpecStats
@@ -142,7 +143,8 @@ class SpeculativeEngine(LLMEngine):
         trace = telemetry.start_round(seqs) if telemetry is not None else None
         started = time.perf_counter()
         carrier = trace.carrier if trace is not None else None
-        proposals = self.proposer.propose(spec, carrier, synchronous, lookahead) if spec else {}
+        build_budget = self._build_budget(arm, len(spec), lookahead) if not synchronous else None
+        proposals = self.proposer.propose(spec, carrier, synchronous, lookahead, build_budget) if spec else {}
         since_reply, self._last_reply_at = started - self._last_reply_at, time.perf_counter()
         draft_time = self._last_reply_at - started
         chunks = [
@@ -209,6 +211,13 @@ class SpeculativeEngine(LLMEngine):
         if depth != before and self.governor is not None:
             self.governor.forget(rows, "ssd")
         return depth
+
+    def _build_budget(self, arm: str, rows: int, lookahead: int) -> float | None:
+        """The time the draft's next build may take without delaying the target (None: no
+        estimate; the draft builds its full fan-out)."""
+        if arm != "ssd" or self.ssd_depth is None or not rows:
+            return None
+        return self.ssd_depth.build_budget(rows, lookahead or self.k)
 
     def _observe_costs(self, batch_size: int, seqs: list[Sequence], props: list[Proposal], accepted: list[int],
                        synchronous: bool, verify_time: float, draft_time: float, since_reply: float,

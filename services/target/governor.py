@@ -38,15 +38,12 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from saguaro.speculative.costs import bucket_of
+
 WINDOW = 32  # rounds of each arm an estimate rests on
 Z = 2.0  # standard errors that make a difference between two arms conclusive
 ARMS = ("ar", "sd", "ssd")  # in order of cost: a later arm must beat an earlier one by the margin
 ARMS_OF_MODE = {"sd": ("ar", "sd"), "ssd": ARMS}
-
-
-def bucket_of(batch_size: int) -> int:
-    """Batch sizes 1, 2, 3-4, 5-8, 9-16, ... share a bucket (the upper bound)."""
-    return 1 << max(batch_size - 1, 0).bit_length()
 
 
 @dataclass

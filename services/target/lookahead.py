@@ -40,17 +40,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from saguaro.services.target.governor import bucket_of
+from saguaro.speculative.costs import ALPHA, Line, bucket_of, ema
 
-ALPHA = 0.05  # weight of one observation in the moving averages of times and hit rates
 ACCEPTANCE_DECAY = 0.01  # acceptance drifts slowly with the text: a window of about 100 rounds
 MIN_ROWS = 30  # rows proposed a position before its acceptance counts as measured
-FULL_WEIGHT = 20  # rounds after which a lookahead's time counts fully in its line
 DEPTH_MARGIN = 0.03  # SSD changes its depth only for a modelled gain above this (a change costs a round of misses)
-
-
-def _ema(old: float | None, value: float, alpha: float = ALPHA) -> float:
-    return value if old is None else (1 - alpha) * old + alpha * value
 
 
 class Acceptance:
@@ -95,37 +89,6 @@ class Acceptance:
 
 
 @dataclass
-class Line:
-    """A time that grows with the lookahead k: one moving average per k measured, read off a
-    straight line through them, each weighted by its rounds (up to ``FULL_WEIGHT``), never
-    falling with k (it grows with the tokens on a CPU and is flat on a GPU below its knee; a
-    falling line is noise)."""
-
-    by_k: dict[int, float] = field(default_factory=dict)
-    rounds_by_k: dict[int, int] = field(default_factory=dict)
-
-    def observe(self, k: int, seconds: float) -> None:
-        self.by_k[k] = _ema(self.by_k.get(k), seconds)
-        self.rounds_by_k[k] = self.rounds_by_k.get(k, 0) + 1
-
-    def at(self, k: int, per_unit_offset: float | None = None) -> float | None:
-        """The time at ``k``; with one k measured: flat, or (``per_unit_offset`` = c) scaled as
-        ``k + c`` units of work (a build of k tree steps and one glue step: c = 1)."""
-        points = [(x, t, min(self.rounds_by_k[x], FULL_WEIGHT)) for x, t in sorted(self.by_k.items())]
-        if not points:
-            return None
-        if len(points) == 1 and per_unit_offset is not None:
-            x, t, _ = points[0]
-            return t * (k + per_unit_offset) / (x + per_unit_offset)
-        weight = sum(w for _, _, w in points)
-        mean_k = sum(x * w for x, _, w in points) / weight
-        mean_t = sum(t * w for _, t, w in points) / weight
-        spread = sum(w * (x - mean_k) ** 2 for x, _, w in points)
-        slope = sum(w * (x - mean_k) * (t - mean_t) for x, t, w in points) / spread if spread else 0.0
-        return mean_t + max(0.0, slope) * (k - mean_k)
-
-
-@dataclass
 class _SDTimes:
     verify: Line = field(default_factory=Line)  # verify time of rounds of lookahead k
     step_s: float | None = None  # one draft step of a JIT draft at this batch size
@@ -154,8 +117,18 @@ class LookaheadModel:
         times = self.times.setdefault(bucket_of(batch_size), _SDTimes())
         times.verify.observe(jit_steps, verify_s)
         if draft_wait_s is not None and jit_steps > 0:
-            times.step_s = _ema(times.step_s, jit_s / jit_steps)
-            times.transport_s = _ema(times.transport_s, max(0.0, draft_wait_s - lookup_s - jit_s))
+            times.step_s = ema(times.step_s, jit_s / jit_steps)
+            times.transport_s = ema(times.transport_s, max(0.0, draft_wait_s - lookup_s - jit_s))
+
+    def build_budget(self, batch_size: int, k: int) -> float | None:
+        """The target's time from a reply to its next request in rounds of depth ``k``: its
+        verify, its own work and the link. The draft's build hides behind the verify while it
+        fits in this time (None: not yet measured)."""
+        times = self.times.get(bucket_of(batch_size))
+        if times is None or times.host_s is None:
+            return None
+        verify = times.verify.at(k)
+        return None if verify is None else verify + times.host_s + (times.link_s or 0.0)
 
     def rate(self, batch_size: int, k: int) -> float | None:
         """Modelled tokens per second and row of an SD round with lookahead ``k`` (None: not
@@ -217,13 +190,13 @@ class DepthModel:
     def observe_round(self, measured: SSDRound) -> None:
         times = self.times.setdefault(bucket_of(measured.batch_size), _SSDTimes())
         times.verify.observe(measured.depth, measured.verify_s)
-        times.host_s = _ema(times.host_s, max(0.0, measured.round_s - measured.verify_s - measured.draft_wait_s))
+        times.host_s = ema(times.host_s, max(0.0, measured.round_s - measured.verify_s - measured.draft_wait_s))
         if measured.build_s is not None and measured.gap_s is not None:
             overrun = max(0.0, measured.build_s - measured.gap_s)  # the request waited for the build
-            times.link_s = _ema(times.link_s, max(0.0, measured.draft_wait_s - measured.backup_s - overrun))
-        times.jit_step_s = _ema(times.jit_step_s, measured.backup_s / measured.depth)
+            times.link_s = ema(times.link_s, max(0.0, measured.draft_wait_s - measured.backup_s - overrun))
+        times.jit_step_s = ema(times.jit_step_s, measured.backup_s / measured.depth)
         if measured.misses:
-            times.fast_share = _ema(times.fast_share, measured.fast / measured.misses)
+            times.fast_share = ema(times.fast_share, measured.fast / measured.misses)
 
     def observe_build(self, batch_size: int, depth: int, build_s: float) -> None:
         """The draft's build that followed a round of ``depth`` at ``batch_size`` rows."""
@@ -250,6 +223,16 @@ class DepthModel:
             total += p * g
         return total
 
+    def build_budget(self, batch_size: int, k: int) -> float | None:
+        """The target's time from a reply to its next request in rounds of depth ``k``: its
+        verify, its own work and the link. The draft's build hides behind the verify while it
+        fits in this time (None: not yet measured)."""
+        times = self.times.get(bucket_of(batch_size))
+        if times is None or times.host_s is None:
+            return None
+        verify = times.verify.at(k)
+        return None if verify is None else verify + times.host_s + (times.link_s or 0.0)
+
     def rate(self, batch_size: int, k: int) -> float | None:
         """Modelled tokens per second and row of SSD rounds of depth ``k`` (None: not yet
         measured)."""
@@ -257,11 +240,11 @@ class DepthModel:
         expected, hit = self.acceptance.expected_tokens(k), self.hit_rate(k)
         if times is None or None in (expected, hit, times.host_s):
             return None
-        verify, build = times.verify.at(k), times.build.at(k, per_unit_offset=1)
-        if verify is None or build is None:
+        target, build = self.build_budget(batch_size, k), times.build.at(k, per_unit_offset=1)
+        if target is None or build is None:
             return None
         tokens = expected - (1 - hit) * times.fast_share * (expected - 1)
-        seconds = max(verify + times.host_s + (times.link_s or 0.0), build) + k * times.jit_step_s
+        seconds = max(target, build) + k * times.jit_step_s
         return tokens / seconds
 
     def best(self, batch_size: int) -> int:

@@ -211,12 +211,13 @@ class DraftProposer:
             self._call([future])
 
     def propose(self, seqs: list[Sequence], trace_context: dict[str, str] | None = None,
-                synchronous: bool = False, lookahead: int = 0) -> dict[int, Proposal]:
+                synchronous: bool = False, lookahead: int = 0, build_budget_s: float | None = None) -> dict[int, Proposal]:
         """One speculation round for ``seqs``; {} when the draft is unavailable.
 
         ``trace_context``: W3C carrier of the target's round span when the round is traced.
         ``synchronous``: an SD round of an SSD draft (JIT drafting, no cache, no build), of
-        ``lookahead`` tokens (0: K).
+        ``lookahead`` tokens (0: K). ``build_budget_s``: the time the draft's next build may
+        take (None: no estimate yet).
         """
         if not seqs or not self.available() or self._draft_busy():
             return {}
@@ -235,7 +236,8 @@ class DraftProposer:
             ))
             view.seen = c
             view.n_prev = NO_PREVIOUS_ROUND  # until this round's outcome is observed
-        speculate = pb.SpeculateRequest(rows=rows, synchronous=synchronous, lookahead=lookahead)
+        speculate = pb.SpeculateRequest(rows=rows, synchronous=synchronous, lookahead=lookahead,
+                                        build_budget_us=min(int((build_budget_s or 0.0) * 1e6), 2**32 - 1))
         if trace_context:
             speculate.trace_context.update(trace_context)
         futures.append(self.channel.submit(pb.SpeculationRequest(speculate=speculate)))

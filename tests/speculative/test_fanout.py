@@ -13,14 +13,36 @@ from saguaro.speculative.fanout import (
     depth_probabilities,
     fork_candidates,
     geometric_fan_out,
+    scale_fan_out,
     select_fan_out,
     uniform_fan_out,
     validate_fan_out,
 )
 
 # --------------------------------------------------------------------------------------
-# uniform / validate
+# uniform / validate / scale
 # --------------------------------------------------------------------------------------
+
+
+@given(fan=st.lists(st.integers(0, 12), min_size=2, max_size=9).filter(lambda f: sum(f) > 0), data=st.data())
+@settings(max_examples=200, deadline=None)
+def test_property_scale_fan_out_keeps_the_shares_within_one_branch(fan: list[int], data) -> None:
+    budget = data.draw(st.integers(1, sum(fan)))
+    scaled = scale_fan_out(fan, budget)
+    assert sum(scaled) == budget and len(scaled) == len(fan)
+    for original, new in zip(fan, scaled):
+        assert 0 <= new <= original
+        assert abs(new - original * budget / sum(fan)) < 1
+
+
+def test_scale_fan_out_examples_and_bounds() -> None:
+    assert scale_fan_out([3, 3, 3, 3], 4) == [1, 1, 1, 1]
+    assert scale_fan_out([3, 3, 3, 3], 1) == [1, 0, 0, 0]  # a tie goes to the shallower, likelier depth
+    assert scale_fan_out([3, 3, 3, 3], 12) == [3, 3, 3, 3]
+    with pytest.raises(ValueError, match="budget must be in 1..12"):
+        scale_fan_out([3, 3, 3, 3], 13)
+    with pytest.raises(ValueError, match="budget must be in 1..12"):
+        scale_fan_out([3, 3, 3, 3], 0)
 
 
 def test_uniform_fan_out() -> None:

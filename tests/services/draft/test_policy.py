@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from saguaro.services.draft.policy import RoundEconomics, expected_tokens, jit_pays
+from saguaro.services.draft.policy import BUILD_MARGIN, RoundEconomics, TreeBudget, expected_tokens, jit_pays
 
 
 def test_expected_tokens_matches_the_geometric_series():
@@ -79,3 +79,40 @@ def test_geometric_lists_keep_the_budget_and_move_with_acceptance():
         econ.observe_outcome(0, 3)
     low = econ.geometric_lists(lists)
     assert sum(low) == 12 and low[0] == max(low)
+
+
+def test_tree_budget_builds_the_full_fan_out_until_it_has_a_time_and_a_cost():
+    budget = TreeBudget(budget=12)
+    assert budget.branches(batch=4, depth=5, budget_s=0.0) == 12  # the target has no estimate yet
+    assert budget.branches(batch=4, depth=5, budget_s=0.010) == 12  # no build measured at this batch size
+    budget.observe(batch=1, branches=12, depth=5, fixed_s=0.001, tree_s=0.050)
+    assert budget.branches(batch=4, depth=5, budget_s=0.010) == 12  # batch 1's costs say nothing of batch 4
+
+
+def test_tree_budget_narrows_the_tree_until_the_build_fits_and_follows_the_measured_line():
+    budget = TreeBudget(budget=12)
+    # 12 branches: 1 ms of glue and fork, 5 steps of 4 ms = 21 ms against a 12 ms verify
+    budget.observe(batch=4, branches=12, depth=5, fixed_s=0.001, tree_s=0.020)
+    room = 0.012 * (1 - BUILD_MARGIN) - 0.001
+    m = budget.branches(batch=4, depth=5, budget_s=0.012)
+    # one width measured: a step is taken as proportional to its branches
+    assert m == max(x for x in range(1, 13) if 5 * 0.004 * x / 12 <= room) == 5
+    # the narrower build costs more than proportional (a step's fixed cost): 2.4 ms a step at 5
+    for _ in range(30):
+        budget.observe(batch=4, branches=5, depth=5, fixed_s=0.001, tree_s=0.012)
+    # the line through (5, 2.4 ms) and (12, 4 ms): step(m) = 1.257 + 0.2286 m ms
+    m = budget.branches(batch=4, depth=5, budget_s=0.012)
+    step = lambda x: 0.0024 + (0.004 - 0.0024) / 7 * (x - 5)
+    assert m == max(x for x in range(1, 13) if 5 * step(x) <= room) == 3
+    assert budget.branches(batch=4, depth=5, budget_s=1.0) == 12  # a long verify hides the whole tree
+    assert budget.branches(batch=4, depth=5, budget_s=0.001) == 1  # nothing fits: the narrowest tree
+
+
+def test_tree_budget_keeps_every_branch_where_a_narrower_step_would_cost_the_same():
+    """On a GPU below its knee a step costs the same at any width: when the build cannot fit,
+    narrowing the tree would lose hits and save nothing."""
+    budget = TreeBudget(budget=12)
+    for branches in (12, 6):
+        for _ in range(5):
+            budget.observe(batch=1, branches=branches, depth=5, fixed_s=0.001, tree_s=0.010)
+    assert budget.branches(batch=1, depth=5, budget_s=0.005) == 12

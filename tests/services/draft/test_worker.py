@@ -166,6 +166,29 @@ def test_a_shallower_ssd_round_builds_a_tree_as_deep_as_its_proposal(model_dirs)
         assert cached.tokens.tolist() == jit_tokens(model, PROMPT + [11] + proposal[:j], t)[:2], (j, t)
 
 
+def test_a_build_that_would_outlast_the_targets_time_narrows_its_tree_and_its_branches_stay_exact(model_dirs):
+    """The target gives the build a time (build_budget_us). Once the worker has measured a build,
+    it keeps the branches whose steps fit; every branch it keeps is still a fresh JIT draft, and a
+    covered outcome still hits."""
+    model = model_dirs["llama_draft_perturbed"]
+    worker = make_worker(model, fan_out=3)
+    prefill(worker, 1, PROMPT)
+    proposal = list(speculate(worker, [row(1, -1, 11, len(PROMPT))]).rows[0].tokens)
+    worker.build()  # no time given: the full budget, and the worker's first measurement
+    assert len(worker.cache._by_seq[1]) == worker.settings.budget == 12
+    n, r = 0, next(t for (j, t) in worker.cache._by_seq[1] if j == 0)  # an outcome the cache covers
+    request = pb.SpeculateRequest(rows=[pb.SpeculateRow(**row(1, n, r, len(PROMPT) + 1, [11]))], build_budget_us=1)
+    reply = worker.handle(pb.SpeculationRequest(speculate=request)).speculate
+    assert reply.rows[0].hit
+    proposal = list(reply.rows[0].tokens)
+    worker.build()  # 1 µs: nothing fits, the narrowest tree
+    entries = worker.cache._by_seq[1]
+    assert len(entries) == 1
+    ((j, t), cached), = entries.items()
+    context = PROMPT + [11, r] + proposal[:j]
+    assert cached.tokens.tolist() == jit_tokens(model, context, t)
+
+
 def test_an_entry_answers_a_shallower_round_with_its_prefix_but_not_a_deeper_one(model_dirs):
     """A depth-K entry answers a depth-2 lookup with its first two tokens (and, for a sampled
     row, the first two proposal laws): a prefix of a chain drawn token by token from q. A

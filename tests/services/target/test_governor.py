@@ -14,7 +14,8 @@ import pytest
 from saguaro import LLM, SamplingParams
 from saguaro.config import EngineConfig
 from saguaro.services.draft.settings import DraftSettings
-from saguaro.services.target.governor import SpeculationGovernor, bucket_of
+from saguaro.services.target.governor import SpeculationGovernor
+from saguaro.speculative.costs import bucket_of
 from saguaro.services.target.local import speculative_engine
 from tests_support import make_prompts
 

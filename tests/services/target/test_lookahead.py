@@ -4,6 +4,8 @@ times, and SSD engines whose synchronous and SSD rounds propose that many tokens
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from saguaro import LLM, SamplingParams
@@ -77,23 +79,28 @@ def test_positions_a_round_did_not_propose_are_not_observed():
         LookaheadModel(0)
 
 
-def _config(model_dir: str, pad_s: float | None) -> EngineConfig:
+def _config(model_dir: str, pad_s: float | None, knee: int | None = None) -> EngineConfig:
     return EngineConfig(model=model_dir, max_num_seqs=4, block_size=8, kv_cache_bytes=1 << 24, show_progress=False,
-                        emulate_forward_s=pad_s)
+                        emulate_forward_s=pad_s, emulate_knee_tokens=knee)
 
 
 def governed_run(model_dirs, target_pad_s: float, draft_pad_s: float, settings: DraftSettings, arms: tuple[str, ...],
-                 seed: int, max_tokens: int, base_interval: int):
-    """Two prompts through an SSD engine whose governor may use ``arms``, with padded steps; the
-    engine (closed) and whether its greedy output equals plain decoding's."""
+                 seed: int, max_tokens: int, base_interval: int, draft_knee: int | None = None,
+                 inspect: Callable[[object], None] | None = None):
+    """Two prompts through an SSD engine whose governor may use ``arms``, with padded steps (a
+    draft step of n tokens: ``draft_pad_s * max(1, n / draft_knee)``); the engine (closed) and
+    whether its greedy output equals plain decoding's. ``inspect`` sees the engine before its
+    draft link closes."""
     prompts = make_prompts(2, 380, seed=seed, min_len=4, max_len=12)
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     governor = SpeculationGovernor(base_interval=base_interval, max_interval=8, burst=2, arms=arms)
     engine = speculative_engine(_config(model_dirs["llama"], target_pad_s), "ssd",
-                                _config(model_dirs["llama_draft_perturbed"], draft_pad_s), settings,
+                                _config(model_dirs["llama_draft_perturbed"], draft_pad_s, draft_knee), settings,
                                 governor=governor, draft_soft_deadline=False)
     try:
         outputs = LLM.from_engine(engine, None).generate(prompts, params)
+        if inspect is not None:
+            inspect(engine)
     finally:
         engine.proposer.close()
     alone = LLM.from_engine(speculative_engine(_config(model_dirs["llama"], None), "ar"), None).generate(prompts, params)
@@ -159,6 +166,16 @@ def test_ssd_goes_shallower_when_the_build_outlasts_the_verify():
     assert model.best(1) == max(rates, key=rates.get) == 2
 
 
+def test_the_build_budget_is_the_targets_own_time_between_reply_and_request():
+    """What the target sends the draft with each SSD round: its verify at that depth, its host
+    work and the link; nothing until measured."""
+    assert DepthModel(5).build_budget(1, 5) is None
+    model = ssd_measured([0.7, 0.5, 0.35, 0.25, 0.18], {5: 0.0082, 2: 0.0065}, build_step_s=0.0022)
+    assert model.build_budget(1, 5) == pytest.approx(0.0082 + 0.0005 + 0.0003, rel=0.02)
+    assert model.build_budget(1, 2) == pytest.approx(0.0065 + 0.0005 + 0.0003, rel=0.02)
+    assert model.build_budget(4, 5) is None  # another batch-size bucket
+
+
 def test_ssd_depth_waits_for_measurements_and_keeps_a_near_tie():
     model = DepthModel(4)
     assert model.best(1) == 4  # nothing measured
@@ -197,3 +214,19 @@ def test_ssd_rounds_go_shallower_when_draft_steps_are_slow_and_stay_exact(model_
                                     seed=17, max_tokens=100, base_interval=4)
     assert exact
     assert 1 <= engine.ssd_depth.best(2) < 4
+
+
+def test_the_draft_narrows_a_tree_past_its_knee_to_fit_the_verify_and_stays_exact(model_dirs):
+    """Draft steps cost 2 ms up to 4 tokens and grow past them (a GPU's knee, scaled down): two
+    rows of 10 branches make a tree step of 20 tokens, 10 ms, so a K = 4 build outlasts the
+    20 ms verify. The target sends its measured time with each round, and the draft builds
+    fewer branches; greedy output is the target's own."""
+    seen = {}
+
+    def widths(engine) -> None:
+        seen.update(engine.proposer.channel.worker.tree_budget.costs[2].step.by_x)
+
+    _, _, exact = governed_run(model_dirs, 0.020, 0.002, DraftSettings(k=4, fan_out=2), ("ar", "ssd"),
+                               seed=19, max_tokens=80, base_interval=4, draft_knee=4, inspect=widths)
+    assert exact
+    assert max(seen) == 10 and min(seen) < 10, seen
