@@ -78,7 +78,7 @@ def main() -> None:
             print(f"done: {regime} batch {batch}: adaptive / max(AR, best SD) {ratio:.3f}", file=sys.stderr, flush=True)
     print(markdown_table(["regime", "batch", "emulation", "AR tok/s", "best SD tok/s", "SSD always tok/s",
                           "SSD adaptive tok/s", "adaptive / max(AR, SD)", "adaptive / best SD", "always / best SD",
-                          "adaptive cold / max(AR, SD)", "adaptive rounds ar/sd/ssd", "adaptive SSD depth"], rows))
+                          "adaptive cold / max(AR, SD)", "adaptive rounds ar/sd/ssd", "adaptive SSD depth/branches"], rows))
     print(f"\nidentical outputs across all modes: {'yes' if not mismatched else 'NO: ' + ', '.join(mismatched)}")
     print(f"bars (adaptive >= {BAR:.2f} x max(AR, best SD) everywhere; >= {LARGE_BATCH_BAR:.1f} x best SD at batch 8, 16 "
           f"emulated): {'met' if not missed else 'MISSED at ' + '; '.join(missed)}")
@@ -87,7 +87,8 @@ def main() -> None:
 def rehearsed_alternation(args, batch: int, prompts, profile, governor):
     """AR, SD at each K of ``--sd-ks``, always-SSD and adaptive SSD (under ``governor()``),
     rehearsed, then timed in turn ``args.repeats`` times; each result sums its mode's runs.
-    Also returns the depths the adaptive engine's SSD rounds chose, per batch-size bucket."""
+    Also returns the depths the adaptive engine's SSD rounds chose and the branches per row of
+    its draft's last build, per batch-size bucket."""
     ssd = setup_for(args, "ssd", args.ssd_k)
     modes = [(ModeSetup("ar"), None), *((ModeSetup("sd", k), None) for k in args.sd_ks), (ssd, None), (ssd, governor())]
     engines = []
@@ -96,9 +97,10 @@ def rehearsed_alternation(args, batch: int, prompts, profile, governor):
             engines.append(open_engine(args, batch, setup, profile, g))
             engines[-1].timed(prompts, args.new_tokens)
         results = alternate(engines, prompts, args.new_tokens, args.repeats)
-        depth_model = engines[-1].engine.ssd_depth
+        adaptive = engines[-1]
+        depth_model = adaptive.engine.ssd_depth
         chosen = {b: depth_model.depths.get(b, depth_model.k_max) for b in sorted(depth_model.times)}
-        return results, " ".join(f"b{b}: {k}" for b, k in chosen.items())
+        return results, " ".join(f"b{b}: {k}/{adaptive.branches.get(b, '-')}" for b, k in chosen.items())
     finally:
         for engine in engines:
             engine.close()

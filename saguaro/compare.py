@@ -21,6 +21,7 @@ from pathlib import Path
 
 from saguaro.errors import SaguaroError
 from saguaro.net import free_port
+from saguaro.speculative.costs import bucket_of
 
 BACKUP_POLICIES = ("jit", "fast", "adaptive")
 
@@ -195,11 +196,16 @@ class ModeEngine:
                                          fast_path=None if transport == "grpc" else transport, governor=governor)
         self.llm = LLM.from_engine(self.engine, None)
         self.last_rounds = 0
+        self.branches: dict[int, int] = {}  # per batch-size bucket: branches per row of the draft's last build
         decode = self.engine._decode
 
         def counted(seqs) -> None:  # a decode step advances every running row: one round of the batch
             self.last_rounds += 1
             decode(seqs)
+            proposer = self.engine.proposer
+            timings = proposer.last_timings if proposer is not None else None
+            if timings is not None and timings.prev_build_branches:
+                self.branches[bucket_of(len(seqs))] = timings.prev_build_branches
 
         self.engine._decode = counted
 

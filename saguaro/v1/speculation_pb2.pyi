@@ -342,18 +342,20 @@ class SpeculateRowReply(_message.Message):
     def __init__(self, seq_id: _Optional[int] = ..., status: _Optional[_Union[RowStatus, str]] = ..., hit: _Optional[bool] = ..., backup: _Optional[_Union[BackupKind, str]] = ..., tokens: _Optional[_Iterable[int]] = ..., proposal_is_sample: _Optional[bool] = ..., probs: _Optional[bytes] = ...) -> None: ...
 
 class DraftTimings(_message.Message):
-    __slots__ = ("lookup_us", "backup_us", "prev_build_us", "idle_us", "wait_us")
+    __slots__ = ("lookup_us", "backup_us", "prev_build_us", "idle_us", "wait_us", "prev_build_branches")
     LOOKUP_US_FIELD_NUMBER: _ClassVar[int]
     BACKUP_US_FIELD_NUMBER: _ClassVar[int]
     PREV_BUILD_US_FIELD_NUMBER: _ClassVar[int]
     IDLE_US_FIELD_NUMBER: _ClassVar[int]
     WAIT_US_FIELD_NUMBER: _ClassVar[int]
+    PREV_BUILD_BRANCHES_FIELD_NUMBER: _ClassVar[int]
     lookup_us: int
     backup_us: int
     prev_build_us: int
     idle_us: int
     wait_us: int
-    def __init__(self, lookup_us: _Optional[int] = ..., backup_us: _Optional[int] = ..., prev_build_us: _Optional[int] = ..., idle_us: _Optional[int] = ..., wait_us: _Optional[int] = ...) -> None: ...
+    prev_build_branches: int
+    def __init__(self, lookup_us: _Optional[int] = ..., backup_us: _Optional[int] = ..., prev_build_us: _Optional[int] = ..., idle_us: _Optional[int] = ..., wait_us: _Optional[int] = ..., prev_build_branches: _Optional[int] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("seq_ids",)

@@ -84,6 +84,7 @@ class DraftWorker:
         self.pending: list[PendingRow] = []
         self.rng = torch.Generator().manual_seed(settings.seed)
         self.last_build_us = 0
+        self.last_build_branches = 0
         self._idle_since = time.perf_counter()
         self._replied_at: float | None = None
         self.economics = RoundEconomics(settings.k, settings.budget)
@@ -208,6 +209,7 @@ class DraftWorker:
             lookup_us=int((lookup_done - arrived) * 1e6),
             backup_us=backup_us,
             prev_build_us=self.last_build_us,
+            prev_build_branches=self.last_build_branches,
             idle_us=idle_us,
         )
         reply = pb.SpeculateReply(rows=replies, probs_dtype=self.settings.probs_dtype, timings=timings)
@@ -421,6 +423,7 @@ class DraftWorker:
             self.cache.store(plan.seq.seq_id, entries)
         self._idle_since = time.perf_counter()
         self.last_build_us = int((self._idle_since - start) * 1e6)
+        self.last_build_branches = m
         if trace is not None:
             trace.mark(TREE_SPAN)
             trace.end(self.fan_out_hit, self.fan_out_miss, m)

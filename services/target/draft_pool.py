@@ -132,6 +132,7 @@ def _merge_speculate(replies: dict[int, pb.SpeculationResponse], order: list[int
         lookup_us=max(s.timings.lookup_us for s in speculates),
         backup_us=max(s.timings.backup_us for s in speculates),
         prev_build_us=max(s.timings.prev_build_us for s in speculates),
+        prev_build_branches=max(s.timings.prev_build_branches for s in speculates),
         idle_us=min(s.timings.idle_us for s in speculates),
     )
     return pb.SpeculationResponse(speculate=pb.SpeculateReply(

@@ -187,6 +187,9 @@ def test_a_build_that_would_outlast_the_targets_time_narrows_its_tree_and_its_br
     ((j, t), cached), = entries.items()
     context = PROMPT + [11, r] + proposal[:j]
     assert cached.tokens.tolist() == jit_tokens(model, context, t)
+    # the next reply reports the narrowed build
+    nxt = speculate(worker, [row(1, -1, 3, len(PROMPT) + 2 + K, [r, *proposal])])
+    assert nxt.timings.prev_build_branches == 1
 
 
 def test_an_entry_answers_a_shallower_round_with_its_prefix_but_not_a_deeper_one(model_dirs):
