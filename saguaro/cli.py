@@ -33,6 +33,9 @@ def add_engine_args(parser: argparse.ArgumentParser, tensor_parallel: bool = Tru
     group.add_argument("--kv-cache-bytes", type=int, default=512 * 1024 * 1024, help="KV-cache budget on CPU (default: 512 MiB)")
     group.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default: 16)")
     group.add_argument("--no-prefix-caching", action="store_true", help="disable reuse of cached prompt prefixes")
+    group.add_argument("--enforce-eager", action="store_true",
+                       help="on CUDA, run every step eagerly instead of replaying CUDA graphs of the decode, verify "
+                            "and draft steps (slower at small batches; for debugging; docs/gpu.md)")
     group.add_argument("--emulate", default=None, metavar="PROFILE[:xS]",
                        help="benchmarks: pad every device step to an accelerator's cost (profile h100-70b-1b: "
                             "target 15 ms up to 300 tokens a step, draft 2 ms up to 256, linear beyond); the "
@@ -104,6 +107,7 @@ def engine_options(args: argparse.Namespace, role: str = "target") -> dict:
         kv_cache_bytes=args.kv_cache_bytes,
         block_size=args.block_size,
         enable_prefix_caching=not args.no_prefix_caching,
+        step_graphs=False if args.enforce_eager else None,
         tensor_parallel_size=getattr(args, "tensor_parallel_size", 1),
         **emulation_options(args, role),
     )
@@ -337,6 +341,8 @@ def engine_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--max-model-len", str(args.max_model_len)]
     if args.no_prefix_caching:
         argv.append("--no-prefix-caching")
+    if args.enforce_eager:
+        argv.append("--enforce-eager")
     if args.emulate:
         argv += ["--emulate", args.emulate]
     if args.emulate_forward_ms:

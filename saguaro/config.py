@@ -226,6 +226,11 @@ class EngineConfig:
     max_num_batched_tokens: int = 8192
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
+    # The small steps (decode, verify, the draft's glue and tree) on fixed-shape buckets
+    # (saguaro/step_graphs.py). None: on CUDA, where they replay captured CUDA graphs; False:
+    # never (--enforce-eager); True: also on a CPU, where nothing is captured and the padded
+    # steps run eagerly (tests and the GPU check's dry run exercise the same code there).
+    step_graphs: bool | None = None
     seed: int = 0
     show_progress: bool = True
     # Benchmarks only: pad every device step to at least this long, to emulate an accelerator's

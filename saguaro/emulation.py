@@ -16,13 +16,18 @@ accelerator-like costs. What it models and what it does not (docs/speculation.md
   shows up as a slower result, never a flattering one. A dilation factor ``s`` multiplies every
   pad (``PROFILE:xS``), so that real CPU work can be kept well under each pad; ratios between
   modes are unchanged by ``s``, and host overheads then weigh ``s`` times less than on the GPU.
+
+Profiles measured on a GPU by ``scripts/gpu-check`` are JSON files in saguaro/assets/profiles
+(``profile_json`` writes them); they join the built-in ones by their file name.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from saguaro.errors import ConfigError
 
@@ -64,20 +69,44 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+MEASURED_PROFILES = Path(__file__).parent / "assets" / "profiles"
+
+
+def profile_json(profile: Profile, measured_on: str) -> str:
+    """A measured profile as saguaro/assets/profiles/NAME.json holds it."""
+    def cost(c: StepCost) -> dict:
+        return {"base_s": c.base_s, "knee": c.knee}
+
+    return json.dumps({"measured_on": measured_on, "target": cost(profile.target), "draft": cost(profile.draft)},
+                      indent=2) + "\n"
+
+
+def _load_profile(path: Path) -> Profile:
+    raw = json.loads(path.read_text())
+    return Profile(*(StepCost(float(raw[role]["base_s"]), raw[role]["knee"]) for role in ("target", "draft")))
+
+
+def known_profiles() -> dict[str, Profile]:
+    """The built-in profiles and those measured on GPUs (saguaro/assets/profiles/*.json)."""
+    measured = sorted(MEASURED_PROFILES.glob("*.json")) if MEASURED_PROFILES.is_dir() else []
+    return {**PROFILES, **{path.stem: _load_profile(path) for path in measured}}
+
+
 def parse_emulate(spec: str) -> tuple[Profile, float]:
     """``PROFILE`` or ``PROFILE:xS`` (e.g. ``h100-70b-1b:x4``) -> the profile and the dilation S."""
     name, _, dilation = spec.partition(":")
-    if name not in PROFILES:
-        raise ConfigError(f"unknown emulation profile {name!r}; known: {', '.join(sorted(PROFILES))}")
+    profiles = known_profiles()
+    if name not in profiles:
+        raise ConfigError(f"unknown emulation profile {name!r}; known: {', '.join(sorted(profiles))}")
     if not dilation:
-        return PROFILES[name], 1.0
+        return profiles[name], 1.0
     try:
         factor = float(dilation[1:]) if dilation.startswith("x") else math.nan
     except ValueError:
         factor = math.nan
     if not 1 <= factor < math.inf:
         raise ConfigError(f"--emulate {spec!r}: the dilation is written xS with S >= 1 (e.g. {name}:x4)")
-    return PROFILES[name], factor
+    return profiles[name], factor
 
 
 def engine_fields(spec: str | None, role: str) -> dict:

@@ -7,6 +7,7 @@ forward pass. Engines and services (AR, the target's verify, the draft's glue an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import resource
 import time
@@ -27,6 +28,7 @@ from saguaro.models import CausalLM, load_model
 from saguaro.parallel.group import TensorParallelGroup
 from saguaro.parallel.launch import TensorParallelLeader
 from saguaro.parallel.sharding import shard_config
+from saguaro.step_graphs import StepGraphs
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +172,22 @@ class ModelRunner:
             self.close()
             raise
         self.lookahead_slots = lookahead_slots
+        self.graphs: StepGraphs | None = None
+        self._reserved_blocks = 0
         self.reset_cache()
+        graphs = config.step_graphs if config.step_graphs is not None else self.device.type == "cuda"
+        if graphs and self.parallel is None:  # under TP the ranks step in lockstep, eagerly
+            self.enable_step_graphs()
+
+    def enable_step_graphs(self) -> None:
+        """Serve the steps the buckets hold through ``StepGraphs`` (saguaro/step_graphs.py):
+        captured CUDA graphs on a GPU, the same padded steps run eagerly on a CPU (tests). One KV
+        block is taken out of the cache as the scratch slot of padded tokens, so it forgets
+        every sequence."""
+        self._reserved_blocks = 1
+        self.reset_cache()
+        scratch = (self.kv.num_blocks - 1) * self.config.block_size
+        self.graphs = StepGraphs(self.rank, scratch, self.config.max_num_seqs, self.max_model_len + self.lookahead_slots)
 
     def _load(self, max_positions: int) -> RankModel:
         args = (self.config, self.model_config, self.dtype, self.device, max_positions)
@@ -192,7 +209,8 @@ class ModelRunner:
 
     def reset_cache(self) -> None:
         """Forget every sequence: all blocks free, no prefix hashes (KV contents are garbage)."""
-        self.blocks = BlockManager(self.kv.num_blocks, self.config.block_size, self.config.enable_prefix_caching)
+        self.blocks = BlockManager(self.kv.num_blocks - self._reserved_blocks, self.config.block_size,
+                                   self.config.enable_prefix_caching)
 
     @property
     def vocab_size(self) -> int:
@@ -210,7 +228,10 @@ class ModelRunner:
 
         ``attention`` overrides the runner's backend for this call (the draft's tree steps)."""
         started = time.perf_counter()
-        if self.parallel is None:
+        graphed = self.graphs.forward(input_ids, positions, meta, logits_index, attention) if self.graphs else None
+        if graphed is not None:
+            logits = graphed
+        elif self.parallel is None:
             logits = self.rank.forward(input_ids, positions, meta, logits_index, attention)
         else:
             logits = self.parallel.forward(self.rank, input_ids, positions, meta, logits_index, attention)
@@ -258,11 +279,11 @@ class ModelRunner:
 def _to(meta: AttentionMetadata, device: torch.device) -> AttentionMetadata:
     if device.type == "cpu":
         return meta
-    return AttentionMetadata(
+    return dataclasses.replace(
+        meta,
         slot_mapping=meta.slot_mapping.to(device),
         context_slots=meta.context_slots.to(device),
         query_index=meta.query_index.to(device),
         query_valid=meta.query_valid.to(device),
         mask=None if meta.mask is None else meta.mask.to(device),
-        writes_all=meta.writes_all,
     )

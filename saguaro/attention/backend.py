@@ -67,8 +67,8 @@ class TorchAttention:
         batch, width = meta.context_slots.shape
         flat = meta.context_slots.view(-1)
         # index_select is several times faster than advanced indexing for this gather.
-        if meta.mask is None:  # one query per sequence, in order: no gather needed
-            queries = q.view(batch, 1, heads, dim).transpose(1, 2)
+        if meta.mask is None or meta.dense:  # the tokens are the [B, Q] grid in order: no gather needed
+            queries = q.view(batch, -1, heads, dim).transpose(1, 2)
         else:
             queries = q.index_select(0, meta.query_index.view(-1)).view(batch, -1, heads, dim).transpose(1, 2)
         keys = k_cache.index_select(0, flat).view(batch, width, -1, dim).transpose(1, 2)  # [B, Hkv, L, D]
@@ -78,7 +78,7 @@ class TorchAttention:
             queries, keys, values, attn_mask=mask, scale=scale, enable_gqa=keys.shape[1] != heads
         )
         out = out.transpose(1, 2)  # [B, Q, H, D]
-        if out.shape[1] == 1 and meta.query_valid.all():
+        if meta.dense or (out.shape[1] == 1 and meta.query_valid.all()):
             return out.reshape(-1, heads * dim)
         return out[meta.query_valid].reshape(-1, heads * dim)
 

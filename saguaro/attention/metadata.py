@@ -28,6 +28,9 @@ class AttentionMetadata:
     query_valid:   [B, Q] which (sequence, query) pairs are real.
     mask:          [B, Q, L] True where a query may attend a context entry; None means every
                    query sees every entry of ``context_slots`` (uniform-length decode).
+    dense:         every (sequence, query) pair is a token, in row-major order (T = B * Q), and
+                   ``mask`` is set: the fixed-shape grid of a CUDA-graphed step
+                   (saguaro/step_graphs.py), which the backend reads and writes without gathers.
     """
 
     slot_mapping: torch.Tensor
@@ -36,6 +39,7 @@ class AttentionMetadata:
     query_valid: torch.Tensor
     mask: torch.Tensor | None
     writes_all: bool = True  # no -1 in slot_mapping: lets the backend skip a filter
+    dense: bool = False
 
     @property
     def num_sequences(self) -> int:

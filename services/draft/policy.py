@@ -16,10 +16,11 @@
 * **Branches per batch size** (``TreeBudget``). The target sends with every SSD round the time it
   expects to spend before its next request. A build of m branches per row at depth k costs
   ``T_fixed + k * T_step(m)`` (glue and fork, then k tree steps), each measured per batch-size
-  bucket, T_step on a line in m. The draft builds the most branches, up to M, whose build fits
-  that time: a tree that outlasts the verify makes the target wait for it every round, and on a
-  GPU a step past the device's knee costs more than its extra branches win (docs/speculation.md,
-  "Branches per batch size").
+  bucket, T_step on a line in m. A build that fits keeps all M branches. One that overruns
+  narrows to the most branches that fit, since a tree that outlasts the verify makes the target
+  wait every round, but never below the width whose step is as cheap as one branch's (within
+  ``FLAT_STEP``): there narrowing loses hits and saves nothing (docs/speculation.md, "Branches
+  per batch size").
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from saguaro.speculative.fanout import geometric_fan_out
 
 EMA = 0.1  # weight of the newest observation
 BUILD_MARGIN = 0.1  # share of the target's time a build leaves free: steps vary from round to round
+FLAT_STEP = 1.25  # a step at most this much dearer than a one-branch step saves too little to narrow the tree
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -112,15 +114,25 @@ class TreeBudget:
         costs.step.observe(branches, tree_s / depth)
 
     def branches(self, batch: int, depth: int, budget_s: float) -> int:
-        """The most branches, at most M, whose build fits ``budget_s`` (0: no estimate yet, M).
+        """Branches per row for the next build: M while the build fits ``budget_s`` (0: no
+        estimate yet) or no narrower build is known to; else the most branches that fit, but
+        never fewer than a step costs as good as nothing to add.
 
-        Where no width fits, the most branches that cost no more than the narrowest tree: on a
-        GPU below its knee a step costs the same at any width, and narrowing would lose hits
-        for nothing. A step measured at one width only is taken as proportional to it; the
-        next build measures a second width, and the line takes over."""
+        A narrower tree hits less, so narrowing must buy a real saving. Where a step's cost is
+        flat in its width (a GPU below its knee, a small model whose steps are launch overhead
+        on a CPU), the width up to ``FLAT_STEP`` times a one-branch step is kept even when the
+        build overruns: the depth model then moves to a shallower round instead. Past the knee
+        the tree narrows until it fits. With one width measured the costs in width are unknown:
+        a build that overruns tries half the width once, and the line through both decides."""
         costs = self.costs.get(bucket_of(batch))
         if budget_s <= 0 or costs is None or costs.fixed_s is None:
             return self.budget
-        tree = [depth * costs.step.at(m, per_unit_offset=0) for m in range(1, self.budget + 1)]
-        limit = max(budget_s * (1 - BUILD_MARGIN) - costs.fixed_s, tree[0])
-        return max(m for m, seconds in enumerate(tree, start=1) if seconds <= limit)
+        room = budget_s * (1 - BUILD_MARGIN) - costs.fixed_s
+        if len(costs.step.by_x) < 2:
+            measured = next(iter(costs.step.by_x))
+            fits = depth * costs.step.at(measured) <= room
+            return self.budget if fits or measured < self.budget else max(1, self.budget // 2)
+        step = [costs.step.at(m) for m in range(1, self.budget + 1)]
+        fitting = [m for m, seconds in enumerate(step, start=1) if depth * seconds <= room]
+        flat = [m for m, seconds in enumerate(step, start=1) if seconds <= FLAT_STEP * step[0]]
+        return max(fitting[-1:] + flat[-1:])

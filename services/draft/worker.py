@@ -401,12 +401,16 @@ class DraftWorker:
         current = forks
         tree_tokens, tree_probs = [], []
         block_size = self.runner.config.block_size
-        layout = TreeStep.build(tables, committed, depth, k, 0, block_size) if self.runner.device.type == "cuda" else None
+        # On CUDA the Triton tree kernel, unless the steps replay CUDA graphs: a graph would freeze
+        # the kernel's per-step layout, so graphed steps attend through the masked default backend
+        triton_tree = self.runner.device.type == "cuda" and self.runner.graphs is None
+        layout = TreeStep.build(tables, committed, depth, k, 0, block_size) if triton_tree else None
         tree = TreeRound(tables, committed, depth, k, block_size)
         for step in range(k):
             with self.runner.device_step():  # metadata, forward and sampling: one launch on a GPU
                 meta, positions = tree.step(step)
-                attend = functools.partial(tree_attention, tree=layout and dataclasses.replace(layout, step=step))
+                attend = None if self.runner.graphs is not None else functools.partial(
+                    tree_attention, tree=layout and dataclasses.replace(layout, step=step))
                 logits = self.runner.forward(current.reshape(-1), positions, meta, attention=attend).view(batch, m, -1)
                 current, probs = self._sample(logits, temps, gens)
             tree_tokens.append(current)

@@ -1,15 +1,25 @@
-"""Run every Triton kernel through Triton's interpreter on CPU tensors.
+"""Run every Triton kernel through Triton's interpreter on CPU tensors, or compiled on a GPU.
 
 ``TRITON_INTERPRET`` is read when a ``@triton.jit`` function is defined, so it is set here,
 at collection time, before any test imports a ``saguaro.kernels.*_triton`` module (the
 dispatch imports them lazily, and nothing outside these tests imports them at all).
+
+``SAGUARO_KERNEL_DEVICE=cuda`` (scripts/gpu-check on a GPU machine) makes CUDA the default
+device instead, so the same tests compile the kernels for the GPU and compare them with their
+torch references there.
 """
 
 from __future__ import annotations
 
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"
+import torch
+
+KERNEL_DEVICE = os.environ.get("SAGUARO_KERNEL_DEVICE", "cpu")
+if KERNEL_DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
+else:
+    torch.set_default_device(KERNEL_DEVICE)
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager

@@ -56,7 +56,7 @@ def fan_out_tables(draw, k1: int, vocab: int, batch: int) -> torch.Tensor:
     data=st.data(),
 )
 def test_fork_matches_reference(launches, batch, k, vocab, dtype, per_row, data) -> None:
-    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    gen = torch.Generator(torch.get_default_device()).manual_seed(data.draw(st.integers(0, 2**16)))
     logits = awkward_logits(gen, batch, k + 1, vocab, dtype)
     tokens = torch.randint(0, vocab, (batch, k), generator=gen)
     table = data.draw(fan_out_tables(k + 1, vocab, batch))
@@ -79,7 +79,7 @@ def test_fork_matches_reference(launches, batch, k, vocab, dtype, per_row, data)
 )
 def test_fork_kernel_tiles(launches, batch, k, vocab, block_v, data) -> None:
     """Tiny vocabulary tiles: the running candidate list merges across tiles, ties to the lowest id."""
-    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    gen = torch.Generator(torch.get_default_device()).manual_seed(data.draw(st.integers(0, 2**16)))
     logits = awkward_logits(gen, batch, k + 1, vocab, torch.float32)
     tokens = torch.randint(0, vocab, (batch, k), generator=gen)
     table = data.draw(fan_out_tables(k + 1, vocab, batch))

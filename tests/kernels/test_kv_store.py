@@ -35,7 +35,7 @@ def write_only_metadata(slot_mapping: torch.Tensor) -> AttentionMetadata:
     seed=st.integers(0, 2**16),
 )
 def test_store_kv_matches_reference(launches, tokens, heads, dim, spare_slots, dtype, strided, seed) -> None:
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(seed)
     num_slots = tokens + spare_slots
     slots = torch.randperm(num_slots, generator=gen)[:tokens]
     skipped = torch.rand(tokens, generator=gen) < 0.3

@@ -31,7 +31,7 @@ def tree_layouts(draw):
     dim = draw(st.sampled_from([4, 5, 8]))
     committed = draw(st.lists(st.integers(1, 12), min_size=batch, max_size=batch))
     needed = [-(-tree_scratch_slots(c, k, branches) // block_size) for c in committed]
-    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    gen = torch.Generator(torch.get_default_device()).manual_seed(draw(st.integers(0, 2**16)))
     pool = torch.randperm(sum(needed) + 3, generator=gen).tolist()
     tables, at = [], 0
     for n in needed:
@@ -103,7 +103,7 @@ def test_steps_of_one_round_share_the_layout(launches, dtype, tolerance) -> None
     operands and softmax weights into ``tl.dot``) and agrees to fp16 rounding; bf16 takes
     the same path but cannot be checked here: Triton 3.9's interpreter multiplies the raw
     bf16 bit patterns in ``tl.dot``."""
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(0)
     k, branches, block_size, committed = 3, 4, 4, [6, 3]
     fork_depth = torch.tensor([[0, 1, 1, 3], [0, 2, 3, 3]])
     tables = [[5, 0, 7, 2, 9, 10], [1, 8, 3, 6, 4]]

@@ -50,7 +50,7 @@ def edge_uniforms(gen: torch.Generator, *shape: int) -> torch.Tensor:
 def test_fused_verify_matches_reference(
     launches, batch, k, vocab, draft_temperature, downweight, logits_dtype, seed
 ) -> None:
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(seed)
     target_logits = tied_logits(gen, batch, k + 1, vocab).to(logits_dtype)
     q = proposal_probs(tied_logits(gen, batch, k, vocab), draft_temperature, fan_out=1, downweight=downweight)
     sampled = torch.multinomial(q.reshape(-1, vocab), 1, generator=gen).view(batch, k) if k else q.new_zeros(batch, 0).long()
@@ -89,7 +89,7 @@ def rough_probs(gen: torch.Generator, *shape: int) -> torch.Tensor:
     seed=st.integers(0, 2**16),
 )
 def test_verify_kernel_tiles_and_edges(launches, batch, k, vocab, block_v, q_dtype, seed) -> None:
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(seed)
     kind = torch.randint(0, 3, (batch,), generator=gen)  # greedy / sampled / junk
     greedy, is_sample = kind == 0, kind == 1
     one_hot = torch.nn.functional.one_hot(torch.randint(0, vocab, (batch, k + 1), generator=gen), vocab).float()

@@ -72,3 +72,14 @@ def test_differences_name_drift_and_extras_but_not_the_installers():
     mismatched, extras = sync.differences(pins, have)
     assert mismatched == ["numpy 2.4.5 (lock: 2.4.6)"]
     assert extras == ["leftover"]
+
+
+def test_installing_on_a_gpu_machine_keeps_its_torch_and_triton():
+    """`pip install saguaro[gpu]` next to a CUDA torch (2.11 on the device machine, docs/gpu.md)
+    must not replace it: torch is a range that holds it, and the extra pins neither torch nor
+    the triton that torch's CUDA wheels bring."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    torch_requirement = next(Requirement(r) for r in project["dependencies"] if Requirement(r).name == "torch")
+    assert torch_requirement.specifier.contains("2.11.0") and torch_requirement.specifier.contains("2.13.0")
+    gpu = [Requirement(r).name for r in project["optional-dependencies"]["gpu"]]
+    assert "torch" not in gpu and "triton" not in gpu and "flash-attn" in gpu

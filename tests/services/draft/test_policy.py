@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from saguaro.services.draft.policy import BUILD_MARGIN, RoundEconomics, TreeBudget, expected_tokens, jit_pays
+from saguaro.services.draft.policy import BUILD_MARGIN, FLAT_STEP, RoundEconomics, TreeBudget, expected_tokens, jit_pays
 
 
 def test_expected_tokens_matches_the_geometric_series():
@@ -89,30 +89,31 @@ def test_tree_budget_builds_the_full_fan_out_until_it_has_a_time_and_a_cost():
     assert budget.branches(batch=4, depth=5, budget_s=0.010) == 12  # batch 1's costs say nothing of batch 4
 
 
-def test_tree_budget_narrows_the_tree_until_the_build_fits_and_follows_the_measured_line():
+def test_tree_budget_tries_half_the_width_then_narrows_to_what_fits_along_the_measured_line():
     budget = TreeBudget(budget=12)
     # 12 branches: 1 ms of glue and fork, 5 steps of 4 ms = 21 ms against a 12 ms verify
     budget.observe(batch=4, branches=12, depth=5, fixed_s=0.001, tree_s=0.020)
-    room = 0.012 * (1 - BUILD_MARGIN) - 0.001
-    m = budget.branches(batch=4, depth=5, budget_s=0.012)
-    # one width measured: a step is taken as proportional to its branches
-    assert m == max(x for x in range(1, 13) if 5 * 0.004 * x / 12 <= room) == 5
-    # the narrower build costs more than proportional (a step's fixed cost): 2.4 ms a step at 5
+    assert budget.branches(batch=4, depth=5, budget_s=0.030) == 12  # it fits a longer verify
+    assert budget.branches(batch=4, depth=5, budget_s=0.012) == 6  # one width known: try half
     for _ in range(30):
-        budget.observe(batch=4, branches=5, depth=5, fixed_s=0.001, tree_s=0.012)
-    # the line through (5, 2.4 ms) and (12, 4 ms): step(m) = 1.257 + 0.2286 m ms
-    m = budget.branches(batch=4, depth=5, budget_s=0.012)
-    step = lambda x: 0.0024 + (0.004 - 0.0024) / 7 * (x - 5)
-    assert m == max(x for x in range(1, 13) if 5 * step(x) <= room) == 3
+        budget.observe(batch=4, branches=6, depth=5, fixed_s=0.001, tree_s=0.0125)  # 2.5 ms a step
+    # the line through (6, 2.5 ms) and (12, 4 ms): step(m) = 1 + 0.25 m ms. What fits 0.9 * 12 ms:
+    step = lambda m: 0.001 + 0.00025 * m
+    room = 0.012 * (1 - BUILD_MARGIN) - 0.001
+    assert budget.branches(batch=4, depth=5, budget_s=0.012) == max(m for m in range(1, 13) if 5 * step(m) <= room) == 3
     assert budget.branches(batch=4, depth=5, budget_s=1.0) == 12  # a long verify hides the whole tree
-    assert budget.branches(batch=4, depth=5, budget_s=0.001) == 1  # nothing fits: the narrowest tree
+    # nothing fits: the widest tree whose step costs about what one branch's does
+    flat = max(m for m in range(1, 13) if step(m) <= FLAT_STEP * step(1))
+    assert budget.branches(batch=4, depth=5, budget_s=0.001) == flat == 2
 
 
 def test_tree_budget_keeps_every_branch_where_a_narrower_step_would_cost_the_same():
-    """On a GPU below its knee a step costs the same at any width: when the build cannot fit,
-    narrowing the tree would lose hits and save nothing."""
+    """On a GPU below its knee (or for a small model on a CPU, whose steps are overhead) a step
+    costs about the same at any width: when the build cannot fit, narrowing the tree would lose
+    hits and save nothing, so the depth model goes shallower instead."""
     budget = TreeBudget(budget=12)
-    for branches in (12, 6):
-        for _ in range(5):
-            budget.observe(batch=1, branches=branches, depth=5, fixed_s=0.001, tree_s=0.010)
+    budget.observe(batch=1, branches=12, depth=5, fixed_s=0.001, tree_s=0.010)
+    assert budget.branches(batch=1, depth=5, budget_s=0.005) == 6  # overran: half the width, once
+    for _ in range(5):
+        budget.observe(batch=1, branches=6, depth=5, fixed_s=0.001, tree_s=0.0095)
     assert budget.branches(batch=1, depth=5, budget_s=0.005) == 12
