@@ -57,3 +57,14 @@ def test_fan_out_policy_is_reachable_from_the_command_line(tmp_path):
     up = build_parser().parse_args(["up", "--target", str(tmp_path), "--draft", str(tmp_path),
                                     "--fan-out-policy", "geometric"])
     assert speculation_argv(up)[-2:] == ["--fan-out-policy", "geometric"]  # passed on to the services
+
+
+def test_enforce_eager_turns_step_graphs_off_on_every_command_and_reaches_the_services(tmp_path):
+    from saguaro.cli import build_parser, engine_argv, engine_options
+
+    for command in (["target", "--model", str(tmp_path)], ["draft", "--model", str(tmp_path)],
+                    ["generate", "--model", str(tmp_path), "--prompt", "x"]):
+        assert engine_options(build_parser().parse_args(command))["step_graphs"] is None  # graphs on CUDA
+        assert engine_options(build_parser().parse_args([*command, "--enforce-eager"]))["step_graphs"] is False
+    up = build_parser().parse_args(["up", "--target", str(tmp_path), "--draft", str(tmp_path), "--enforce-eager"])
+    assert "--enforce-eager" in engine_argv(up)  # passed on to the target and draft processes
