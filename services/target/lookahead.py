@@ -120,16 +120,6 @@ class LookaheadModel:
             times.step_s = ema(times.step_s, jit_s / jit_steps)
             times.transport_s = ema(times.transport_s, max(0.0, draft_wait_s - lookup_s - jit_s))
 
-    def build_budget(self, batch_size: int, k: int) -> float | None:
-        """The target's time from a reply to its next request in rounds of depth ``k``: its
-        verify, its own work and the link. The draft's build hides behind the verify while it
-        fits in this time (None: not yet measured)."""
-        times = self.times.get(bucket_of(batch_size))
-        if times is None or times.host_s is None:
-            return None
-        verify = times.verify.at(k)
-        return None if verify is None else verify + times.host_s + (times.link_s or 0.0)
-
     def rate(self, batch_size: int, k: int) -> float | None:
         """Modelled tokens per second and row of an SD round with lookahead ``k`` (None: not
         yet measured)."""

@@ -7,6 +7,11 @@ logits and write the same KV, and engines on padded steps must give transformers
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,6 +24,8 @@ from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.target.local import speculative_llm
 from saguaro.step_graphs import MIN_CONTEXT, StepShape, batch_buckets, bucket_up, context_bucket, pad_step
 from tests_support import hf_greedy, make_prompts
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_buckets_cover_every_batch_up_to_the_maximum():
@@ -39,38 +46,27 @@ def runner(model_dir: str, graphs: bool) -> ModelRunner:
                                     show_progress=False, step_graphs=graphs))
 
 
-def trace(r: ModelRunner) -> torch.Tensor:
-    """A prefill, decode steps (one sequence, then three with ragged contexts) and a ragged
-    verify-shaped step of three sequences: every row's logits, in order."""
-    gen = torch.Generator().manual_seed(5)
-    tokens = torch.randint(3, r.vocab_size, (30,), generator=gen).tolist()
-    table = BlockTable()
-    r.blocks.allocate_prompt(table, tokens)
-    rows = [r.run_causal([CausalChunk(table.blocks, 0, tokens[:24])], all_logits=True)]
-    rows += [r.run_causal([CausalChunk(table.blocks, p, [tokens[p]])]) for p in range(24, 30)]
-    seqs = [torch.randint(3, r.vocab_size, (n,), generator=gen).tolist() for n in (11, 23, 6)]
-    tables = []
-    for s in seqs:
-        tables.append(BlockTable())
-        r.blocks.allocate_prompt(tables[-1], s)
-    splits = [7, 20, 1]
-    rows.append(r.run_causal([CausalChunk(t.blocks, 0, s[:k]) for t, s, k in zip(tables, seqs, splits)]))
-    rows.append(r.run_causal([CausalChunk(t.blocks, k, s[k:k + 1]) for t, s, k in zip(tables, seqs, splits)]))
-    rows.append(r.run_causal([CausalChunk(t.blocks, k + 1, s[k + 1:]) for t, s, k in zip(tables, seqs, splits)],
-                             all_logits=True))
-    return torch.cat(rows)
+def _gpu_check():
+    """scripts/gpu-check as a module: its graph trace is the workload both check."""
+    loader = importlib.machinery.SourceFileLoader("gpu_check", str(REPO / "scripts" / "gpu-check"))
+    spec = importlib.util.spec_from_loader("gpu_check", loader)
+    module = sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
+    loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen3"])
 def test_padded_steps_give_the_eager_logits_and_write_the_same_kv(model_dirs, name):
     eager, padded = runner(model_dirs[name], False), runner(model_dirs[name], True)
     assert eager.graphs is None and padded.graphs is not None and not padded.graphs.capture
-    want, got = trace(eager), trace(padded)
+    trace = _gpu_check().graph_trace
+    want, got = trace(eager, eager.vocab_size), trace(padded, padded.vocab_size)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    # every step fit a bucket: prefill of 24, decodes at batch 1 and 3 (bucket 4), the ragged
-    # verify (3 sequences, up to 22 queries); none ran eagerly
-    assert padded.graphs.replays == 1 + 6 + 3
-    assert StepShape(4, 1, 256) in padded.graphs.graphs and StepShape(1, 24, 256) in padded.graphs.graphs
+    # every step fit a bucket: a prefill of 24, six decodes at batch 1, then three sequences
+    # (bucket 4) with 5 queries each and a ragged step of up to 18; none ran eagerly
+    assert padded.graphs.replays == 1 + 6 + 2
+    assert set(padded.graphs.graphs) == {StepShape(1, 24, 256), StepShape(1, 1, 256), StepShape(4, 5, 256),
+                                         StepShape(4, 18, 256)}
     # the same KV everywhere a sequence owns; padding wrote only the scratch block
     scratch = padded.graphs.scratch_slot
     assert scratch == (padded.kv.num_blocks - 1) * 8 and len(padded.blocks.blocks) == padded.kv.num_blocks - 1
