@@ -82,8 +82,17 @@ def profile_json(profile: Profile, measured_on: str) -> str:
 
 
 def _load_profile(path: Path) -> Profile:
-    raw = json.loads(path.read_text())
-    return Profile(*(StepCost(float(raw[role]["base_s"]), raw[role]["knee"]) for role in ("target", "draft")))
+    try:
+        raw = json.loads(path.read_text())
+        costs = [StepCost(float(raw[role]["base_s"]), raw[role]["knee"]) for role in ("target", "draft")]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"emulation profile {path} is not a measured profile (target and draft, each with "
+                          f"base_s and knee; scripts/gpu-check writes them): {exc!r}") from None
+    if any(not (0 < c.base_s < math.inf) or (c.knee is not None and not (isinstance(c.knee, int) and c.knee > 0))
+           for c in costs):
+        raise ConfigError(f"emulation profile {path}: base_s must be a positive number of seconds and knee a "
+                          f"positive integer or null")
+    return Profile(*costs)
 
 
 def known_profiles() -> dict[str, Profile]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from saguaro import emulation
+from saguaro.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,3 +50,13 @@ def test_measured_profiles_join_the_built_in_ones(tmp_path, monkeypatch):
     assert "h100-70b-1b" in emulation.known_profiles()
     fields = emulation.engine_fields("h100-test:x3", "draft")
     assert fields["emulate_forward_s"] == pytest.approx(0.0045) and fields["emulate_knee_tokens"] is None
+
+
+def test_a_malformed_profile_file_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(emulation, "MEASURED_PROFILES", tmp_path)
+    (tmp_path / "broken.json").write_text('{"target": {"base_s": 0.01}}')
+    with pytest.raises(ConfigError, match="broken.json is not a measured profile"):
+        emulation.parse_emulate("h100-70b-1b")
+    (tmp_path / "broken.json").write_text('{"target": {"base_s": -1, "knee": 3}, "draft": {"base_s": 0.1, "knee": null}}')
+    with pytest.raises(ConfigError, match="base_s must be a positive number"):
+        emulation.parse_emulate("broken")
