@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from saguaro.speculative.costs import Line, bucket_of, ema
@@ -132,7 +133,13 @@ class TreeBudget:
             measured = next(iter(costs.step.by_x))
             fits = depth * costs.step.at(measured) <= room
             return self.budget if fits or measured < self.budget else max(1, self.budget // 2)
-        step = [costs.step.at(m) for m in range(1, self.budget + 1)]
-        fitting = [m for m, seconds in enumerate(step, start=1) if depth * seconds <= room]
-        flat = [m for m, seconds in enumerate(step, start=1) if seconds <= FLAT_STEP * step[0]]
-        return max(fitting[-1:] + flat[-1:])
+        # the line is affine in m: solve for the widest m under each limit instead of scanning M
+        one, full = costs.step.at(1), costs.step.at(self.budget)
+        per_branch = (full - one) / (self.budget - 1) if self.budget > 1 else 0.0
+
+        def widest(limit: float) -> int:
+            if per_branch <= 0:
+                return self.budget if one <= limit else 0
+            return min(self.budget, 1 + math.floor((limit - one) / per_branch)) if limit >= one else 0
+
+        return max(1, widest(room / depth), widest(FLAT_STEP * one))
