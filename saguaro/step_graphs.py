@@ -178,14 +178,14 @@ class StepGraphs:
             return None
         step = pad_step(input_ids, positions, meta, shape, self.scratch_slot)
         graph = self.graphs.get(shape)
-        if graph is None:
+        if graph is None:  # building runs the step once (a CPU: eagerly; CUDA: a replay after capture)
             graph = self.graphs[shape] = self._build(shape, step)
         else:
             self._load(graph, step)
-        if graph.graph is not None:
-            graph.graph.replay()
-        else:  # a CPU: the padded step runs eagerly on the static inputs
-            graph.logits = self._run(graph)
+            if graph.graph is not None:
+                graph.graph.replay()
+            else:  # a CPU: the padded step runs eagerly on the static inputs
+                graph.logits = self._run(graph)
         self.replays += 1
         logits = graph.logits[step.rows.to(graph.logits.device)]
         return logits if logits_index is None else logits[logits_index.to(logits.device)]
