@@ -54,15 +54,11 @@ import grpc
 from saguaro.errors import InvalidRequestError, SaguaroError
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
+from saguaro.wire import MODE_TO_PROTO, PROTO_TO_FINISH, PROTO_TO_MODE, STATUS_NAMES, speculation_from_proto
 
 DEFAULT_PORT = 50051  # a target service
 GATEWAY_PORT = 50050  # the gateway (`saguaro up` / `saguaro gateway`)
-MODES = {None: pb.DECODE_MODE_DEFAULT, "ar": pb.DECODE_MODE_AR, "sd": pb.DECODE_MODE_SD, "ssd": pb.DECODE_MODE_SSD}
-_MODE_NAMES = {v: k for k, v in MODES.items() if k}
-_FINISH = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length", pb.FINISH_REASON_ABORT: "abort",
-           pb.FINISH_REASON_ERROR: "error"}
-_STATUS = {pb.SERVING_STATUS_SERVING: "serving", pb.SERVING_STATUS_DEGRADED: "degraded",
-           pb.SERVING_STATUS_NOT_SERVING: "not_serving"}
+MODES = {None: pb.DECODE_MODE_DEFAULT, **MODE_TO_PROTO}  # a request's mode; None: the server's
 # Before the first token, these mean "not served": sending the request again is safe.
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 # After it, this means the connection to the server was lost: the stream may be resumed.
@@ -128,7 +124,7 @@ class GenerateResult(dict):
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Speculation statistics (see ``speculation_stats``)."""
+        """Speculation statistics (see ``saguaro.wire.speculation_from_proto``)."""
         return self["stats"]
 
     @property
@@ -167,42 +163,9 @@ def _error(exc: grpc.RpcError, address: str, timeout: float | None) -> ServiceEr
     return ServiceError(f"{code.name} from {address}: {details}", code.name)
 
 
-def speculation_stats(spec: pb.SpeculationStats) -> dict[str, Any]:
-    """SpeculationStats as a dict, keyed like the engine's per-request stats."""
-    k = spec.lookahead_k
-    accepted = list(spec.accepted_per_position)
-    spec_rounds = spec.draft_tokens // k if k else 0
-    lookups = spec.cache_hits + spec.cache_misses
-    return {
-        "mode": _MODE_NAMES.get(spec.decode_mode, "ar"),
-        "transport": spec.transport,
-        "rounds": spec.rounds,
-        "spec_rounds": spec_rounds,
-        "lookahead_k": k,
-        "tokens_per_round": spec.mean_tokens_per_round,
-        "tokens_per_round_histogram": list(spec.tokens_per_round_histogram),
-        "accepted_per_position": accepted,
-        "acceptance_per_position": [a / spec_rounds for a in accepted] if spec_rounds else [],
-        "draft_tokens": spec.draft_tokens,
-        "accepted_draft_tokens": spec.accepted_draft_tokens,
-        "cache_hits": spec.cache_hits,
-        "cache_misses": spec.cache_misses,
-        "cache_hit_rate": spec.cache_hits / lookups if lookups else 0.0,
-        "backups_jit": spec.jit_backups,
-        "backups_fast": spec.fast_backups,
-        "ar_fallbacks": spec.ar_fallbacks,
-        "fallback_rounds": spec.ar_fallback_rounds,
-        "policy_rounds": spec.policy_ar_rounds,
-        "sync_rounds": spec.policy_sd_rounds,
-        "draft_time_s": spec.draft_time_s,
-        "verify_time_s": spec.verify_time_s,
-        "draft_build_time_s": spec.draft_build_time_s,
-    }
-
-
 def _health(r: pb.HealthResponse) -> dict[str, Any]:
-    return {"status": _STATUS.get(r.status, "unknown"), "draft_connected": r.draft_connected,
-            "mode": _MODE_NAMES.get(r.mode, ""), "message": r.message}
+    return {"status": STATUS_NAMES.get(r.status, "unknown"), "draft_connected": r.draft_connected,
+            "mode": PROTO_TO_MODE.get(r.mode, ""), "message": r.message}
 
 
 def _load(r: pb.HealthResponse) -> dict[str, Any]:
@@ -214,7 +177,7 @@ def _load(r: pb.HealthResponse) -> dict[str, Any]:
 def _model_info(r: pb.ModelInfoResponse) -> dict[str, Any]:
     return {
         "model_name": r.model_name, "architecture": r.architecture, "vocab_size": r.vocab_size,
-        "max_model_len": r.max_model_len, "dtype": r.dtype, "decode_mode": _MODE_NAMES.get(r.decode_mode, ""),
+        "max_model_len": r.max_model_len, "dtype": r.dtype, "decode_mode": PROTO_TO_MODE.get(r.decode_mode, ""),
         "lookahead_k": r.lookahead_k, "fan_out": r.fan_out, "fan_out_list": list(r.fan_out_list),
         "draft_model_name": r.draft_model_name, "has_tokenizer": r.has_tokenizer,
         "eos_token_ids": list(r.eos_token_ids),
@@ -305,14 +268,14 @@ class _Accumulator:
             "prompt_token_ids": self.prompt_ids,
             "token_ids": list(self.token_ids),
             "text": "".join(self.text),
-            "finish_reason": _FINISH.get(final.finish_reason, ""),
+            "finish_reason": PROTO_TO_FINISH.get(final.finish_reason, ""),
             "timings": {
                 "time_to_first_token_s": t.time_to_first_token_s,
                 "total_s": t.total_s,
                 "decode_tokens_per_s": (n - 1) / decode_time if n > 1 and decode_time > 0 else 0.0,
                 "queue_s": t.queue_s,
             },
-            "stats": speculation_stats(final.speculation),
+            "stats": speculation_from_proto(final.speculation),
             "usage": {"prompt_tokens": final.usage.prompt_tokens, "completion_tokens": final.usage.completion_tokens,
                       "total_tokens": final.usage.total_tokens},
         })

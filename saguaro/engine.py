@@ -19,7 +19,7 @@ from saguaro.config import EngineConfig
 from saguaro.errors import InvalidRequestError
 from saguaro.model_runner import CausalChunk, ModelRunner
 from saguaro.sampling import SamplingParams, make_generator, sample
-from saguaro.scheduler import Scheduler
+from saguaro.scheduler import ScheduledBatch, Scheduler
 from saguaro.sequence import FinishReason, Sequence
 
 
@@ -127,16 +127,17 @@ class LLMEngine:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
-    def step(self) -> list[Sequence]:
-        """Run one prefill or decode batch; return the sequences that advanced."""
+    def step(self) -> ScheduledBatch | None:
+        """Run one prefill or decode batch; return what was scheduled (None: nothing was), so
+        the caller knows which sequences advanced and whether the step was a prefill."""
         batch = self.scheduler.schedule()
         if batch is None:
-            return []
+            return None
         if batch.is_prefill:
             self._prefill(batch.sequences)
         else:
             self._decode(batch.sequences)
-        return batch.sequences
+        return batch
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         chunks = [CausalChunk(s.table.blocks, s.num_computed, s.token_ids[s.num_computed :]) for s in seqs]

@@ -34,4 +34,5 @@ def encode(tokenizer, text: str) -> list[int]:
 
 
 def decode(tokenizer, token_ids: list[int]) -> str:
+    """The text of ``token_ids`` as every Saguaro surface shows it (special tokens skipped)."""
     return "" if tokenizer is None else tokenizer.decode(token_ids, skip_special_tokens=True)

@@ -14,10 +14,10 @@ import uuid
 from saguaro.model_runner import ModelRunner
 from saguaro.tokenizer import tokenizer_fingerprint
 from saguaro.v1 import speculation_pb2 as pb
+from saguaro.wire import DTYPE_TO_PROTO
 from saguaro.services.draft.settings import DraftSettings
 
 PROTOCOL_VERSION = pb.PROTOCOL_VERSION_1
-_DTYPES = {"torch.float32": pb.DTYPE_FLOAT32, "torch.bfloat16": pb.DTYPE_BFLOAT16, "torch.float16": pb.DTYPE_FLOAT16}
 
 
 def model_facts(runner: ModelRunner) -> pb.ModelFacts:
@@ -29,7 +29,7 @@ def model_facts(runner: ModelRunner) -> pb.ModelFacts:
         architecture=cfg.architecture,
         vocab_size=cfg.vocab_size,
         tokenizer_fingerprint=f"sha256:{fingerprint}" if fingerprint else "",
-        dtype=_DTYPES[str(runner.dtype)],
+        dtype=DTYPE_TO_PROTO[str(runner.dtype)],
         max_model_len=runner.max_model_len,
         eos_token_ids=list(cfg.eos_token_ids),
     )

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from saguaro.services.gateway.errors import GatewayError
-from saguaro.services.gateway.openai_schema import FINISH
 from saguaro.services.gateway.prepare import scoped_request_id
 from saguaro.telemetry.gateway import GatewaySpan
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
+from saguaro.wire import PROTO_TO_FINISH
 
 if TYPE_CHECKING:
     from saguaro.services.gateway.server import Gateway
@@ -54,7 +54,7 @@ def end_span(span: GatewaySpan | None, code: grpc.StatusCode, finals: Sequence[p
         span.fail("target_error", failed.error_message)
     else:
         span.finish(sum(f.usage.prompt_tokens for f in finals), sum(f.usage.completion_tokens for f in finals),
-                    [FINISH.get(f.finish_reason, "stop") for f in finals])
+                    [PROTO_TO_FINISH.get(f.finish_reason, "stop") for f in finals])
 
 
 class GatewayInferenceService(pb_grpc.InferenceServicer):

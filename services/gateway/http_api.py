@@ -33,14 +33,14 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from saguaro.client import speculation_stats
 from saguaro.services.gateway.dispatch import Dispatch
 from saguaro.services.gateway.errors import GatewayError, invalid
 from saguaro.services.gateway.grpc_api import end_span, sampling_attributes
-from saguaro.services.gateway.openai_schema import (FINISH, ChunkWriter, OpenAIRequest, choice_json, parse_request,
+from saguaro.services.gateway.openai_schema import (ChunkWriter, OpenAIRequest, choice_json, parse_request,
                                                     response_json, usage_json)
 from saguaro.telemetry.gateway import GatewaySpan
 from saguaro.v1 import inference_pb2 as pb
+from saguaro.wire import PROTO_TO_FINISH, speculation_from_proto
 
 if TYPE_CHECKING:
     from saguaro.services.gateway.server import Gateway
@@ -225,8 +225,8 @@ class OpenAIApi:
         choices, prompt_tokens, completion_tokens = [], 0, 0
         finals.extend(final for _, final in results)
         for i, (text, final) in enumerate(results):
-            choices.append(choice_json(parsed.kind, i, text, FINISH.get(final.finish_reason, "stop"),
-                                       speculation_stats(final.speculation)))
+            choices.append(choice_json(parsed.kind, i, text, PROTO_TO_FINISH.get(final.finish_reason, "stop"),
+                                       speculation_from_proto(final.speculation)))
             prompt_tokens += final.usage.prompt_tokens
             completion_tokens += final.usage.completion_tokens
         body = response_json(parsed.kind, response_id, int(time.time()), model, choices,
@@ -273,8 +273,8 @@ class OpenAIApi:
                     if final.finish_reason == pb.FINISH_REASON_ERROR:
                         await response.write(chunks.error(f"generation failed: {final.error_message}"))
                     else:
-                        await response.write(chunks.finish(FINISH.get(final.finish_reason, "stop"),
-                                                           speculation_stats(final.speculation)))
+                        await response.write(chunks.finish(PROTO_TO_FINISH.get(final.finish_reason, "stop"),
+                                                           speculation_from_proto(final.speculation)))
                         if parsed.include_usage:
                             await response.write(chunks.usage(usage_json(final.usage.prompt_tokens,
                                                                          final.usage.completion_tokens)))

@@ -17,7 +17,7 @@ import grpc
 from saguaro.services.gateway.metrics import GatewayMetrics
 from saguaro.services.gateway.prefix_index import IndexUnavailable, PrefixIndex
 from saguaro.services.gateway.targets import Target
-from saguaro.services.target.server import HEARTBEAT_S
+from saguaro.wire import HEARTBEAT_S
 from saguaro.v1 import routing_pb2 as rpb
 
 log = logging.getLogger(__name__)

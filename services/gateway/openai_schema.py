@@ -21,11 +21,9 @@ from typing import Any
 from saguaro.services.gateway.errors import invalid
 from saguaro.services.gateway.prepare import Preparer
 from saguaro.v1 import inference_pb2 as pb
+from saguaro.wire import MODE_TO_PROTO
 
-MODES = {"ssd": pb.DECODE_MODE_SSD, "sd": pb.DECODE_MODE_SD, "ar": pb.DECODE_MODE_AR}
 ROLES = ("system", "developer", "user", "assistant", "tool")
-FINISH = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length", pb.FINISH_REASON_ABORT: "abort",
-          pb.FINISH_REASON_ERROR: "error"}
 MAX_BATCH = 64
 FLOAT32_TINY = 2.0**-149  # the smallest positive float32 (SamplingParams.top_p is a float)
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions (chat: the rest of the context)
@@ -213,13 +211,13 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     if seed is not None:
         sampling.seed = seed
     mode = body.get("mode")
-    if mode is not None and not (isinstance(mode, str) and mode in MODES):
+    if mode is not None and not (isinstance(mode, str) and mode in MODE_TO_PROTO):
         raise invalid(f"mode must be one of ssd, sd, ar (or unset for the server's), got {json.dumps(mode)[:50]}", "mode")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise invalid("stream_options must be an object", "stream_options")
     include_usage = _Fields(options or {}).boolean("include_usage", False)
-    return OpenAIRequest(kind, prompts, sampling, MODES.get(mode, pb.DECODE_MODE_DEFAULT), stream,
+    return OpenAIRequest(kind, prompts, sampling, MODE_TO_PROTO.get(mode, pb.DECODE_MODE_DEFAULT), stream,
                          include_usage, fields.boolean("stream_tokens_individually", True))
 
 

@@ -64,9 +64,6 @@ class GatewayTokenizer:
             raise invalid("the served model has no tokenizer: send token ids instead of text", param)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True) if self.tokenizer is not None else ""
-
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of ``messages`` rendered with the model's chat template (+ generation prompt)."""
         if self.tokenizer is None:

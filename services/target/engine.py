@@ -20,6 +20,7 @@ from saguaro.engine import LLMEngine
 from saguaro.errors import ConfigError, InvalidRequestError
 from saguaro.model_runner import CausalChunk
 from saguaro.sampling import sample
+from saguaro.scheduler import ScheduledBatch
 from saguaro.sequence import Sequence
 from saguaro.services.draft.handshake import handshake_request
 from saguaro.services.draft.settings import DraftSettings
@@ -116,7 +117,7 @@ class SpeculativeEngine(LLMEngine):
             self.proposer.finish_prefill(pending)
         self._release_finished(seqs)
 
-    def step(self) -> list[Sequence]:
+    def step(self) -> ScheduledBatch | None:
         try:
             return super().step()
         except BaseException as exc:

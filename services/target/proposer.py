@@ -130,6 +130,19 @@ class DraftProposer:
             self._down_since = time.monotonic()
             return False
 
+    def reconnect_delay(self) -> float | None:
+        """How long an idle target may sleep before retrying a downed draft (None: connected)."""
+        return None if self.channel is not None else max(self.retry_interval_s, 0.1)
+
+    def reconnect_when_idle(self) -> None:
+        """Retry a downed draft while no request runs, so Health recovers without traffic; a
+        draft that still fails, or is incompatible, only logs: the target keeps serving."""
+        if self.channel is None:
+            try:
+                self.available()
+            except Exception:
+                log.exception("draft reconnect failed")
+
     def _mark_down(self, reason: str) -> None:
         log.warning("draft unavailable, falling back to plain decoding: %s", reason)
         self.failures += 1

@@ -25,7 +25,8 @@ from saguaro.client import Client
 from saguaro.config import EngineConfig
 from saguaro.services.gateway import GatewayConfig, GatewayThread
 from saguaro.services.target.local import speculative_engine
-from saguaro.services.target.server import EngineLoop, serve_target
+from saguaro.services.target.loop import EngineLoop
+from saguaro.services.target.server import serve_target
 from saguaro.tokenizer import load_tokenizer
 
 SMALL = dict(kv_cache_bytes=16 << 20, max_num_seqs=8, show_progress=False)
@@ -65,7 +66,8 @@ def _wired_target(model_dir: str, service_class=None, credentials: grpc.ServerCr
     from concurrent import futures
     import threading
 
-    from saguaro.services.target.server import InferenceService, KvEventHub, TargetRoutingService
+    from saguaro.services.target.api import InferenceService
+    from saguaro.services.target.kv_events import KvEventHub, TargetRoutingService
     from saguaro.v1 import inference_pb2_grpc as pb_grpc
     from saguaro.v1 import routing_pb2_grpc as rpb_grpc
 

@@ -11,7 +11,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from saguaro.client import AsyncClient, Client, GenerateResult, ServiceUnavailableError
-from saguaro.services.target.server import InferenceService
+from saguaro.services.target.api import InferenceService
 
 
 class RecordingService(InferenceService):

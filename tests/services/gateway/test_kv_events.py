@@ -9,7 +9,7 @@ import pytest
 
 from saguaro.cache.block_manager import BlockManager, BlockTable
 from saguaro.cache.prefix_hash import block_hashes
-from saguaro.services.target.server import KvEventHub
+from saguaro.services.target.kv_events import KvEventHub
 from saguaro.v1 import routing_pb2 as rpb
 from saguaro.v1 import routing_pb2_grpc as rpb_grpc
 

@@ -15,7 +15,8 @@ from saguaro.net import free_port
 from saguaro.client import Client
 from saguaro.config import EngineConfig
 from saguaro.services.target.local import speculative_engine
-from saguaro.services.target.server import EngineLoop, serve_target
+from saguaro.services.target.loop import EngineLoop
+from saguaro.services.target.server import serve_target
 from saguaro.tokenizer import load_tokenizer
 
 SMALL = dict(kv_cache_bytes=16 << 20, max_num_seqs=8, show_progress=False)
