@@ -189,7 +189,7 @@ def main() -> None:
 
     from saguaro.config import EngineConfig
     from saguaro.emulation import engine_fields
-    from saguaro.services.draft.settings import DraftSettings
+    from saguaro.speculative.settings import DraftSettings
     from saguaro.services.target.local import speculative_engine
     from saguaro.telemetry import tracing
     from saguaro.tokenizer import load_tokenizer

@@ -54,7 +54,7 @@ def _serve_draft(model_dir: str, address: str, ready, batch: int, k: int) -> Non
     from saguaro.config import EngineConfig
     from saguaro.rpc_services import add_service
     from saguaro.services.draft.server import SpeculationService
-    from saguaro.services.draft.settings import DraftSettings
+    from saguaro.speculative.settings import DraftSettings
     from saguaro.v1 import speculation_pb2 as pb
 
     reply = _reply(batch, k)
@@ -82,8 +82,8 @@ def _measure(model_dir: str, transport: str, batch: int, k: int, rounds: int, wa
     from saguaro.config import EngineConfig
     from saguaro.model_runner import ModelRunner
     from saguaro.net import free_port
-    from saguaro.services.draft.handshake import handshake_request
-    from saguaro.services.draft.settings import DraftSettings
+    from saguaro.speculative.handshake import handshake_request
+    from saguaro.speculative.settings import DraftSettings
     from saguaro.services.target.channels import RemoteChannel
 
     address = f"127.0.0.1:{free_port()}"

@@ -215,7 +215,7 @@ def speculation_governor(policy: str):
 
 
 def speculation_settings(args: argparse.Namespace):
-    from saguaro.services.draft.settings import DraftSettings
+    from saguaro.speculative.settings import DraftSettings
     from saguaro.v1 import speculation_pb2 as pb
 
     policy = {"jit": pb.BACKUP_POLICY_JIT, "fast": pb.BACKUP_POLICY_FAST, "adaptive": pb.BACKUP_POLICY_ADAPTIVE}

@@ -170,7 +170,7 @@ class ModeEngine:
         from saguaro.config import EngineConfig
         from saguaro.emulation import engine_fields
         from saguaro.llm import LLM
-        from saguaro.services.draft.settings import DraftSettings
+        from saguaro.speculative.settings import DraftSettings
         from saguaro.services.target.local import speculative_engine
         from saguaro.v1 import speculation_pb2 as pb
 

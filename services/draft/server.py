@@ -22,8 +22,8 @@ from saguaro.errors import ConfigError
 from saguaro.p2p import P2PLink
 from saguaro.rpc_services import add_service
 from saguaro.socket_link import MessageLink, SocketListener
-from saguaro.services.draft.handshake import answer_handshake, model_facts
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.handshake import answer_handshake, model_facts
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.draft.tree import tree_scratch_slots
 from saguaro.services.draft.worker import DraftWorker, draft_runner
 from saguaro.v1 import speculation_pb2 as pb

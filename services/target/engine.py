@@ -22,8 +22,8 @@ from saguaro.model_runner import CausalChunk
 from saguaro.sampling import sample
 from saguaro.scheduler import ScheduledBatch
 from saguaro.sequence import Sequence
-from saguaro.services.draft.handshake import handshake_request
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.handshake import handshake_request
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.channels import DraftChannel
 from saguaro.services.target.governor import SpeculationGovernor
 from saguaro.speculative.costs import bucket_of

@@ -12,8 +12,8 @@ from saguaro.config import EngineConfig
 from saguaro.errors import ConfigError
 from saguaro.llm import LLM
 from saguaro.tokenizer import load_tokenizer
-from saguaro.services.draft.handshake import answer_handshake, model_facts
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.handshake import answer_handshake, model_facts
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.draft.worker import DraftWorker, draft_runner
 from saguaro.services.target.channels import DraftChannel, InProcessChannel, RemoteChannel
 from saguaro.services.target.draft_pool import DraftPool

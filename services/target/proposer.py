@@ -30,7 +30,7 @@ import grpc
 import torch
 
 from saguaro.sequence import Sequence
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.channels import DraftChannel
 from saguaro.speculative import proposal_codec
 from saguaro.v1 import speculation_pb2 as pb

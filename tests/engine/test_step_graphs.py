@@ -20,7 +20,7 @@ from saguaro.config import EngineConfig
 from saguaro.attention import causal_metadata
 from saguaro.cache import BlockTable
 from saguaro.model_runner import CausalChunk, ModelRunner
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.local import speculative_llm
 from saguaro.step_graphs import MIN_CONTEXT, StepShape, batch_buckets, bucket_up, context_bucket, pad_step
 from tests_support import hf_greedy, make_prompts

@@ -22,7 +22,7 @@ from saguaro.sequence import Sequence
 from saguaro.v1 import speculation_pb2 as pb
 
 with atheris.instrument_imports(include=["saguaro.speculative.proposal_codec", "saguaro.services.target.proposer"]):
-    from saguaro.services.draft.settings import DraftSettings
+    from saguaro.speculative.settings import DraftSettings
     from saguaro.services.target.proposer import DraftProposer
     from saguaro.speculative import proposal_codec
 

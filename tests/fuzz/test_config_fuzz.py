@@ -23,7 +23,7 @@ from saguaro import LLM, SamplingParams
 from saguaro.cli import build_parser, engine_options, main, speculation_settings
 from saguaro.config import EngineConfig, ModelConfig
 from saguaro.errors import ConfigError, InvalidRequestError, ModelLoadError, SaguaroError
-from saguaro.services.draft.settings import MAX_BUDGET, MAX_LOOKAHEAD
+from saguaro.speculative.settings import MAX_BUDGET, MAX_LOOKAHEAD
 from saguaro.services.gateway import GatewayConfig
 
 MODEL_KEYS = ["architectures", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",

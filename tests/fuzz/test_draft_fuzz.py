@@ -20,9 +20,9 @@ from fuzz.support import (FLOATS, INT32, LIVE, SPECULATION_CONFIG, UINT32, WORKE
                           mostly)
 from saguaro.config import EngineConfig
 from saguaro.net import free_port
-from saguaro.services.draft.handshake import PROTOCOL_VERSION
+from saguaro.speculative.handshake import PROTOCOL_VERSION
 from saguaro.services.draft.server import serve
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.draft.worker import DraftWorker, draft_runner
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.v1 import speculation_pb2_grpc as pb_grpc

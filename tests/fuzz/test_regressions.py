@@ -15,7 +15,7 @@ from saguaro import LLM, SamplingParams
 from saguaro.config import EngineConfig, ModelConfig
 from saguaro.errors import ConfigError, InvalidRequestError, ModelLoadError
 from saguaro.services.draft.server import SpeculationService
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.draft.worker import DraftWorker, draft_runner
 from saguaro.services.gateway import GatewayConfig
 from saguaro.services.gateway.errors import GatewayError

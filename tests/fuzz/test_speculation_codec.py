@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from fuzz.support import FLOATS, SPECULATION_CONFIG, damaged, fuzz_settings, mostly
 from saguaro.sampling import SamplingParams
 from saguaro.sequence import Sequence
-from saguaro.services.draft.settings import MAX_BUDGET, MAX_LOOKAHEAD, DraftSettings
+from saguaro.speculative.settings import MAX_BUDGET, MAX_LOOKAHEAD, DraftSettings
 from saguaro.services.target.proposer import DraftProposer
 from saguaro.speculative import proposal_codec
 from saguaro.v1 import speculation_pb2 as pb

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from saguaro.config import EngineConfig
 from saguaro.sampling import SamplingParams
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.local import speculative_engine
 from saguaro.telemetry import attributes as A
 from saguaro.telemetry import tracing

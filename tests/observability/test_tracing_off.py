@@ -20,7 +20,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from saguaro.config import EngineConfig
 from saguaro.sampling import SamplingParams
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.local import speculative_engine
 from saguaro.telemetry import tracing
 from saguaro.telemetry.service import TargetTelemetry

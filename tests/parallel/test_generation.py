@@ -11,7 +11,7 @@ import pytest
 
 from saguaro import LLM, SamplingParams
 from saguaro.services.draft.server import serve
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.local import speculative_engine
 from saguaro.net import free_port
 from tests_support import hf_greedy, make_prompts

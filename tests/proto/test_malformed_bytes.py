@@ -17,9 +17,9 @@ from google.protobuf.message import Message
 from saguaro.config import EngineConfig
 from saguaro.net import free_port
 from saguaro.rpc_services import add_service
-from saguaro.services.draft.handshake import PROTOCOL_VERSION
+from saguaro.speculative.handshake import PROTOCOL_VERSION
 from saguaro.services.draft.server import serve as serve_draft
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.gateway import GatewayConfig, GatewayThread
 from saguaro.services.target.local import speculative_engine
 from saguaro.services.target.server import serve_target

@@ -21,7 +21,7 @@ from saguaro import SamplingParams
 from saguaro.config import EngineConfig
 from saguaro.llm import LLM
 from saguaro.services.draft.server import serve
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.draft.worker import DraftWorker
 from saguaro.services.target.channels import InProcessChannel
 from saguaro.services.target.engine import SpeculativeEngine
@@ -132,7 +132,7 @@ def test_malformed_requests_get_errors_on_a_live_stream(model_dirs):
     server = serve(target_config(model_dirs["llama_draft_copy"]), address, SETTINGS)
     try:
         from saguaro.model_runner import ModelRunner
-        from saguaro.services.draft.handshake import handshake_request
+        from saguaro.speculative.handshake import handshake_request
 
         stub = pb_grpc.SpeculationStub(grpc.insecure_channel(address))
         hello = handshake_request(ModelRunner(target_config(model_dirs["llama"])), SETTINGS, 4)

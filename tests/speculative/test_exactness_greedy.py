@@ -16,7 +16,7 @@ import pytest
 from saguaro import SamplingParams
 from saguaro.config import EngineConfig, ModelConfig
 from saguaro.services.draft.server import serve
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.local import speculative_engine
 from saguaro.llm import LLM
 from saguaro.v1 import speculation_pb2 as pb

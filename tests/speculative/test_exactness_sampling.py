@@ -18,7 +18,7 @@ from scipy.stats import chisquare
 
 from saguaro import LLM, SamplingParams
 from saguaro.config import EngineConfig
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.local import speculative_engine
 from saguaro.tiny_models import build_tiny_model, perturbed_copy
 from saguaro.v1 import speculation_pb2 as pb

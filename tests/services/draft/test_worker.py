@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from saguaro.config import EngineConfig
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.draft.worker import DraftWorker, draft_runner
 from saguaro.speculative import proposal_codec
 from saguaro.v1 import speculation_pb2 as pb
@@ -316,7 +316,7 @@ def test_geometric_policy_reallocates_branches_from_reported_outcomes(model_dirs
 
 def test_fast_path_only_within_one_pod():
     """Same node (boot id) but another pod (namespaces differ): loopback is not shared -> gRPC."""
-    from saguaro.services.draft.handshake import choose_transport
+    from saguaro.speculative.handshake import choose_transport
 
     ours = pb.HostIdentity(boot_id="b1", ipc_namespace="ipc:[1]")
     offer = [pb.TRANSPORT_TORCH_DISTRIBUTED, pb.TRANSPORT_GRPC]

@@ -18,9 +18,9 @@ import pytest
 from saguaro import SamplingParams
 from saguaro.config import EngineConfig
 from saguaro.errors import ConfigError
-from saguaro.services.draft.handshake import handshake_request
+from saguaro.speculative.handshake import handshake_request
 from saguaro.services.draft.server import serve
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.draft_pool import DraftPool
 from saguaro.services.target.local import in_process_connector, speculative_engine
 from saguaro.services.target.proposer import IncompatibleDraft

@@ -13,7 +13,7 @@ import pytest
 
 from saguaro import LLM, SamplingParams
 from saguaro.config import EngineConfig
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.governor import SpeculationGovernor
 from saguaro.speculative.costs import bucket_of
 from saguaro.services.target.local import speculative_engine

@@ -10,7 +10,7 @@ import pytest
 
 from saguaro import LLM, SamplingParams
 from saguaro.config import EngineConfig
-from saguaro.services.draft.settings import DraftSettings
+from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.governor import SpeculationGovernor
 from saguaro.services.target.lookahead import DepthModel, LookaheadModel, SSDRound
 from saguaro.services.target.local import speculative_engine

@@ -1,8 +1,12 @@
-"""Pairing checks: a draft serves a target only if their token spaces agree.
+"""Both sides of the speculation handshake: the target's request and the draft's answer.
 
-Speculation is exact for any proposal, but a draft with another vocabulary or tokenizer would
-propose meaningless ids (and sampled verification would index the wrong rows), so such a pair
-is refused at handshake with a message that names the mismatch.
+They live together (and beside the session settings they carry) because the target and the
+draft must agree on every field: keeping both sides in one module keeps them in step.
+
+Pairing checks: a draft serves a target only if their token spaces agree. Speculation is exact
+for any proposal, but a draft with another vocabulary or tokenizer would propose meaningless ids
+(and sampled verification would index the wrong rows), so such a pair is refused at handshake
+with a message that names the mismatch (docs/speculation.md).
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ import socket
 import uuid
 
 from saguaro.model_runner import ModelRunner
+from saguaro.speculative.settings import DraftSettings
 from saguaro.tokenizer import tokenizer_fingerprint
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.wire import DTYPE_TO_PROTO
-from saguaro.services.draft.settings import DraftSettings
 
 PROTOCOL_VERSION = pb.PROTOCOL_VERSION_1
 
