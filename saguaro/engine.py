@@ -18,6 +18,7 @@ import torch
 from saguaro.config import EngineConfig
 from saguaro.errors import InvalidRequestError
 from saguaro.model_runner import CausalChunk, ModelRunner
+from saguaro.request_rules import check_token_ids, fits_context, prompt_leaves_room
 from saguaro.sampling import SamplingParams, make_generator, sample
 from saguaro.scheduler import ScheduledBatch, Scheduler
 from saguaro.sequence import FinishReason, Sequence
@@ -34,7 +35,8 @@ def stop_token_ids(model_dir: Path, config_eos: tuple[int, ...]) -> frozenset[in
 
 
 class RequestTracker:
-    """Validation, stop conditions and finishing — the same for every decoding mode."""
+    """Validation, stop conditions and finishing — the same for every decoding mode (the
+    request rules themselves: ``saguaro.request_rules``)."""
 
     def __init__(self, runner: ModelRunner, scheduler: Scheduler, seed: int):
         self.runner = runner
@@ -51,19 +53,16 @@ class RequestTracker:
         params.validate()
         if not prompt_token_ids:
             raise InvalidRequestError("the prompt is empty; give at least one token")
-        vocab = self.runner.vocab_size
-        for what, ids in (("prompt", prompt_token_ids), ("resumed", output_token_ids)):
-            bad = [t for t in ids if not 0 <= t < vocab]
-            if bad:
-                raise InvalidRequestError(f"{what} token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        check_token_ids("prompt token ids", prompt_token_ids, self.runner.vocab_size)
+        check_token_ids("resumed token ids", output_token_ids, self.runner.vocab_size)
         limit = self.runner.max_model_len
-        if len(prompt_token_ids) >= limit:
+        if not prompt_leaves_room(len(prompt_token_ids), limit):
             raise InvalidRequestError(
                 f"the prompt has {len(prompt_token_ids)} tokens but max_model_len is {limit}: "
                 f"no room to generate; shorten the prompt to at most {limit - 1} tokens"
             )
         tokens = [*prompt_token_ids, *output_token_ids]
-        if len(tokens) > limit:
+        if not fits_context(len(tokens), limit):
             raise InvalidRequestError(f"the prompt and the resumed tokens are {len(tokens)} tokens but max_model_len "
                                       f"is {limit}")
         gen = None if params.greedy else make_generator(params.seed, self.rng)

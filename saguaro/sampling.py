@@ -8,17 +8,19 @@ the same tokens whatever else shares its batch.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 
 import torch
 
 from saguaro.errors import InvalidRequestError
+from saguaro.request_rules import valid_temperature, valid_top_p
+
+DEFAULT_MAX_TOKENS = 64  # also what a Generate request without sampling.max_tokens gets (inference.proto)
 
 
 @dataclass
 class SamplingParams:
-    max_tokens: int = 64
+    max_tokens: int = DEFAULT_MAX_TOKENS
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0  # 0 disables
@@ -26,13 +28,20 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     mode: str | None = None  # None: the deployment's decoding mode; "ar" opts out of speculation
+    # The temperature the draft proposes with (None: ``temperature``). It changes only what the
+    # draft proposes, never the output's law: the target verifies against the probabilities the
+    # draft actually proposed from (docs/speculation.md).
+    draft_temperature: float | None = None
 
     def validate(self) -> None:
+        """Refuse values no decoding mode can serve (the rules: ``saguaro.request_rules``)."""
         if not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
             raise InvalidRequestError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):  # NaN would sample garbage
+        if not valid_temperature(self.temperature):
             raise InvalidRequestError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        if self.draft_temperature is not None and not valid_temperature(self.draft_temperature):
+            raise InvalidRequestError(f"draft_temperature must be >= 0, got {self.draft_temperature}")
+        if not valid_top_p(self.top_p):
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.mode not in (None, "ar", "sd", "ssd"):
             raise InvalidRequestError(f"mode must be one of ar, sd, ssd (or unset), got {self.mode!r}")
@@ -42,6 +51,11 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def proposal_temperature(self) -> float:
+        """The temperature the draft proposes with: ``draft_temperature``, else the target's."""
+        return self.temperature if self.draft_temperature is None else self.draft_temperature
 
 
 def role_seed(seed: int, role: str) -> int:

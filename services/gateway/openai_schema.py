@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from saguaro.services.gateway.errors import invalid
-from saguaro.services.gateway.prepare import Preparer
+from saguaro.services.gateway.prepare import Preparer, check_vocabulary
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import MODE_TO_PROTO
 
@@ -226,9 +226,7 @@ def _stop_token_ids(value: Any, vocab: int) -> list[int]:
         return []
     if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
         raise invalid("stop_token_ids must be a list of token ids", "stop_token_ids")
-    bad = [t for t in value if not 0 <= t < vocab]
-    if bad:
-        raise invalid(f"stop_token_ids {bad[:5]} are outside the vocabulary [0, {vocab})", "stop_token_ids")
+    check_vocabulary("stop_token_ids", value, vocab, "stop_token_ids")
     return value
 
 

@@ -10,11 +10,13 @@ token ids, which also makes every request migratable (``migration.py``).
 from __future__ import annotations
 
 import hashlib
-
-import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from saguaro.errors import InvalidRequestError
+from saguaro.request_rules import (check_token_ids, fits_context, prompt_leaves_room, top_p_from_proto,
+                                   valid_temperature, valid_top_p)
 from saguaro.services.gateway.dispatch import Dispatch, routing_hashes
 from saguaro.services.gateway.errors import invalid
 from saguaro.services.gateway.migration import resumed_prompt
@@ -78,12 +80,9 @@ class Preparer:
     def check_prompt_ids(self, ids: list[int], param: str) -> list[int]:
         if not ids:
             raise invalid(f"{param} is empty; give at least one token", param)
-        vocab = self.facts.vocab_size
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise invalid(f"{param}: token ids {bad[:5]} are outside the vocabulary [0, {vocab})", param)
+        check_vocabulary(f"{param}: token ids", ids, self.facts.vocab_size, param)
         limit = self.facts.max_model_len
-        if len(ids) >= limit:
+        if not prompt_leaves_room(len(ids), limit):
             raise invalid(f"the prompt has {len(ids)} tokens but the model's context (max_model_len) is {limit}: "
                           f"shorten it to at most {limit - 1} tokens", param)
         return ids
@@ -103,12 +102,9 @@ class Preparer:
 
     def check_resume(self, request: pb.GenerateRequest, prompt_tokens: int) -> None:
         resumed = request.resume.token_ids
-        vocab, limit = self.facts.vocab_size, self.facts.max_model_len
-        bad = [t for t in resumed if not 0 <= t < vocab]
-        if bad:
-            raise invalid(f"resume.token_ids: token ids {bad[:5]} are outside the vocabulary [0, {vocab})",
-                          "resume.token_ids")
-        if prompt_tokens + len(resumed) > limit:
+        limit = self.facts.max_model_len
+        check_vocabulary("resume.token_ids: token ids", resumed, self.facts.vocab_size, "resume.token_ids")
+        if not fits_context(prompt_tokens + len(resumed), limit):
             raise invalid(f"the prompt ({prompt_tokens} tokens) and resume.token_ids ({len(resumed)}) exceed the "
                           f"model's context (max_model_len {limit})", "resume.token_ids")
         sampling = request.sampling
@@ -118,14 +114,14 @@ class Preparer:
 
     # -- sampling ----------------------------------------------------------------------------
     def check_sampling(self, sampling: pb.SamplingParams, prefix: str = "") -> None:
-        """The engine's rules (temperature >= 0, top_p in [0, 1], 1 <= max_tokens <= context)."""
-        if not (math.isfinite(sampling.temperature) and sampling.temperature >= 0):
+        """The engine's rules (``saguaro.request_rules``: temperatures finite and >= 0, top_p in
+        (0, 1] once the wire's 0 = off is read), and 1 <= max_tokens <= context."""
+        if not valid_temperature(sampling.temperature):
             raise invalid(f"{prefix}temperature must be a finite number >= 0, got {sampling.temperature}",
                           f"{prefix}temperature")
-        if not (math.isfinite(sampling.top_p) and 0 <= sampling.top_p <= 1):
+        if not valid_top_p(top_p_from_proto(sampling.top_p)):
             raise invalid(f"{prefix}top_p must be in (0, 1] (0 also means off), got {sampling.top_p}", f"{prefix}top_p")
-        if sampling.HasField("draft_temperature") and not (
-                math.isfinite(sampling.draft_temperature) and sampling.draft_temperature >= 0):
+        if sampling.HasField("draft_temperature") and not valid_temperature(sampling.draft_temperature):
             raise invalid(f"{prefix}draft_temperature must be a finite number >= 0, got {sampling.draft_temperature}",
                           f"{prefix}draft_temperature")
         if sampling.HasField("max_tokens"):
@@ -165,6 +161,14 @@ class Preparer:
         return Dispatch(request=request, client_id=client_id, block_hashes=hashes,
                         deadline=time.monotonic() + timeout_s, api=api, metadata=span.forward_metadata(),
                         prompt_tokens=len(prompt_ids), span=span)
+
+
+def check_vocabulary(what: str, ids: Iterable[int], vocab_size: int, param: str) -> None:
+    """``saguaro.request_rules.check_token_ids`` as the gateway's refusal, naming ``param``."""
+    try:
+        check_token_ids(what, ids, vocab_size)
+    except InvalidRequestError as exc:
+        raise invalid(str(exc), param) from None
 
 
 def scoped_request_id(owner: str | None, request_id: str) -> str:

@@ -16,7 +16,8 @@ import grpc
 
 from saguaro.detokenizer import IncrementalDetokenizer
 from saguaro.errors import InvalidRequestError
-from saguaro.sampling import SamplingParams
+from saguaro.request_rules import top_p_from_proto
+from saguaro.sampling import DEFAULT_MAX_TOKENS, SamplingParams
 from saguaro.services.target.loop import EngineLoop, Final, LoopStopped
 from saguaro.telemetry.requests import RequestRecord, RequestTelemetry
 from saguaro.telemetry.requests import error_type as request_error_type
@@ -25,7 +26,6 @@ from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
 from saguaro.wire import DTYPE_NAMES, FINISH_TO_PROTO, MODE_TO_PROTO, PROTO_TO_MODE, speculation_to_proto
 
-DEFAULT_MAX_TOKENS = 64  # a request without sampling.max_tokens gets this many tokens at most
 RETRY_AFTER_S = 1  # sent with a Generate refused for want of a stream slot
 
 
@@ -46,12 +46,13 @@ def sampling_from_proto(sampling: pb.SamplingParams, decode_mode: int, server_mo
     params = SamplingParams(
         max_tokens=sampling.max_tokens if sampling.HasField("max_tokens") else DEFAULT_MAX_TOKENS,
         temperature=sampling.temperature,
-        top_p=sampling.top_p if sampling.top_p != 0 else 1.0,
+        top_p=top_p_from_proto(sampling.top_p),
         top_k=sampling.top_k,
         seed=sampling.seed if sampling.HasField("seed") else None,
         stop_token_ids=list(sampling.stop_token_ids),
         ignore_eos=sampling.ignore_eos,
         mode="ar" if mode == "ar" else None,
+        draft_temperature=sampling.draft_temperature if sampling.HasField("draft_temperature") else None,
     )
     params.validate()
     return params
