@@ -245,7 +245,8 @@ class DraftProposer:
             t = s.params.temperature
             rows.append(pb.SpeculateRow(
                 seq_id=s.seq_id, n_prev=view.n_prev, recovery_token=s.token_ids[-1], committed_len=c,
-                committed_tokens=s.token_ids[view.seen : c], draft_temperature=t, target_temperature=t,
+                committed_tokens=s.token_ids[view.seen : c], draft_temperature=s.params.proposal_temperature,
+                target_temperature=t,
             ))
             view.seen = c
             view.n_prev = NO_PREVIOUS_ROUND  # until this round's outcome is observed
