@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from saguaro.services.target.health import target_health
 from saguaro.telemetry import tracing
 from saguaro.telemetry.exposition import MetricsServer, start_metrics_server
 from saguaro.telemetry.metrics import DraftMetrics, TargetMetrics
@@ -39,20 +40,11 @@ class TargetTelemetry:
             self.metrics.watch(engine, lambda: loop.load)
 
     def serve(self, port: int, host: str, loop: Any) -> MetricsServer | None:
-        """``/metrics`` and ``/healthz`` on ``port`` (0: off)."""
+        """``/metrics`` and ``/healthz`` on ``port`` (0: off); ``/healthz`` says what the Health
+        RPC says (``target_health``)."""
         if self.registry is None:
             return None
-        engine = loop.engine
-
-        def health() -> tuple[bool, str]:
-            if not loop.alive:
-                return False, "not serving: the engine loop is not running"
-            proposer = getattr(engine, "proposer", None)
-            if proposer is not None and proposer.channel is None:
-                return True, "degraded: draft unavailable, decoding without speculation"
-            return True, "serving"
-
-        self.server = start_metrics_server(self.registry, port, host, health)
+        self.server = start_metrics_server(self.registry, port, host, lambda: target_health(loop).healthz())
         return self.server
 
 

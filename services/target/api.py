@@ -18,6 +18,7 @@ from saguaro.detokenizer import IncrementalDetokenizer
 from saguaro.errors import InvalidRequestError
 from saguaro.request_rules import top_p_from_proto
 from saguaro.sampling import DEFAULT_MAX_TOKENS, SamplingParams
+from saguaro.services.target.health import target_health
 from saguaro.services.target.loop import EngineLoop, Final, LoopStopped
 from saguaro.telemetry.requests import RequestRecord, RequestTelemetry
 from saguaro.telemetry.requests import error_type as request_error_type
@@ -160,19 +161,11 @@ class InferenceService(pb_grpc.InferenceServicer):
             return pb.AbortResponse(found=False)
 
     def Health(self, request: pb.HealthRequest, context) -> pb.HealthResponse:
-        proposer = self.engine.proposer
-        connected = proposer is not None and proposer.channel is not None
-        if not self.loop.alive:
-            state = dict(status=pb.SERVING_STATUS_NOT_SERVING, mode=MODE_TO_PROTO[self.mode],
-                         message="the engine loop is not running")
-        elif self.mode != "ar" and not connected:
-            state = dict(status=pb.SERVING_STATUS_DEGRADED, draft_connected=False, mode=pb.DECODE_MODE_AR,
-                         message="draft unavailable, decoding without speculation")
-        else:
-            state = dict(status=pb.SERVING_STATUS_SERVING, draft_connected=connected, mode=MODE_TO_PROTO[self.mode])
+        health = target_health(self.loop)
         load = self.loop.load
         return pb.HealthResponse(
-            **state, num_running=load.num_running, num_waiting=load.num_waiting,
+            status=health.status, draft_connected=health.draft_connected, mode=health.mode, message=health.message,
+            num_running=load.num_running, num_waiting=load.num_waiting,
             kv_cache_usage=load.kv_cache_usage, max_num_seqs=self.engine.config.max_num_seqs,
             prefix_cache_queried_tokens=load.prefix_cache_queried_tokens,
             prefix_cache_hit_tokens=load.prefix_cache_hit_tokens)
