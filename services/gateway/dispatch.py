@@ -144,7 +144,7 @@ class Dispatcher:
         failed, request = live.target, dispatch.request
         live.target, live.call = None, None
         self._target_failed(failed, code)
-        count = len(progress.token_ids)
+        count = len(progress.output.token_ids)
         why = f"target {failed.address} failed mid-stream after {count} tokens ({code.name}: {details})"
         if code not in RETRYABLE:  # DEADLINE_EXCEEDED: the request's time is up
             return None, self._failed_final(request.request_id, dispatch.prompt_tokens, count, code, why)
@@ -157,7 +157,7 @@ class Dispatcher:
                                             f"{progress.migrations} times (--max-migrations "
                                             f"{self.config.max_migrations})")
         progress.migrations += 1
-        request.resume.CopyFrom(progress.resume())
+        request.resume.CopyFrom(progress.output.resume())
         dispatch.block_hashes = routing_hashes(resumed_prompt(request), self.config.block_size,
                                                self.config.max_prefix_blocks)
         dispatch.attempts = 0

@@ -5,28 +5,29 @@ target with ``GenerateRequest.resume`` set to it. The target then decodes after 
 tokens, counts them against ``max_tokens``, continues the offsets and the text exactly where the
 broken stream stopped, and reports usage for the whole request (inference.proto, ``Resume``), so
 the client sees one uninterrupted stream: at temperature 0 token-for-token what an unbroken run
-gives. This module holds the bookkeeping; ``Dispatcher`` decides when to migrate.
+gives. This module holds the gateway's bookkeeping (what was relayed: ``saguaro.resume``);
+``Dispatcher`` decides when to migrate.
 """
 
 from __future__ import annotations
 
 import time
 
+from saguaro.resume import ReceivedOutput
 from saguaro.v1 import inference_pb2 as pb
 
 OUTCOMES = ("resumed", "exhausted", "failed", "unsupported")  # saguaro_gateway_migrations_total{outcome}
 
 
 class Progress:
-    """What the client holds of one request's output: the tokens and text relayed, after those
-    it brought itself (a client resuming through the gateway)."""
+    """One relayed request as the gateway sees it: what the client holds of its output (the
+    tokens and text relayed, after those it brought itself when resuming through the gateway),
+    when the first of it went out, and how often it migrated."""
 
-    __slots__ = ("first_token_at", "migrations", "texts", "token_ids")
+    __slots__ = ("first_token_at", "migrations", "output")
 
     def __init__(self, request: pb.GenerateRequest):
-        resume = request.resume if request.HasField("resume") else None
-        self.token_ids: list[int] = list(resume.token_ids) if resume is not None else []
-        self.texts: list[str] = [resume.text] if resume is not None and resume.text else []
+        self.output = ReceivedOutput.of_request(request)
         self.first_token_at: float | None = None  # time.perf_counter() of the first message relayed
         self.migrations = 0
 
@@ -35,18 +36,12 @@ class Progress:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         if message.HasField("delta"):
-            delta = message.delta
-            self.token_ids.extend(delta.token_ids)
-            if delta.text:
-                self.texts.append(delta.text)
-
-    def resume(self) -> pb.Resume:
-        return pb.Resume(token_ids=self.token_ids, text="".join(self.texts))
+            self.output.add(message.delta)
 
     def continues(self, message: pb.GenerateResponse) -> bool:
         """The first message of a resumed stream picks up at our offset (a target that ignores
         ``resume`` restarts at 0: its tokens would repeat)."""
-        return not message.HasField("delta") or message.delta.offset == len(self.token_ids)
+        return not message.HasField("delta") or self.output.continues(message.delta)
 
     def finish(self, final: pb.GenerateFinal, arrival: float) -> None:
         """After a migration the target's timings cover only its own part: report the whole

@@ -17,6 +17,7 @@ import grpc
 from saguaro.detokenizer import IncrementalDetokenizer
 from saguaro.errors import InvalidRequestError
 from saguaro.request_rules import top_p_from_proto
+from saguaro.resume import ReceivedOutput
 from saguaro.sampling import DEFAULT_MAX_TOKENS, SamplingParams
 from saguaro.services.target.health import target_health
 from saguaro.services.target.loop import EngineLoop, Final, LoopStopped
@@ -122,16 +123,14 @@ class InferenceService(pb_grpc.InferenceServicer):
 
     def _generate(self, request: pb.GenerateRequest, context, record: RequestRecord):
         arrival, request_id = record.arrival, record.request_id
-        resume = request.resume if request.HasField("resume") else None
+        received = ReceivedOutput.of_request(request)  # a resumed stream continues after it
         try:
             with self._tokenizer_lock:
                 prompt = prompt_from_proto(request, self.tokenizer)
             params = sampling_from_proto(request.sampling, request.decode_mode, self.mode)
-            text = (IncrementalDetokenizer(self.tokenizer, self._tokenizer_lock, resume.token_ids if resume else (),
-                                           resume.text if resume else "")
+            text = (IncrementalDetokenizer(self.tokenizer, self._tokenizer_lock, received.token_ids, received.text)
                     if self.tokenizer is not None else None)
-            handle = self.loop.submit(request_id, prompt, params, arrival, record.span_context,
-                                      resume.token_ids if resume is not None else ())
+            handle = self.loop.submit(request_id, prompt, params, arrival, record.span_context, received.token_ids)
             record.admitted(len(prompt), params)
         except InvalidRequestError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
