@@ -1,0 +1,112 @@
+"""The blocking client: ``Client`` (see the package docstring and docs/client.md)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+
+from saguaro.client.errors import ServiceError, ServiceUnavailableError, service_error
+from saguaro.client.requests import generate_request
+from saguaro.client.results import GenerateResult, health_json, load_json, model_info_json
+from saguaro.client.settings import ClientSettings
+from saguaro.client.streams import GenerateStream
+from saguaro.v1 import inference_pb2 as pb
+from saguaro.v1 import inference_pb2_grpc as pb_grpc
+
+
+class Client:
+    """A connection to a Saguaro inference endpoint ("host:port" or "unix:/path").
+
+    ``timeout`` (seconds) is the default deadline of a whole Generate call (retries included);
+    ``call_timeout`` that of the small calls (Abort, Health, ModelInfo). ``retries``: extra
+    attempts for a request refused before its first token (UNAVAILABLE, RESOURCE_EXHAUSTED),
+    after ``retry_backoff_s`` doubling per attempt or the server's ``retry-after``, capped at
+    ``max_retry_delay_s``. ``resumes``: times a stream that lost its server after it began
+    (UNAVAILABLE) is sent again with ``resume`` = what arrived, continuing where it broke off
+    (each such submission retried like a new request; 0: never). ``api_key``: sent as
+    ``authorization: Bearer``. TLS: see the package docstring.
+    """
+
+    def __init__(self, address: str, timeout: float | None = 600.0, call_timeout: float = 10.0, *,
+                 api_key: str | None = None, tls: bool = False, root_certificates: bytes | str | None = None,
+                 client_certificate: bytes | str | None = None, client_key: bytes | str | None = None,
+                 retries: int = 2, retry_backoff_s: float = 0.1, max_retry_delay_s: float = 5.0, resumes: int = 2):
+        self._settings = ClientSettings(address, timeout, call_timeout, api_key, tls, root_certificates,
+                                        client_certificate, client_key, retries, retry_backoff_s, max_retry_delay_s,
+                                        resumes)
+        self.address = address
+        self.timeout = timeout
+        self.call_timeout = call_timeout
+        credentials = self._settings.credentials
+        self._channel = (grpc.secure_channel(address, credentials) if credentials is not None
+                         else grpc.insecure_channel(address))
+        self._stub = pb_grpc.InferenceStub(self._channel)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # -- Generate ------------------------------------------------------------------------------
+    def stream(self, prompt: str | list[int], *, timeout: float | None = None, **options: Any) -> GenerateStream:
+        """Start a request; iterate the result for deltas. Options: ``max_tokens`` (None: the
+        server's default), ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop_token_ids``,
+        ``ignore_eos``, ``draft_temperature``, ``mode`` ("ar" opts out of speculation; "sd",
+        "ssd"), ``request_id`` (for ``abort``), ``stream_tokens_individually``; ``timeout``
+        overrides the client's deadline."""
+        request, prompt_ids = generate_request(prompt, **options)
+        return GenerateStream(self._stub, request, self._settings, timeout, prompt_ids)
+
+    def generate(self, prompt: str | list[int], **options: Any) -> GenerateResult:
+        """Run one request to completion (same options as ``stream``)."""
+        stream = self.stream(prompt, **options)
+        for _ in stream:
+            pass
+        return stream.result
+
+    # -- small calls ---------------------------------------------------------------------------
+    def _unary(self, method, request, timeout: float | None):
+        deadline = self.call_timeout if timeout is None else timeout
+        try:
+            return method(request, timeout=deadline, metadata=self._settings.metadata() or None)
+        except grpc.RpcError as exc:
+            raise service_error(exc, self.address, deadline) from None
+
+    def abort(self, request_id: str, timeout: float | None = None) -> bool:
+        """True if the request was running (its stream ends with finish_reason "abort")."""
+        return self._unary(self._stub.Abort, pb.AbortRequest(request_id=request_id), timeout).found
+
+    def health(self, timeout: float | None = None) -> dict[str, Any]:
+        """Status, mode and whether the draft is connected."""
+        return health_json(self._unary(self._stub.Health, pb.HealthRequest(), timeout))
+
+    def load(self, timeout: float | None = None) -> dict[str, Any]:
+        """Load from Health: running and waiting requests, KV-cache usage, prefix-cache counters
+        (a gateway sums its healthy targets')."""
+        return load_json(self._unary(self._stub.Health, pb.HealthRequest(), timeout))
+
+    def model_info(self, timeout: float | None = None) -> dict[str, Any]:
+        return model_info_json(self._unary(self._stub.ModelInfo, pb.ModelInfoRequest(), timeout))
+
+    def wait_until_ready(self, timeout: float = 60.0, want: tuple[str, ...] = ("serving",)) -> dict[str, Any]:
+        """Poll Health until its status is in ``want``; raises ServiceUnavailableError on timeout."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] | str = "no answer"
+        while True:
+            try:
+                health = self.health(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+                if health["status"] in want:
+                    return health
+                last = health
+            except ServiceError as exc:
+                last = str(exc)
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailableError(f"{self.address} is not ready after {timeout:.0f} s (last health: {last})",
+                                              "UNAVAILABLE")
+            time.sleep(0.1)
