@@ -12,7 +12,9 @@ One round, from the draft's side (docs/speculation.md, "One round"):
    ``[r, s_1..s_K]``, fork the top-F_j tokens of glue row j (excluding s_{j+1} for j < K), run
    a K-step tree decode of the forks, and store each branch under its outcome key.
 
-In synchronous SD mode (``build_cache=False``) only step 1 runs, always with JIT.
+In synchronous SD mode (``build_cache=False``) only step 1 runs, always with JIT. Every draft
+token of either step is drawn by ``ProposalSampler`` (``sampler.py``); what the worker keeps per
+sequence and per answered row is in ``sequences.py``.
 """
 
 from __future__ import annotations
@@ -21,63 +23,35 @@ import dataclasses
 import functools
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 
-from saguaro.cache import BlockTable
 from saguaro.config import EngineConfig
 from saguaro.kernels.fork import fork_candidates
 from saguaro.kernels.tree_attention import TreeStep, tree_attention
 from saguaro.model_runner import CausalChunk, ModelRunner
 from saguaro.sampling import role_seed
-from saguaro.speculative import proposal_codec
-from saguaro.speculative.fanout import placeholder_fan_out, scale_fan_out, select_fan_out, shorten_fan_out
-from saguaro.speculative.verification import proposal_probs
-from saguaro.v1 import speculation_pb2 as pb
 from saguaro.services.draft.policy import RoundEconomics, TreeBudget
+from saguaro.services.draft.sampler import ProposalSampler
+from saguaro.services.draft.sequences import DraftSequence, PendingRow
 from saguaro.services.draft.speculation_cache import CachedDraft, SpeculationCache
 from saguaro.services.draft.tree import TreeRound, tree_scratch_slots
+from saguaro.speculative import proposal_codec
+from saguaro.speculative.fanout import placeholder_fan_out, scale_fan_out, select_fan_out, shorten_fan_out
 from saguaro.speculative.settings import DraftSettings
 from saguaro.telemetry.attributes import BACKUP_SPAN, FORK_SPAN, GLUE_SPAN, LOOKUP_SPAN, TREE_SPAN
 from saguaro.telemetry.draft import DraftRoundTrace, round_trace
+from saguaro.v1 import speculation_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DraftSequence:
-    """Committed tokens (as the target told us) and the tokens whose KV our cache holds.
-
-    Invariant between rounds: ``kv_tokens`` agrees with ``tokens`` on their common length,
-    so a new commit only needs comparing over the few tokens it added.
-    """
-
-    seq_id: int
-    tokens: list[int]
-    generator: torch.Generator
-    kv_tokens: list[int] = field(default_factory=list)
-    table: BlockTable = field(default_factory=BlockTable)
-    depth: int = 0  # tokens of the last proposal sent for it (0: none yet)
-
-
-@dataclass
-class PendingRow:
-    """A row answered this round, which ``build`` will extend into cache entries."""
-
-    seq: DraftSequence
-    recovery: int
-    proposal: list[int]
-    hit: bool
-    draft_temperature: float
-    ship_probs: bool
-    placeholder: bool = False  # a fast backup's tokens: the target keeps none of them (n = 0)
 
 
 class DraftWorker:
     def __init__(self, runner: ModelRunner, settings: DraftSettings, build_cache: bool = True):
         self.runner = runner
         self.settings = settings
+        self.sampler = ProposalSampler(runner, settings)
         self.build_cache = build_cache
         self.sequences: dict[int, DraftSequence] = {}
         self.cache = SpeculationCache()
@@ -288,7 +262,7 @@ class DraftWorker:
         plans = [p for _, p in misses]
         if use_jit:
             started = time.perf_counter()
-            tokens, probs = self._jit(plans, k)
+            tokens, probs = self.sampler.jit(plans, k)
             self.economics.observe_jit((time.perf_counter() - started) / k)
         else:
             tokens = [torch.randint(0, self.runner.vocab_size, (k,), generator=p.seq.generator) for p in plans]
@@ -309,51 +283,6 @@ class DraftWorker:
         if policy == pb.BACKUP_POLICY_ADAPTIVE:
             return self.economics.use_jit(batch_size, self.settings.jit_max_batch_size, depth)
         return policy != pb.BACKUP_POLICY_FAST
-
-    def _jit(self, plans: list[PendingRow], k: int) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-        """Ordinary SD drafting for the given rows: ``k`` sequential draft steps from r."""
-        seqs = [p.seq for p in plans]
-        temps = torch.tensor([p.draft_temperature for p in plans])
-        gens = [s.generator for s in seqs]
-        chunks = [CausalChunk(s.table.blocks, len(s.kv_tokens), s.tokens[len(s.kv_tokens) :] + [p.recovery])
-                  for s, p in zip(seqs, plans)]
-        steps_tokens, steps_probs = [], []
-        for step in range(k):
-            with self.runner.device_step():
-                logits = self.runner.run_causal(chunks)
-                tokens, probs = self._sample(logits[:, None, :], temps, gens)
-            steps_tokens.append(tokens[:, 0])
-            steps_probs.append(probs)
-            for s, c in zip(seqs, chunks):
-                s.kv_tokens.extend(c.token_ids)
-            if step + 1 < k:
-                chunks = [CausalChunk(s.table.blocks, len(s.kv_tokens), [t]) for s, t in zip(seqs, tokens[:, 0].tolist())]
-        tokens = torch.stack(steps_tokens, dim=1)
-        if steps_probs[0] is None:
-            return list(tokens), [None] * len(plans)
-        probs = torch.cat(steps_probs, dim=1)
-        return list(tokens), [probs[i] if temps[i] > 0 else None for i in range(len(plans))]
-
-    def _sample(
-        self, logits: torch.Tensor, temps: torch.Tensor, gens: list[torch.Generator]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Sample [B, X] tokens from [B, X, V] logits; rows with temperature 0 take the argmax.
-
-        Sampled rows draw from the canonical proposal q (the one the verifier reconstructs),
-        by an exponential race with noise from the sequence's own generator. Returns the
-        tokens and, if any row samples, the [B, X, V] distributions (one-hot rows unused).
-        """
-        tokens = logits.argmax(dim=-1)
-        sampled = (temps > 0).nonzero().flatten().tolist()
-        if not sampled:
-            return tokens, None
-        settings = self.settings
-        q = proposal_probs(logits, temps, fan_out=settings.fan_out, downweight=settings.downweight)
-        q = proposal_codec.canonical(q, settings.probs_dtype)
-        # each row's noise from its own generator (reproducible per sequence), one race for all rows
-        noise = torch.stack([torch.empty(q.shape[1:]).exponential_(generator=gens[i]) for i in sampled])
-        tokens[sampled] = (q[sampled] / noise).argmax(dim=-1)
-        return tokens, q
 
     # -- build (off the critical path) -----------------------------------------------------
     def build(self) -> None:
@@ -412,7 +341,7 @@ class DraftWorker:
                 attend = None if self.runner.graphs is not None else functools.partial(
                     tree_attention, tree=layout and dataclasses.replace(layout, step=step))
                 logits = self.runner.forward(current.reshape(-1), positions, meta, attention=attend).view(batch, m, -1)
-                current, probs = self._sample(logits, temps, gens)
+                current, probs = self.sampler.sample(logits, temps, gens)
             tree_tokens.append(current)
             tree_probs.append(probs)
         self.tree_budget.observe(batch, m, k, forked - start, time.perf_counter() - forked)
