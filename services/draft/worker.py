@@ -37,10 +37,10 @@ from saguaro.speculative.verification import proposal_probs
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.services.draft.policy import RoundEconomics, TreeBudget
 from saguaro.services.draft.speculation_cache import CachedDraft, SpeculationCache
+from saguaro.services.draft.telemetry import DraftRoundTrace, round_trace
 from saguaro.services.draft.tree import TreeRound, tree_scratch_slots
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.telemetry.attributes import BACKUP_SPAN, FORK_SPAN, GLUE_SPAN, LOOKUP_SPAN, TREE_SPAN
-from saguaro.telemetry.draft import DraftRoundTrace, round_trace
 
 log = logging.getLogger(__name__)
 

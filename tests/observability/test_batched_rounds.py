@@ -15,9 +15,9 @@ from saguaro.config import EngineConfig
 from saguaro.sampling import SamplingParams
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.target.local import speculative_engine
+from saguaro.services.target.request_telemetry import RequestTelemetry
 from saguaro.telemetry import attributes as A
 from saguaro.telemetry import tracing
-from saguaro.telemetry.requests import RequestTelemetry
 from saguaro.telemetry.rounds import RoundTelemetry
 from saguaro.v1 import speculation_pb2 as pb
 
