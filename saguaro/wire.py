@@ -1,0 +1,1 @@
+HEARTBEAT_S = 2.0  # a watch stream with no events still sends a batch this often
