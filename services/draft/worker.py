@@ -25,15 +25,15 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from saguaro.attention.tree_attention import TreeStep, tree_attention
 from saguaro.cache import BlockTable
 from saguaro.config import EngineConfig
-from saguaro.kernels.fork import fork_candidates
-from saguaro.kernels.tree_attention import TreeStep, tree_attention
 from saguaro.model_runner import CausalChunk, ModelRunner
 from saguaro.sampling import role_seed
 from saguaro.speculative import proposal_codec
+from saguaro.speculative.distributions import proposal_probs
 from saguaro.speculative.fanout import placeholder_fan_out, scale_fan_out, select_fan_out, shorten_fan_out
-from saguaro.speculative.verification import proposal_probs
+from saguaro.speculative.fork import fork_candidates
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.services.draft.policy import RoundEconomics, TreeBudget
 from saguaro.services.draft.speculation_cache import CachedDraft, SpeculationCache
