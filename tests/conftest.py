@@ -53,7 +53,7 @@ def model_dirs(tmp_path_factory) -> dict[str, str]:
 # Whole folders that belong to one tier (docs/testing.md); marked here so that a test added to
 # one of them joins its tier without a decorator.
 TESTS = Path(__file__).resolve().parent
-TIER_OF_FOLDER = {"chaos": "chaos", "soak": "slow", "fuzz": "fuzz", "helm": "helm"}
+TIER_OF_FOLDER = {"chaos": "chaos", "soak": "slow", "parallel": "slow", "fuzz": "fuzz", "helm": "helm"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
