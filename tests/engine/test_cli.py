@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from saguaro import LLM, SamplingParams
+
+pytestmark = pytest.mark.slow  # each test starts the saguaro command in a new interpreter
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -68,6 +68,7 @@ def test_fork_matches_reference(launches, batch, k, vocab, dtype, per_row, data)
     assert torch.equal(got[1], expected[1])
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None, derandomize=True)
 @given(
     batch=st.integers(1, 3),

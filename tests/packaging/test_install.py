@@ -7,6 +7,10 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # builds fresh virtual environments and installs into them
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -26,6 +26,7 @@ def _run_from_repo_root(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_transformers_loads_its_kernels_integration_from_the_repo_root():
     proc = _run_from_repo_root(
         "import transformers.integrations.hub_kernels; from transformers import AutoTokenizer; print('ok')")

@@ -206,6 +206,7 @@ def test_hit_rate_weighs_each_outcome_by_its_chance_at_the_depth():
     assert model.hit_rate(1) < 1.0
 
 
+@pytest.mark.slow
 def test_ssd_rounds_go_shallower_when_draft_steps_are_slow_and_stay_exact(model_dirs):
     """Draft steps padded to 5 ms against 20 ms target steps: SSD beats plain decoding, but its
     build of K = 4 (5 steps, 25 ms) outlasts the verify, so after measuring, SSD rounds propose
