@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from fuzz.support import BODIES, JSON, MODEL_NAME, fuzz_settings, mostly
 from saguaro.services.gateway.errors import GatewayError
 from saguaro.services.gateway.openai_schema import parse_request
-from saguaro.wire import MODE_TO_PROTO
 from saguaro.services.gateway.prepare import Preparer
 from saguaro.v1 import inference_pb2 as pb
+from saguaro.wire import MODE_TO_PROTO
 
 
 def check_parsed_or_refused(kind: str, body, preparer: Preparer) -> None:
