@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from saguaro.speculative.backup import Backup
 from saguaro.telemetry import attributes as A
 from saguaro.telemetry import tracing
 
@@ -162,8 +163,8 @@ class RoundTelemetry:
             hits = 0
             for p in proposals.values():
                 hits += p.hit
-                t.jit += p.backup == 1
-                t.fast += p.backup == 2
+                t.jit += p.backup == Backup.JIT
+                t.fast += p.backup == Backup.FAST
             t.hits += hits
             t.misses += n_prop - hits
         if timings is not None:
@@ -192,7 +193,7 @@ class RoundTelemetry:
             A.SSD_ROWS_SEQ_ID: ids,
             A.SSD_ROWS_ACCEPTED: [outcome.get(sid, -1) for sid in ids],
             A.SSD_ROWS_HIT: [p is not None and p.hit for p in rows],
-            A.SSD_ROWS_BACKUP: [A.BACKUP_NAMES.get(p.backup, "none") if p is not None else "none" for p in rows],
+            A.SSD_ROWS_BACKUP: [p.backup.label if p is not None else Backup.NONE.label for p in rows],
             A.SSD_DRAFT_TIME: draft_time,
             A.SSD_VERIFY_TIME: verify_time,
             A.SSD_SEQ_ID: trace.primary,
@@ -203,9 +204,9 @@ class RoundTelemetry:
         if primary is not None:
             n = outcome.get(trace.primary, 0)
             attrs.update({A.SSD_ACCEPTED: n, A.SSD_BONUS: n == k, A.SSD_CACHE_HIT: bool(primary.hit),
-                          A.SSD_BACKUP: A.BACKUP_NAMES.get(primary.backup, "none")})
+                          A.SSD_BACKUP: primary.backup.label})
         else:
-            attrs[A.SSD_BACKUP] = "none"
+            attrs[A.SSD_BACKUP] = Backup.NONE.label
             attrs[A.SSD_FALLBACK] = any(s.seq_id == trace.primary for s in spec)
         if timings is not None:
             attrs.update({

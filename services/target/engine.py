@@ -28,8 +28,9 @@ from saguaro.services.target.governor import SpeculationGovernor
 from saguaro.speculative.costs import bucket_of
 from saguaro.services.target.lookahead import Acceptance, DepthModel, LookaheadModel, SSDRound
 from saguaro.services.target.proposer import DraftProposer, Proposal
-from saguaro.services.target.stats import SpecStats
 from saguaro.services.target.verifier import verify_rows
+from saguaro.speculative.backup import Backup
+from saguaro.speculative.stats import SpecStats
 
 MODES = ("ar", "sd", "ssd")
 
@@ -231,7 +232,7 @@ class SpeculativeEngine(LLMEngine):
         if not props:
             return
         k = len(props[0].tokens)
-        self.acceptance.observe([n for p, n in zip(props, accepted) if p.backup != 2], k)
+        self.acceptance.observe([n for p, n in zip(props, accepted) if p.backup != Backup.FAST], k)
         timings = self.proposer.last_timings
         if timings is None:
             return
@@ -248,7 +249,7 @@ class SpeculativeEngine(LLMEngine):
                 self.ssd_depth.observe_lookup(*previous[seq.seq_id], prop.hit)
         misses = sum(not p.hit for p in props)
         self.ssd_depth.observe_round(SSDRound(batch_size, k, round_time, verify_time, draft_time, backup_s, misses,
-                                              sum(p.backup == 2 for p in props), build_s, since_reply))
+                                              sum(p.backup == Backup.FAST for p in props), build_s, since_reply))
         self._ssd_outcomes = {seq.seq_id: (n, k) for seq, n in zip(seqs, accepted)}
         self._last_ssd_round = (batch_size, k)
 
@@ -273,8 +274,8 @@ class SpeculativeEngine(LLMEngine):
             else:
                 stats.cache_hits += proposal.hit
                 stats.cache_misses += not proposal.hit
-                stats.backups_jit += proposal.backup == 1
-                stats.backups_fast += proposal.backup == 2
+                stats.backups_jit += proposal.backup == Backup.JIT
+                stats.backups_fast += proposal.backup == Backup.FAST
             self.proposer.observe(seq, accepted)
         before = seq.num_output_tokens
         self.commit(seq, seq.num_tokens + accepted, new_tokens)

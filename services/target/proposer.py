@@ -33,6 +33,7 @@ from saguaro.sequence import Sequence
 from saguaro.services.draft.settings import DraftSettings
 from saguaro.services.target.channels import DraftChannel
 from saguaro.speculative import proposal_codec
+from saguaro.speculative.backup import Backup
 from saguaro.v1 import speculation_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class Proposal:
     probs: torch.Tensor | None  # [K, V] canonical proposal law, when the row samples
     is_sample: bool
     hit: bool
-    backup: int
+    backup: Backup  # how the draft served a miss (NONE: from its cache)
 
 
 @dataclass
@@ -274,7 +275,7 @@ class DraftProposer:
                     continue
             elif row.proposal_is_sample and s.params.temperature > 0:
                 continue  # a sampled proposal without its law cannot be verified exactly
-            out[s.seq_id] = Proposal(tokens, probs, row.proposal_is_sample, row.hit, row.backup)
+            out[s.seq_id] = Proposal(tokens, probs, row.proposal_is_sample, row.hit, Backup(row.backup))
         return out
 
     def observe(self, seq: Sequence, accepted: int) -> None:

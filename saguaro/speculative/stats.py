@@ -1,4 +1,8 @@
-"""Speculation statistics, per request and per engine."""
+"""Speculation statistics: what a request reports about its rounds.
+
+``SpecStats`` is the only per-request record of speculation; the target's engine fills it each
+round and the request's reply carries it as JSON (docs/speculation.md, "One round").
+"""
 
 from __future__ import annotations
 
