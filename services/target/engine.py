@@ -77,7 +77,7 @@ class SpeculativeEngine(LLMEngine):
         self._ssd_outcomes: dict[int, tuple[int, int]] = {}  # per row of the last SSD round: (n, depth)
         self._last_ssd_round: tuple[int, int] | None = None  # (rows, depth) of the last round, if SSD
         self._last_reply_at = 0.0  # when the last round's draft reply came
-        # Per-round metrics and spans (saguaro.telemetry.rounds.RoundTelemetry), set by the
+        # Per-round metrics and spans (services/target/round_telemetry.py), set by the
         # service; None costs a round nothing.
         self.telemetry = None
         if mode != "ar":
