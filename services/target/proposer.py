@@ -88,7 +88,6 @@ class DraftProposer:
         self._down_since: float | None = None
         self.failures = 0
         self.draft_model: pb.ModelFacts | None = None  # the connected draft's facts (from the handshake)
-        self.last_build_s = 0.0  # the draft's cache-build time it reported with its last reply
         self.last_timings: pb.DraftTimings | None = None  # all the draft's timings of its last reply
         self.reply_s: float | None = None  # recent time from request to reply (EMA), for the soft deadline
         self.late_replies = 0  # rounds that went ahead without their reply
@@ -246,7 +245,6 @@ class DraftProposer:
         if responses is None:
             return {}
         reply = responses[-1].speculate
-        self.last_build_s = reply.timings.prev_build_us / 1e6
         self.last_timings = reply.timings
         if len(reply.rows) != len(seqs):
             self._mark_down(f"reply has {len(reply.rows)} rows for {len(seqs)} sequences")
