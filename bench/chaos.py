@@ -1,4 +1,4 @@
-"""Chaos: every fault of ``saguaro.loadtest.FAULT_PLAN`` under load, counted per fault.
+"""Chaos: every fault of ``saguaro_loadtest.faults.FAULT_PLAN`` under load, counted per fault.
 
 What ``tests/chaos/test_faults.py`` runs once, ``--rounds`` times, each round on a fresh stack
 (redis-server, two draft + SSD target pairs, a gateway; all child processes) with its own seeds
@@ -23,18 +23,12 @@ from pathlib import Path
 
 from common import markdown_table, pin_threads
 
-from saguaro.loadtest import (
-    FAULT_PLAN,
-    OUTCOMES,
-    Stack,
-    StackSpec,
-    Workload,
-    fault_name,
-    prompt_pool,
-    reference_outputs,
-    run_fault,
-    tiny_pair,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent / "harness"))  # saguaro_loadtest (docs/reliability.md)
+
+from saguaro_loadtest.faults import FAULT_PLAN, fault_name, run_fault  # noqa: E402
+from saguaro_loadtest.load import OUTCOMES  # noqa: E402
+from saguaro_loadtest.stack import Stack, StackSpec  # noqa: E402
+from saguaro_loadtest.workload import Workload, prompt_pool, reference_outputs, tiny_pair  # noqa: E402
 
 TEST_SEED = 20260  # tests/chaos/test_faults.py
 MAX_TOKENS = 24

@@ -44,7 +44,7 @@ def on_device(meta, device: torch.device):
 
 def store_kv_case(tokens: int, kv_heads: int, dim: int, dtype: torch.dtype, label: str) -> Case:
     from saguaro.attention import AttentionMetadata
-    from saguaro.kernels.kv_store import store_kv
+    from saguaro.attention.kv_store import store_kv
 
     dev = torch.device("cuda")
     slots = tokens * 4
@@ -64,8 +64,9 @@ def store_kv_case(tokens: int, kv_heads: int, dim: int, dtype: torch.dtype, labe
 
 
 def verify_case(batch: int, k: int, vocab: int) -> Case:
-    from saguaro.kernels.verify import fused_verify
-    from saguaro.speculative.verification import draw_verification_uniforms, proposal_probs
+    from saguaro.speculative.distributions import proposal_probs
+    from saguaro.speculative.fused_verify import fused_verify
+    from saguaro.speculative.verification import draw_verification_uniforms
 
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -84,7 +85,7 @@ def verify_case(batch: int, k: int, vocab: int) -> Case:
 
 
 def fork_case(batch: int, k: int, fan_out: int, vocab: int) -> Case:
-    from saguaro.kernels.fork import fork_candidates
+    from saguaro.speculative.fork import fork_candidates
 
     dev = torch.device("cuda")
     glue = torch.randn(batch, k + 1, vocab, device=dev)
@@ -100,7 +101,7 @@ def fork_case(batch: int, k: int, fan_out: int, vocab: int) -> Case:
 
 
 def tree_attention_case(batch: int, k: int, fan_out: int, context: int, heads: int, kv_heads: int, dim: int) -> Case:
-    from saguaro.kernels.tree_attention import TreeStep, tree_attention
+    from saguaro.attention.tree_attention import TreeStep, tree_attention
     from saguaro.services.draft.tree import tree_scratch_slots, tree_step_metadata
 
     dev, dtype, block_size = torch.device("cuda"), torch.bfloat16, 256

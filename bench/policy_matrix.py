@@ -98,7 +98,7 @@ def rehearsed_alternation(args, batch: int, prompts, profile, governor):
             engines[-1].timed(prompts, args.new_tokens)
         results = alternate(engines, prompts, args.new_tokens, args.repeats)
         adaptive = engines[-1]
-        depth_model = adaptive.engine.ssd_depth
+        depth_model = adaptive.engine.sizing.ssd_depth
         chosen = {b: depth_model.depths.get(b, depth_model.k_max) for b in sorted(depth_model.times)}
         return results, " ".join(f"b{b}: {k}/{adaptive.branches.get(b, '-')}" for b, k in chosen.items())
     finally:

@@ -42,7 +42,7 @@ def main() -> None:
             engine.timed(prompts, args.new_tokens)
             engine.timed(prompts, args.new_tokens)
         results = alternate(engines, prompts, args.new_tokens, args.repeats)
-        model = engines[1].engine.sd_lookahead
+        model = engines[1].engine.sizing.sd_lookahead
     finally:
         for engine in engines:
             engine.close()

@@ -1,6 +1,6 @@
 """Soak: N concurrent streaming clients for M minutes against a local stack, every output checked.
 
-The stack is real processes (``saguaro.loadtest.Stack``): redis-server, ``--pairs`` ×
+The stack is real processes (``saguaro_loadtest.stack.Stack``, bench/harness): redis-server, ``--pairs`` ×
 (``saguaro draft``, ``saguaro target --mode ssd``) and ``saguaro gateway`` in front, as
 ``saguaro up --redis-url`` runs them. ``--concurrency`` clients (the async SDK, one streamed
 message per token) send greedy requests one after another for ``--minutes``; every output is
@@ -26,18 +26,12 @@ from pathlib import Path
 
 from common import markdown_table, pin_threads
 
-from saguaro.loadtest import (
-    LoadGenerator,
-    RssSampler,
-    Stack,
-    StackSpec,
-    Workload,
-    prompt_pool,
-    reference_outputs,
-    scrape_metric,
-    summary,
-    tiny_pair,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent / "harness"))  # saguaro_loadtest (docs/reliability.md)
+
+from saguaro_loadtest.load import LoadGenerator, summary  # noqa: E402
+from saguaro_loadtest.measure import RssSampler, scrape_metric  # noqa: E402
+from saguaro_loadtest.stack import Stack, StackSpec  # noqa: E402
+from saguaro_loadtest.workload import Workload, prompt_pool, reference_outputs, tiny_pair  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -98,10 +98,10 @@ def run(engine, config: str, prompts, new_tokens: int, tracer, draft_pid: int) -
     from prometheus_client import CollectorRegistry
 
     from saguaro import SamplingParams
+    from saguaro.services.target.request_telemetry import RequestTelemetry
+    from saguaro.services.target.round_telemetry import RoundTelemetry
     from saguaro.telemetry import tracing
     from saguaro.telemetry.metrics import TargetMetrics
-    from saguaro.telemetry.requests import RequestTelemetry
-    from saguaro.telemetry.rounds import RoundTelemetry
 
     rounds = None
     if config != "baseline":  # (tracing is configured in this process, but only "traced" binds requests)
@@ -143,7 +143,7 @@ def draft_trace_cost(batch: int, k: int, n: int = 2000) -> float:
 
     from saguaro.telemetry import attributes as A
     from saguaro.telemetry import tracing
-    from saguaro.telemetry.draft import round_trace
+    from saguaro.services.draft.telemetry import round_trace
     from saguaro.v1 import speculation_pb2 as pb
 
     exporter = InMemorySpanExporter()

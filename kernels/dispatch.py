@@ -1,5 +1,10 @@
 """Which implementation of a kernel runs: the Triton kernel or its torch reference.
 
+The dispatch functions that apply this rule live beside their torch references
+(``saguaro.attention.kv_store``, ``saguaro.attention.tree_attention``,
+``saguaro.speculative.fused_verify``, ``saguaro.speculative.fork``); this module, like every
+module of ``saguaro.kernels``, imports nothing above it (docs/kernels.md).
+
 Production rule: Triton on CUDA tensors (when Triton is installed), the torch reference
 everywhere else — the reference *is* the CPU path of the engine, so CPU behaviour never
 depends on Triton being installed or even importable. ``backend="triton"`` forces the

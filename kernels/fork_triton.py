@@ -4,7 +4,7 @@ One program per (sequence, depth) streams its glue row once, keeping a running b
 list of F_max candidates in registers: each vocabulary tile is merged into the list by
 F_max extraction rounds (the better of the tile's best and the list's next entry), so the
 row is read from memory exactly once whatever F is. The ranking is the reference's
-:func:`~saguaro.speculative.verification.topk_indices` order — value descending by its
+:func:`~saguaro.speculative.distributions.topk_indices` order — value descending by its
 ordered fp32 bit pattern (-0.0 folded into +0.0, NaNs where their bits put them), ties to
 the lowest index — compared as an (int32 key, index) pair, so the picks are bit-identical
 to the reference's. The first F_j picks land directly in the

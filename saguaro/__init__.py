@@ -2,11 +2,45 @@
 
 The engine (this package) runs one model on one device; ``saguaro.services`` holds the
 draft, target and gateway services built on it.
+
+The top-level names are resolved on first use (PEP 562): ``from saguaro import LLM`` loads
+the engine and torch, but importing any submodule — the gateway, the client, the wire
+constants — runs this file too, and must not pay for torch it never touches.
 """
 
-from saguaro.errors import ConfigError, InvalidRequestError, ModelLoadError, SaguaroError
-from saguaro.llm import LLM, RequestOutput
-from saguaro.sampling import SamplingParams
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from saguaro.errors import ConfigError, InvalidRequestError, ModelLoadError, SaguaroError
+    from saguaro.llm import LLM, RequestOutput
+    from saguaro.sampling import SamplingParams
+
+_EXPORTS = {
+    "LLM": "saguaro.llm",
+    "RequestOutput": "saguaro.llm",
+    "ConfigError": "saguaro.errors",
+    "InvalidRequestError": "saguaro.errors",
+    "ModelLoadError": "saguaro.errors",
+    "SaguaroError": "saguaro.errors",
+    "SamplingParams": "saguaro.sampling",
+}
 
 __all__ = ["LLM", "ConfigError", "InvalidRequestError", "ModelLoadError", "RequestOutput", "SaguaroError", "SamplingParams"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """Import the module behind a top-level name the first time it is asked for."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'saguaro' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this hook
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,16 +1,23 @@
 """``saguaro up``'s local stack: the gateway, target and draft services as child processes.
 
-Used by ``saguaro up`` and the demo. Each child is pinned to a core with one torch thread, runs
-in its own session, and dies with this process (Linux), so no service outlives the command.
+Used by ``saguaro up`` and the demo. Each child is a ``saguaro.supervisor.ServiceProcess``:
+pinned to a core with one torch thread, in its own session, and dead with this process (Linux),
+so no service outlives the command. What is particular to ``up`` lives here: the command lines,
+the core plan, and restarting a draft that exits.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 
 from saguaro.errors import ConfigError, SaguaroError
 from saguaro.net import free_port
+from saguaro.supervisor import ServiceProcess
+
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # delays before restarting a draft that exited
+STABLE_S = 60.0  # a draft up this long has recovered: its next exit restarts after the first delay
 
 
 class LocalStack:
@@ -49,7 +56,6 @@ class LocalStack:
         self.mode, self.host, self.port, self.draft_port = mode, host, port, draft_port
         self.http_port = http_port
         self.target_port = target_port or free_port()
-        self.echo = echo
         connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         self.endpoint = f"{connect_host}:{port}"
         self.http_url = f"http://{connect_host}:{http_port}" if http_port is not None else ""
@@ -75,28 +81,30 @@ class LocalStack:
             "--metrics-port", str(draft_metrics_port + i if draft_metrics_port else 0)]
             for i in range(len(self.draft_addresses))}
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        self.target_cpus = {cpus[0]} if len(cpus) >= 2 else None
-        self.draft_cpus = {cpus[1]} if len(cpus) >= 2 else None
-        self.gateway_cpus = {cpus[2]} if len(cpus) >= 3 else self.target_cpus
-        self.children: dict[str, ServiceProcess] = {}
+        target_cpus = {cpus[0]} if len(cpus) >= 2 else None
+        draft_cpus = {cpus[1]} if len(cpus) >= 2 else None
+        gateway_cpus = {cpus[2]} if len(cpus) >= 3 else target_cpus
+        # Started in this order (the target waits for its drafts), stopped in the reverse one.
+        self.children: dict[str, ServiceProcess] = {
+            **{name: ServiceProcess(name, cmd, address, draft_cpus, echo=echo)
+               for (name, cmd), address in zip(self.draft_cmds.items(), self.draft_addresses)},
+            "target": ServiceProcess("target", self.target_cmd, self.target_address, target_cpus, echo=echo),
+            "gateway": ServiceProcess("gateway", self.gateway_cmd, self.endpoint, gateway_cpus, echo=echo),
+        }
         self._restart_at: dict[str, float] = {}  # a draft that exited: when it restarts
         self._failures: dict[str, int] = {}  # per draft: exits in a row, for the backoff
 
     def start(self, timeout: float = 300.0) -> None:
         """Start the services (they load at once; the target waits for the draft before it
         connects); return once the gateway reports SERVING (a target serves behind it)."""
-        import time
-
         from saguaro.client import Client, ServiceError
 
         deadline = time.monotonic() + timeout
         try:
-            for name, cmd in self.draft_cmds.items():
-                self.children[name] = ServiceProcess(name, cmd, self.draft_cpus, self.echo)
-            self.children["target"] = ServiceProcess("target", self.target_cmd, self.target_cpus, self.echo)
-            self.children["gateway"] = ServiceProcess("gateway", self.gateway_cmd, self.gateway_cpus, self.echo)
             for child in self.children.values():
-                child.wait_listening(deadline, others=self.children.values())
+                child.start()
+            for child in self.children.values():
+                child.wait_ready(deadline, others=self.children.values())
             with Client(self.endpoint) as client:
                 try:
                     client.wait_until_ready(max(1.0, deadline - time.monotonic()))
@@ -115,9 +123,7 @@ class LocalStack:
             else:
                 child.check_running()
 
-    def _supervise_draft(self, name: str, child: "ServiceProcess") -> None:
-        import time
-
+    def _supervise_draft(self, name: str, child: ServiceProcess) -> None:
         now = time.monotonic()
         code = child.proc.poll()
         if code is None:
@@ -133,13 +139,12 @@ class LocalStack:
                   f"(the target decodes without speculation meanwhile)", flush=True)
         elif now >= self._restart_at[name]:
             del self._restart_at[name]
-            self.children[name] = ServiceProcess(name, self.draft_cmds[name], self.draft_cpus, self.echo)
+            child.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the gateway, the target, then the drafts; SIGKILL what is still alive after ``timeout``."""
-        for name in ("gateway", "target", *self.draft_cmds):
-            if name in self.children:
-                self.children[name].stop(timeout)
+        for child in reversed(self.children.values()):
+            child.stop(timeout)
 
     def __enter__(self) -> "LocalStack":
         self.start()
@@ -148,84 +153,3 @@ class LocalStack:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-
-def _libc():
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-
-RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # delays before restarting a draft that exited
-STABLE_S = 60.0  # a draft up this long has recovered: its next exit restarts after the first delay
-
-
-class ServiceProcess:
-    """One service process; its output (stdout and stderr) is echoed with a [name] prefix."""
-
-    def __init__(self, name: str, cmd: list[str], cpus: set[int] | None, echo: bool):
-        import collections
-        import signal
-        import subprocess
-        import threading
-        import time
-
-        self.name = name
-        self.echo = echo
-        self.tail: collections.deque[str] = collections.deque(maxlen=40)
-        self.listening = threading.Event()
-        libc = _libc() if sys.platform.startswith("linux") else None
-
-        def setup() -> None:  # runs in the child between fork and exec
-            if cpus:
-                os.sched_setaffinity(0, cpus)
-            if libc is not None:
-                libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: die with the parent
-
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env, preexec_fn=setup, start_new_session=True)
-        self.cpus = cpus
-        self.started = time.monotonic()
-        self._reader = threading.Thread(target=self._read, name=f"{name}-output", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            line = line.rstrip("\n")
-            self.tail.append(line)
-            if " listening on " in line:
-                self.listening.set()
-            if self.echo:
-                print(f"[{self.name}] {line}", flush=True)
-
-    def check_running(self) -> None:
-        code = self.proc.poll()
-        if code is not None:
-            self._reader.join(timeout=2)
-            log = "\n".join(f"  {line}" for line in self.tail)
-            detail = f"; its last output:\n{log}" if log else ""
-            raise SaguaroError(f"the {self.name} service exited with code {code}{detail}")
-
-    def wait_listening(self, deadline: float, others=()) -> None:
-        import time
-
-        while not self.listening.wait(0.1):
-            for child in (self, *others):
-                child.check_running()
-            if time.monotonic() > deadline:
-                raise SaguaroError(f"the {self.name} service did not start listening in time")
-
-    def stop(self, timeout: float) -> None:
-        import subprocess
-
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(timeout=2)

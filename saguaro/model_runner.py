@@ -7,9 +7,7 @@ forward pass. Engines and services (AR, the target's verify, the draft's glue an
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import resource
 import time
 import weakref
 from collections.abc import Iterator
@@ -19,15 +17,14 @@ from pathlib import Path
 
 import torch
 
-from saguaro.attention import AttentionBackend, AttentionMetadata, causal_metadata, select_backend
-from saguaro.cache import BlockManager, KVCache, num_blocks_for_budget
-from saguaro.config import EngineConfig, ModelConfig, parse_dtype
+from saguaro.attention import AttentionBackend, AttentionMetadata, causal_metadata
+from saguaro.cache import BlockManager, KVCache
+from saguaro.config import EngineConfig, ModelConfig
 from saguaro.emulation import StepCost, pad_to
 from saguaro.errors import ConfigError
-from saguaro.models import CausalLM, load_model
-from saguaro.parallel.group import TensorParallelGroup
 from saguaro.parallel.launch import TensorParallelLeader
 from saguaro.parallel.sharding import shard_config
+from saguaro.rank import RankModel, load_rank, resolve_dtype
 from saguaro.step_graphs import StepGraphs
 
 log = logging.getLogger(__name__)
@@ -47,87 +44,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but CUDA is not available on this machine")
     return device
-
-
-def resolve_dtype(name: str, cfg: ModelConfig, device: torch.device) -> torch.dtype:
-    """'auto' is fp32 on CPU (bf16 matmuls are slow there) and the checkpoint's dtype on CUDA."""
-    if name != "auto":
-        return parse_dtype(name)
-    if device.type == "cpu":
-        return torch.float32
-    return parse_dtype(cfg.torch_dtype or "bfloat16")
-
-
-@dataclass
-class RankLoad:
-    """What loading cost one rank: checkpoint bytes it read, and its peak resident memory before
-    and after loading its weights (the difference is the load's own footprint)."""
-
-    bytes_read: int
-    peak_rss_before_bytes: int
-    peak_rss_bytes: int
-
-
-@dataclass
-class RankModel:
-    """What one rank holds: its weights (its shard under TP), its KV cache (its KV heads only)
-    and the attention backend. Rank 0 and every tensor-parallel follower build it the same way
-    (``load_rank``) and run the same forward."""
-
-    model: CausalLM
-    kv: KVCache
-    attention: AttentionBackend
-    device: torch.device
-    loads: list[RankLoad]  # per rank, in rank order (on rank 0 every rank's)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        meta: AttentionMetadata,
-        logits_index: torch.Tensor | None = None,
-        attention: AttentionBackend | None = None,
-    ) -> torch.Tensor | None:
-        return self.model(
-            input_ids.to(self.device),
-            positions.to(self.device),
-            self.kv.layers,
-            _to(meta, self.device),
-            attention or self.attention,
-            None if logits_index is None else logits_index.to(self.device),
-        )
-
-
-def load_rank(
-    config: EngineConfig,
-    model_config: ModelConfig,
-    dtype: torch.dtype,
-    device: torch.device,
-    max_positions: int,
-    group: TensorParallelGroup | None = None,
-) -> RankModel:
-    """Load this rank's weights and size its KV cache. Under TP every rank must address the same
-    block ids (rank 0's block tables drive them all), so the ranks agree on the smallest count."""
-    lead = group is None or group.rank == 0
-    before = peak_rss_bytes()
-    model = load_model(config.model, model_config, dtype, device, max_positions,
-                       show_progress=config.show_progress and lead, group=group)
-    num_blocks = num_blocks_for_budget(
-        model.local_cfg, config.block_size, dtype, device, config.kv_cache_bytes, config.gpu_memory_utilization
-    )
-    mine = [model.bytes_loaded, before, peak_rss_bytes()]
-    loads = [RankLoad(*mine)]
-    if group is not None:
-        table = group.all_gather_ints([num_blocks, *mine])
-        num_blocks = min(row[0] for row in table)
-        loads = [RankLoad(*row[1:]) for row in table]
-    kv = KVCache(model.local_cfg, num_blocks, config.block_size, dtype, device)
-    return RankModel(model, kv, select_backend(device), device, loads)
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class ModelRunner:
@@ -274,16 +190,3 @@ class ModelRunner:
         input_ids = torch.tensor([t for c in chunks for t in c.token_ids], dtype=torch.long)
         logits_index = None if all_logits else torch.cumsum(torch.tensor(counts), 0) - 1
         return self.forward(input_ids, positions, meta, logits_index)
-
-
-def _to(meta: AttentionMetadata, device: torch.device) -> AttentionMetadata:
-    if device.type == "cpu":
-        return meta
-    return dataclasses.replace(
-        meta,
-        slot_mapping=meta.slot_mapping.to(device),
-        context_slots=meta.context_slots.to(device),
-        query_index=meta.query_index.to(device),
-        query_valid=meta.query_valid.to(device),
-        mask=None if meta.mask is None else meta.mask.to(device),
-    )

@@ -142,7 +142,7 @@ class StepGraphs:
 
     def __init__(self, rank, scratch_slot: int, max_batch: int, max_context: int,
                  max_graph_tokens: int = MAX_GRAPH_TOKENS):
-        """``rank``: a ``saguaro.model_runner.RankModel``; ``scratch_slot``: a KV slot no sequence owns."""
+        """``rank``: a ``saguaro.rank.RankModel``; ``scratch_slot``: a KV slot no sequence owns."""
         self.rank = rank
         self.scratch_slot = scratch_slot
         self.batches = batch_buckets(max_batch)

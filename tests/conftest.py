@@ -7,6 +7,7 @@ by transformers into a temporary folder, with a tokenizer.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -47,3 +48,17 @@ def model_dirs(tmp_path_factory) -> dict[str, str]:
     dirs["llama_draft_random"] = str(build_tiny_model(root / "llama_draft_random", family="llama", num_layers=1, seed=7))
     dirs["qwen3_draft_perturbed"] = str(perturbed_copy(dirs["qwen3"], root / "qwen3_draft_perturbed", noise=0.05))
     return dirs
+
+
+# Whole folders that belong to one tier (docs/testing.md); marked here so that a test added to
+# one of them joins its tier without a decorator.
+TESTS = Path(__file__).resolve().parent
+TIER_OF_FOLDER = {"chaos": "chaos", "soak": "slow", "parallel": "slow", "fuzz": "fuzz", "helm": "helm"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(TESTS):
+            tier = TIER_OF_FOLDER.get(item.path.relative_to(TESTS).parts[0])
+            if tier is not None:
+                item.add_marker(tier)

@@ -63,6 +63,7 @@ def cycle_depths(engine, depths: tuple[int, ...]) -> None:
     import itertools
 
     from saguaro.services.target.lookahead import DepthModel
+    from saguaro.services.target.round_sizing import RoundSizer
 
     class CyclingDepth(DepthModel):
         def __init__(self) -> None:
@@ -72,7 +73,13 @@ def cycle_depths(engine, depths: tuple[int, ...]) -> None:
         def best(self, batch_size: int) -> int:
             return next(self._next)
 
-    engine.ssd_depth = CyclingDepth()
+    class Unmeasured(RoundSizer):
+        def observe(self, result) -> None:
+            """Without a governor nothing learns from rounds: only their depths cycle."""
+
+    if engine.sizing is None:
+        engine.sizing = Unmeasured(engine.k, None)
+    engine.sizing.ssd_depth = CyclingDepth()
 
 
 # -- TLS material made in the test (real certificates, a throwaway CA) ------------------------------

@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from saguaro.attention.kv_store import store_kv, store_kv_reference
 from saguaro.attention.metadata import AttentionMetadata
 
 
@@ -31,25 +32,13 @@ class AttentionBackend(Protocol):
         ...
 
 
-def store_kv(
-    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata
-) -> None:
-    """Write new tokens' K/V into their slots; slot -1 means the token is not cached."""
-    slots = meta.slot_mapping
-    if not meta.writes_all:
-        keep = slots >= 0
-        slots, k, v = slots[keep], k[keep], v[keep]
-    k_cache.index_copy_(0, slots, k)
-    v_cache.index_copy_(0, slots, v)
-
-
 class TorchAttention:
     """Portable paged attention: gather by slot table, mask, SDPA.
 
     ``store`` writes the new K/V; on CUDA it is the Triton KV-store kernel's dispatch.
     """
 
-    def __init__(self, store=store_kv):
+    def __init__(self, store=store_kv_reference):
         self.store = store
 
     def __call__(
@@ -90,7 +79,5 @@ def select_backend(device: torch.device) -> AttentionBackend:
     available to test it), see docs/kernels.md.
     """
     if device.type == "cuda":
-        from saguaro.kernels.kv_store import store_kv as kernel_store  # lazy: saguaro.kernels.kv_store imports this module
-
-        return TorchAttention(kernel_store)
+        return TorchAttention(store_kv)
     return TorchAttention()

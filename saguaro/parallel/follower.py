@@ -17,6 +17,7 @@ import torch.distributed as dist
 from saguaro.config import EngineConfig, ModelConfig
 from saguaro.parallel.commands import HEADER_SIZE, STOP, decode, payload_size
 from saguaro.parallel.group import LOOPBACK, RENDEZVOUS_TIMEOUT, TensorParallelGroup, rank_device
+from saguaro.rank import load_rank, resolve_dtype
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,6 @@ def follower_main(spec: FollowerSpec) -> None:
     """Process entry point (``spawn``): join, load this rank's shard, follow rank 0."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is rank 0's to handle
     torch.set_num_threads(1)
-    # Imported here, not at the top: saguaro.model_runner imports this package.
-    from saguaro.model_runner import load_rank, resolve_dtype
-
     config, size = spec.config, spec.config.tensor_parallel_size
     device = rank_device(torch.device(config.device), spec.rank)
     if device.type == "cuda":

@@ -10,7 +10,7 @@ Two process groups, joined through one TCP store that rank 0 hosts on loopback:
   group itself. The model code calls the same three methods either way.
 
 Neither is the default (global) group, so a process can also hold other links (the draft's
-torch.distributed fast path, ``saguaro.p2p``).
+torch.distributed fast path, ``saguaro.transport.torch_link``).
 """
 
 from __future__ import annotations

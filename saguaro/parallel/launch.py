@@ -16,7 +16,6 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -27,9 +26,7 @@ from saguaro.errors import ConfigError, SaguaroError
 from saguaro.parallel.commands import ForwardInputs, encode, stop_header
 from saguaro.parallel.follower import FollowerSpec, follower_main
 from saguaro.parallel.group import LOOPBACK, RENDEZVOUS_TIMEOUT, TensorParallelGroup
-
-if TYPE_CHECKING:
-    from saguaro.model_runner import RankModel
+from saguaro.rank import RankModel
 
 
 class TensorParallelError(SaguaroError):

@@ -22,11 +22,8 @@ from numbers import Integral, Real
 import torch
 from torch import Tensor
 
-from saguaro.speculative.verification import topk_indices
-
 __all__ = [
     "depth_probabilities",
-    "fork_candidates",
     "geometric_fan_out",
     "scale_fan_out",
     "select_fan_out",
@@ -290,82 +287,3 @@ def select_fan_out(
     h = torch.tensor(hit_list, dtype=torch.long, device=hit.device)
     m = torch.tensor(miss_list, dtype=torch.long, device=hit.device)
     return torch.where(hit.to(torch.bool).unsqueeze(1), h, m)
-
-
-def fork_candidates(
-    glue_logits: Tensor, draft_tokens: Tensor, fan_out: Sequence[int] | Tensor
-) -> tuple[Tensor, Tensor]:
-    """Fork tokens of every sequence: top-F_j of glue row j, excluding s_{j+1} for j < K.
-
-    Glue row j is the draft's distribution after r, s_1..s_j, i.e. where r' lands if the
-    target accepts exactly j tokens. For j < K the draft's own s_{j+1} is excluded: if it is
-    rejected the target cannot emit it (greedy: the argmax differs; sampling: the residual
-    max(0, p - q) is 0 at a rejected token). Nothing is excluded at j = K (the bonus
-    can be anything). Ranking is by logit (temperature-free), descending, ties to the
-    lowest token id (:func:`~saguaro.speculative.verification.topk_indices`), so tokens at one
-    depth are distinct and keys (seq, j, token) unique.
-
-    Branch order inside a row: depth 0's F_0 tokens (best first), then depth 1's, ...
-
-    Args:
-        glue_logits: Tensor[B, K+1, V].
-        draft_tokens: LongTensor[B, K], the speculation actually sent this round.
-        fan_out: list of K+1 ints, or LongTensor[B, K+1] (per-row lists, e.g. hit vs miss)
-            whose rows all have the same sum M. Needs F_j <= V-1 for j < K, F_K <= V.
-    Returns:
-        ``(fork_tokens: LongTensor[B, M], fork_depth: LongTensor[B, M])``.
-    """
-    if glue_logits.dim() != 3 or glue_logits.shape[1] < 1:
-        raise ValueError(f"glue_logits must be [B, K+1, V], got {tuple(glue_logits.shape)}")
-    b, k1, v = glue_logits.shape
-    k = k1 - 1
-    if draft_tokens.dtype.is_floating_point or draft_tokens.dtype == torch.bool:
-        raise ValueError(f"draft_tokens must be an integer tensor, got {draft_tokens.dtype}")
-    if tuple(draft_tokens.shape) != (b, k):
-        raise ValueError(f"draft_tokens shape {tuple(draft_tokens.shape)} != (B, K) = {(b, k)}")
-    device = glue_logits.device
-
-    if isinstance(fan_out, Tensor):
-        f = fan_out.to(device=device, dtype=torch.long)
-        if f.dim() == 1:
-            f = f.unsqueeze(0).expand(b, -1)
-        if tuple(f.shape) != (b, k1):
-            raise ValueError(f"fan_out tensor shape {tuple(fan_out.shape)} != (B, K+1) = {(b, k1)}")
-        host = f.cpu()
-        if bool((host < 0).any()):
-            raise ValueError("fan_out entries must be >= 0")
-        sums = host.sum(dim=1)
-        if b > 0 and bool((sums != sums[0]).any()):
-            raise ValueError(f"all rows of fan_out must have the same sum M, got {sums.tolist()}")
-        m = int(sums[0]) if b > 0 else 0
-        if b > 0 and m <= 0:
-            raise ValueError("fan_out must have a positive sum (total branch budget M >= 1)")
-        per_depth_max = host.amax(dim=0).tolist() if b > 0 else [0] * k1
-    else:
-        lst = validate_fan_out(fan_out, k)
-        m = sum(lst)
-        per_depth_max = lst
-        f = torch.tensor(lst, dtype=torch.long, device=device).unsqueeze(0).expand(b, -1)
-    for j, fj in enumerate(per_depth_max):
-        limit = v - 1 if j < k else v
-        if fj > limit:
-            raise ValueError(
-                f"fan_out at depth {j} is {fj} but only {limit} candidate tokens exist "
-                f"(V={v}{', minus the excluded draft token' if j < k else ''})"
-            )
-    f_max = max(per_depth_max) if per_depth_max else 0
-
-    allowed = torch.ones(b, k1, v, dtype=torch.bool, device=device)
-    if k > 0:
-        excluded = draft_tokens.to(device=device, dtype=torch.long).unsqueeze(-1)
-        allowed[:, :k].scatter_(-1, excluded, False)
-    top = topk_indices(glue_logits, f_max, allowed)  # [B, K+1, Fmax]
-
-    cum = f.cumsum(dim=1)  # [B, K+1], end offset of each depth's slots
-    slots = torch.arange(m, device=device)
-    fork_depth = (cum.unsqueeze(1) <= slots.view(1, -1, 1)).sum(dim=-1)  # [B, M]
-    start = (cum - f).gather(1, fork_depth)
-    rank = slots.unsqueeze(0) - start
-    flat = fork_depth * f_max + rank
-    fork_tokens = top.reshape(b, -1).gather(1, flat)
-    return fork_tokens, fork_depth

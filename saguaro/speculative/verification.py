@@ -36,35 +36,26 @@ Semantics chosen here (documented once, relied upon by the tests):
 * A token with q(s) = 0 is always rejected. Under a correct proposal the event has
   probability 0 (q could not have produced s), so exactness is unaffected; for an
   inconsistent proposal it means such a token can never be injected into the output.
-* Inverse-CDF draws pick the first index j with positive mass and cumsum[j] > u*total, i.e.
-  token j owns the half-open interval [cumsum[j-1], cumsum[j]) of length mass[j]; a
-  zero-mass token owns an empty interval and can never be returned, even for u == 0.
+* Every distribution (p, q', the residual draw) comes from
+  :mod:`saguaro.speculative.distributions`, which documents its tie and inverse-CDF rules.
 """
 
 from __future__ import annotations
 
-import math
-from numbers import Real
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from saguaro.speculative.distributions import broadcast_temperature, probs_from_logits, sample_inverse_cdf
+
 __all__ = [
     "VerifyResult",
     "draw_verification_uniforms",
-    "emitted_tokens",
     "greedy_verify",
-    "probs_from_logits",
-    "proposal_probs",
     "rejection_verify",
-    "saguaro_rescale",
-    "sample_inverse_cdf",
-    "topk_indices",
     "verify",
 ]
-
-_INT32_LOW_BITS = 0x7FFFFFFF
 
 
 class VerifyResult(NamedTuple):
@@ -74,201 +65,6 @@ class VerifyResult(NamedTuple):
     """LongTensor[B]: n, the number of accepted draft tokens (0..K)."""
     next_token: Tensor
     """LongTensor[B]: r', the correction (n < K) or bonus (n = K) token."""
-
-
-# --------------------------------------------------------------------------------------
-# deterministic ranking
-# --------------------------------------------------------------------------------------
-
-
-def _ordered_bits(values: Tensor) -> Tensor:
-    """int32 keys whose order is the fp32 order of ``values`` (exact for bf16/fp16 inputs);
-    -0.0 is folded into +0.0, and NaNs sit where their bits put them."""
-    f = values.to(torch.float32) + 0.0  # fresh contiguous copy; canonicalises -0.0
-    bits = f.view(torch.int32)
-    return torch.where(bits < 0, bits ^ _INT32_LOW_BITS, bits)
-
-
-def topk_indices(values: Tensor, k: int, allowed: Tensor | None = None) -> Tensor:
-    """Indices of the k largest entries of each row, ordered by value desc, ties lowest index.
-
-    ``torch.topk`` does not specify which of several equal values it returns. Both the
-    Saguaro rescale (which must select the same top tokens on the draft and on the verifier,
-    else q' differs between the two sides and exactness breaks) and the fork rule (which
-    should be reproducible) need a fixed tie rule. Values are ranked by their ordered fp32
-    bits (int32, the width of the values themselves): a ``topk`` finds each row's k-th key,
-    every entry above it is taken, and the lowest-index entries equal to it fill the rest;
-    the picks are then sorted by key, stably. ``allowed`` (bool, the shape of ``values``):
-    entries outside it rank below every entry in it (the fork's excluded draft token, which
-    a depth with fewer branches than the widest never reaches). Returns LongTensor[..., k].
-    """
-    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-        raise ValueError(f"k must be a non-negative int, got {k!r}")
-    if values.dim() < 1 or k > values.shape[-1]:
-        raise ValueError(f"k={k} exceeds the last dimension of shape {tuple(values.shape)}")
-    if k == 0 or values.numel() == 0:
-        return torch.zeros(*values.shape[:-1], k, dtype=torch.long, device=values.device)
-    keys = _ordered_bits(values)
-    if allowed is not None:
-        keys = keys.masked_fill(~allowed, torch.iinfo(torch.int32).min)
-    kth = keys.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-    above = keys > kth
-    tied = keys == kth
-    room = k - above.sum(dim=-1, keepdim=True)
-    if bool((tied.sum(dim=-1, keepdim=True) > room).any()):  # more ties than room: the lowest indices
-        if allowed is None:
-            tied &= tied.cumsum(dim=-1) <= room
-        else:  # allowed entries before the others
-            first, rest = tied & allowed, tied & ~allowed
-            first &= first.cumsum(dim=-1) <= room
-            tied = first | (rest & (rest.cumsum(dim=-1) <= room - first.sum(dim=-1, keepdim=True)))
-    picked = (above | tied).nonzero()[:, -1].view(*keys.shape[:-1], k)  # ascending index
-    if allowed is not None:  # among equal keys, allowed entries first
-        picked = picked.gather(-1, (~allowed.gather(-1, picked)).to(torch.uint8).sort(dim=-1, stable=True).indices)
-    order = keys.gather(-1, picked).sort(dim=-1, descending=True, stable=True).indices
-    return picked.gather(-1, order)
-
-
-# --------------------------------------------------------------------------------------
-# distributions
-# --------------------------------------------------------------------------------------
-
-
-def _broadcast_temperature(
-    temperature: Tensor | float, lead: torch.Size | tuple[int, ...], device: torch.device
-) -> Tensor:
-    """Temperature as a float32 tensor of shape ``lead`` (= ``logits.shape[:-1]``).
-
-    Accepts a Python number, a 0-d tensor, or a tensor whose shape is a prefix of ``lead``
-    (e.g. per-sequence ``[B]`` for ``[B, K, V]`` logits).
-    """
-    lead = tuple(lead)
-    t = torch.as_tensor(temperature, dtype=torch.float32, device=device)
-    if t.dim() > len(lead) or tuple(t.shape) != lead[: t.dim()]:
-        raise ValueError(
-            f"temperature shape {tuple(t.shape)} must be a prefix of logits.shape[:-1] = {lead}"
-        )
-    if bool((t < 0).any()) or bool(torch.isnan(t).any()):
-        raise ValueError("temperature must be >= 0 (0 means greedy / one-hot argmax)")
-    t = t.reshape(tuple(t.shape) + (1,) * (len(lead) - t.dim()))
-    return t.expand(lead)
-
-
-def probs_from_logits(logits: Tensor, temperature: Tensor | float) -> Tensor:
-    """fp32 ``softmax(logits / T)`` over the last dim; rows with T == 0 are one-hot argmax.
-
-    The one-hot row uses ``torch.argmax`` (ties resolve to the lowest index), so the T == 0
-    distribution is the same degenerate law that greedy verification compares against.
-    Exactness of sampling verification is relative to *this* fp32 p (and the q produced by
-    the same function on the draft logits), so both sides must call it.
-
-    Args:
-        logits: Tensor[..., V] (any float dtype).
-        temperature: float, 0-d tensor, or tensor whose shape is a prefix of
-            ``logits.shape[:-1]``; every value must be >= 0.
-    Returns:
-        float32 Tensor[..., V] whose rows sum to 1.
-    """
-    if logits.dim() < 1 or logits.shape[-1] < 1:
-        raise ValueError(f"logits must have a non-empty last dim, got {tuple(logits.shape)}")
-    t = _broadcast_temperature(temperature, logits.shape[:-1], logits.device)
-    greedy = t == 0
-    x = logits.to(torch.float32)
-    safe_t = torch.where(greedy, torch.ones_like(t), t)
-    soft = torch.softmax(x / safe_t.unsqueeze(-1), dim=-1)
-    one_hot = torch.zeros_like(soft).scatter_(-1, x.argmax(dim=-1, keepdim=True), 1.0)
-    return torch.where(greedy.unsqueeze(-1), one_hot, soft)
-
-
-def saguaro_rescale(probs: Tensor, fan_out: int, downweight: float) -> Tensor:
-    """Saguaro (cache-aware) proposal q' ∝ C·q on the top-(F+1) tokens of q, q elsewhere.
-
-    Why this stays exact: q' is an ordinary distribution with the same support as q
-    (C > 0), the draft draws its tokens from q' and the verifier uses q' as the proposal,
-    so the rejection lemma above applies unchanged. The effect is only on *which* tokens
-    the residual max(0, p - q') favours (more mass on the forked top tokens → more hits).
-    The selection is deterministic (value desc, ties lowest index, :func:`topk_indices`) so the
-    draft and the verifier pick the same top set from the same q.
-
-    Args:
-        probs: Tensor[..., V], rows are probability vectors.
-        fan_out: uniform fan-out F (>= 0); the top ``min(F + 1, V)`` tokens are downweighted.
-        downweight: C in (0, 1]. C == 1 returns ``probs`` itself (bitwise unchanged).
-    Returns:
-        Tensor[..., V] of the same dtype, rows renormalised to sum to 1.
-    """
-    if not isinstance(fan_out, int) or isinstance(fan_out, bool) or fan_out < 0:
-        raise ValueError(f"fan_out must be a non-negative int, got {fan_out!r}")
-    if isinstance(downweight, bool) or not isinstance(downweight, Real):
-        raise ValueError(f"downweight must be a real number in (0, 1], got {downweight!r}")
-    c = float(downweight)
-    if not math.isfinite(c) or not 0.0 < c <= 1.0:
-        raise ValueError(f"downweight must be in (0, 1], got {downweight!r}")
-    if probs.dim() < 1 or probs.shape[-1] < 1:
-        raise ValueError(f"probs must have a non-empty last dim, got {tuple(probs.shape)}")
-    if not probs.is_floating_point():
-        raise ValueError(f"probs must be a floating tensor, got {probs.dtype}")
-    if c == 1.0:
-        return probs
-    k = min(fan_out + 1, probs.shape[-1])
-    top = topk_indices(probs, k)
-    scaled = probs.clone()
-    scaled.scatter_(-1, top, probs.gather(-1, top) * c)
-    return scaled / scaled.sum(dim=-1, keepdim=True)
-
-
-def proposal_probs(
-    logits: Tensor,
-    temperature: Tensor | float,
-    *,
-    fan_out: int = 0,
-    downweight: float = 1.0,
-) -> Tensor:
-    """The proposal law q' = saguaro_rescale(probs_from_logits(logits, T), F, C).
-
-    The single definition of "the distribution a draft token was drawn from": the draft
-    samples from it and the verifier passes it as ``draft_probs``, so the two agree
-    bit-for-bit given the same logits. ``downweight=1`` is plain sampling.
-    """
-    return saguaro_rescale(probs_from_logits(logits, temperature), fan_out, downweight)
-
-
-def sample_inverse_cdf(probs: Tensor, uniforms: Tensor) -> Tensor:
-    """Exact-in-law categorical draw from (possibly unnormalised) rows via inverse CDF.
-
-    Returns the first index j with ``probs[j] > 0`` and ``cumsum[j] > u * total`` (float64),
-    clamped to the last positive-mass index if rounding leaves none (e.g. u == 1). Token j
-    thus owns [cumsum[j-1], cumsum[j]), an interval of length probs[j]: P(j) = probs[j] /
-    total for u ~ U[0, 1), and zero-mass tokens (empty interval, also excluded explicitly)
-    are never returned. Rows without any positive mass return index 0 (invalid input).
-
-    Args:
-        probs: Tensor[..., V], non-negative.
-        uniforms: Tensor[...] in [0, 1), one per row.
-    Returns:
-        LongTensor[...].
-    """
-    if probs.dim() < 1 or probs.shape[-1] < 1:
-        raise ValueError(f"probs must have a non-empty last dim, got {tuple(probs.shape)}")
-    if tuple(uniforms.shape) != tuple(probs.shape[:-1]):
-        raise ValueError(
-            f"uniforms shape {tuple(uniforms.shape)} must equal probs.shape[:-1] "
-            f"= {tuple(probs.shape[:-1])}"
-        )
-    v = probs.shape[-1]
-    w = probs.to(torch.float64)
-    cdf = w.cumsum(dim=-1)
-    threshold = uniforms.to(device=w.device, dtype=torch.float64).unsqueeze(-1) * cdf[..., -1:]
-    positive = w > 0
-    index = torch.arange(v, device=w.device)
-    first = torch.where((cdf > threshold) & positive, index, v).amin(dim=-1)
-    last = torch.where(positive, index, -1).amax(dim=-1)
-    return torch.where(first < v, first, last).clamp_min(0)
-
-
-# --------------------------------------------------------------------------------------
-# verification
-# --------------------------------------------------------------------------------------
 
 
 def _check_int_tokens(draft_tokens: Tensor, b: int, k: int) -> None:
@@ -365,7 +161,8 @@ def rejection_verify(
     q(s) > p(s) — the reason forks exclude s_{j+1}.
 
     Args:
-        target_probs: Tensor[B, K+1, V], p_0..p_K (e.g. from :func:`probs_from_logits`).
+        target_probs: Tensor[B, K+1, V], p_0..p_K (e.g. from
+            :func:`~saguaro.speculative.distributions.probs_from_logits`).
         draft_probs: Tensor[B, K, V], the exact law each draft token was drawn from.
         draft_tokens: LongTensor[B, K].
         uniforms: Tensor[B, K] in [0, 1), acceptance uniforms (one per position).
@@ -441,7 +238,8 @@ def verify(
       correct token and committing it is free speed.
     * ``T_b > 0`` and ``proposal_is_sample[b]``: :func:`rejection_verify` with
       p = softmax(logits / T_b) (fp32) and q = ``draft_probs[b]`` (exactly the law the
-      tokens were drawn from, Saguaro rescale included — see :func:`proposal_probs`).
+      tokens were drawn from, Saguaro rescale included — see
+      :func:`~saguaro.speculative.distributions.proposal_probs`).
     * ``T_b > 0`` and not ``proposal_is_sample[b]`` (fast-backup junk): forced
       n = 0 and r' ~ p_0 — trivially exact, and the ratio test would be meaningless for a
       token not drawn from q.
@@ -465,7 +263,7 @@ def verify(
     b, k, v = _check_target(target_logits, "target_logits")
     _check_int_tokens(draft_tokens, b, k)
     device = target_logits.device
-    temps = _broadcast_temperature(target_temperature, (b,), device)  # [B]
+    temps = broadcast_temperature(target_temperature, (b,), device)  # [B]
     greedy_rows = temps == 0
     if proposal_is_sample is None:
         is_sample = torch.ones(b, dtype=torch.bool, device=device)
@@ -523,24 +321,3 @@ def verify(
         torch.where(greedy_rows, greedy.accepted, sampled.accepted),
         torch.where(greedy_rows, greedy.next_token, sampled.next_token),
     )
-
-
-def emitted_tokens(
-    draft_tokens: Tensor, accepted: Tensor, next_token: Tensor, pad_id: int = -1
-) -> Tensor:
-    """Tokens a round emits, LongTensor[B, K+1]: ``s_1..s_n, r'`` then ``pad_id``.
-
-    Row b has ``accepted[b] + 1`` valid entries; the last one is the new pending token r'.
-    """
-    if draft_tokens.dim() != 2:
-        raise ValueError(f"draft_tokens must be [B, K], got {tuple(draft_tokens.shape)}")
-    b, k = draft_tokens.shape
-    if tuple(accepted.shape) != (b,) or tuple(next_token.shape) != (b,):
-        raise ValueError("accepted and next_token must be [B]")
-    tokens = draft_tokens.long()
-    pad = torch.full((b, 1), pad_id, dtype=torch.long, device=tokens.device)
-    out = torch.cat([tokens, pad], dim=1)
-    pos = torch.arange(k + 1, device=tokens.device)
-    n = accepted.to(device=tokens.device, dtype=torch.long)
-    out = torch.where(pos.unsqueeze(0) < n.unsqueeze(1), out, pad)
-    return out.scatter(1, n.unsqueeze(1), next_token.to(tokens.device).long().unsqueeze(1))

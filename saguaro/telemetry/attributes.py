@@ -100,9 +100,7 @@ SSD_TARGET_GAP = "ssd.target_gap_s"  # target: previous reply received -> this r
 SSD_TREE_BRANCHES = "ssd.tree.branches"  # M: branches built per sequence
 SSD_LINK_ROLE = "ssd.link.role"  # on links of a round span: "batched_request"
 
-BACKUP_NAMES = {0: "none", 1: "jit", 2: "fast"}  # BackupKind enum value -> attribute value
-
-# -- gateway request span (saguaro.telemetry.gateway) -------------------------------------------
+# -- gateway request span (saguaro.services.gateway.telemetry) ----------------------------------
 GATEWAY_API = "saguaro.gateway.api"  # grpc | http
 GATEWAY_TARGET = "saguaro.gateway.target"  # host:port of the target that served the request
 GATEWAY_POLICY = "saguaro.gateway.policy"  # routing policy

@@ -12,11 +12,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from saguaro.services.target.health import target_health
+from saguaro.services.target.request_telemetry import RequestTelemetry
+from saguaro.services.target.round_telemetry import RoundTelemetry
 from saguaro.telemetry import tracing
 from saguaro.telemetry.exposition import MetricsServer, start_metrics_server
 from saguaro.telemetry.metrics import DraftMetrics, TargetMetrics
-from saguaro.telemetry.requests import RequestTelemetry
-from saguaro.telemetry.rounds import RoundTelemetry
 
 
 class TargetTelemetry:

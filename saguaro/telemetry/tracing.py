@@ -166,23 +166,6 @@ def context_from_metadata(metadata: Iterable[tuple[str, Any]] | None) -> Any:
     return context_from_carrier(carrier)
 
 
-def inject_metadata(metadata: Iterable[tuple[str, str]] = (), span: Any = None) -> list[tuple[str, str]]:
-    """gRPC metadata with the trace context appended, for clients (the gateway, the SDK).
-
-    ``span`` defaults to the current span. Without tracing the metadata is returned unchanged,
-    so callers can use it unconditionally.
-    """
-    out = list(metadata)
-    if _tracer is None and span is None:
-        return out
-    from opentelemetry import propagate, trace
-
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=trace.set_span_in_context(span) if span is not None else None)
-    out.extend(carrier.items())
-    return out
-
-
 def trace_ids(span: Any) -> tuple[str, str]:
     """(trace id, span id) as lowercase hex, or ("", "") for a missing/invalid span."""
     if span is None:

@@ -14,8 +14,8 @@ import torch
 from saguaro.model_runner import CausalChunk, ModelRunner
 from saguaro.services.draft.sequences import PendingRow
 from saguaro.speculative import proposal_codec
+from saguaro.speculative.distributions import proposal_probs
 from saguaro.speculative.settings import DraftSettings
-from saguaro.speculative.verification import proposal_probs
 
 
 class ProposalSampler:

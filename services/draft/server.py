@@ -19,13 +19,13 @@ import grpc
 
 from saguaro.config import EngineConfig
 from saguaro.errors import ConfigError
-from saguaro.p2p import P2PLink
 from saguaro.rpc_services import add_service
-from saguaro.socket_link import MessageLink, SocketListener
 from saguaro.speculative.handshake import answer_handshake, model_facts
 from saguaro.speculative.settings import DraftSettings
 from saguaro.services.draft.tree import tree_scratch_slots
 from saguaro.services.draft.worker import DraftWorker, draft_runner
+from saguaro.transport.socket_link import MessageLink, SocketListener
+from saguaro.transport.torch_link import P2PLink
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.v1 import speculation_pb2_grpc as pb_grpc
 from saguaro.net import free_port

@@ -27,21 +27,21 @@ from dataclasses import replace
 
 import torch
 
+from saguaro.attention.tree_attention import TreeStep, tree_attention
 from saguaro.config import EngineConfig
-from saguaro.kernels.fork import fork_candidates
-from saguaro.kernels.tree_attention import TreeStep, tree_attention
 from saguaro.model_runner import CausalChunk, ModelRunner
 from saguaro.sampling import role_seed
 from saguaro.services.draft.policy import RoundEconomics, TreeBudget
 from saguaro.services.draft.sampler import ProposalSampler
 from saguaro.services.draft.sequences import DraftSequence, PendingRow
 from saguaro.services.draft.speculation_cache import CachedDraft, SpeculationCache
+from saguaro.services.draft.telemetry import DraftRoundTrace, round_trace
 from saguaro.services.draft.tree import TreeRound, tree_scratch_slots
 from saguaro.speculative import proposal_codec
 from saguaro.speculative.fanout import placeholder_fan_out, scale_fan_out, select_fan_out, shorten_fan_out
+from saguaro.speculative.fork import fork_candidates
 from saguaro.speculative.settings import DraftSettings
 from saguaro.telemetry.attributes import BACKUP_SPAN, FORK_SPAN, GLUE_SPAN, LOOKUP_SPAN, TREE_SPAN
-from saguaro.telemetry.draft import DraftRoundTrace, round_trace
 from saguaro.v1 import speculation_pb2 as pb
 
 log = logging.getLogger(__name__)

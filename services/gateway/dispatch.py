@@ -35,7 +35,7 @@ from saguaro.services.gateway.migration import Progress, resumed_prompt
 from saguaro.services.gateway.prefix_index import IndexUnavailable, PrefixIndex
 from saguaro.services.gateway.routing import Router, RouteRequest
 from saguaro.services.gateway.targets import Target, TargetPool
-from saguaro.telemetry.gateway import GatewaySpan
+from saguaro.services.gateway.telemetry import GatewaySpan
 from saguaro.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)

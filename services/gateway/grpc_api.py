@@ -17,7 +17,7 @@ import grpc
 
 from saguaro.services.gateway.errors import GatewayError
 from saguaro.services.gateway.prepare import scoped_request_id
-from saguaro.telemetry.gateway import GatewaySpan
+from saguaro.services.gateway.telemetry import GatewaySpan
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
 from saguaro.wire import PROTO_TO_FINISH

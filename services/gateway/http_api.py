@@ -38,7 +38,7 @@ from saguaro.services.gateway.errors import GatewayError, invalid
 from saguaro.services.gateway.grpc_api import end_span, sampling_attributes
 from saguaro.services.gateway.openai_schema import (ChunkWriter, OpenAIRequest, choice_json, parse_request,
                                                     response_json, usage_json)
-from saguaro.telemetry.gateway import GatewaySpan
+from saguaro.services.gateway.telemetry import GatewaySpan
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import PROTO_TO_FINISH, speculation_from_proto
 

@@ -17,8 +17,8 @@ import grpc
 from saguaro.services.gateway.metrics import GatewayMetrics
 from saguaro.services.gateway.prefix_index import IndexUnavailable, PrefixIndex
 from saguaro.services.gateway.targets import Target
-from saguaro.wire import HEARTBEAT_S
 from saguaro.v1 import routing_pb2 as rpb
+from saguaro.wire import HEARTBEAT_S
 
 log = logging.getLogger(__name__)
 

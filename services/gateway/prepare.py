@@ -20,8 +20,8 @@ from saguaro.request_rules import (check_token_ids, fits_context, prompt_leaves_
 from saguaro.services.gateway.dispatch import Dispatch, routing_hashes
 from saguaro.services.gateway.errors import invalid
 from saguaro.services.gateway.migration import resumed_prompt
+from saguaro.services.gateway.telemetry import GatewaySpan
 from saguaro.services.gateway.tokenization import GatewayTokenizer
-from saguaro.telemetry.gateway import GatewaySpan
 from saguaro.v1 import inference_pb2 as pb
 
 MAX_REQUEST_ID_CHARS = 256

@@ -21,8 +21,8 @@ from saguaro.resume import ReceivedOutput
 from saguaro.sampling import DEFAULT_MAX_TOKENS, SamplingParams
 from saguaro.services.target.health import target_health
 from saguaro.services.target.loop import EngineLoop, Final, LoopStopped
-from saguaro.telemetry.requests import RequestRecord, RequestTelemetry
-from saguaro.telemetry.requests import error_type as request_error_type
+from saguaro.services.target.request_telemetry import RequestRecord, RequestTelemetry
+from saguaro.services.target.request_telemetry import error_type as request_error_type
 from saguaro.tokenizer import encode
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
@@ -102,7 +102,7 @@ class InferenceService(pb_grpc.InferenceServicer):
         self.mode = self.engine.mode
         # A fast tokenizer is not safe to call from several threads at once ("Already borrowed").
         self._tokenizer_lock = threading.Lock()
-        # Request span, request metrics, the per-request log line (saguaro.telemetry.requests).
+        # Request span, request metrics, the per-request log line (saguaro.services.target.request_telemetry).
         self.telemetry = telemetry or RequestTelemetry(self.engine.runner.model_dir.name)
 
     def Generate(self, request: pb.GenerateRequest, context):

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import grpc
 
-from saguaro.socket_link import MessageLink, SocketLink
+from saguaro.transport.socket_link import MessageLink, SocketLink
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.v1 import speculation_pb2_grpc as pb_grpc
 
@@ -128,7 +128,7 @@ class RemoteChannel:
             self.name = "unix"
             worker = threading.Thread(target=self._read_socket, name="draft-unix", daemon=True)
         elif response.chosen_transport == pb.TRANSPORT_TORCH_DISTRIBUTED:
-            from saguaro.p2p import P2PLink
+            from saguaro.transport.torch_link import P2PLink
 
             link = P2PLink(params["host"], int(params["port"]), rank=0, timeout_s=max(timeout, 10.0))
             self.name = "torch.distributed"

@@ -5,6 +5,10 @@ the draft in this process), ``ssd`` (speculative speculative decoding with a dra
 builds its speculation cache while the target verifies). A request may opt out to ``ar``.
 Rows without a proposal — AR requests, draft down, a row the draft could not serve — ride in
 the same verify forward as one-token chunks, so a batch never waits for them.
+
+A round only proposes, verifies and commits; what learns from it (requests' stats, telemetry,
+the lookahead models, the governor) reads its ``RoundResult`` afterwards (services/target/round.py;
+docs/speculation.md, "One round").
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,11 +31,14 @@ from saguaro.speculative.handshake import handshake_request
 from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.channels import DraftChannel
 from saguaro.services.target.governor import SpeculationGovernor
-from saguaro.speculative.costs import bucket_of
-from saguaro.services.target.lookahead import Acceptance, DepthModel, LookaheadModel, SSDRound
 from saguaro.services.target.proposer import DraftProposer, Proposal
-from saguaro.services.target.stats import SpecStats
+from saguaro.services.target.round import RoundPlan, RoundResult, RoundRow, record_stats
+from saguaro.services.target.round_sizing import RoundSizer
 from saguaro.services.target.verifier import verify_rows
+from saguaro.speculative.stats import SpecStats
+
+if TYPE_CHECKING:
+    from saguaro.services.target.round_telemetry import RoundTelemetry, RoundTrace
 
 MODES = ("ar", "sd", "ssd")
 
@@ -68,18 +76,12 @@ class SpeculativeEngine(LLMEngine):
         self.governor = governor if mode != "ar" else None
         if self.governor is not None:
             self.governor.bind(mode)
-        # under the governor, an SSD deployment sizes its rounds from measurements: the SD arm
-        # drafts SD's best lookahead, the SSD arm proposes (and builds) its best depth
-        self.acceptance = self.sd_lookahead = self.ssd_depth = None
-        if self.governor is not None and mode == "ssd":
-            self.acceptance = Acceptance(self.k)  # one estimate, read by both models
-            self.sd_lookahead, self.ssd_depth = LookaheadModel(self.k, self.acceptance), DepthModel(self.k, self.acceptance)
-        self._ssd_outcomes: dict[int, tuple[int, int]] = {}  # per row of the last SSD round: (n, depth)
-        self._last_ssd_round: tuple[int, int] | None = None  # (rows, depth) of the last round, if SSD
+        # under the governor, an SSD deployment sizes its rounds from measurements
+        self.sizing = RoundSizer(self.k, self.governor) if self.governor is not None and mode == "ssd" else None
         self._last_reply_at = 0.0  # when the last round's draft reply came
-        # Per-round metrics and spans (saguaro.telemetry.rounds.RoundTelemetry), set by the
+        # Per-round metrics and spans (services/target/round_telemetry.py), set by the
         # service; None costs a round nothing.
-        self.telemetry = None
+        self.telemetry: RoundTelemetry | None = None
         if mode != "ar":
             request = handshake_request(self.runner, settings, config.max_num_seqs)
             self.proposer = DraftProposer(connect, request, settings, self.runner.vocab_size, draft_timeout_s, retry_interval_s,
@@ -126,34 +128,59 @@ class SpeculativeEngine(LLMEngine):
             raise
 
     def _decode(self, seqs: list[Sequence]) -> None:
-        round_started = time.perf_counter()
+        """One round: propose, forward and verify, commit; then the observers learn from it."""
+        started = time.perf_counter()
+        plan = self._plan(seqs)
+        trace = self.telemetry.start_round(seqs) if self.telemetry is not None else None
+        proposals, draft_time, since_reply = self._propose(plan, trace)
+        verify_started = time.perf_counter()
+        outcomes = self._forward(seqs, proposals)
+        rows = self._commit_rows(seqs, proposals, outcomes)
+        verify_time = time.perf_counter() - verify_started
+        result = RoundResult(
+            plan, rows, self.k,
+            depth=len(next(iter(proposals.values())).tokens) if proposals else self.k,
+            transport=self.proposer.transport if self.proposer is not None else "none",
+            started=started, draft_time_s=draft_time, verify_time_s=verify_time, since_reply_s=since_reply,
+            timings=self.proposer.last_timings if proposals else None,
+        )
+        self._observe(result, trace)
+        self._release_finished(seqs)
+
+    def _plan(self, seqs: list[Sequence]) -> RoundPlan:
+        """How this round runs: the governor's arm; else the deployment's mode, or plain when no
+        row speculates. A held round tells the draft its speculating rows skip a round."""
         spec = [s for s in seqs if self._speculates(s)]
         governed = len(spec) if spec and self.governor is not None else 0
-        # how this round runs: the governor's arm; else the deployment's mode, or plain without speculating rows
         arm = self.governor.choose(governed) if governed else self.mode if spec else "ar"
-        held = bool(governed) and arm == "ar"
+        held = bool(governed) and arm == "ar"  # plain decoding beats speculation at this batch size right now
         synchronous = arm == "sd" and self.mode == "ssd"  # SD beats SSD at this batch size right now
-        lookahead = self._lookahead(arm, len(spec), synchronous)
-        if held:  # plain decoding beats speculation at this batch size right now
+        sizing = self.sizing
+        lookahead = sizing.lookahead(arm, len(spec), synchronous) if sizing is not None else 0
+        if held:
             self.proposer.skip(spec)
-            for s in spec:
-                s.stats.policy_rounds += 1
             spec = []
-        before = sum(s.num_output_tokens for s in seqs) if governed else 0
-        telemetry = self.telemetry
-        trace = telemetry.start_round(seqs) if telemetry is not None else None
-        started = time.perf_counter()
+        budget = sizing.build_budget(arm, len(spec), lookahead) if sizing is not None and not synchronous else None
+        return RoundPlan(arm, spec, governed, held, synchronous, lookahead, budget)
+
+    def _propose(self, plan: RoundPlan, trace: RoundTrace | None) -> tuple[dict[int, Proposal], float, float]:
+        """The speculating rows' proposals by seq_id ({}: none asked, or the draft gave none), the
+        wait for the draft's reply, and the time since the previous round's reply."""
+        asked = time.perf_counter()
         carrier = trace.carrier if trace is not None else None
-        build_budget = self._build_budget(arm, len(spec), lookahead) if not synchronous else None
-        proposals = self.proposer.propose(spec, carrier, synchronous, lookahead, build_budget) if spec else {}
-        since_reply, self._last_reply_at = started - self._last_reply_at, time.perf_counter()
-        draft_time = self._last_reply_at - started
+        proposals = self.proposer.propose(plan.speculating, carrier, plan.synchronous, plan.lookahead,
+                                          plan.build_budget_s) if plan.speculating else {}
+        since_reply, self._last_reply_at = asked - self._last_reply_at, time.perf_counter()
+        return proposals, self._last_reply_at - asked, since_reply
+
+    def _forward(self, seqs: list[Sequence], proposals: dict[int, Proposal]) -> dict[int, tuple[int, list[int]]]:
+        """One verify forward for the whole batch: a row with a proposal verifies it, a row
+        without one samples a plain token. Per seq_id: the accepted count and the new tokens."""
         chunks = [
             CausalChunk(s.table.blocks, s.num_tokens - 1,
                         s.token_ids[-1:] + (proposals[s.seq_id].tokens if s.seq_id in proposals else []))
             for s in seqs
         ]
-        started = time.perf_counter()
         unproposed = [i for i, s in enumerate(seqs) if s.seq_id not in proposals]
         plain = [seqs[i] for i in unproposed]
         verified = [i for i, s in enumerate(seqs) if s.seq_id in proposals]
@@ -171,117 +198,43 @@ class SpeculativeEngine(LLMEngine):
                 accepted, next_tokens = verify_rows(
                     block.view(len(picked), k + 1, -1), props, [s.params for s in picked], [s.generator for s in picked]
                 )
-        if plain:
-            for seq, token in zip(plain, plain_tokens):
-                self._commit_round(seq, 0, [token], None, draft_time, held)
+        outcomes = {s.seq_id: (0, [token]) for s, token in zip(plain, plain_tokens)} if plain else {}
         if verified:
-            for seq, prop, n, r in zip(picked, props, accepted, next_tokens):
-                self._commit_round(seq, n, prop.tokens[:n] + [r], prop, draft_time, synchronous=synchronous)
-            if telemetry is not None:
-                outcome = {s.seq_id: n for s, n in zip(picked, accepted)}
-        verify_time = time.perf_counter() - started
-        build_time = self.proposer.last_build_s if proposals else 0.0
-        for seq in seqs:
-            seq.stats.verify_time_s += verify_time
+            for s, p, n, r in zip(picked, props, accepted, next_tokens):
+                outcomes[s.seq_id] = (n, p.tokens[:n] + [r])
+        return outcomes
+
+    def _commit_rows(self, seqs: list[Sequence], proposals: dict[int, Proposal],
+                     outcomes: dict[int, tuple[int, list[int]]]) -> list[RoundRow]:
+        """Commit every row's new tokens (plain rows first: the order their KV blocks are
+        registered in) and give the draft each verified row's outcome, its next cache key."""
+        committed: dict[int, int] = {}
+        for seq in sorted(seqs, key=lambda s: s.seq_id in proposals):
+            accepted, new_tokens = outcomes[seq.seq_id]
             if seq.seq_id in proposals:
-                seq.stats.draft_build_time_s += build_time
-        if telemetry is not None:
-            telemetry.end_round(trace, self, seqs, spec, proposals, outcome if verified else {}, draft_time, verify_time,
-                                arm)
-        if self.sd_lookahead is not None:
-            self._observe_costs(governed, picked, props, accepted if verified else [], synchronous, verify_time,
-                                draft_time, since_reply, time.perf_counter() - round_started)
-        if governed:
-            committed = sum(s.num_output_tokens for s in seqs) - before
-            if held or proposals:
-                self.governor.record(governed, arm, committed, time.perf_counter() - round_started)
+                self.proposer.observe(seq, accepted)
+            before = seq.num_output_tokens
+            self.commit(seq, seq.num_tokens + accepted, new_tokens)
+            committed[seq.seq_id] = seq.num_output_tokens - before
+            if not seq.finished:
+                self.runner.blocks.truncate(seq.table, seq.num_tokens + self.k)
+        return [RoundRow(s, self._speculates(s), proposals.get(s.seq_id), outcomes[s.seq_id][0], committed[s.seq_id])
+                for s in seqs]
+
+    def _observe(self, result: RoundResult, trace: RoundTrace | None) -> None:
+        """The round's observers, in order: requests' stats, round telemetry, lookahead models,
+        and the governor, whose measure of the round includes them all."""
+        record_stats(result)
+        if self.telemetry is not None:
+            self.telemetry.end_round(trace, result, self.proposer)
+        if self.sizing is not None:
+            self.sizing.observe(result)
+        plan = result.plan
+        if plan.governed:
+            if plan.held or result.proposed:
+                self.governor.record(plan.governed, plan.arm, result.committed, result.elapsed_s())
             else:  # meant to speculate, but the draft gave nothing (late, down): measures neither mode
                 self.governor.unanswered()
-        self._release_finished(seqs)
-
-    def _lookahead(self, arm: str, rows: int, synchronous: bool) -> int:
-        """Tokens each row proposes this round (0: K): SD's best lookahead for a synchronous
-        round, SSD's depth for an SSD round (services/target/lookahead.py). A new depth makes
-        the governor re-measure the SSD arm at this batch size."""
-        if synchronous:
-            return self.sd_lookahead.best(rows)
-        if arm != "ssd" or self.ssd_depth is None or not rows:
-            return 0
-        before = self.ssd_depth.depths.get(bucket_of(rows), self.k)
-        depth = self.ssd_depth.best(rows)
-        if depth != before and self.governor is not None:
-            self.governor.forget(rows, "ssd")
-        return depth
-
-    def _build_budget(self, arm: str, rows: int, lookahead: int) -> float | None:
-        """The time the draft's next build may take without delaying the target (None: no
-        estimate; the draft builds its full fan-out)."""
-        if arm != "ssd" or self.ssd_depth is None or not rows:
-            return None
-        return self.ssd_depth.build_budget(rows, lookahead or self.k)
-
-    def _observe_costs(self, batch_size: int, seqs: list[Sequence], props: list[Proposal], accepted: list[int],
-                       synchronous: bool, verify_time: float, draft_time: float, since_reply: float,
-                       round_time: float) -> None:
-        """Feed the lookahead models (services/target/lookahead.py): acceptance from real drafts
-        (not fast backups' placeholders); the SD arm's step and transport times from synchronous
-        rounds (every row drafted); the SSD arm's verify, host, link and backup times, the
-        draft's build after each SSD round, and hits keyed on the previous SSD round's outcome."""
-        last_round, self._last_ssd_round = self._last_ssd_round, None
-        previous, self._ssd_outcomes = self._ssd_outcomes, {}
-        if not props:
-            return
-        k = len(props[0].tokens)
-        self.acceptance.observe([n for p, n in zip(props, accepted) if p.backup != 2], k)
-        timings = self.proposer.last_timings
-        if timings is None:
-            return
-        lookup_s, backup_s = timings.lookup_us / 1e6, timings.backup_us / 1e6
-        if synchronous:
-            self.sd_lookahead.observe_times(batch_size, verify_time, draft_time, lookup_s, backup_s, k)
-            return
-        build_s = None
-        if last_round is not None:  # the build this reply reports followed that round
-            build_s = timings.prev_build_us / 1e6
-            self.ssd_depth.observe_build(*last_round, build_s)
-        for seq, prop in zip(seqs, props):
-            if seq.seq_id in previous:
-                self.ssd_depth.observe_lookup(*previous[seq.seq_id], prop.hit)
-        misses = sum(not p.hit for p in props)
-        self.ssd_depth.observe_round(SSDRound(batch_size, k, round_time, verify_time, draft_time, backup_s, misses,
-                                              sum(p.backup == 2 for p in props), build_s, since_reply))
-        self._ssd_outcomes = {seq.seq_id: (n, k) for seq, n in zip(seqs, accepted)}
-        self._last_ssd_round = (batch_size, k)
-
-    def _commit_round(self, seq: Sequence, accepted: int, new_tokens: list[int], proposal: Proposal | None,
-                      draft_time: float, held: bool = False, synchronous: bool = False) -> None:
-        """``held``: the governor kept this round plain (not a draft failure); ``synchronous``:
-        the governor ran it as SD on the SSD draft (no cache lookup to count)."""
-        stats = seq.stats
-        speculates = self._speculates(seq)
-        if speculates:
-            stats.transport = self.proposer.transport
-        if proposal is None:
-            if speculates and not held:
-                stats.fallbacks += not stats.in_fallback
-                stats.in_fallback = True
-                stats.fallback_rounds += 1
-        else:
-            stats.in_fallback = False
-            stats.draft_time_s += draft_time
-            if synchronous:
-                stats.sync_rounds += 1
-            else:
-                stats.cache_hits += proposal.hit
-                stats.cache_misses += not proposal.hit
-                stats.backups_jit += proposal.backup == 1
-                stats.backups_fast += proposal.backup == 2
-            self.proposer.observe(seq, accepted)
-        before = seq.num_output_tokens
-        self.commit(seq, seq.num_tokens + accepted, new_tokens)
-        stats.record_round(None if proposal is None else accepted, seq.num_output_tokens - before, self.k)
-        if not seq.finished:
-            self.runner.blocks.truncate(seq.table, seq.num_tokens + self.k)
 
     def _release_finished(self, seqs: list[Sequence]) -> None:
         if self.telemetry is not None:

@@ -10,8 +10,6 @@ import grpc
 
 from saguaro.config import EngineConfig
 from saguaro.errors import ConfigError
-from saguaro.llm import LLM
-from saguaro.tokenizer import load_tokenizer
 from saguaro.speculative.handshake import answer_handshake, model_facts
 from saguaro.speculative.settings import DraftSettings
 from saguaro.services.draft.worker import DraftWorker, draft_runner
@@ -82,12 +80,3 @@ def speculative_engine(
         raise ValueError(f"mode {mode!r} needs a draft: an in-process draft config or a draft address")
     return SpeculativeEngine(target, mode, settings, connect, **proposer_options)
 
-
-def speculative_llm(target_model: str, draft_model: str | None = None, mode: str = "ssd",
-                    settings: DraftSettings | None = None, draft_address: str | None = None,
-                    **engine_options) -> LLM:
-    """The offline API over a speculative engine (same ``generate`` as ``saguaro.LLM``)."""
-    target = EngineConfig(model=target_model, **engine_options)
-    draft = EngineConfig(model=draft_model, **engine_options) if draft_model else None
-    engine = speculative_engine(target, mode, draft, settings, draft_address)
-    return LLM.from_engine(engine, load_tokenizer(target_model))

@@ -33,6 +33,7 @@ from saguaro.sequence import Sequence
 from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.channels import DraftChannel
 from saguaro.speculative import proposal_codec
+from saguaro.speculative.backup import Backup
 from saguaro.v1 import speculation_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class Proposal:
     probs: torch.Tensor | None  # [K, V] canonical proposal law, when the row samples
     is_sample: bool
     hit: bool
-    backup: int
+    backup: Backup  # how the draft served a miss (NONE: from its cache)
 
 
 @dataclass
@@ -87,7 +88,6 @@ class DraftProposer:
         self._down_since: float | None = None
         self.failures = 0
         self.draft_model: pb.ModelFacts | None = None  # the connected draft's facts (from the handshake)
-        self.last_build_s = 0.0  # the draft's cache-build time it reported with its last reply
         self.last_timings: pb.DraftTimings | None = None  # all the draft's timings of its last reply
         self.reply_s: float | None = None  # recent time from request to reply (EMA), for the soft deadline
         self.late_replies = 0  # rounds that went ahead without their reply
@@ -259,7 +259,6 @@ class DraftProposer:
         if responses is None:
             return {}
         reply = responses[-1].speculate
-        self.last_build_s = reply.timings.prev_build_us / 1e6
         self.last_timings = reply.timings
         if len(reply.rows) != len(seqs):
             self._mark_down(f"reply has {len(reply.rows)} rows for {len(seqs)} sequences")
@@ -288,7 +287,7 @@ class DraftProposer:
                     continue
             elif row.proposal_is_sample and s.params.temperature > 0:
                 continue  # a sampled proposal without its law cannot be verified exactly
-            out[s.seq_id] = Proposal(tokens, probs, row.proposal_is_sample, row.hit, row.backup)
+            out[s.seq_id] = Proposal(tokens, probs, row.proposal_is_sample, row.hit, Backup(row.backup))
         return out
 
     def observe(self, seq: Sequence, accepted: int) -> None:

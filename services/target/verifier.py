@@ -14,7 +14,7 @@ import torch
 
 from saguaro.sampling import SamplingParams, filter_logits
 from saguaro.services.target.proposer import Proposal
-from saguaro.kernels.verify import fused_verify
+from saguaro.speculative.fused_verify import fused_verify
 from saguaro.speculative.verification import draw_verification_uniforms, greedy_verify, rejection_verify
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from saguaro_loadtest.measure import write_report
+from saguaro_loadtest.stack import Stack, StackSpec
+from saguaro_loadtest.workload import Workload, prompt_pool
 from tests_support import hf_greedy
-
-from saguaro.loadtest import Stack, StackSpec, Workload, prompt_pool, write_report
 
 MAX_TOKENS = 24
 PROMPTS = 16

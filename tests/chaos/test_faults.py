@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from saguaro.loadtest import FAULT_PLAN, fault_name, run_fault
+from saguaro_loadtest.faults import FAULT_PLAN, fault_name, run_fault
 
 SEED = 20260
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from saguaro.loadtest import judge
+from saguaro_loadtest.load import judge
 
 EXPECTED = [5, 6, 7, 8]
 

@@ -8,7 +8,9 @@ import torch
 
 from saguaro.cache.kv_cache import bytes_per_block
 from saguaro.config import ModelConfig
-from saguaro.loadtest import LoadGenerator, Stack, StackSpec, counts, scrape_metric
+from saguaro_loadtest.load import LoadGenerator, counts
+from saguaro_loadtest.measure import scrape_metric
+from saguaro_loadtest.stack import Stack, StackSpec
 
 BLOCK_SIZE = 16
 KV_BLOCKS = 12  # a request of the workload needs up to 5 (40 prompt + 24 new + 3 lookahead tokens)

@@ -17,6 +17,8 @@ from saguaro.compare import ModeSetup
 from saguaro.demo import DEMO_PAIR, DemoPlan, demo_pair, demo_prompts, speed_table
 from saguaro.errors import ModelLoadError
 
+pytestmark = pytest.mark.slow  # runs the demo end to end, its command included
+
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 SMALL = DemoPlan(prompts=2, new_tokens=6, sd_ks=(2, 3), ssd=ModeSetup("ssd", k=3, fan_out=2, backup="fast"),
                  repeats=1, dilation=1.0)

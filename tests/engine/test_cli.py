@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from saguaro import LLM, SamplingParams
+
+pytestmark = pytest.mark.slow  # each test starts the saguaro command in a new interpreter
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -47,7 +51,8 @@ def test_help_explains_commands():
 
 
 def test_fan_out_policy_is_reachable_from_the_command_line(tmp_path):
-    from saguaro.cli import build_parser, speculation_argv, speculation_settings
+    from saguaro.cli import build_parser
+    from saguaro.cli_options import speculation_argv, speculation_settings
     from saguaro.v1 import speculation_pb2 as pb
 
     args = build_parser().parse_args(["target", "--model", str(tmp_path), "--fan-out-policy", "geometric"])
@@ -60,7 +65,8 @@ def test_fan_out_policy_is_reachable_from_the_command_line(tmp_path):
 
 
 def test_enforce_eager_turns_step_graphs_off_on_every_command_and_reaches_the_services(tmp_path):
-    from saguaro.cli import build_parser, engine_argv, engine_options
+    from saguaro.cli import build_parser
+    from saguaro.cli_options import engine_argv, engine_options
 
     for command in (["target", "--model", str(tmp_path)], ["draft", "--model", str(tmp_path)],
                     ["generate", "--model", str(tmp_path), "--prompt", "x"]):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import saguaro.model_runner as model_runner
-from saguaro.cli import build_parser, engine_options
+from saguaro.cli import build_parser
+from saguaro.cli_options import engine_options
 from saguaro.config import EngineConfig
 from saguaro.emulation import PROFILES, StepCost, engine_fields, parse_emulate
 from saguaro.errors import ConfigError

@@ -17,6 +17,7 @@ from saguaro.errors import ConfigError
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_the_dry_run_passes_every_step_and_writes_a_loadable_profile(tmp_path, monkeypatch):
     results = tmp_path / "results"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

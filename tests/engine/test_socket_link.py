@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from saguaro.socket_link import SocketLink, SocketListener
+from saguaro.transport.socket_link import SocketLink, SocketListener
 
 
 def _pair() -> tuple[SocketLink, SocketLink]:

@@ -21,7 +21,7 @@ from saguaro.attention import causal_metadata
 from saguaro.cache import BlockTable
 from saguaro.model_runner import CausalChunk, ModelRunner
 from saguaro.speculative.settings import DraftSettings
-from saguaro.services.target.local import speculative_llm
+from saguaro.services.target.local import speculative_engine
 from saguaro.step_graphs import MIN_CONTEXT, StepShape, batch_buckets, bucket_up, context_bucket, pad_step
 from tests_support import hf_greedy, make_prompts
 
@@ -122,7 +122,9 @@ def test_engines_on_padded_steps_give_transformers_greedy_tokens(model_dirs, exp
         llm = LLM(model_dirs[name], **options)
     else:
         draft = model_dirs["llama_draft_perturbed" if name == "llama" else "qwen3"]
-        llm = speculative_llm(model_dirs[name], draft, mode, DraftSettings(k=3, fan_out=2), **options)
+        engine = speculative_engine(EngineConfig(model=model_dirs[name], **options), mode,
+                                    EngineConfig(model=draft, **options), DraftSettings(k=3, fan_out=2))
+        llm = LLM.from_engine(engine, None)
     try:
         outputs = llm.generate(prompts, SamplingParams(max_tokens=10))
         if mode == "ssd":  # the draft worker's glue and tree steps were padded too

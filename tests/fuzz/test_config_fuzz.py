@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from fuzz.support import JSON, LOADING, damaged, fuzz_settings, mostly
 from saguaro import LLM, SamplingParams
-from saguaro.cli import build_parser, engine_options, main, speculation_settings
+from saguaro.cli import build_parser, main
+from saguaro.cli_options import engine_options, speculation_settings
 from saguaro.config import EngineConfig, ModelConfig
 from saguaro.errors import ConfigError, InvalidRequestError, ModelLoadError, SaguaroError
 from saguaro.speculative.settings import MAX_BUDGET, MAX_LOOKAHEAD

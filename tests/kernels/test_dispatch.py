@@ -7,16 +7,16 @@ import torch
 from triton import knobs
 from triton.runtime.interpreter import InterpretedFunction
 
+from saguaro.attention.kv_store import store_kv
+from saguaro.attention.tree_attention import tree_attention
 from saguaro.kernels.dispatch import launch_counts, use_triton
-from saguaro.kernels.fork import fork_candidates
-from saguaro.kernels.kv_store import store_kv
-from saguaro.kernels.tree_attention import tree_attention
-from saguaro.kernels.verify import fused_verify
 from saguaro.kernels.fork_triton import _fork_kernel
 from saguaro.kernels.kv_store_triton import _store_kv_kernel
 from saguaro.kernels.tree_attention_triton import _tree_attention_kernel
 from saguaro.kernels.verify_triton import _verify_kernel
 from saguaro.services.draft.tree import tree_step_metadata
+from saguaro.speculative.fork import fork_candidates
+from saguaro.speculative.fused_verify import fused_verify
 
 
 def test_every_kernel_is_interpreted() -> None:

@@ -1,4 +1,4 @@
-"""Fork selection kernel vs ``saguaro.speculative.fanout.fork_candidates``: tokens and
+"""Fork selection kernel vs ``saguaro.speculative.fork.fork_candidates_reference``: tokens and
 depths bit-identical, including ties, signed zeros, infinities and NaNs."""
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saguaro.kernels.fork import fork_candidates
 from saguaro.kernels.fork_triton import fork_triton
-from saguaro.speculative.fanout import fork_candidates as fork_candidates_reference
+from saguaro.speculative.fork import fork_candidates, fork_candidates_reference
 
 SPECIALS = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), -float("nan")])
 
@@ -69,6 +68,7 @@ def test_fork_matches_reference(launches, batch, k, vocab, dtype, per_row, data)
     assert torch.equal(got[1], expected[1])
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None, derandomize=True)
 @given(
     batch=st.integers(1, 3),

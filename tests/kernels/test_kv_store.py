@@ -1,4 +1,4 @@
-"""Paged KV store kernel vs ``saguaro.attention.backend.store_kv``: caches bit-identical."""
+"""Paged KV store kernel vs ``saguaro.attention.kv_store.store_kv_reference``: caches bit-identical."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saguaro.attention import AttentionMetadata
-from saguaro.attention.backend import store_kv as store_kv_reference
-from saguaro.kernels.kv_store import store_kv
+from saguaro.attention.kv_store import store_kv, store_kv_reference
 
 
 def write_only_metadata(slot_mapping: torch.Tensor) -> AttentionMetadata:

@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saguaro.kernels.kv_store import store_kv
-from saguaro.kernels.tree_attention import TreeStep, tree_attention
+from saguaro.attention.kv_store import store_kv
+from saguaro.attention.tree_attention import TreeStep, tree_attention
 from saguaro.kernels.tree_attention_triton import tree_attention_triton
 from saguaro.services.draft.tree import tree_scratch_slots, tree_step_metadata
 

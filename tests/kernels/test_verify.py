@@ -13,14 +13,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saguaro.kernels.verify import fused_verify
 from saguaro.kernels.verify_triton import verify_triton
-from saguaro.speculative.verification import (
-    greedy_verify,
-    proposal_probs,
-    rejection_verify,
-    verify,
-)
+from saguaro.speculative.distributions import proposal_probs
+from saguaro.speculative.fused_verify import fused_verify
+from saguaro.speculative.verification import greedy_verify, rejection_verify, verify
 
 ALMOST_ONE = 1.0 - 2.0**-53
 

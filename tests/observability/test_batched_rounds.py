@@ -15,10 +15,10 @@ from saguaro.config import EngineConfig
 from saguaro.sampling import SamplingParams
 from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.local import speculative_engine
+from saguaro.services.target.request_telemetry import RequestTelemetry
+from saguaro.services.target.round_telemetry import RoundTelemetry
 from saguaro.telemetry import attributes as A
 from saguaro.telemetry import tracing
-from saguaro.telemetry.requests import RequestTelemetry
-from saguaro.telemetry.rounds import RoundTelemetry
 from saguaro.v1 import speculation_pb2 as pb
 
 PROMPTS = [[7, 19, 23, 101, 5], [3, 44, 91, 17, 8, 250, 33], [120, 6, 77, 9]]

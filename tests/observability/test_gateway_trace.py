@@ -13,14 +13,17 @@ import time
 import urllib.request
 
 import grpc
+import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from saguaro.net import free_port
+from saguaro.services.gateway.telemetry import GatewaySpan
 from saguaro.telemetry import attributes as A
 from saguaro.telemetry import tracing
-from saguaro.telemetry.gateway import GatewaySpan
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.slow  # real targets behind a gateway, traced
 
 PROMPT = [11, 42, 7, 300, 5, 18]
 SERVER = 2

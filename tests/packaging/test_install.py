@@ -7,10 +7,14 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # builds fresh virtual environments and installs into them
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-SUBPACKAGES = "saguaro.services.draft.worker, saguaro.services.target.verifier, saguaro.kernels.verify, saguaro.v1.speculation_pb2"
+SUBPACKAGES = "saguaro.services.draft.worker, saguaro.services.target.verifier, saguaro.kernels.dispatch, saguaro.v1.speculation_pb2"
 
 
 def _fresh_venv(tmp_path: Path, *install_args: str) -> tuple[Path, str]:
@@ -31,7 +35,7 @@ def test_editable_install_in_fresh_venv(tmp_path):
     venv, _ = _fresh_venv(tmp_path, "-e", str(REPO))
     probe = subprocess.run(
         [str(venv / "bin" / "python"), "-c",
-         f"import saguaro, {SUBPACKAGES}; print(saguaro.kernels.verify.__file__)"],
+         f"import saguaro, {SUBPACKAGES}; print(saguaro.kernels.dispatch.__file__)"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
     assert probe.returncode == 0, probe.stderr

@@ -26,6 +26,7 @@ def _run_from_repo_root(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_transformers_loads_its_kernels_integration_from_the_repo_root():
     proc = _run_from_repo_root(
         "import transformers.integrations.hub_kernels; from transformers import AutoTokenizer; print('ok')")
@@ -59,7 +60,7 @@ def test_the_package_reaches_the_top_level_folders_through_links(folder):
 
 def test_saguaro_subpackages_import_from_the_repo_root():
     proc = _run_from_repo_root(
-        "import saguaro.kernels.verify, saguaro.services.target.verifier, saguaro.services.draft.worker;"
+        "import saguaro.kernels.dispatch, saguaro.services.target.verifier, saguaro.services.draft.worker;"
         "import saguaro.kernels as k; print(list(k.__path__))")
     assert proc.returncode == 0, proc.stderr
     assert "kernels" in proc.stdout

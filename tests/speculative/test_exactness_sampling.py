@@ -24,6 +24,8 @@ from saguaro.tiny_models import build_tiny_model, perturbed_copy
 from saguaro.v1 import speculation_pb2 as pb
 from tests_support import cycle_depths, flapping_governor, hf_logits
 
+pytestmark = pytest.mark.slow  # chi-square tests over thousands of sampled tokens
+
 VOCAB = 10
 PROMPT = [4, 7, 3]
 SAMPLES = 3000

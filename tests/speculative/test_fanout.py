@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 
 from saguaro.speculative.fanout import (
     depth_probabilities,
-    fork_candidates,
     geometric_fan_out,
     scale_fan_out,
     select_fan_out,
     uniform_fan_out,
     validate_fan_out,
 )
+from saguaro.speculative.fork import fork_candidates
 
 # --------------------------------------------------------------------------------------
 # uniform / validate / scale

@@ -1,4 +1,4 @@
-"""Tests for saguaro.speculative.verification.
+"""Tests for saguaro.speculative.verification and saguaro.speculative.distributions.
 
 The core of this file is an *exact* law computation: the verifier is a deterministic
 function of its uniforms, and for fixed (p, q, draft tokens) it is piecewise constant in
@@ -23,17 +23,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from saguaro.speculative.verification import (
-    VerifyResult,
-    draw_verification_uniforms,
-    emitted_tokens,
-    greedy_verify,
+from saguaro.speculative.distributions import (
     probs_from_logits,
     proposal_probs,
-    rejection_verify,
     saguaro_rescale,
     sample_inverse_cdf,
     topk_indices,
+)
+from saguaro.speculative.verification import (
+    VerifyResult,
+    draw_verification_uniforms,
+    greedy_verify,
+    rejection_verify,
     verify,
 )
 
@@ -584,6 +585,16 @@ def test_input_validation() -> None:
     # all-greedy rows need neither draft_probs nor randomness
     res = verify(p, toks, None, torch.zeros(2))
     assert res.accepted.tolist() == [2, 2] and res.next_token.tolist() == [0, 0]
+
+
+def emitted_tokens(draft_tokens: torch.Tensor, accepted: torch.Tensor, next_token: torch.Tensor) -> torch.Tensor:
+    """Tokens a round emits, LongTensor[B, K+1]: ``s_1..s_n, r'`` then -1 (how the chi-square
+    test below reads a batch of rounds as emitted sequences)."""
+    b, k = draft_tokens.shape
+    pad = torch.full((b, 1), -1, dtype=torch.long)
+    out = torch.cat([draft_tokens.long(), pad], dim=1)
+    out = torch.where(torch.arange(k + 1).unsqueeze(0) < accepted.unsqueeze(1), out, pad)
+    return out.scatter(1, accepted.unsqueeze(1), next_token.long().unsqueeze(1))
 
 
 def test_emitted_tokens() -> None:

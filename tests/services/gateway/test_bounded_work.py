@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real targets behind a gateway, with emulated slow forwards
+
 FORWARD_S = 0.05  # every forward of the target takes this long: a stream of 30 tokens lasts 1.5 s
 
 

@@ -12,6 +12,8 @@ from tests_support import make_prompts
 
 from saguaro.client import AsyncClient, Client
 
+pytestmark = pytest.mark.slow  # SSD pairs of real services behind a gateway
+
 MAX_TOKENS = 8
 
 

@@ -22,6 +22,8 @@ from saguaro.tokenizer import decode, load_tokenizer
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
 
+pytestmark = pytest.mark.slow  # kills and restarts real target and gateway processes
+
 FORWARD_S = 0.1  # emulated forward time of the targets that get killed: the stream is still running then
 PROMPT = [11, 12, 13, 14, 15]
 MAX_TOKENS = 16

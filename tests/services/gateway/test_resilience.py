@@ -15,6 +15,8 @@ import pytest
 from saguaro.net import free_port
 from saguaro.client import Client, ServiceUnavailableError
 
+pytestmark = pytest.mark.slow  # kills, stalls and restarts real target processes
+
 SLOW_FORWARD_S = 0.4  # every forward of the slow targets takes this long (emulated accelerator)
 
 

@@ -81,6 +81,7 @@ def test_a_worker_error_fails_the_round_and_names_the_worker(pool):
     assert ok.speculate.rows[0].status == pb.ROW_STATUS_OK  # the pool keeps serving
 
 
+@pytest.mark.slow
 def test_one_dead_worker_costs_speculation_not_correctness_and_the_pool_recovers(model_dirs):
     expected = hf_greedy(model_dirs["llama"], PROMPT, 48)
     ports = [free_port(), free_port()]

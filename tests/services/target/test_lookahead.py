@@ -115,7 +115,7 @@ def test_synchronous_rounds_draft_the_modelled_lookahead_and_stay_exact(model_di
                                           seed=13, max_tokens=60, base_interval=2)
     assert exact
     assert sum(o.stats["sync_rounds"] for o in outputs) > 0
-    assert 1 <= engine.sd_lookahead.best(2) < 4
+    assert 1 <= engine.sizing.sd_lookahead.best(2) < 4
 
 
 def ssd_measured(reach: list[float], verify: dict[int, float], build_step_s: float, host_s: float = 0.0005,
@@ -206,6 +206,7 @@ def test_hit_rate_weighs_each_outcome_by_its_chance_at_the_depth():
     assert model.hit_rate(1) < 1.0
 
 
+@pytest.mark.slow
 def test_ssd_rounds_go_shallower_when_draft_steps_are_slow_and_stay_exact(model_dirs):
     """Draft steps padded to 5 ms against 20 ms target steps: SSD beats plain decoding, but its
     build of K = 4 (5 steps, 25 ms) outlasts the verify, so after measuring, SSD rounds propose
@@ -213,7 +214,7 @@ def test_ssd_rounds_go_shallower_when_draft_steps_are_slow_and_stay_exact(model_
     engine, _, exact = governed_run(model_dirs, 0.020, 0.005, DraftSettings(k=4, fan_out=2), ("ar", "ssd"),
                                     seed=17, max_tokens=100, base_interval=4)
     assert exact
-    assert 1 <= engine.ssd_depth.best(2) < 4
+    assert 1 <= engine.sizing.ssd_depth.best(2) < 4
 
 
 def test_the_draft_narrows_a_tree_past_its_knee_to_fit_the_verify_and_stays_exact(model_dirs):

@@ -30,6 +30,8 @@ from saguaro.v1 import speculation_pb2 as spb
 from saguaro.v1 import speculation_pb2_grpc as spb_grpc
 from tests_support import make_certificate, pem_of, write
 
+pytestmark = pytest.mark.slow  # a TLS stack of child processes on every hop
+
 SMALL_ARGS = ["--kv-cache-bytes", str(16 << 20), "--max-num-seqs", "8", "--metrics-port", "0"]
 
 

@@ -16,6 +16,8 @@ import pytest
 from saguaro.cli import main
 from saguaro.net import free_port, free_port_run
 
+pytestmark = pytest.mark.slow  # starts 'saguaro up' stacks of child processes
+
 SMALL_ARGS = ["--kv-cache-bytes", str(16 << 20), "--max-num-seqs", "8"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 

@@ -1,4 +1,4 @@
-"""The target engine's round hook: per-round metrics and ``ssd.round`` spans.
+"""The target engine's round observer: per-round metrics and ``ssd.round`` spans.
 
 Rounds are batched: one verify forward serves every running sequence. The span design:
 
@@ -15,7 +15,9 @@ Rounds are batched: one verify forward serves every running sequence. The span d
   so the draft's ``ssd.speculate`` span is a child of the round.
 
 Only requests whose span is sampled are bound, so an unsampled request costs one dict lookup
-per round, and with tracing off ``start_round`` returns at its first test.
+per round, and with tracing off ``start_round`` returns at its first test. ``end_round`` reads
+the finished round's ``RoundResult`` (services/target/round.py; docs/speculation.md, "One
+round").
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from saguaro.speculative.backup import Backup
 from saguaro.telemetry import attributes as A
 from saguaro.telemetry import tracing
 
 if TYPE_CHECKING:
+    from saguaro.services.target.proposer import DraftProposer
+    from saguaro.services.target.round import RoundResult
     from saguaro.telemetry.metrics import RoundTotals, TargetMetrics
+    from saguaro.v1 import speculation_pb2 as pb
 
 
 class RoundTrace:
@@ -108,112 +114,104 @@ class RoundTelemetry:
         trace.span.set_status(Status(StatusCode.ERROR, str(exc) or type(exc).__name__))
         trace.span.end()
 
-    def end_round(self, trace: RoundTrace | None, engine: Any, seqs: list, spec: list, proposals: dict,
-                  outcome: dict[int, int], draft_time: float, verify_time: float, arm: str = "ssd") -> None:
-        """Account a finished round: ``proposals`` by seq_id, ``outcome`` seq_id -> accepted n;
-        ``arm``: how it ran (ar, sd or ssd; docs/speculation.md, the speculation governor)."""
-        proposer = engine.proposer
-        timings = proposer.last_timings if proposals and proposer is not None else None
+    def end_round(self, trace: RoundTrace | None, result: RoundResult, proposer: DraftProposer | None) -> None:
+        """Account a finished round (its arm: ar, sd or ssd; docs/speculation.md, the speculation
+        governor)."""
+        timings = result.timings
         build = overlap = gap = 0.0
         if timings is not None:
             # The draft built the previous round's cache while the target worked (verify,
             # commit, scheduling, prefills) between receiving that reply and sending this
             # request: ``gap``. The build was hidden for min(build, gap). A lower bound: the
             # transport's latency hides a little more, which the target cannot see.
-            build = timings.prev_build_us / 1e6
+            build = result.build_time_s
             gap = self._round_start - self._prev_reply if self._prev_reply is not None else build
             overlap = min(build, max(0.0, gap))
-            self._prev_reply = self._round_start + draft_time
-        # the round's depth: K, or fewer tokens chosen by a lookahead model (docs/speculation.md)
-        k = len(next(iter(proposals.values())).tokens) if proposals else engine.k
+            self._prev_reply = self._round_start + result.draft_time_s
         m = self.metrics
         if m is not None:
-            self._count(m.rounds, k, spec, proposals, outcome, draft_time, verify_time, build, overlap, timings, arm)
+            self._count(m.rounds, result, build, overlap)
         if trace is not None:
-            self._finish(trace, engine, k, seqs, spec, proposals, outcome, draft_time, verify_time, timings, build,
-                         overlap, gap, arm)
+            self._finish(trace, result, proposer, build, overlap, gap)
         self._open = None
 
     @staticmethod
-    def _count(t: RoundTotals, k: int, spec: list, proposals: dict, outcome: dict[int, int], draft_time: float,
-               verify_time: float, build: float, overlap: float, timings: Any, arm: str) -> None:
+    def _count(t: RoundTotals, result: RoundResult, build: float, overlap: float) -> None:
         """Add the round to the plain-number totals a scrape exports (no locks, no calls out)."""
-        t.observe_round(draft_time + verify_time)
-        t.verify += verify_time
-        t.arm_rounds[arm] = t.arm_rounds.get(arm, 0) + 1
-        if spec:
+        plan, timings, draft_time, k = result.plan, result.timings, result.draft_time_s, result.depth
+        t.observe_round(draft_time + result.verify_time_s)
+        t.verify += result.verify_time_s
+        t.arm_rounds[plan.arm] = t.arm_rounds.get(plan.arm, 0) + 1
+        if plan.speculating:
             t.draft_wait += draft_time
         if timings is not None:
-            t.transport += max(0.0, draft_time - (timings.lookup_us + timings.backup_us) / 1e6)
-        t.fallback_rounds += len(spec) - len(proposals)
-        if not proposals:
+            t.transport += _transport_s(draft_time, timings)
+        proposed = result.proposed
+        t.fallback_rounds += len(plan.speculating) - len(proposed)
+        if not proposed:
             return
-        n_prop = len(proposals)
+        n_prop = len(proposed)
         t.drafts += n_prop
         t.draft_tokens += n_prop * k
         per_pos = t.per_pos
         if len(per_pos) < k:
             per_pos.extend([0] * (k - len(per_pos)))
-        for n in outcome.values():
+        for row in proposed:
+            n = row.accepted
             t.accepted += n
             for i in range(n):
                 per_pos[i] += 1
-        if arm != "sd":  # a synchronous round looks nothing up
-            hits = 0
-            for p in proposals.values():
-                hits += p.hit
-                t.jit += p.backup == 1
-                t.fast += p.backup == 2
-            t.hits += hits
-            t.misses += n_prop - hits
+        if plan.arm != "sd":  # a synchronous round looks nothing up
+            lookups = result.lookups
+            t.hits += lookups.hits
+            t.misses += lookups.misses
+            t.jit += lookups.jit
+            t.fast += lookups.fast
         if timings is not None:
             t.build += build
             t.overlap += overlap
 
-    def _finish(self, trace: RoundTrace, engine: Any, k: int, seqs: list, spec: list, proposals: dict,
-                outcome: dict[int, int], draft_time: float, verify_time: float, timings: Any, build: float,
-                overlap: float, gap: float, arm: str) -> None:
-        proposer = engine.proposer
-        ids = [s.seq_id for s in seqs]
-        rows = [proposals.get(sid) for sid in ids]
-        hits = sum(p.hit for p in proposals.values())
+    def _finish(self, trace: RoundTrace, result: RoundResult, proposer: DraftProposer | None, build: float,
+                overlap: float, gap: float) -> None:
+        plan, timings, k = result.plan, result.timings, result.depth
+        rows, proposed, lookups = result.rows, result.proposed, result.lookups
         attrs: dict[str, Any] = {
             A.SSD_ROUND_INDEX: trace.index,
             A.SSD_ENGINE_ROUND: self.rounds,
             A.SSD_K: k,
-            A.SSD_ARM: arm,
-            A.SSD_TRANSPORT: proposer.transport if proposer is not None else "none",
-            A.SSD_BATCH_SIZE: len(seqs),
-            A.SSD_BATCH_SPECULATIVE: len(spec),
-            A.SSD_BATCH_ACCEPTED: sum(outcome.values()),
-            A.SSD_BATCH_HITS: hits,
-            A.SSD_BATCH_MISSES: len(proposals) - hits,
-            A.SSD_BATCH_FALLBACKS: len(spec) - len(proposals),
-            A.SSD_ROWS_SEQ_ID: ids,
-            A.SSD_ROWS_ACCEPTED: [outcome.get(sid, -1) for sid in ids],
-            A.SSD_ROWS_HIT: [p is not None and p.hit for p in rows],
-            A.SSD_ROWS_BACKUP: [A.BACKUP_NAMES.get(p.backup, "none") if p is not None else "none" for p in rows],
-            A.SSD_DRAFT_TIME: draft_time,
-            A.SSD_VERIFY_TIME: verify_time,
+            A.SSD_ARM: plan.arm,
+            A.SSD_TRANSPORT: result.transport,
+            A.SSD_BATCH_SIZE: len(rows),
+            A.SSD_BATCH_SPECULATIVE: len(plan.speculating),
+            A.SSD_BATCH_ACCEPTED: sum(r.accepted for r in proposed),
+            A.SSD_BATCH_HITS: lookups.hits,
+            A.SSD_BATCH_MISSES: lookups.misses,
+            A.SSD_BATCH_FALLBACKS: len(plan.speculating) - len(proposed),
+            A.SSD_ROWS_SEQ_ID: [r.seq.seq_id for r in rows],
+            A.SSD_ROWS_ACCEPTED: [r.accepted if r.proposal is not None else -1 for r in rows],
+            A.SSD_ROWS_HIT: [r.proposal is not None and r.proposal.hit for r in rows],
+            A.SSD_ROWS_BACKUP: [r.proposal.backup.label if r.proposal is not None else Backup.NONE.label for r in rows],
+            A.SSD_DRAFT_TIME: result.draft_time_s,
+            A.SSD_VERIFY_TIME: result.verify_time_s,
             A.SSD_SEQ_ID: trace.primary,
         }
         if proposer is not None:
             attrs[A.SSD_FAN_OUT] = list(proposer.settings.fan_out_hit)
-        primary = proposals.get(trace.primary)
-        if primary is not None:
-            n = outcome.get(trace.primary, 0)
-            attrs.update({A.SSD_ACCEPTED: n, A.SSD_BONUS: n == k, A.SSD_CACHE_HIT: bool(primary.hit),
-                          A.SSD_BACKUP: A.BACKUP_NAMES.get(primary.backup, "none")})
+        primary = next((r for r in rows if r.seq.seq_id == trace.primary), None)
+        if primary is not None and primary.proposal is not None:
+            n = primary.accepted
+            attrs.update({A.SSD_ACCEPTED: n, A.SSD_BONUS: n == k, A.SSD_CACHE_HIT: bool(primary.proposal.hit),
+                          A.SSD_BACKUP: primary.proposal.backup.label})
         else:
-            attrs[A.SSD_BACKUP] = "none"
-            attrs[A.SSD_FALLBACK] = any(s.seq_id == trace.primary for s in spec)
+            attrs[A.SSD_BACKUP] = Backup.NONE.label
+            attrs[A.SSD_FALLBACK] = any(s.seq_id == trace.primary for s in plan.speculating)
         if timings is not None:
             attrs.update({
                 A.SSD_DRAFT_LOOKUP: timings.lookup_us / 1e6,
                 A.SSD_DRAFT_BACKUP: timings.backup_us / 1e6,
                 A.SSD_DRAFT_PREV_BUILD: build,
                 A.SSD_DRAFT_IDLE: timings.idle_us / 1e6,
-                A.SSD_TRANSPORT_TIME: max(0.0, draft_time - (timings.lookup_us + timings.backup_us) / 1e6),
+                A.SSD_TRANSPORT_TIME: _transport_s(result.draft_time_s, timings),
                 A.SSD_OVERLAP: overlap,
                 A.SSD_TARGET_GAP: gap,
             })
@@ -222,3 +220,8 @@ class RoundTelemetry:
         span = trace.span
         span.set_attributes(attrs)
         span.end()
+
+
+def _transport_s(draft_time: float, timings: pb.DraftTimings) -> float:
+    """The draft wait not spent in the draft's lookup and backup: transport and queuing."""
+    return max(0.0, draft_time - (timings.lookup_us + timings.backup_us) / 1e6)

@@ -1,8 +1,47 @@
-"""Speculation statistics, per request and per engine."""
+"""Speculation statistics: what a request reports about its rounds, and how a round's cache
+lookups are counted.
+
+``SpecStats`` is the only per-request record of speculation; the target's engine fills it after
+each round (services/target/round.py) and the request's reply carries it as JSON.
+``CacheLookups`` is the one place where proposals become hit, miss and backup counts, read by
+both a request's stats and the service's round metrics (docs/speculation.md, "One round" and
+"Backup policy").
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+from saguaro.speculative.backup import Backup
+
+
+class Served(Protocol):
+    """How the draft served a row: from its cache (``hit``) or by a backup after a miss."""
+
+    hit: bool
+    backup: Backup
+
+
+@dataclass(frozen=True)
+class CacheLookups:
+    """Cache hits and misses of some proposals, and the backups that served the misses."""
+
+    hits: int = 0
+    misses: int = 0
+    jit: int = 0
+    fast: int = 0
+
+    @classmethod
+    def of(cls, proposals: Iterable[Served]) -> CacheLookups:
+        hits = misses = jit = fast = 0
+        for p in proposals:
+            hits += p.hit
+            misses += not p.hit
+            jit += p.backup == Backup.JIT
+            fast += p.backup == Backup.FAST
+        return cls(hits, misses, jit, fast)
 
 
 @dataclass
@@ -39,6 +78,19 @@ class SpecStats:
             self.accepted_per_position.extend([0] * (k - len(self.accepted_per_position)))
         for i in range(accepted):
             self.accepted_per_position[i] += 1
+
+    def record_lookups(self, lookups: CacheLookups) -> None:
+        self.cache_hits += lookups.hits
+        self.cache_misses += lookups.misses
+        self.backups_jit += lookups.jit
+        self.backups_fast += lookups.fast
+
+    def record_fallback(self) -> None:
+        """A round this request meant to speculate ran without a proposal (draft down, late, or
+        unable to serve the row); consecutive such rounds are one fallback."""
+        self.fallbacks += not self.in_fallback
+        self.in_fallback = True
+        self.fallback_rounds += 1
 
     def to_json(self) -> dict:
         out = asdict(self)

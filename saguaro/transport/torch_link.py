@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 
 class P2PLink:
-    """A ``saguaro.socket_link.MessageLink`` over a two-rank gloo (or NCCL) group."""
+    """A ``saguaro.transport.socket_link.MessageLink`` over a two-rank gloo (or NCCL) group."""
 
     def __init__(self, host: str, port: int, rank: int, timeout_s: float = 60.0):
         """rank 1 (the draft) hosts the store on ``port``; rank 0 (the target) connects to it.

@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from saguaro.speculative.backup import Backup
 from saguaro.telemetry import attributes as A
 from saguaro.telemetry import tracing
 
@@ -65,7 +66,7 @@ class DraftRoundTrace:
             A.SSD_BATCH_SIZE: batch,
             A.SSD_CACHE_HITS: hits,
             A.SSD_CACHE_MISSES: batch - hits,
-            A.SSD_BACKUP: A.BACKUP_NAMES.get(backup, "none"),
+            A.SSD_BACKUP: Backup(backup).label,
             A.SSD_DRAFT_LOOKUP: t.lookup_us / 1e6,
             A.SSD_DRAFT_BACKUP: t.backup_us / 1e6,
             A.SSD_DRAFT_IDLE: t.idle_us / 1e6,

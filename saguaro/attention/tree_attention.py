@@ -1,11 +1,13 @@
 """Tree attention: the draft's inner loop, one query per branch per step (docs/speculation.md, "One round").
 
-The torch reference is ``TorchAttention`` on the metadata of
-:func:`saguaro.services.draft.tree.tree_step_metadata` (a dense [B, M, L] mask, a gather
-of each sequence's whole context, a padded SDPA). The Triton kernel needs only the compact
-layout below — per-sequence committed length, per-branch fork depth, the step — and derives
-the mask per tile, so the host builds no mask and each cached entry is read once per
-sequence and KV head.
+:func:`tree_attention` picks the implementation: the Triton kernel
+(``saguaro.kernels.tree_attention_triton``) on CUDA tensors, else the torch reference,
+``TorchAttention`` on the metadata of :func:`saguaro.services.draft.tree.tree_step_metadata`
+(a dense [B, M, L] mask, a gather of each sequence's whole context, a padded SDPA). The
+Triton kernel needs only the compact layout below — per-sequence committed length,
+per-branch fork depth, the step — and derives the mask per tile, so the host builds no mask
+and each cached entry is read once per sequence and KV head. The dispatcher lives here,
+beside its reference, so that ``saguaro.kernels`` imports nothing above it.
 
 ``tree_attention`` has the ``AttentionBackend`` call signature plus the keyword ``tree``, so
 ``functools.partial(tree_attention, tree=layout)`` is a backend the model can run a tree
@@ -19,9 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saguaro.attention import AttentionMetadata, TorchAttention
+from saguaro.attention.backend import TorchAttention
+from saguaro.attention.kv_store import store_kv
+from saguaro.attention.metadata import AttentionMetadata
 from saguaro.kernels.dispatch import Backend, use_triton
-from saguaro.kernels.kv_store import store_kv
 
 _reference = TorchAttention()
 

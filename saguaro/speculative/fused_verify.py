@@ -1,10 +1,13 @@
 """Fused verification: n and r' for every row of a round in one launch (docs/speculation.md, "Why the output is exact").
 
-The torch reference is :func:`saguaro.speculative.verification.verify`; the Triton path
-computes the same p (:func:`~saguaro.speculative.verification.probs_from_logits`, shared so
-both sides see identical fp32 probabilities) and hands everything after it — acceptance
-tests, residual, inverse-CDF draw — to one kernel that reads only the rows it needs
-instead of materialising float64 copies of the whole [B, K+1, V] block.
+:func:`fused_verify` picks the implementation: on CUDA tensors the Triton kernel
+(``saguaro.kernels.verify_triton``), else the torch reference,
+:func:`saguaro.speculative.verification.verify`. The Triton path computes the same p
+(:func:`~saguaro.speculative.distributions.probs_from_logits`, shared so both sides see
+identical fp32 probabilities) and hands everything after it — acceptance tests, residual,
+inverse-CDF draw — to one kernel that reads only the rows it needs instead of materialising
+float64 copies of the whole [B, K+1, V] block. The dispatcher lives here, beside its
+reference, so that ``saguaro.kernels`` imports nothing above it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import torch
 from torch import Tensor
 
 from saguaro.kernels.dispatch import Backend, use_triton
-from saguaro.speculative.verification import VerifyResult, probs_from_logits, verify
+from saguaro.speculative.distributions import probs_from_logits
+from saguaro.speculative.verification import VerifyResult, verify
 
 
 def fused_verify(
