@@ -53,7 +53,7 @@ def speculation_to_proto(stats: dict) -> pb.SpeculationStats:
         cache_misses=stats.get("cache_misses", 0),
         jit_backups=stats.get("backups_jit", 0),
         fast_backups=stats.get("backups_fast", 0),
-        ar_fallbacks=stats.get("fallbacks", 0),
+        ar_fallbacks=stats.get("ar_fallbacks", 0),
         ar_fallback_rounds=stats.get("fallback_rounds", 0),
         policy_ar_rounds=stats.get("policy_rounds", 0),
         policy_sd_rounds=stats.get("sync_rounds", 0),

@@ -58,7 +58,7 @@ class SpecStats:
     cache_misses: int = 0
     backups_jit: int = 0
     backups_fast: int = 0
-    fallbacks: int = 0  # times the request lost its draft and fell back to plain decoding
+    ar_fallbacks: int = 0  # times the request lost its draft and fell back to plain decoding
     fallback_rounds: int = 0
     policy_rounds: int = 0  # rounds the governor decoded plainly because speculation did not pay
     sync_rounds: int = 0  # SSD deployment: rounds the governor ran as synchronous SD (it beat SSD here)
@@ -88,7 +88,7 @@ class SpecStats:
     def record_fallback(self) -> None:
         """A round this request meant to speculate ran without a proposal (draft down, late, or
         unable to serve the row); consecutive such rounds are one fallback."""
-        self.fallbacks += not self.in_fallback
+        self.ar_fallbacks += not self.in_fallback
         self.in_fallback = True
         self.fallback_rounds += 1
 
