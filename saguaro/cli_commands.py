@@ -77,7 +77,7 @@ def cmd_draft(args: argparse.Namespace) -> int:
     configure_tracing("saguaro-draft")
     telemetry = None
     if args.metrics_port:
-        from saguaro.telemetry.service import DraftTelemetry
+        from saguaro.services.draft.telemetry import DraftTelemetry
 
         telemetry = DraftTelemetry(Path(args.model).name)
     server = serve(config, address, speculation_settings(args), build_cache=not args.no_tree, telemetry=telemetry,
@@ -96,7 +96,7 @@ def cmd_target(args: argparse.Namespace) -> int:
     from saguaro.config import EngineConfig
     from saguaro.services.target.local import speculative_engine
     from saguaro.services.target.server import serve_target
-    from saguaro.telemetry.service import TargetTelemetry
+    from saguaro.services.target.telemetry import TargetTelemetry
     from saguaro.telemetry.tracing import configure_tracing
     from saguaro.tls import channel_credentials, check_channel_flags
     from saguaro.tokenizer import load_tokenizer

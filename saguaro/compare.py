@@ -173,8 +173,9 @@ class ModeEngine:
         from saguaro.speculative.settings import DraftSettings
         from saguaro.services.target.local import speculative_engine
         from saguaro.v1 import speculation_pb2 as pb
+        from saguaro.wire import MODES
 
-        if setup.mode not in ("ar", "sd", "ssd"):
+        if setup.mode not in MODES:
             raise SaguaroError(f"unknown mode {setup.mode!r}; use ar, sd or ssd")
         if setup.backup not in BACKUP_POLICIES:
             raise SaguaroError(f"unknown backup policy {setup.backup!r}; use one of {', '.join(BACKUP_POLICIES)}")

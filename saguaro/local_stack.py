@@ -15,6 +15,7 @@ import time
 from saguaro.errors import ConfigError, SaguaroError
 from saguaro.net import free_port
 from saguaro.supervisor import ServiceProcess
+from saguaro.wire import MODES
 
 RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # delays before restarting a draft that exited
 STABLE_S = 60.0  # a draft up this long has recovered: its next exit restarts after the first delay
@@ -46,7 +47,7 @@ class LocalStack:
         from saguaro.errors import ModelLoadError
         from pathlib import Path
 
-        if mode not in ("ar", "sd", "ssd"):
+        if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}; use ssd, sd or ar")
         if mode != "ar" and not draft:
             raise ConfigError(f"--mode {mode} needs --draft DIR (or use --mode ar)")

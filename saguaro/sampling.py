@@ -14,6 +14,7 @@ import torch
 
 from saguaro.errors import InvalidRequestError
 from saguaro.request_rules import valid_temperature, valid_top_p
+from saguaro.wire import MODES
 
 DEFAULT_MAX_TOKENS = 64  # also what a Generate request without sampling.max_tokens gets (inference.proto)
 
@@ -43,7 +44,7 @@ class SamplingParams:
             raise InvalidRequestError(f"draft_temperature must be >= 0, got {self.draft_temperature}")
         if not valid_top_p(self.top_p):
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.mode not in (None, "ar", "sd", "ssd"):
+        if self.mode is not None and self.mode not in MODES:
             raise InvalidRequestError(f"mode must be one of ar, sd, ssd (or unset), got {self.mode!r}")
         if self.top_k < 0:
             raise InvalidRequestError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")

@@ -136,7 +136,7 @@ def serve(config: EngineConfig, address: str, settings: DraftSettings | None = N
           telemetry=None, credentials: grpc.ServerCredentials | None = None) -> grpc.Server:
     """Start the draft service on ``address`` ("host:port" or "unix:/path"); returns the server.
 
-    ``telemetry``: a ``saguaro.telemetry.service.DraftTelemetry`` to feed (metrics);
+    ``telemetry``: a ``saguaro.services.draft.telemetry.DraftTelemetry`` to feed (metrics);
     ``credentials``: TLS or mTLS (``saguaro.tls.server_credentials``), else plaintext.
     """
     server = grpc.server(

@@ -1,4 +1,7 @@
-"""The draft's side of a traced round: the ``ssd.speculate`` span and its phase children.
+"""The draft's telemetry: its side of a traced round, and what ``saguaro draft`` exports.
+
+``DraftTelemetry`` wires the metrics (``/metrics``, ``/healthz``) that the command line asks for.
+The rest of this module is the ``ssd.speculate`` span and its phase children.
 
 One span per traced round, child of the target's ``ssd.round`` (its context arrives inside
 the SpeculateRequest). It runs from the request's arrival to the end of the cache build that
@@ -23,9 +26,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from saguaro.speculative.backup import Backup
 from saguaro.telemetry import attributes as A
 from saguaro.telemetry import tracing
+from saguaro.telemetry.exposition import MetricsServer, start_metrics_server
+from saguaro.telemetry.metrics import DraftMetrics
 
 
 def round_trace(carrier: Mapping[str, str], k: int) -> DraftRoundTrace | None:
@@ -97,3 +104,31 @@ class DraftRoundTrace:
 
             self.span.set_status(Status(StatusCode.ERROR, error))
         self.span.end()
+
+
+class DraftTelemetry:
+    """The draft service's metrics (its round spans need no wiring: the worker opens them when
+    a request carries a trace context and this process traces)."""
+
+    def __init__(self, model_name: str):
+        self.registry = CollectorRegistry()
+        self.metrics = DraftMetrics(self.registry, model_name)
+        self.server: MetricsServer | None = None
+        self._service: Any = None
+
+    def attach(self, service: Any) -> None:
+        """``service``: the ``SpeculationService``; it reports each request and build."""
+        self._service = service
+        service.metrics = self.metrics
+        self.metrics.runner_of = lambda: service.runner  # a handshake may replace the runner
+
+    def serve(self, port: int, host: str) -> MetricsServer | None:
+        """``/metrics`` and ``/healthz`` on ``port`` (0: off), after ``attach``."""
+        service = self._service
+
+        def health() -> tuple[bool, str]:
+            session = service.session_id if service is not None else ""
+            return True, f"serving session {session}" if session else "serving, waiting for a target"
+
+        self.server = start_metrics_server(self.registry, port, host, health)
+        return self.server

@@ -27,20 +27,19 @@ from saguaro.model_runner import CausalChunk
 from saguaro.sampling import sample
 from saguaro.scheduler import ScheduledBatch
 from saguaro.sequence import Sequence
-from saguaro.speculative.handshake import handshake_request
-from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.channels import DraftChannel
 from saguaro.services.target.governor import SpeculationGovernor
 from saguaro.services.target.proposer import DraftProposer, Proposal
 from saguaro.services.target.round import RoundPlan, RoundResult, RoundRow, record_stats
 from saguaro.services.target.round_sizing import RoundSizer
 from saguaro.services.target.verifier import verify_rows
+from saguaro.speculative.handshake import handshake_request
+from saguaro.speculative.settings import DraftSettings
 from saguaro.speculative.stats import SpecStats
+from saguaro.wire import MODES
 
 if TYPE_CHECKING:
     from saguaro.services.target.round_telemetry import RoundTelemetry, RoundTrace
-
-MODES = ("ar", "sd", "ssd")
 
 log = logging.getLogger(__name__)
 

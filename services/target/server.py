@@ -21,7 +21,7 @@ from saguaro.v1 import routing_pb2 as rpb
 
 if TYPE_CHECKING:
     from saguaro.services.target.engine import SpeculativeEngine
-    from saguaro.telemetry.service import TargetTelemetry
+    from saguaro.services.target.telemetry import TargetTelemetry
 
 CONTROL_THREADS = 16  # worker threads beyond the Generate streams: Health, Abort, facts, KV-event watches
 
@@ -46,7 +46,7 @@ def serve_target(engine: SpeculativeEngine, tokenizer, address: str, draft_model
     loop = EngineLoop(engine).start()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=streams + CONTROL_THREADS,
                                                     thread_name_prefix="inference"))
-    if telemetry is not None:  # metrics and traces (saguaro.telemetry.service), from the command line
+    if telemetry is not None:  # metrics and traces (services/target/telemetry.py), from the command line
         telemetry.attach(engine, loop)
     service = InferenceService(loop, tokenizer, draft_model_name, telemetry.requests if telemetry else None,
                                max_streams=streams)

@@ -23,7 +23,7 @@ from saguaro.sampling import SamplingParams
 from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.local import speculative_engine
 from saguaro.telemetry import tracing
-from saguaro.telemetry.service import TargetTelemetry
+from saguaro.services.target.telemetry import TargetTelemetry
 
 target_dir, draft_dir = sys.argv[1:3]
 small = dict(kv_cache_bytes=16 << 20, max_num_seqs=8, show_progress=False)

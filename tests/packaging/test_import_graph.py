@@ -1,4 +1,4 @@
-"""The package's import graph has no cycles, and ``saguaro.kernels`` sits at its bottom.
+"""The package's import graph: no cycles, ``saguaro.kernels`` at its bottom, the services above the engine.
 
 Read statically with ``ast``, so no module runs (no torch, no Triton): every ``import`` a
 module can execute counts as an edge, at module level or inside a function alike, because an
@@ -149,3 +149,44 @@ def test_kernels_import_nothing_above_them():
         if module == KERNELS or module.startswith(KERNELS + ".")
     }
     assert not {m: t for m, t in above.items() if t}, f"kernels importing the rest of the package: {above}"
+
+
+SERVICES = f"{PACKAGE}.services"
+# The command-line entry points run the services, so they sit above them (docs/architecture.md).
+ENTRY_POINTS = {f"{PACKAGE}.{name}" for name in ("cli", "cli_commands", "cli_options", "cli_up", "compare", "demo",
+                                                 "local_stack")}
+
+
+def _inside(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_the_engine_package_never_imports_the_services():
+    """``saguaro/`` is what the services share; only the entry points may reach above it."""
+    upward = {
+        module: sorted(t for t in targets if _inside(t, SERVICES))
+        for module, targets in import_graph().items()
+        if not _inside(module, SERVICES) and not _inside(module, KERNELS) and module not in ENTRY_POINTS
+    }
+    assert not {m: t for m, t in upward.items() if t}, f"saguaro/ importing services/: {upward}"
+
+
+def test_the_gateway_imports_neither_the_target_nor_the_draft():
+    """A gateway pod has no model: it must run without the target's or the draft's code (and torch)."""
+    gateway = f"{SERVICES}.gateway"
+    reaching = {
+        module: sorted(t for t in targets if _inside(t, SERVICES) and not _inside(t, gateway))
+        for module, targets in import_graph().items()
+        if _inside(module, gateway)
+    }
+    assert not {m: t for m, t in reaching.items() if t}, f"the gateway importing other services: {reaching}"
+
+
+def test_the_draft_imports_neither_the_target_nor_the_gateway():
+    draft = f"{SERVICES}.draft"
+    reaching = {
+        module: sorted(t for t in targets if _inside(t, SERVICES) and not _inside(t, draft))
+        for module, targets in import_graph().items()
+        if _inside(module, draft)
+    }
+    assert not {m: t for m, t in reaching.items() if t}, f"the draft importing other services: {reaching}"
