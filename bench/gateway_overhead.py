@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from common import markdown_table, pin_threads
@@ -239,25 +240,26 @@ def main() -> int:
             for _ in client.stream(prompt, max_tokens=n, ignore_eos=True, stream_tokens_individually=True):
                 pass
 
-        cpu0 = cpu_seconds(gateway.proc.pid)
-        a, b = alternate(lambda: stream(direct), lambda: stream(via), args.streams)
-        cpu_per_token = ((cpu_seconds(gateway.proc.pid) - cpu0) / args.streams - cpu_per_request) / n
-        p50, p99 = added(a, b)
-        rows.append([f"per streamed token, gateway, gRPC ({n} tokens)", f"{percentile(a, .5) * 1e3 / n:.3f}",
-                     f"{percentile(b, .5) * 1e3 / n:.3f}", f"{(p50 - grpc_p50) / n:.4f}",
-                     f"{(p99 - grpc_p99) / n:.4f}", f"{cpu_per_token * 1e3:.4f}"])
-        cpu0 = cpu_seconds(bare_proxy.proc.pid)
-        a, b = alternate(lambda: stream(direct), lambda: stream(bare), args.streams)
-        bare_token_cpu = ((cpu_seconds(bare_proxy.proc.pid) - cpu0) / args.streams - bare_cpu) / n
-        p50, p99 = added(a, b)
-        rows.append([f"per streamed token, bare grpc.aio proxy ({n} tokens)", f"{percentile(a, .5) * 1e3 / n:.3f}",
-                     f"{percentile(b, .5) * 1e3 / n:.3f}", f"{(p50 - bare_p50) / n:.4f}",
-                     f"{(p99 - bare_p99) / n:.4f}", f"{bare_token_cpu * 1e3:.4f}"])
-        a, b = alternate(lambda: stream(direct), lambda: http_completion(http_url, prompt, n, True), args.streams)
-        p50, p99 = added(a, b)
-        rows.append([f"per streamed token, gateway, HTTP SSE ({n} tokens)", f"{percentile(a, .5) * 1e3 / n:.3f}",
-                     f"{percentile(b, .5) * 1e3 / n:.3f}", f"{(p50 - http_p50) / n:.4f}",
-                     f"{(p99 - http_p99) / n:.4f}", ""])
+        def token_row(what: str, hop: Callable[[], None], per_request: tuple[float, float],
+                      hop_pid: int | None = None, request_cpu: float = 0.0) -> list[str]:
+            """The per-token row of ``what``: ``hop`` streams the prompt through the hop, alternating
+            with the direct stream; its added latency less the hop's ``per_request`` (p50, p99), and
+            with ``hop_pid`` that process's CPU time less ``request_cpu`` (a request's), per token."""
+            cpu0 = cpu_seconds(hop_pid) if hop_pid is not None else 0.0
+            a, b = alternate(lambda: stream(direct), hop, args.streams)
+            cpu = ""
+            if hop_pid is not None:
+                cpu = f"{((cpu_seconds(hop_pid) - cpu0) / args.streams - request_cpu) / n * 1e3:.4f}"
+            p50, p99 = added(a, b)
+            return [f"{what} ({n} tokens)", f"{percentile(a, .5) * 1e3 / n:.3f}", f"{percentile(b, .5) * 1e3 / n:.3f}",
+                    f"{(p50 - per_request[0]) / n:.4f}", f"{(p99 - per_request[1]) / n:.4f}", cpu]
+
+        rows.append(token_row("per streamed token, gateway, gRPC", lambda: stream(via), (grpc_p50, grpc_p99),
+                              gateway.proc.pid, cpu_per_request))
+        rows.append(token_row("per streamed token, bare grpc.aio proxy", lambda: stream(bare), (bare_p50, bare_p99),
+                              bare_proxy.proc.pid, bare_cpu))
+        rows.append(token_row("per streamed token, gateway, HTTP SSE",
+                              lambda: http_completion(http_url, prompt, n, True), (http_p50, http_p99)))
 
         # -- sustained requests/s through the gateway ------------------------------------------
         cpu0, started = cpu_seconds(gateway.proc.pid), time.perf_counter()

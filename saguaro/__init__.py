@@ -10,8 +10,9 @@ constants — runs this file too, and must not pay for torch it never touches.
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
+
+from saguaro.lazy_exports import lazy_getattr
 
 if TYPE_CHECKING:
     from saguaro.errors import ConfigError, InvalidRequestError, ModelLoadError, SaguaroError
@@ -32,14 +33,7 @@ __all__ = ["LLM", "ConfigError", "InvalidRequestError", "ModelLoadError", "Reque
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> object:
-    """Import the module behind a top-level name the first time it is asked for."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'saguaro' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value  # later lookups skip this hook
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:

@@ -129,14 +129,14 @@ def emulation_options(args: argparse.Namespace, role: str) -> dict:
     return dict(emulate_forward_s=args.emulate_forward_ms / 1000 if args.emulate_forward_ms else None)
 
 
+# The flags whose value is the EngineConfig / SamplingParams field of the same name, as given.
+_ENGINE_FIELDS = ("dtype", "device", "max_model_len", "max_num_seqs", "kv_cache_bytes", "block_size")
+_SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "ignore_eos")
+
+
 def engine_options(args: argparse.Namespace, role: str = "target") -> dict:
     return dict(
-        dtype=args.dtype,
-        device=args.device,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        kv_cache_bytes=args.kv_cache_bytes,
-        block_size=args.block_size,
+        {name: getattr(args, name) for name in _ENGINE_FIELDS},
         enable_prefix_caching=not args.no_prefix_caching,
         step_graphs=False if args.enforce_eager else None,
         tensor_parallel_size=getattr(args, "tensor_parallel_size", 1),
@@ -147,14 +147,7 @@ def engine_options(args: argparse.Namespace, role: str = "target") -> dict:
 def sampling_params(args: argparse.Namespace):
     from saguaro.sampling import SamplingParams
 
-    return SamplingParams(
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        seed=args.seed,
-        ignore_eos=args.ignore_eos,
-    )
+    return SamplingParams(**{name: getattr(args, name) for name in _SAMPLING_FIELDS})
 
 
 def speculation_governor(policy: str):

@@ -100,11 +100,6 @@ def causal_metadata(
         mask = l_range[None, None, :] <= q_pos[:, :, None]
         # Padding queries attend entry 0 only, so no row is fully masked (NaN-free softmax).
         mask |= (~query_valid)[:, :, None] & (l_range == 0)[None, None, :]
-    meta = AttentionMetadata(
-        slot_mapping=slot_mapping,
-        context_slots=context_slots,
-        query_index=query_index,
-        query_valid=query_valid,
-        mask=mask,
-    )
+    meta = AttentionMetadata(slot_mapping=slot_mapping, context_slots=context_slots, query_index=query_index,
+                             query_valid=query_valid, mask=mask)
     return meta, positions

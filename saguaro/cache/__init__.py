@@ -6,8 +6,9 @@ The names below are resolved on first use (PEP 562): the gateway hashes prompt b
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
+
+from saguaro.lazy_exports import lazy_getattr
 
 if TYPE_CHECKING:
     from saguaro.cache.block_manager import BlockManager, BlockTable
@@ -26,11 +27,4 @@ _EXPORTS = {
 __all__ = ["BlockManager", "BlockTable", "KVCache", "block_hash", "block_hashes", "num_blocks_for_budget"]
 
 
-def __getattr__(name: str) -> object:
-    """Import the module behind an exported name the first time it is asked for."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'saguaro.cache' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value  # later lookups skip this hook
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

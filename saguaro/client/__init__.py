@@ -41,8 +41,8 @@ add ``client_certificate`` and ``client_key`` (PEM bytes or file paths).
 
 The package's modules, one job each: ``sync`` (``Client``), ``aio`` (``AsyncClient``),
 ``streams`` (one Generate call: deltas, retries, resumes), ``requests`` (options -> request),
-``results`` (what calls return), ``errors`` (what they raise), ``settings`` (connection and
-retry policy). The names below are the public API.
+``results`` (what calls return), ``errors`` (what they raise), ``settings`` (what both clients
+share: their options, connection and retry policy). The names below are the public API.
 """
 
 from saguaro.client.aio import AsyncClient

@@ -9,28 +9,19 @@ import grpc
 from saguaro.client.errors import service_error
 from saguaro.client.requests import generate_request
 from saguaro.client.results import GenerateResult, health_json, load_json, model_info_json
-from saguaro.client.settings import ClientSettings
+from saguaro.client.settings import ClientBase
 from saguaro.client.streams import AsyncGenerateStream
 from saguaro.v1 import inference_pb2 as pb
-from saguaro.v1 import inference_pb2_grpc as pb_grpc
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """The asyncio client: same options and results as ``Client``, awaitable calls. Create it
     inside the event loop that uses it."""
 
-    def __init__(self, address: str, timeout: float | None = 600.0, call_timeout: float = 10.0, *,
-                 api_key: str | None = None, tls: bool = False, root_certificates: bytes | str | None = None,
-                 client_certificate: bytes | str | None = None, client_key: bytes | str | None = None,
-                 retries: int = 2, retry_backoff_s: float = 0.1, max_retry_delay_s: float = 5.0, resumes: int = 2):
-        self._settings = ClientSettings(address, timeout, call_timeout, api_key, tls, root_certificates,
-                                        client_certificate, client_key, retries, retry_backoff_s, max_retry_delay_s,
-                                        resumes)
-        self.address = address
-        credentials = self._settings.credentials
-        self._channel = (grpc.aio.secure_channel(address, credentials) if credentials is not None
-                         else grpc.aio.insecure_channel(address))
-        self._stub = pb_grpc.InferenceStub(self._channel)
+    @staticmethod
+    def _open_channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+        return (grpc.aio.secure_channel(address, credentials) if credentials is not None
+                else grpc.aio.insecure_channel(address))
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -53,7 +44,7 @@ class AsyncClient:
         return stream.result
 
     async def _unary(self, method, request, timeout: float | None):
-        deadline = self._settings.call_timeout if timeout is None else timeout
+        deadline = self.call_timeout if timeout is None else timeout
         try:
             return await method(request, timeout=deadline, metadata=self._settings.metadata() or None)
         except grpc.aio.AioRpcError as exc:

@@ -10,13 +10,12 @@ import grpc
 from saguaro.client.errors import ServiceError, ServiceUnavailableError, service_error
 from saguaro.client.requests import generate_request
 from saguaro.client.results import GenerateResult, health_json, load_json, model_info_json
-from saguaro.client.settings import ClientSettings
+from saguaro.client.settings import ClientBase
 from saguaro.client.streams import GenerateStream
 from saguaro.v1 import inference_pb2 as pb
-from saguaro.v1 import inference_pb2_grpc as pb_grpc
 
 
-class Client:
+class Client(ClientBase):
     """A connection to a Saguaro inference endpoint ("host:port" or "unix:/path").
 
     ``timeout`` (seconds) is the default deadline of a whole Generate call (retries included);
@@ -29,20 +28,9 @@ class Client:
     ``authorization: Bearer``. TLS: see the package docstring.
     """
 
-    def __init__(self, address: str, timeout: float | None = 600.0, call_timeout: float = 10.0, *,
-                 api_key: str | None = None, tls: bool = False, root_certificates: bytes | str | None = None,
-                 client_certificate: bytes | str | None = None, client_key: bytes | str | None = None,
-                 retries: int = 2, retry_backoff_s: float = 0.1, max_retry_delay_s: float = 5.0, resumes: int = 2):
-        self._settings = ClientSettings(address, timeout, call_timeout, api_key, tls, root_certificates,
-                                        client_certificate, client_key, retries, retry_backoff_s, max_retry_delay_s,
-                                        resumes)
-        self.address = address
-        self.timeout = timeout
-        self.call_timeout = call_timeout
-        credentials = self._settings.credentials
-        self._channel = (grpc.secure_channel(address, credentials) if credentials is not None
-                         else grpc.insecure_channel(address))
-        self._stub = pb_grpc.InferenceStub(self._channel)
+    @staticmethod
+    def _open_channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+        return grpc.secure_channel(address, credentials) if credentials is not None else grpc.insecure_channel(address)
 
     def __enter__(self) -> "Client":
         return self

@@ -39,14 +39,19 @@ def _as_int(value: object, name: str) -> int:
     return int(value)
 
 
+def _check_at_least(value: int, minimum: int, label: str) -> None:
+    """Refuse ``value`` below ``minimum``, naming it by ``label`` (e.g. "k (lookahead)"), so every
+    argument's range is checked and reported alike."""
+    if value < minimum:
+        raise ValueError(f"{label} must be >= {minimum}, got {value}")
+
+
 def uniform_fan_out(k: int, f: int) -> list[int]:
     """The reference default: F branches at every depth, ``[f] * (k + 1)``."""
     k = _as_int(k, "k")
     f = _as_int(f, "f")
-    if k < 0:
-        raise ValueError(f"k (lookahead) must be >= 0, got {k}")
-    if f < 1:
-        raise ValueError(f"f (fan-out per depth) must be >= 1, got {f}")
+    _check_at_least(k, 0, "k (lookahead)")
+    _check_at_least(f, 1, "f (fan-out per depth)")
     return [f] * (k + 1)
 
 
@@ -57,8 +62,7 @@ def validate_fan_out(fan_out: Sequence[int], k: int) -> list[int]:
     positive sum (M = sum must be >= 1 so at least one branch exists).
     """
     k = _as_int(k, "k")
-    if k < 0:
-        raise ValueError(f"k (lookahead) must be >= 0, got {k}")
+    _check_at_least(k, 0, "k (lookahead)")
     if isinstance(fan_out, (str, bytes)) or not isinstance(fan_out, Sequence):
         raise ValueError(f"fan_out must be a sequence of k+1={k + 1} ints, got {fan_out!r}")
     if len(fan_out) != k + 1:
@@ -80,8 +84,7 @@ def validate_fan_out(fan_out: Sequence[int], k: int) -> list[int]:
 def depth_probabilities(k: int, acceptance: float) -> list[float]:
     """P(n = j) for i.i.d. per-token acceptance α: α^j (1 - α) for j < K, α^K for j = K."""
     k = _as_int(k, "k")
-    if k < 0:
-        raise ValueError(f"k (lookahead) must be >= 0, got {k}")
+    _check_at_least(k, 0, "k (lookahead)")
     if isinstance(acceptance, bool) or not isinstance(acceptance, Real):
         raise ValueError(f"acceptance must be a real number in [0, 1], got {acceptance!r}")
     a = float(acceptance)
@@ -158,10 +161,8 @@ def geometric_fan_out(
     """
     k = _as_int(k, "k")
     budget = _as_int(budget, "budget")
-    if k < 0:
-        raise ValueError(f"k (lookahead) must be >= 0, got {k}")
-    if budget < 1:
-        raise ValueError(f"budget (total branches M) must be >= 1, got {budget}")
+    _check_at_least(k, 0, "k (lookahead)")
+    _check_at_least(budget, 1, "budget (total branches M)")
     probs = depth_probabilities(k, acceptance)
     if isinstance(power, bool) or not isinstance(power, Real):
         raise ValueError(f"power must be a positive real number, got {power!r}")
@@ -170,8 +171,7 @@ def geometric_fan_out(
         raise ValueError(f"power (miss-rate exponent r) must be finite and > 0, got {power!r}")
     if cap is not None:
         cap = _as_int(cap, "cap")
-        if cap < 1:
-            raise ValueError(f"cap must be >= 1, got {cap}")
+        _check_at_least(cap, 1, "cap")
         if cap * (k + 1) < budget:
             raise ValueError(
                 f"cap={cap} over {k + 1} depths allows at most {cap * (k + 1)} branches, "

@@ -170,22 +170,33 @@ def _family(name: str, model: str, value: float, **labels: str):
     return family
 
 
-class TargetMetrics:
+class _ServiceMetrics:
+    """What the target's and the draft's metrics share: their registry, the ``model_name`` every
+    series carries, and the service's ordinary metrics registered in it."""
+
+    def __init__(self, registry: CollectorRegistry, model_name: str, service: str):
+        self.registry = registry
+        self.model_name = model_name
+        self._metrics = _register(registry, service)
+
+    def _child(self, name: str, **labels: str) -> Any:
+        """The series of metric ``name`` for this model (and ``labels``)."""
+        return self._metrics[name].labels(model_name=self.model_name, **labels)
+
+
+class TargetMetrics(_ServiceMetrics):
     """The target's metrics. Rounds add batch aggregates to ``rounds`` (plain numbers, whatever
     the batch size); requests update prometheus_client objects from their gRPC handler threads;
     queue and cache gauges are read at scrape time."""
 
     def __init__(self, registry: CollectorRegistry, model_name: str):
-        self.registry = registry
-        self.model_name = model_name
-        m = _register(registry, "target")
-        child = lambda name, **labels: m[name].labels(model_name=model_name, **labels)  # noqa: E731
-        self.prompt_tokens = child("vllm:prompt_tokens")
-        self.generation_tokens = child("vllm:generation_tokens")
-        self._success = m["vllm:request_success"]
-        self.ttft = child("vllm:time_to_first_token_seconds")
-        self.itl = child("vllm:inter_token_latency_seconds")
-        self.e2e = child("vllm:e2e_request_latency_seconds")
+        super().__init__(registry, model_name, "target")
+        self.prompt_tokens = self._child("vllm:prompt_tokens")
+        self.generation_tokens = self._child("vllm:generation_tokens")
+        self._success = self._metrics["vllm:request_success"]
+        self.ttft = self._child("vllm:time_to_first_token_seconds")
+        self.itl = self._child("vllm:inter_token_latency_seconds")
+        self.e2e = self._child("vllm:e2e_request_latency_seconds")
         self.rounds = RoundTotals()
         registry.register(_RoundState(self.rounds, model_name))
 
@@ -301,22 +312,20 @@ class _EngineState:
             yield _family("saguaro_draft_transport_info", model, 1, transport=proposer.transport)
 
 
-class DraftMetrics:
+class DraftMetrics(_ServiceMetrics):
     """The draft service's metrics, updated by the service after each request and build (on its
     serving thread, off the target's critical path)."""
 
     WINDOW = 64  # rounds in the idle-fraction window
 
     def __init__(self, registry: CollectorRegistry, model_name: str):
-        self.registry = registry
-        self.model_name = model_name
-        m = _register(registry, "draft")
-        child = lambda name, **labels: m[name].labels(model_name=model_name, **labels)  # noqa: E731
-        self.rounds = child("saguaro_draft_rounds")
-        self.idle = child("saguaro_draft_idle_seconds")
-        self.busy = {p: child("saguaro_draft_busy_seconds", phase=p) for p in ("prefill", "lookup", "backup", "build")}
-        self.cache_entries = child("saguaro_draft_cache_entries")
-        self.sessions = child("saguaro_draft_sessions")
+        super().__init__(registry, model_name, "draft")
+        self.rounds = self._child("saguaro_draft_rounds")
+        self.idle = self._child("saguaro_draft_idle_seconds")
+        self.busy = {phase: self._child("saguaro_draft_busy_seconds", phase=phase)
+                     for phase in ("prefill", "lookup", "backup", "build")}
+        self.cache_entries = self._child("saguaro_draft_cache_entries")
+        self.sessions = self._child("saguaro_draft_sessions")
         self._window: deque[tuple[float, float]] = deque(maxlen=self.WINDOW)  # (idle, busy) per round
         self._current = [0.0, 0.0]
         self._lock = threading.Lock()

@@ -51,14 +51,18 @@ def jit_pays(batch: int, k: int, alpha: float, hit_rate: float, cycle_s: float, 
 
 @dataclass
 class RoundEconomics:
+    """What the draft has measured of a session's rounds (acceptance, lookup hit rate, round and
+    JIT-step times), kept so that the backup policy (``use_jit``) and the geometric fan-out
+    (``geometric_lists``) follow the session's real costs instead of fixed guesses."""
+
     k: int
     budget: int
-    accepted: int = 0
-    rejections: int = 0
-    hit_rate: float | None = None
-    cycle_s: float | None = None
+    accepted: int = 0  # proposed tokens the target accepted
+    rejections: int = 0  # rows whose proposal the target cut short
+    hit_rate: float | None = None  # EMA of speculation-cache lookups that hit
+    cycle_s: float | None = None  # EMA of the time from a reply to the next request (the target's turn)
     jit_step_s: float | None = None  # one step of a JIT backup (a backup of depth k takes k)
-    _fan_alpha: float | None = None
+    _fan_alpha: float | None = None  # the acceptance the current geometric lists were spread for
 
     def observe_outcome(self, accepted: int, depth: int) -> None:
         """A row's outcome: ``accepted`` of the ``depth`` tokens it was proposed."""

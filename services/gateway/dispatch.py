@@ -75,17 +75,19 @@ class _Live:
     call: grpc.aio.UnaryStreamCall | None = None
 
 
+@dataclass(eq=False)
 class Dispatcher:
-    def __init__(self, config: GatewayConfig, pool: TargetPool, router: Router, index: PrefixIndex | None,
-                 admission: Admission, metrics: GatewayMetrics):
-        self.config = config
-        self.pool = pool
-        self.router = router
-        self.index = index
-        self.admission = admission
-        self.metrics = metrics
-        self.live: dict[str, _Live] = {}  # request id -> where it runs
-        self._background: set[asyncio.Task] = set()
+    """The gateway's requests on their way through the targets (admitted, routed, relayed,
+    retried, migrated, cancelled: see the module docstring)."""
+
+    config: GatewayConfig
+    pool: TargetPool
+    router: Router
+    index: PrefixIndex | None
+    admission: Admission
+    metrics: GatewayMetrics
+    live: dict[str, _Live] = field(default_factory=dict, init=False)  # request id -> where it runs
+    _background: set[asyncio.Task] = field(default_factory=set, init=False)
 
     def new_request_id(self) -> str:
         return uuid.uuid4().hex

@@ -38,12 +38,14 @@ class ModelFacts:
     vocab_size: int
 
 
+@dataclass(eq=False)
 class Preparer:
-    def __init__(self, facts: ModelFacts, tokenizer: GatewayTokenizer, block_size: int, max_prefix_blocks: int):
-        self.facts = facts
-        self.tokenizer = tokenizer
-        self.block_size = block_size
-        self.max_prefix_blocks = max_prefix_blocks
+    """Checks requests against the model's facts and turns them into ``Dispatch``es."""
+
+    facts: ModelFacts
+    tokenizer: GatewayTokenizer
+    block_size: int
+    max_prefix_blocks: int
 
     # -- bounds on the work before admission -------------------------------------------------
     @property
