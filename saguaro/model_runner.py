@@ -24,7 +24,7 @@ from saguaro.emulation import StepCost, pad_to
 from saguaro.errors import ConfigError
 from saguaro.parallel.launch import TensorParallelLeader
 from saguaro.parallel.sharding import shard_config
-from saguaro.rank import RankModel, load_rank, resolve_dtype
+from saguaro.rank import ForwardInputs, RankModel, load_rank, resolve_dtype
 from saguaro.step_graphs import StepGraphs
 
 log = logging.getLogger(__name__)
@@ -144,13 +144,14 @@ class ModelRunner:
 
         ``attention`` overrides the runner's backend for this call (the draft's tree steps)."""
         started = time.perf_counter()
-        graphed = self.graphs.forward(input_ids, positions, meta, logits_index, attention) if self.graphs else None
+        inputs = ForwardInputs(input_ids, positions, meta, logits_index)
+        graphed = self.graphs.forward(inputs, attention) if self.graphs else None
         if graphed is not None:
             logits = graphed
         elif self.parallel is None:
-            logits = self.rank.forward(input_ids, positions, meta, logits_index, attention)
+            logits = self.rank.forward(inputs, attention)
         else:
-            logits = self.parallel.forward(self.rank, input_ids, positions, meta, logits_index, attention)
+            logits = self.parallel.forward(self.rank, inputs, attention)
         if self.step_cost is not None:
             if self._open_step is not None:  # padded with the rest of its device step
                 self._open_step[1] += input_ids.numel()

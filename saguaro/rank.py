@@ -41,6 +41,18 @@ class RankLoad:
 
 
 @dataclass
+class ForwardInputs:
+    """One forward's tokens, positions, attention layout and logits rows (CPU tensors): built
+    once by ``ModelRunner.forward`` and handed as one value to whatever runs it (a rank, the
+    tensor-parallel followers, a CUDA-graph replay)."""
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    meta: AttentionMetadata
+    logits_index: torch.Tensor | None = None
+
+
+@dataclass
 class RankModel:
     """What one rank holds: its weights (its shard under TP), its KV cache (its KV heads only)
     and the attention backend. Rank 0 and every tensor-parallel follower build it the same way
@@ -52,21 +64,14 @@ class RankModel:
     device: torch.device
     loads: list[RankLoad]  # per rank, in rank order (on rank 0 every rank's)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        meta: AttentionMetadata,
-        logits_index: torch.Tensor | None = None,
-        attention: AttentionBackend | None = None,
-    ) -> torch.Tensor | None:
+    def forward(self, inputs: ForwardInputs, attention: AttentionBackend | None = None) -> torch.Tensor | None:
         return self.model(
-            input_ids.to(self.device),
-            positions.to(self.device),
+            inputs.input_ids.to(self.device),
+            inputs.positions.to(self.device),
             self.kv.layers,
-            _to(meta, self.device),
+            _to(inputs.meta, self.device),
             attention or self.attention,
-            None if logits_index is None else logits_index.to(self.device),
+            None if inputs.logits_index is None else inputs.logits_index.to(self.device),
         )
 
 

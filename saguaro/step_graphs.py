@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from saguaro.attention import AttentionBackend, AttentionMetadata
+from saguaro.rank import ForwardInputs
 
 log = logging.getLogger(__name__)
 
@@ -167,16 +168,15 @@ class StepGraphs:
             return None
         return shape
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                logits_index: torch.Tensor | None, attention: AttentionBackend | None) -> torch.Tensor | None:
+    def forward(self, inputs: ForwardInputs, attention: AttentionBackend | None) -> torch.Tensor | None:
         """The step's fp32 logits as the eager forward returns them; None when the step is
         outside the buckets (the caller runs it eagerly)."""
         if attention is not None:
             return None  # a custom backend (the draft's tree kernel) holds per-step state a graph would freeze
-        shape = self.shape_of(meta)
+        shape = self.shape_of(inputs.meta)
         if shape is None:
             return None
-        step = pad_step(input_ids, positions, meta, shape, self.scratch_slot)
+        step = pad_step(inputs.input_ids, inputs.positions, inputs.meta, shape, self.scratch_slot)
         graph = self.graphs.get(shape)
         if graph is None:  # building runs the step once (a CPU: eagerly; CUDA: a replay after capture)
             graph = self.graphs[shape] = self._build(shape, step)
@@ -188,7 +188,7 @@ class StepGraphs:
                 graph.logits = self._run(graph)
         self.replays += 1
         logits = graph.logits[step.rows.to(graph.logits.device)]
-        return logits if logits_index is None else logits[logits_index.to(logits.device)]
+        return logits if inputs.logits_index is None else logits[inputs.logits_index.to(logits.device)]
 
     def _run(self, graph: _Graph) -> torch.Tensor:
         return self.rank.model(graph.input_ids, graph.positions, self.rank.kv.layers, graph.meta,

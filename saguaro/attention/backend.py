@@ -8,7 +8,7 @@ backend must match.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,19 +17,11 @@ from saguaro.attention.kv_store import store_kv, store_kv_reference
 from saguaro.attention.metadata import AttentionMetadata
 
 
-class AttentionBackend(Protocol):
-    def __call__(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        meta: AttentionMetadata,
-        scale: float,
-    ) -> torch.Tensor:
-        """q: [T, H, D]; k, v: [T, Hkv, D]; caches: [slots, Hkv, D]. Returns [T, H*D]."""
-        ...
+# A backend is called as ``backend(q, k, v, k_cache, v_cache, meta, scale)``, with the shapes
+# ``TorchAttention.__call__`` documents; the draft's tree kernel adds the keyword ``tree``.
+AttentionBackend = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata, float], torch.Tensor
+]
 
 
 class TorchAttention:
@@ -51,6 +43,7 @@ class TorchAttention:
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:
+        """q: [T, H, D]; k, v: [T, Hkv, D]; caches: [slots, Hkv, D]. Returns [T, H*D]."""
         self.store(k, v, k_cache, v_cache, meta)
         heads, dim = q.shape[1], q.shape[2]
         batch, width = meta.context_slots.shape

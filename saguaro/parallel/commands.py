@@ -9,25 +9,14 @@ first so each stays 8-byte aligned, then the boolean ones, as raw bytes).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from saguaro.attention import AttentionMetadata
+from saguaro.rank import ForwardInputs
 
 STOP, FORWARD = 0, 1
 # command, tokens T, sequences B, context width L, query width Q, logits rows N (-1: all), has mask, writes_all
 HEADER_SIZE = 8
-
-
-@dataclass
-class ForwardInputs:
-    """The arguments of one forward, as ``ModelRunner.forward`` receives them (CPU tensors)."""
-
-    input_ids: torch.Tensor
-    positions: torch.Tensor
-    meta: AttentionMetadata
-    logits_index: torch.Tensor | None
 
 
 def stop_header() -> torch.Tensor:

@@ -56,4 +56,4 @@ def follower_main(spec: FollowerSpec) -> None:
         payload = torch.empty(payload_size(header), dtype=torch.uint8)
         group.broadcast(payload)
         inputs = decode(header, payload)
-        rank.forward(inputs.input_ids, inputs.positions, inputs.meta, inputs.logits_index)
+        rank.forward(inputs)

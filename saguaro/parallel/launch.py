@@ -20,13 +20,13 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from saguaro.attention import AttentionBackend, AttentionMetadata
+from saguaro.attention import AttentionBackend
 from saguaro.config import EngineConfig
 from saguaro.errors import ConfigError, SaguaroError
-from saguaro.parallel.commands import ForwardInputs, encode, stop_header
+from saguaro.parallel.commands import encode, stop_header
 from saguaro.parallel.follower import FollowerSpec, follower_main
 from saguaro.parallel.group import LOOPBACK, RENDEZVOUS_TIMEOUT, TensorParallelGroup
-from saguaro.rank import RankModel
+from saguaro.rank import ForwardInputs, RankModel
 
 
 class TensorParallelError(SaguaroError):
@@ -87,24 +87,16 @@ class TensorParallelLeader:
             self.failure = self._describe_failure(f"({exc})")
             raise TensorParallelError(self.failure) from exc
 
-    def forward(
-        self,
-        rank: RankModel,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        meta: AttentionMetadata,
-        logits_index: torch.Tensor | None,
-        attention: AttentionBackend | None,
-    ) -> torch.Tensor:
+    def forward(self, rank: RankModel, inputs: ForwardInputs, attention: AttentionBackend | None) -> torch.Tensor:
         """Command the followers to run this forward, then run rank 0's part of it."""
         if attention is not None:
             raise ConfigError("a custom attention backend (the draft's tree steps) cannot run tensor-parallel: "
                               "followers use the runner's own; serve the draft with tensor_parallel_size 1")
-        header, payload = encode(ForwardInputs(input_ids, positions, meta, logits_index))
+        header, payload = encode(inputs)
         with self.watch():
             self.group.broadcast(header)
             self.group.broadcast(payload)
-            return rank.forward(input_ids, positions, meta, logits_index)
+            return rank.forward(inputs)
 
     def close(self, timeout: float = 10.0) -> None:
         """STOP the followers and join them (terminate any that do not exit in ``timeout``)."""
