@@ -6,11 +6,18 @@ route                       auth  answer
 POST /v1/completions        yes   text completion (JSON, or SSE with ``"stream": true``)
 POST /v1/chat/completions   yes   chat completion, prompt rendered with the chat template
 GET  /v1/models             yes   the served model
+GET  /v1/models/{model}     yes   its model card (404 for another name)
+POST /tokenize              yes   vLLM's: text or messages -> token ids
+POST /detokenize            yes   vLLM's: token ids -> text
+GET  /health                no    vLLM's: 200 (empty) when ready to serve, else 503
+GET  /version               no    vLLM's: ``{"version": saguaro.__version__}``
 GET  /healthz               no    200 while the process runs (liveness)
 GET  /readyz                no    200 with at least one healthy target, else 503 (readiness)
 GET  /metrics               no    Prometheus text format
 GET  /openapi.json          no    the OpenAPI 3.1 description of this API
 ==========================  ====  ===========================================================
+
+vLLM's endpoints live in ``vllm_endpoints.py``; what each request field does, in ``request_fields.py``.
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``; 429 and 503
 carry ``Retry-After``. ``x-request-id`` (header) sets the request id; the response header
@@ -23,29 +30,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import contextlib
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from saguaro.services.gateway.dispatch import Dispatch
-from saguaro.services.gateway.errors import GatewayError, invalid
+from saguaro.services.gateway.errors import GatewayError
 from saguaro.services.gateway.grpc_api import end_span, sampling_attributes
+from saguaro.services.gateway.http_common import (MAX_BODY_BYTES, decode_json, error_response, openai_error,
+                                                  read_json_body)
 from saguaro.services.gateway.openai_schema import (ChunkWriter, OpenAIRequest, choice_json, parse_request,
                                                     response_json, usage_json)
 from saguaro.services.gateway.telemetry import GatewaySpan
+from saguaro.services.gateway.vllm_endpoints import VllmEndpoints, model_card
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import PROTO_TO_FINISH, speculation_from_proto
 
 if TYPE_CHECKING:
+    from saguaro.services.gateway.prepare import Preparer
     from saguaro.services.gateway.server import Gateway
-
-MAX_BODY_BYTES = 32 << 20
 
 log = logging.getLogger(__name__)
 OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")  # shipped as package data
@@ -75,7 +83,7 @@ class _GatewayConnection(RequestHandler):
             log.info("refused a malformed HTTP request from %s: %d %s", request.remote, status, message or exc)
         kind = "server_error" if status >= 500 else "invalid_request_error"
         text = "internal error" if status >= 500 else f"malformed HTTP request: {message or exc}"
-        response = _openai_error(status, kind, text[:300])
+        response = openai_error(status, kind, text[:300])
         response.force_close()
         return response
 
@@ -106,18 +114,7 @@ async def _json_http_errors(request: web.Request, handler) -> web.StreamResponse
             raise
         kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return _openai_error(exc.status, kind, f"{exc.reason}: {request.method} {request.path[:200]}", headers)
-
-
-def _openai_error(status: int, kind: str, message: str, headers: dict | None = None) -> web.Response:
-    """An OpenAI error body for refusals that happen before our handlers (no field to name)."""
-    return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": None}},
-                             status=status, headers=headers)
-
-
-def _error_response(exc: GatewayError) -> web.Response:
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-    return web.json_response(exc.openai_body(), status=exc.http_status, headers=headers)
+        return openai_error(exc.status, kind, f"{exc.reason}: {request.method} {request.path[:200]}", headers)
 
 
 class OpenAIApi:
@@ -134,6 +131,7 @@ class OpenAIApi:
             web.get("/readyz", self.readyz),
             web.get("/metrics", self.metrics),
             web.get("/openapi.json", self.openapi),
+            *VllmEndpoints(self.gateway).routes(),
         ])
         return app
 
@@ -159,10 +157,8 @@ class OpenAIApi:
             self.gateway.authenticate(request.headers.get("Authorization"))
             facts = self.gateway.preparer().facts
         except GatewayError as exc:
-            return _error_response(exc)
-        return web.json_response({"object": "list", "data": [{
-            "id": facts.name, "object": "model", "created": self.gateway.started_at, "owned_by": "saguaro",
-            "max_model_len": facts.max_model_len}]})
+            return error_response(exc)
+        return web.json_response({"object": "list", "data": [model_card(facts, self.gateway.started_at)]})
 
     # -- generation --------------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -181,8 +177,8 @@ class OpenAIApi:
             key = gw.authenticate(request.headers.get("Authorization"))
             span = GatewaySpan.start(request.headers, api="http", model=gw.model_name)
             preparer = gw.preparer()
-            raw = await _read_json_body(request, min(MAX_BODY_BYTES, preparer.body_byte_limit),
-                                        gw.config.http_body_timeout_s)
+            raw = await read_json_body(request, min(MAX_BODY_BYTES, preparer.body_byte_limit),
+                                       gw.config.http_body_timeout_s)
             parsed = await preparer.tokenizer.run(_parse_body, kind, raw, preparer)
             span.requested(**sampling_attributes(parsed.sampling))
             release = gw.streams.acquire(key, len(parsed.prompts))
@@ -202,7 +198,7 @@ class OpenAIApi:
             return await self._complete(parsed, dispatches, prefix + request_id, preparer.facts.name, finals)
         except GatewayError as exc:
             code, message = exc.code, exc.message
-            return _error_response(exc)
+            return error_response(exc)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -305,39 +301,7 @@ async def _keep_alive(response: web.StreamResponse, interval_s: float, last_writ
 KEEPALIVE = b": keep-alive\n\n"
 
 
-async def _read_json_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
-    """The request's body, at most ``limit`` bytes once decompressed (413 beyond: a small
-    compressed body can inflate to gigabytes), within ``timeout_s`` (408 beyond: a body sent a
-    byte at a time holds a connection). It must be declared as JSON: a browser sends a
-    cross-site form POST as text/plain or a form type without asking first, so an undeclared
-    body is refused (415) before it is read."""
-    if request.content_type != "application/json":
-        declared = request.headers.get("Content-Type", "none")[:60]
-        raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"Content-Type must be application/json, got {declared!r}", http_status=415)
-    body = bytearray()
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.content.iter_chunked(1 << 16):
-                body += chunk
-                if len(body) > limit:
-                    raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT,
-                                       f"the request body is larger than {limit} bytes (decompressed), more than any "
-                                       f"request to this model needs", http_status=413)
-    except TimeoutError:
-        raise GatewayError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                           f"the request body did not arrive within {timeout_s:g} s", http_status=408) from None
-    except RequestPayloadError:  # e.g. a Content-Encoding the body is not in (found by tests/fuzz)
-        raise invalid(f"the request body cannot be decoded (Content-Encoding: "
-                      f"{request.headers.get('Content-Encoding', 'none')[:40]})") from None
-    return bytes(body)
-
-
 def _parse_body(kind: str, raw: bytes, preparer: Preparer) -> OpenAIRequest:
     """JSON and the OpenAI fields, prompts tokenized (on the tokenizer's thread: see
     ``GatewayTokenizer.run``)."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5000-digit number, deep nesting
-        raise invalid(f"the request body is not valid JSON: {str(exc)[:200]}") from None
-    return parse_request(kind, body, preparer)
+    return parse_request(kind, decode_json(raw), preparer)

@@ -1,9 +1,8 @@
 """OpenAI request bodies -> validated gateway requests; gateway results -> OpenAI JSON.
 
 Pure functions (no I/O), so every refusal is easy to test. Refusals are ``GatewayError``
-INVALID_ARGUMENT (HTTP 400) whose message and ``param`` name the field. Values the gateway
-cannot honour (logprobs, stop strings, n > 1, penalties, tools, ...) are refused rather than
-silently ignored; fields that change nothing (``user``, ``stream_options`` off, nulls) pass.
+INVALID_ARGUMENT (HTTP 400) whose message and ``param`` name the field. Which fields are
+honoured, refused unless neutral, or ignored is one table: ``request_fields``.
 
 Extensions (vLLM-style, optional): ``top_k``, ``seed``, ``stop_token_ids``, ``ignore_eos``,
 ``mode`` (``ssd`` / ``sd`` / ``ar``: per-request opt-out of speculation) and
@@ -20,6 +19,7 @@ from typing import Any
 
 from saguaro.services.gateway.errors import invalid
 from saguaro.services.gateway.prepare import Preparer, check_vocabulary
+from saguaro.services.gateway.request_fields import check_fields
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import MODE_TO_PROTO
 
@@ -40,7 +40,7 @@ class OpenAIRequest:
     tokens_individually: bool
 
 
-class _Fields:
+class Fields:
     """Typed access to a JSON object's fields with messages that name the field."""
 
     def __init__(self, body: dict[str, Any]):
@@ -82,30 +82,7 @@ class _Fields:
         return value
 
 
-def _refuse_unsupported(body: dict[str, Any]) -> None:
-    """Options whose non-default values the gateway cannot honour."""
-    unsupported = {
-        "logprobs": "log probabilities are not returned", "top_logprobs": "log probabilities are not returned",
-        "echo": "echo is not supported", "suffix": "suffix is not supported",
-        "tools": "tool calls are not supported", "functions": "function calls are not supported",
-        "logit_bias": "logit_bias is not supported",
-    }
-    for name, why in unsupported.items():
-        if body.get(name) not in (None, False, [], {}, 0):
-            raise invalid(f"{name}: {why}", name)
-    if body.get("stop") not in (None, "", []):
-        raise invalid("stop: stop strings are not supported; use stop_token_ids (token ids)", "stop")
-    for name, neutral in (("presence_penalty", 0), ("frequency_penalty", 0), ("repetition_penalty", 1)):
-        if body.get(name) is not None and body.get(name) != neutral:
-            raise invalid(f"{name}: penalties are not supported (leave it unset)", name)
-    if body.get("best_of") not in (None, 1):
-        raise invalid("best_of: only 1 is supported", "best_of")
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise invalid("response_format: only {\"type\": \"text\"} is supported", "response_format")
-
-
-def _unicode(text: str, param: str) -> str:
+def unicode_text(text: str, param: str) -> str:
     """``text`` if it is valid Unicode. JSON's escapes can spell a lone surrogate ("\\ud800"),
     which json.loads accepts but no tokenizer can encode (it was a 500)."""
     try:
@@ -118,7 +95,7 @@ def _unicode(text: str, param: str) -> str:
 def _completion_prompts(value: Any, preparer: Preparer) -> list[list[int]]:
     """``prompt``: a string, token ids, or a batch of either."""
     if isinstance(value, str):
-        return [preparer.prompt_from_text(_unicode(value, "prompt"), "prompt")]
+        return [preparer.prompt_from_text(unicode_text(value, "prompt"), "prompt")]
     if not isinstance(value, list) or not value:
         raise invalid("prompt is required and must not be empty: a string, a list of token ids, or a list of those",
                       "prompt")
@@ -129,7 +106,7 @@ def _completion_prompts(value: Any, preparer: Preparer) -> list[list[int]]:
     prompts = []
     for i, item in enumerate(value):
         if isinstance(item, str):
-            prompts.append(preparer.prompt_from_text(_unicode(item, f"prompt[{i}]"), f"prompt[{i}]"))
+            prompts.append(preparer.prompt_from_text(unicode_text(item, f"prompt[{i}]"), f"prompt[{i}]"))
         elif isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
             prompts.append(list(item))
         else:
@@ -137,7 +114,9 @@ def _completion_prompts(value: Any, preparer: Preparer) -> list[list[int]]:
     return prompts
 
 
-def _chat_messages(value: Any) -> list[dict[str, str]]:
+def chat_messages(value: Any) -> list[dict[str, str]]:
+    """``messages`` as the chat template takes them (text parts joined), for chat completions
+    and ``/tokenize`` alike."""
     if not isinstance(value, list) or not value:
         raise invalid("messages is required: a non-empty list of {\"role\", \"content\"} objects", "messages")
     out = []
@@ -159,21 +138,21 @@ def _chat_messages(value: Any) -> list[dict[str, str]]:
             content = "".join(texts)
         if not isinstance(content, str):
             raise invalid(f"{where}.content must be a string (or a list of text parts)", f"{where}.content")
-        out.append({"role": role, "content": _unicode(content, f"{where}.content")})
+        out.append({"role": role, "content": unicode_text(content, f"{where}.content")})
     return out
 
 
 def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
-    fields = _Fields(body)
+    fields = Fields(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise invalid("model is required: the served model's name (see GET /v1/models)", "model")
     facts = preparer.facts
     if model != facts.name:
         raise invalid(f"unknown model {model!r}: this gateway serves {facts.name!r}", "model")
-    _refuse_unsupported(body)
+    check_fields(kind, body)
     fields.integer("n", 1, 1, 1, " (one choice per prompt)")
     stream = fields.boolean("stream", False)
     if kind == "completions":
@@ -185,7 +164,7 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
         max_tokens_name = "max_tokens"
         default_max: int | None = DEFAULT_COMPLETION_TOKENS
     else:
-        messages = _chat_messages(body.get("messages"))
+        messages = chat_messages(body.get("messages"))
         preparer.check_text_size([m["content"] for m in messages], "messages")
         prompts = [preparer.check_prompt_ids(preparer.tokenizer.chat_prompt(messages), "messages")]
         max_tokens_name = "max_completion_tokens" if fields.present("max_completion_tokens") else "max_tokens"
@@ -216,7 +195,11 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise invalid("stream_options must be an object", "stream_options")
-    include_usage = _Fields(options or {}).boolean("include_usage", False)
+    stream_fields = Fields(options or {})
+    if stream_fields.boolean("continuous_usage_stats", False):
+        raise invalid("stream_options.continuous_usage_stats: usage is sent once, at the end of the stream",
+                      "stream_options.continuous_usage_stats")
+    include_usage = stream_fields.boolean("include_usage", False)
     return OpenAIRequest(kind, prompts, sampling, MODE_TO_PROTO.get(mode, pb.DECODE_MODE_DEFAULT), stream,
                          include_usage, fields.boolean("stream_tokens_individually", True))
 

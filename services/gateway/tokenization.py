@@ -59,10 +59,22 @@ class GatewayTokenizer:
     def has_chat_template(self) -> bool:
         return self.tokenizer is not None and bool(getattr(self.tokenizer, "chat_template", None))
 
-    def encode(self, text: str, param: str = "prompt") -> list[int]:
+    def encode(self, text: str, param: str = "prompt", add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``; ``add_special_tokens`` adds what the tokenizer adds by default
+        (BOS for Llama 3), as ``/tokenize`` asks for."""
         if self.tokenizer is None:
             raise invalid("the served model has no tokenizer: send token ids instead of text", param)
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids: list[int], param: str = "tokens") -> str:
+        """The text of ``ids``, special tokens included (``/detokenize``, as vLLM's)."""
+        if self.tokenizer is None:
+            raise invalid("the served model has no tokenizer, so token ids cannot be turned into text", param)
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def token_strings(self, ids: list[int]) -> list[str]:
+        """Each id's vocabulary entry (``/tokenize`` with ``return_token_strs``)."""
+        return self.tokenizer.convert_ids_to_tokens(ids)
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of ``messages`` rendered with the model's chat template (+ generation prompt)."""

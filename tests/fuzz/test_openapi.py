@@ -16,6 +16,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from fuzz.support import CONTEXT, LIVE, fuzz_settings
 from saguaro.services.gateway.http_api import OpenAIApi
+from saguaro.services.gateway.request_fields import HARMLESS, HONOURED, REFUSED
 
 SPEC = Path(__file__).parents[2] / "services" / "gateway" / "openapi.json"
 schema = schemathesis.openapi.from_path(SPEC)
@@ -32,6 +33,13 @@ def test_the_document_lists_exactly_the_routes():
     served = {(route.method, route.resource.canonical) for route in app.router.routes() if route.method != "HEAD"}
     # (the document's own URL need not describe itself)
     assert served - {("GET", "/openapi.json")} == documented
+
+
+@pytest.mark.parametrize("kind, schema_name", [("completions", "CompletionRequest"), ("chat", "ChatCompletionRequest")])
+def test_the_document_describes_every_field_of_the_table(kind, schema_name):
+    """Each field the gateway honours, ignores or refuses unless neutral (request_fields.py)."""
+    properties = json.loads(SPEC.read_text())["components"]["schemas"][schema_name]["properties"]
+    assert set(properties) >= HONOURED[kind] | HARMLESS | set(REFUSED)
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,12 @@ def test_api_keys_guard_both_apis_but_not_the_probes(target, start_gateway, http
     assert http(url, body, headers={"Authorization": "Basic key-one"}).status == 401
     assert http(url, body, headers={"Authorization": "Bearer key-two"}).status == 200
     assert http(gateway.http_url + "/v1/models").status == 401
-    for probe in ("/healthz", "/readyz", "/metrics"):
+    assert http(gateway.http_url + "/v1/models/llama").status == 401
+    for path in ("/tokenize", "/detokenize"):
+        assert http(gateway.http_url + path, {"prompt": "x", "tokens": [3]}).status == 401
+    keyed = http(gateway.http_url + "/tokenize", {"prompt": "x"}, headers={"Authorization": "Bearer key-one"})
+    assert keyed.status == 200
+    for probe in ("/healthz", "/readyz", "/metrics", "/health", "/version"):
         assert http(gateway.http_url + probe).status == 200
 
     with Client(gateway.grpc_address) as anonymous:

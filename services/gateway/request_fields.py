@@ -1,0 +1,165 @@
+"""Which request fields the OpenAI front honours, refuses, or ignores: one table.
+
+vLLM's users send vLLM's fields (its ``CompletionRequest`` / ``ChatCompletionRequest``) and
+OpenAI's. A field the gateway silently dropped would change the output without a word, so each
+field the gateway does not honour is listed in ``REFUSED`` with its neutral values (the ones
+that ask for nothing, such as ``min_p`` 0): any other value is a 400 naming the field. Fields
+that change no output (``user``, ``metadata`` ...) are ``HARMLESS``. A field no one defines is
+accepted with one warning per request, as vLLM does, so a client's extra field breaks nothing
+but leaves a trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from saguaro.services.gateway.errors import invalid
+
+log = logging.getLogger(__name__)
+
+# Per kind of body, the fields its parser reads: ``openai_schema.parse_request`` (the Saguaro
+# extensions ``mode`` and ``stream_tokens_individually`` included) and ``vllm_endpoints``.
+_GENERATION = frozenset({
+    "model", "max_tokens", "n", "stream", "stream_options", "temperature", "top_p", "top_k", "seed",
+    "stop_token_ids", "ignore_eos", "mode", "stream_tokens_individually"})
+HONOURED = {
+    "completions": _GENERATION | {"prompt"},
+    "chat": _GENERATION | {"messages", "max_completion_tokens"},
+    "tokenize_prompt": frozenset({"model", "prompt", "add_special_tokens", "return_token_strs"}),
+    "tokenize_chat": frozenset({"model", "messages", "return_token_strs"}),
+    "detokenize": frozenset({"model", "tokens"}),
+}
+
+# Accepted with any value: they change nothing in the output (vLLM ignores them too, or they are
+# bookkeeping for OpenAI's platform). ``parallel_tool_calls`` only matters with ``tools``, which
+# are refused; ``prediction`` only speeds OpenAI up; ``return_token_offsets`` is for vLLM's
+# render endpoints.
+HARMLESS = frozenset({
+    "user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier", "parallel_tool_calls",
+    "prediction", "return_token_offsets"})
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A field the gateway cannot honour: ``neutral`` values pass (null always does), any other
+    is refused with ``"{field}: {why}"``."""
+
+    why: str
+    neutral: tuple = ()
+
+    def accepts(self, value: Any) -> bool:
+        return value is None or any(_same(value, n) for n in self.neutral)
+
+
+def _same(value: Any, neutral: Any) -> bool:
+    """JSON equality that keeps booleans and numbers apart (Python has ``0 == False``), so a
+    ``logprobs`` of 0 (the chosen token's log probability) is not mistaken for ``false``."""
+    if isinstance(value, bool) or isinstance(neutral, bool):
+        return value is neutral
+    return isinstance(value, (int, float)) == isinstance(neutral, (int, float)) and value == neutral
+
+
+_LOGPROBS = "log probabilities are not returned"
+_PENALTY = "penalties are not supported (leave it unset)"
+_STRUCTURED = "structured output (grammars, JSON schemas, choices) is not supported"
+_TEMPLATE = "per-request chat template options are not supported"
+_TRANSFER = "disaggregated serving parameters are not supported"
+_REPETITION = "repetition detection is not supported"
+
+# field -> why it is refused, and its neutral values. vLLM's defaults are the neutral values.
+REFUSED: Mapping[str, Refusal] = {
+    # sampling and output (OpenAI)
+    "stop": Refusal("stop strings are not supported; use stop_token_ids (token ids)", ("", [])),
+    "logprobs": Refusal(_LOGPROBS, (False,)),
+    "top_logprobs": Refusal(_LOGPROBS, (0,)),
+    "echo": Refusal("echo is not supported", (False,)),
+    "suffix": Refusal("suffix is not supported", ("",)),
+    "presence_penalty": Refusal(_PENALTY, (0,)),
+    "frequency_penalty": Refusal(_PENALTY, (0,)),
+    "logit_bias": Refusal("logit_bias is not supported", ({},)),
+    "best_of": Refusal("only 1 is supported", (1,)),
+    "response_format": Refusal("only {\"type\": \"text\"} is supported", ({"type": "text"},)),
+    "tools": Refusal("tool calls are not supported", ([],)),
+    "tool_choice": Refusal("tool calls are not supported", ("none", "auto")),
+    "functions": Refusal("function calls are not supported", ([],)),
+    "function_call": Refusal("function calls are not supported", ("none", "auto")),
+    "reasoning_effort": Refusal("reasoning effort is not supported (the chat template gets no such option)"),
+    "verbosity": Refusal("verbosity is not supported"),
+    "modalities": Refusal("only text output is supported", (["text"],)),
+    "audio": Refusal("audio output is not supported"),
+    "web_search_options": Refusal("web search is not supported"),
+    # sampling (vLLM)
+    "repetition_penalty": Refusal(_PENALTY, (1,)),
+    "min_p": Refusal("min_p is not supported (leave it unset or 0)", (0,)),
+    "min_tokens": Refusal("min_tokens is not supported (leave it unset or 0)", (0,)),
+    "use_beam_search": Refusal("beam search is not supported", (False,)),
+    "length_penalty": Refusal("length_penalty applies to beam search, which is not supported", (1,)),
+    "include_stop_str_in_output": Refusal("stop strings are not supported, so there is none to include", (False,)),
+    "skip_special_tokens": Refusal("special tokens are always left out of the text (true only)", (True,)),
+    "spaces_between_special_tokens": Refusal("special tokens are always left out of the text (true only)", (True,)),
+    "truncate_prompt_tokens": Refusal("prompt truncation is not supported; shorten the prompt"),
+    "truncation_side": Refusal("prompt truncation is not supported; shorten the prompt"),
+    "allowed_token_ids": Refusal("allowed_token_ids is not supported"),
+    "bad_words": Refusal("bad_words is not supported", ([],)),
+    "prompt_logprobs": Refusal(_LOGPROBS),
+    "logprob_token_ids": Refusal(_LOGPROBS, ([],)),
+    "logits_processors": Refusal("custom logits processors are not supported", ([],)),
+    "thinking_token_budget": Refusal("thinking budgets are not supported", (-1,)),
+    "repetition_detection": Refusal(_REPETITION),
+    "max_repetition_pattern_size": Refusal(_REPETITION, (0,)),
+    "min_repetition_pattern_size": Refusal(_REPETITION, (0,)),
+    "repetition_min_count": Refusal(_REPETITION, (0,)),
+    # structured output (vLLM)
+    "structured_outputs": Refusal(_STRUCTURED),
+    "guided_json": Refusal(_STRUCTURED),
+    "guided_regex": Refusal(_STRUCTURED),
+    "guided_choice": Refusal(_STRUCTURED),
+    "guided_grammar": Refusal(_STRUCTURED),
+    "structural_tag": Refusal(_STRUCTURED),
+    "guided_decoding_backend": Refusal(_STRUCTURED),
+    "guided_whitespace_pattern": Refusal(_STRUCTURED),
+    # prompt and chat template (vLLM)
+    "add_special_tokens": Refusal("special tokens are not added to the prompt (false only)", (False,)),
+    "add_generation_prompt": Refusal("the generation prompt is always added (true only)", (True,)),
+    "continue_final_message": Refusal("continuing the final message is not supported", (False,)),
+    "chat_template": Refusal(_TEMPLATE),
+    "chat_template_kwargs": Refusal(_TEMPLATE, ({},)),
+    "documents": Refusal(_TEMPLATE, ([],)),
+    "mm_processor_kwargs": Refusal("multimodal inputs are not supported", ({},)),
+    "prompt_embeds": Refusal("prompt embeddings are not supported; send text or token ids"),
+    "include_reasoning": Refusal("reasoning is not separated from the content (true only)", (True,)),
+    # serving (vLLM)
+    "priority": Refusal("priority scheduling is not supported (0 only)", (0,)),
+    "request_id": Refusal("set the request id with the x-request-id header"),
+    "cache_salt": Refusal("prefix-cache salting is not supported"),
+    "return_tokens_as_token_ids": Refusal(_LOGPROBS, (False,)),
+    "return_token_ids": Refusal("token ids are not returned; use the gRPC API for them", (False,)),
+    "kv_transfer_params": Refusal(_TRANSFER, ({},)),
+    "ec_transfer_params": Refusal(_TRANSFER, ({},)),
+    "vllm_xargs": Refusal("vLLM extension arguments are not supported", ({},)),
+}
+
+MAX_LOGGED = 10  # unknown field names in one warning (a body may hold thousands)
+
+
+def check_fields(kind: str, body: dict[str, Any]) -> None:
+    """Refuse (400, naming the field) the first refused field with a non-neutral value; log the
+    fields nobody defines. ``kind`` is a key of ``HONOURED``: what that body's parser reads is
+    never refused (``add_special_tokens`` is honoured by ``/tokenize``, refused elsewhere)."""
+    honoured = HONOURED[kind]
+    unknown = []
+    for name, value in body.items():
+        if name in honoured or name in HARMLESS:
+            continue
+        refusal = REFUSED.get(name)
+        if refusal is None:
+            unknown.append(name)
+        elif not refusal.accepts(value):
+            raise invalid(f"{name}: {refusal.why}", name)
+    if unknown:
+        names = ", ".join(repr(n[:40]) for n in unknown[:MAX_LOGGED])
+        more = f" and {len(unknown) - MAX_LOGGED} more" if len(unknown) > MAX_LOGGED else ""
+        log.warning("the following fields were present in the request but ignored: %s%s", names, more)

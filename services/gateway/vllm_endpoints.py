@@ -1,0 +1,134 @@
+"""vLLM's endpoints beside the OpenAI API, in vLLM's shapes: ``/health``, ``/version``,
+``/tokenize``, ``/detokenize`` and ``/v1/models/{model}``.
+
+Tools written for vLLM (load balancers' probes, benchmark scripts, evaluation harnesses that
+count tokens) call these and would otherwise meet 404s. Tokenizing uses the gateway's own
+tokenizer (fetched from a target, ``tokenization.py``), on its thread, so the counts are the
+targets'. ``/health`` and ``/version`` are open like the probes; the others need the API key.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from aiohttp import web
+
+from saguaro import __version__
+from saguaro.services.gateway.errors import GatewayError, invalid
+from saguaro.services.gateway.http_common import MAX_BODY_BYTES, decode_json, error_response, read_json_body
+from saguaro.services.gateway.openai_schema import Fields, chat_messages, unicode_text
+from saguaro.services.gateway.prepare import ModelFacts, Preparer, check_vocabulary
+from saguaro.services.gateway.request_fields import check_fields
+
+if TYPE_CHECKING:
+    from saguaro.services.gateway.server import Gateway
+
+
+def model_card(facts: ModelFacts, created: int) -> dict[str, Any]:
+    """The served model as ``/v1/models`` lists it and ``/v1/models/{model}`` returns it."""
+    return {"id": facts.name, "object": "model", "created": created, "owned_by": "saguaro",
+            "max_model_len": facts.max_model_len}
+
+
+class VllmEndpoints:
+    def __init__(self, gateway: "Gateway"):
+        self.gateway = gateway
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/health", self.health),
+            web.get("/version", self.version),
+            web.post("/tokenize", self.tokenize),
+            web.post("/detokenize", self.detokenize),
+            web.get("/v1/models/{model:.+}", self.model),  # a served name may hold "/" (org/model)
+        ]
+
+    async def health(self, request: web.Request) -> web.Response:
+        """vLLM's: 200 with an empty body when requests can be served; here 503 (with an error
+        body and ``Retry-After``) until a target is healthy and the model is known."""
+        gw = self.gateway
+        if gw.ready:
+            return web.Response(status=200)
+        return error_response(GatewayError(grpc.StatusCode.UNAVAILABLE, "no healthy target: not ready to serve",
+                                           retry_after=gw.config.retry_after_s))
+
+    async def version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": __version__})
+
+    async def model(self, request: web.Request) -> web.Response:
+        try:
+            self.gateway.authenticate(request.headers.get("Authorization"))
+            facts = self.gateway.preparer().facts
+            wanted = request.match_info["model"]
+            if wanted != facts.name:
+                raise GatewayError(grpc.StatusCode.NOT_FOUND, f"the model {wanted[:200]!r} does not exist: this "
+                                   f"gateway serves {facts.name!r}", "model")
+        except GatewayError as exc:
+            return error_response(exc)
+        return web.json_response(model_card(facts, self.gateway.started_at))
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        return await self._on_tokenizer(request, _tokenize)
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        return await self._on_tokenizer(request, _detokenize)
+
+    async def _on_tokenizer(self, request: web.Request, work) -> web.Response:
+        """``work(body, preparer)`` on the tokenizer's thread, after the key and the body's limits
+        (the same as a generation request's: tokenizing is the same work)."""
+        gw = self.gateway
+        try:
+            gw.authenticate(request.headers.get("Authorization"))
+            preparer = gw.preparer()
+            raw = await read_json_body(request, min(MAX_BODY_BYTES, preparer.body_byte_limit),
+                                       gw.config.http_body_timeout_s)
+            return web.json_response(await preparer.tokenizer.run(work, raw, preparer))
+        except GatewayError as exc:
+            return error_response(exc)
+
+
+def _object(raw: bytes, preparer: Preparer) -> dict[str, Any]:
+    """The body as a JSON object whose ``model``, if given, is the served one (vLLM makes it optional)."""
+    body = decode_json(raw)
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and model != preparer.facts.name:
+        raise invalid(f"unknown model {str(model)[:100]!r}: this gateway serves {preparer.facts.name!r}", "model")
+    return body
+
+
+def _tokenize(raw: bytes, preparer: Preparer) -> dict[str, Any]:
+    """``{"prompt"}`` (special tokens added unless ``add_special_tokens`` is false, as vLLM) or
+    ``{"messages"}`` (rendered with the chat template, as chat completions are)."""
+    body = _object(raw, preparer)
+    fields = Fields(body)
+    tokenizer = preparer.tokenizer
+    if body.get("messages") is not None:
+        check_fields("tokenize_chat", body)
+        messages = chat_messages(body["messages"])
+        preparer.check_text_size([m["content"] for m in messages], "messages")
+        ids = tokenizer.chat_prompt(messages)
+    else:
+        check_fields("tokenize_prompt", body)
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise invalid("prompt (a string) or messages is required", "prompt")
+        preparer.check_text_size([prompt], "prompt")
+        ids = tokenizer.encode(unicode_text(prompt, "prompt"), "prompt", fields.boolean("add_special_tokens", True))
+    strings = tokenizer.token_strings(ids) if fields.boolean("return_token_strs", False) else None
+    return {"count": len(ids), "max_model_len": preparer.facts.max_model_len, "tokens": ids, "token_strs": strings}
+
+
+def _detokenize(raw: bytes, preparer: Preparer) -> dict[str, str]:
+    body = _object(raw, preparer)
+    check_fields("detokenize", body)
+    tokens = body.get("tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        raise invalid("tokens is required: a list of token ids", "tokens")
+    limit = preparer.facts.max_model_len
+    if len(tokens) > limit:
+        raise invalid(f"tokens holds {len(tokens)} ids, more than the model's context ({limit})", "tokens")
+    check_vocabulary("tokens: token ids", tokens, preparer.facts.vocab_size, "tokens")
+    return {"prompt": preparer.tokenizer.decode(tokens)}
