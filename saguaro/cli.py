@@ -11,11 +11,26 @@ import logging
 import sys
 
 from saguaro.cli_commands import cmd_demo, cmd_draft, cmd_gateway, cmd_generate, cmd_target
-from saguaro.cli_options import (FAST_PATH_HELP, SOFT_DEADLINE_HELP, SPECULATION_POLICY_HELP, add_draft_tls_args,
-                                 add_engine_args, add_sampling_args, add_speculation_args, add_telemetry_args,
-                                 add_tls_server_args)
+from saguaro.cli_options import (FAST_PATH_HELP, SOFT_DEADLINE_HELP, SPECULATION_POLICY_HELP, ServiceCommand,
+                                 add_draft_tls_args, add_engine_args, add_sampling_args, add_speculation_args,
+                                 add_telemetry_args, add_tls_server_args, service_parser)
 from saguaro.cli_up import cmd_up
 from saguaro.errors import SaguaroError
+
+DRAFT_COMMAND = ServiceCommand(
+    "draft", 50061, "the Speculation service",
+    summary="serve a draft model (the Speculation gRPC service a target connects to)",
+    description="Run the draft service: it owns the draft model, its KV cache and the speculation cache, "
+    "and builds speculations for every likely verification outcome while the target verifies. "
+    "K and fan-out are agreed per session at handshake; the values here size the initial cache.",
+)
+TARGET_COMMAND = ServiceCommand(
+    "target", 50051, "the public API",
+    summary="serve a target model: the public Inference gRPC API (ar, sd or ssd decoding)",
+    description="Run the target service: it owns the target model, schedules requests with continuous batching "
+    "and verifies the draft's speculations. --mode ssd talks to a draft service (`saguaro draft`) at "
+    "--draft-address; --mode sd runs the draft synchronously in this process; --mode ar uses no draft.",
+)
 
 
 def _pod_namespace() -> str:
@@ -102,17 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(gen)
     gen.set_defaults(func=cmd_generate)
 
-    draft = sub.add_parser(
-        "draft",
-        help="serve a draft model (the Speculation gRPC service a target connects to)",
-        description="Run the draft service: it owns the draft model, its KV cache and the speculation cache, "
-        "and builds speculations for every likely verification outcome while the target verifies. "
-        "K and fan-out are agreed per session at handshake; the values here size the initial cache.",
-    )
-    draft.add_argument("--model", required=True, help="local Hugging Face folder of the draft model")
-    draft.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    draft.add_argument("--port", type=int, default=50061, help="TCP port (default: 50061)")
-    draft.add_argument("--uds", default=None, help="listen on this Unix socket path instead of TCP")
+    draft = service_parser(sub, DRAFT_COMMAND)
     draft.add_argument("--no-tree", action="store_true", help="answer with JIT drafts only (synchronous SD served remotely)")
     add_speculation_args(draft)
     add_engine_args(draft, tensor_parallel=False)
@@ -120,14 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tls_server_args(draft)
     draft.set_defaults(func=cmd_draft)
 
-    target = sub.add_parser(
-        "target",
-        help="serve a target model: the public Inference gRPC API (ar, sd or ssd decoding)",
-        description="Run the target service: it owns the target model, schedules requests with continuous batching "
-        "and verifies the draft's speculations. --mode ssd talks to a draft service (`saguaro draft`) at "
-        "--draft-address; --mode sd runs the draft synchronously in this process; --mode ar uses no draft.",
-    )
-    target.add_argument("--model", required=True, help="local Hugging Face folder of the target model")
+    target = service_parser(sub, TARGET_COMMAND)
     target.add_argument("--mode", choices=["ssd", "sd", "ar"], default="ssd", help="decoding mode (default: ssd)")
     target.add_argument("--draft-model", default=None, metavar="DIR",
                         help="draft model folder: run in this process for sd (or ssd without --draft-address); "
@@ -149,9 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--wait-for-draft", type=float, default=0.0, metavar="S",
                         help="with --draft-address: wait up to S seconds for the draft service before serving "
                              "(default: 0, start at once and connect when it appears)")
-    target.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
-    target.add_argument("--port", type=int, default=50051, help="TCP port of the public API (default: 50051)")
-    target.add_argument("--uds", default=None, help="listen on this Unix socket path instead of TCP")
     add_speculation_args(target)
     add_engine_args(target)
     add_telemetry_args(target)

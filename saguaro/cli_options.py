@@ -8,6 +8,7 @@ hands them on to its children, so each flag is defined and read in one place.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from saguaro.errors import ConfigError
 
@@ -57,6 +58,29 @@ def add_telemetry_args(parser: argparse.ArgumentParser, up: bool = False) -> Non
                        + "(default: 9400; 0 disables). Tracing: set OTEL_EXPORTER_OTLP_ENDPOINT (docs/observability.md)")
     group.add_argument("--log-format", choices=["text", "json"], default="text",
                        help="log lines as text, or one JSON object per line with trace ids (default: text)")
+
+
+@dataclass(frozen=True)
+class ServiceCommand:
+    """What the ``--help`` of a model service's sub-command (``target``, ``draft``) says."""
+
+    name: str
+    port: int  # its default TCP port
+    api: str  # what it serves on that port
+    summary: str
+    description: str
+
+
+def service_parser(sub, command: ServiceCommand) -> argparse.ArgumentParser:
+    """The sub-command of a model service: its model folder and where it listens, the same flags
+    and words for the target and the draft."""
+    parser = sub.add_parser(command.name, help=command.summary, description=command.description)
+    parser.add_argument("--model", required=True, help=f"local Hugging Face folder of the {command.name} model")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=command.port,
+                        help=f"TCP port of {command.api} (default: {command.port})")
+    parser.add_argument("--uds", default=None, help="listen on this Unix socket path instead of TCP")
+    return parser
 
 
 def add_tls_server_args(parser: argparse.ArgumentParser) -> None:

@@ -305,7 +305,7 @@ class _EngineState:
         yield _family("vllm:cache_config_info", model, 1, block_size=str(engine.config.block_size),
                       num_gpu_blocks=str(len(blocks.blocks)))
         yield _family("vllm:num_preemptions", model, scheduler.num_preemptions)
-        proposer = getattr(engine, "proposer", None)
+        proposer = engine.proposer
         if proposer is not None:
             yield _family("saguaro_draft_failures", model, proposer.failures)
             yield _family("saguaro_draft_connected", model, float(proposer.channel is not None))
