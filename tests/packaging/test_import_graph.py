@@ -171,22 +171,21 @@ def test_the_engine_package_never_imports_the_services():
     assert not {m: t for m, t in upward.items() if t}, f"saguaro/ importing services/: {upward}"
 
 
+def _other_services_imported(service: str) -> dict[str, list[str]]:
+    """Each module of ``services/<service>`` -> the other services' modules it imports."""
+    own = f"{SERVICES}.{service}"
+    reaching = {
+        module: sorted(t for t in targets if _inside(t, SERVICES) and not _inside(t, own))
+        for module, targets in import_graph().items()
+        if _inside(module, own)
+    }
+    return {m: t for m, t in reaching.items() if t}
+
+
 def test_the_gateway_imports_neither_the_target_nor_the_draft():
     """A gateway pod has no model: it must run without the target's or the draft's code (and torch)."""
-    gateway = f"{SERVICES}.gateway"
-    reaching = {
-        module: sorted(t for t in targets if _inside(t, SERVICES) and not _inside(t, gateway))
-        for module, targets in import_graph().items()
-        if _inside(module, gateway)
-    }
-    assert not {m: t for m, t in reaching.items() if t}, f"the gateway importing other services: {reaching}"
+    assert not _other_services_imported("gateway")
 
 
 def test_the_draft_imports_neither_the_target_nor_the_gateway():
-    draft = f"{SERVICES}.draft"
-    reaching = {
-        module: sorted(t for t in targets if _inside(t, SERVICES) and not _inside(t, draft))
-        for module, targets in import_graph().items()
-        if _inside(module, draft)
-    }
-    assert not {m: t for m, t in reaching.items() if t}, f"the draft importing other services: {reaching}"
+    assert not _other_services_imported("draft")
