@@ -65,9 +65,10 @@ def exact_law(pair):
     return target_law(pair[0], top_k=0)
 
 
-def sample_pairs(engine, top_k: int = 0) -> torch.Tensor:
+def sample_pairs(engine, top_k: int = 0, draft_temperature: float | None = None) -> torch.Tensor:
     llm = LLM.from_engine(engine, None)
-    params = [SamplingParams(max_tokens=3, temperature=1.0, top_k=top_k, seed=i, ignore_eos=True) for i in range(SAMPLES)]
+    params = [SamplingParams(max_tokens=3, temperature=1.0, top_k=top_k, seed=i, ignore_eos=True,
+                             draft_temperature=draft_temperature) for i in range(SAMPLES)]
     outputs = llm.generate([PROMPT] * SAMPLES, params)
     counts = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
     for o in outputs:
@@ -139,6 +140,22 @@ def test_top_k_sampling_through_ssd_has_the_filtered_target_law(pair):
         engine.proposer.close()
     assert_same_law(counts, target_law(target, top_k=6))
     assert sum(o.stats["cache_hits"] for o in outputs) > 0
+
+
+@pytest.mark.parametrize("mode, draft_temperature", [("sd", 0.5), ("ssd", 2.0)])
+def test_a_draft_temperature_changes_the_proposals_not_the_law(pair, exact_law, mode, draft_temperature):
+    """The draft proposes from its own law at ``draft_temperature`` and ships that q; the
+    target verifies against it, so the output keeps the target's law at temperature 1."""
+    target, draft = pair
+    make = lambda model: EngineConfig(model=model, max_num_seqs=64, block_size=8, kv_cache_bytes=1 << 24,  # noqa: E731
+                                      show_progress=False)
+    engine = speculative_engine(make(target), mode, make(draft), DraftSettings(k=1, fan_out=4))
+    try:
+        counts, outputs = sample_pairs(engine, draft_temperature=draft_temperature)
+    finally:
+        engine.proposer.close()
+    assert_same_law(counts, exact_law)
+    assert sum(o.stats["spec_rounds"] for o in outputs) > 0
 
 
 def test_the_chi_square_check_detects_a_wrong_law(pair, exact_law):
