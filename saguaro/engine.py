@@ -11,6 +11,7 @@ import itertools
 import json
 import time
 from collections.abc import Collection
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -22,6 +23,8 @@ from saguaro.request_rules import check_token_ids, fits_context, prompt_leaves_r
 from saguaro.sampling import SamplingParams, make_generator, sample
 from saguaro.scheduler import ScheduledBatch, Scheduler
 from saguaro.sequence import FinishReason, Sequence
+from saguaro.stop_strings import StopText
+from saguaro.tokenizer import load_tokenizer
 
 
 def stop_token_ids(model_dir: Path, config_eos: tuple[int, ...]) -> frozenset[int]:
@@ -67,6 +70,11 @@ class RequestTracker:
                                       f"is {limit}")
         gen = None if params.greedy else make_generator(params.seed, self.rng)
         seq = Sequence(next(self.ids), tokens, len(prompt_token_ids), params, gen)
+        if params.stop:
+            if self.tokenizer is None:
+                raise InvalidRequestError("stop strings need the model's tokenizer, and this model folder has no "
+                                          "tokenizer.json: use stop_token_ids")
+            seq.stop_text = StopText(self.tokenizer, params.stop, params.include_stop_str_in_output, output_token_ids)
         reason = self._stop_reason(seq, tokens[-1]) if output_token_ids else None
         if reason is not None:
             self.finish(seq, reason)  # never scheduled: it holds no blocks
@@ -74,21 +82,34 @@ class RequestTracker:
             self.scheduler.add(seq)
         return seq
 
+    @cached_property
+    def tokenizer(self):
+        """The model's tokenizer, for stop strings: loaded by the first request that has some, an
+        instance of the engine's own (a fast tokenizer is not thread safe)."""
+        return load_tokenizer(self.runner.model_dir)
+
     def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
         """Why ``seq`` ends with its newest token ``token``; None: it goes on."""
         params = seq.params
         if (token in self.eos_ids and not params.ignore_eos) or token in params.stop_token_ids:
+            return FinishReason.STOP
+        if seq.stop_string is not None:
             return FinishReason.STOP
         if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.runner.max_model_len:
             return FinishReason.LENGTH
         return None
 
     def append(self, seq: Sequence, tokens: list[int]) -> None:
-        """Commit output tokens, cut at the first stop condition, finish if one was met."""
+        """Commit output tokens, cut at the first stop condition, finish if one was met.
+
+        The check runs token by token, so a round that commits several tokens stops at the one
+        that completes a stop string, exactly where AR decoding stops."""
         if seq.first_token_time is None:
             seq.first_token_time = time.perf_counter()
         for token in tokens:
             seq.token_ids.append(token)
+            if seq.stop_text is not None:
+                seq.stop_text.push(token)
             reason = self._stop_reason(seq, token)
             if reason is not None:
                 self.finish(seq, reason)

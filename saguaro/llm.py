@@ -23,6 +23,7 @@ class RequestOutput:
     token_ids: list[int]
     text: str
     finish_reason: str
+    stop_reason: str | None = None  # the stop string that ended the request (vLLM's field)
     timings: dict[str, float] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -36,12 +37,14 @@ def request_output(seq: Sequence, tokenizer, stats: dict[str, Any] | None = None
     total = end - seq.arrival_time
     decode_time = end - (seq.first_token_time or end)
     n = seq.num_output_tokens
+    text = decode(tokenizer, seq.output_token_ids)
     return RequestOutput(
         request_id=seq.seq_id,
         prompt_token_ids=seq.token_ids[: seq.num_prompt_tokens],
         token_ids=seq.output_token_ids,
-        text=decode(tokenizer, seq.output_token_ids),
+        text=text if seq.stop_text is None else seq.stop_text.output_text(text),
         finish_reason=seq.finish_reason.value if seq.finish_reason else "",
+        stop_reason=seq.stop_string,
         timings={
             "time_to_first_token_s": ttft,
             "total_s": total,

@@ -5,13 +5,14 @@ target service (for callers that reach it directly) and the engine (``SamplingPa
 and ``RequestTracker``, for the Python API). They apply the rules below, so what one accepts
 the others accept too. Each front words a sampling refusal for its own callers (the gateway
 names the request field it came in), so those rules are predicates here; the vocabulary refusal
-reads the same everywhere, so it is raised here. Torch-free: the gateway imports it.
+reads the same everywhere, so it is raised here, as are the stop-string limits (their only name
+is ``stop`` on every front). Torch-free: the gateway imports it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from saguaro.errors import InvalidRequestError
 
@@ -24,6 +25,23 @@ def check_token_ids(what: str, ids: Iterable[int], vocab_size: int) -> None:
     bad = [t for t in ids if not 0 <= t < vocab_size]
     if bad:
         raise InvalidRequestError(f"{what} {bad[:5]} are outside the vocabulary [0, {vocab_size})")
+
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_CHARS = 256  # bounds the text held back and searched per token (saguaro/stop_strings.py)
+
+
+def check_stop_strings(stops: Sequence[str]) -> None:
+    """Refuse more than ``MAX_STOP_STRINGS`` stop strings, or one that is empty (it would match
+    before any text) or longer than ``MAX_STOP_STRING_CHARS`` characters."""
+    if len(stops) > MAX_STOP_STRINGS:
+        raise InvalidRequestError(f"stop: at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
+    for i, stop in enumerate(stops):
+        if not isinstance(stop, str) or not stop:
+            raise InvalidRequestError(f"stop[{i}] must be a non-empty string")
+        if len(stop) > MAX_STOP_STRING_CHARS:
+            raise InvalidRequestError(f"stop[{i}] is {len(stop)} characters long; at most "
+                                      f"{MAX_STOP_STRING_CHARS} are allowed")
 
 
 def valid_temperature(value: float) -> bool:

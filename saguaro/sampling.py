@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from saguaro.errors import InvalidRequestError
-from saguaro.request_rules import valid_temperature, valid_top_p
+from saguaro.request_rules import check_stop_strings, valid_temperature, valid_top_p
 from saguaro.wire import MODES
 
 DEFAULT_MAX_TOKENS = 64  # also what a Generate request without sampling.max_tokens gets (inference.proto)
@@ -27,12 +27,20 @@ class SamplingParams:
     top_k: int = 0  # 0 disables
     seed: int | None = None
     stop_token_ids: list[int] = field(default_factory=list)
+    # Stop strings: the output ends at the token whose text completes the earliest of them; the
+    # text is cut before it, or after it with ``include_stop_str_in_output`` (saguaro/stop_strings.py).
+    stop: list[str] = field(default_factory=list)
+    include_stop_str_in_output: bool = False
     ignore_eos: bool = False
     mode: str | None = None  # None: the deployment's decoding mode; "ar" opts out of speculation
     # The temperature the draft proposes with (None: ``temperature``). It changes only what the
     # draft proposes, never the output's law: the target verifies against the probabilities the
     # draft actually proposed from (docs/speculation.md).
     draft_temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):  # one stop string, as OpenAI and vLLM accept it
+            self.stop = [self.stop]
 
     def validate(self) -> None:
         """Refuse values no decoding mode can serve (the rules: ``saguaro.request_rules``)."""
@@ -48,6 +56,7 @@ class SamplingParams:
             raise InvalidRequestError(f"mode must be one of ar, sd, ssd (or unset), got {self.mode!r}")
         if self.top_k < 0:
             raise InvalidRequestError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        check_stop_strings(self.stop)
 
     @property
     def greedy(self) -> bool:

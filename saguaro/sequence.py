@@ -11,6 +11,7 @@ import torch
 
 from saguaro.cache import BlockTable
 from saguaro.sampling import SamplingParams
+from saguaro.stop_strings import StopText
 
 
 class SequenceStatus(enum.Enum):
@@ -20,7 +21,7 @@ class SequenceStatus(enum.Enum):
 
 
 class FinishReason(str, enum.Enum):
-    STOP = "stop"  # EOS or a stop token
+    STOP = "stop"  # EOS, a stop token or a stop string
     LENGTH = "length"  # max_tokens or max_model_len
     ABORT = "abort"
 
@@ -47,6 +48,13 @@ class Sequence:
     first_token_time: float | None = None
     finish_time: float | None = None
     stats: Any = None  # mode-specific statistics (SpecStats in the target service)
+    stop_text: StopText | None = None  # the stop-string check, for a request with stop strings
+
+    @property
+    def stop_string(self) -> str | None:
+        """The stop string that ended the sequence, if one did."""
+        match = self.stop_text.matcher.match if self.stop_text is not None else None
+        return match.string if match is not None else None
 
     @property
     def num_tokens(self) -> int:

@@ -23,6 +23,8 @@ def generate_request(
     top_k: int = 0,
     seed: int | None = None,
     stop_token_ids: list[int] | tuple[int, ...] = (),
+    stop: str | list[str] | tuple[str, ...] = (),
+    include_stop_str_in_output: bool = False,
     ignore_eos: bool = False,
     draft_temperature: float | None = None,
     mode: str | None = None,
@@ -34,7 +36,9 @@ def generate_request(
         raise InvalidRequestError(f"mode must be one of ar, sd, ssd (or None for the server's), got {mode!r}")
     try:
         sampling = pb.SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k,
-                                     stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos)
+                                     stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos,
+                                     stop=[stop] if isinstance(stop, str) else list(stop),
+                                     include_stop_str_in_output=include_stop_str_in_output)
         if max_tokens is not None:
             sampling.max_tokens = max_tokens
         if seed is not None:

@@ -45,9 +45,10 @@ class Client(ClientBase):
     def stream(self, prompt: str | list[int], *, timeout: float | None = None, **options: Any) -> GenerateStream:
         """Start a request; iterate the result for deltas. Options: ``max_tokens`` (None: the
         server's default), ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop_token_ids``,
-        ``ignore_eos``, ``draft_temperature``, ``mode`` ("ar" opts out of speculation; "sd",
-        "ssd"), ``request_id`` (for ``abort``), ``stream_tokens_individually``; ``timeout``
-        overrides the client's deadline."""
+        ``stop`` (stop strings), ``include_stop_str_in_output``, ``ignore_eos``,
+        ``draft_temperature``, ``mode`` ("ar" opts out of speculation; "sd", "ssd"),
+        ``request_id`` (for ``abort``), ``stream_tokens_individually``; ``timeout`` overrides the
+        client's deadline."""
         request, prompt_ids = generate_request(prompt, **options)
         return GenerateStream(self._stub, request, self._settings, timeout, prompt_ids)
 

@@ -45,7 +45,7 @@ from saguaro.services.gateway.grpc_api import end_span, sampling_attributes
 from saguaro.services.gateway.http_common import (MAX_BODY_BYTES, decode_json, error_response, openai_error,
                                                   read_json_body)
 from saguaro.services.gateway.openai_schema import (ChunkWriter, OpenAIRequest, choice_json, parse_request,
-                                                    response_json, usage_json)
+                                                    response_json, stop_reason, usage_json)
 from saguaro.services.gateway.telemetry import GatewaySpan
 from saguaro.services.gateway.vllm_endpoints import VllmEndpoints, model_card
 from saguaro.v1 import inference_pb2 as pb
@@ -222,7 +222,7 @@ class OpenAIApi:
         finals.extend(final for _, final in results)
         for i, (text, final) in enumerate(results):
             choices.append(choice_json(parsed.kind, i, text, PROTO_TO_FINISH.get(final.finish_reason, "stop"),
-                                       speculation_from_proto(final.speculation)))
+                                       speculation_from_proto(final.speculation), stop_reason(final)))
             prompt_tokens += final.usage.prompt_tokens
             completion_tokens += final.usage.completion_tokens
         body = response_json(parsed.kind, response_id, int(time.time()), model, choices,
@@ -270,7 +270,8 @@ class OpenAIApi:
                         await response.write(chunks.error(f"generation failed: {final.error_message}"))
                     else:
                         await response.write(chunks.finish(PROTO_TO_FINISH.get(final.finish_reason, "stop"),
-                                                           speculation_from_proto(final.speculation)))
+                                                           speculation_from_proto(final.speculation),
+                                                           stop_reason(final)))
                         if parsed.include_usage:
                             await response.write(chunks.usage(usage_json(final.usage.prompt_tokens,
                                                                          final.usage.completion_tokens)))

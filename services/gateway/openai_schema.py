@@ -5,9 +5,10 @@ INVALID_ARGUMENT (HTTP 400) whose message and ``param`` name the field. Which fi
 honoured, refused unless neutral, or ignored is one table: ``request_fields``.
 
 Extensions (vLLM-style, optional): ``top_k``, ``seed``, ``stop_token_ids``, ``ignore_eos``,
-``mode`` (``ssd`` / ``sd`` / ``ar``: per-request opt-out of speculation) and
+``include_stop_str_in_output``, ``mode`` (``ssd`` / ``sd`` / ``ar``: per-request opt-out of speculation) and
 ``stream_tokens_individually`` (default true: one SSE chunk per token). Responses carry a
-``speculation`` object per choice (in streams: on the chunk with the finish reason).
+``speculation`` object per choice (in streams: on the chunk with the finish reason), and vLLM's
+``stop_reason`` (the stop string that ended the choice, else null).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from saguaro.errors import InvalidRequestError
+from saguaro.request_rules import check_stop_strings
 from saguaro.services.gateway.errors import invalid
 from saguaro.services.gateway.prepare import Preparer, check_vocabulary
 from saguaro.services.gateway.request_fields import check_fields
@@ -182,6 +185,8 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
         top_p=max(fields.number("top_p", 1.0, 0.0, 1.0, lo_open=True), FLOAT32_TINY),
         top_k=max(0, fields.integer("top_k", 0, -1, 2**31 - 1)),
         stop_token_ids=_stop_token_ids(body.get("stop_token_ids"), facts.vocab_size),
+        stop=_stop_strings(body.get("stop")),
+        include_stop_str_in_output=fields.boolean("include_stop_str_in_output", False),
         ignore_eos=fields.boolean("ignore_eos", False),
     )
     # None: until the context is full (chat without max_tokens).
@@ -213,19 +218,37 @@ def _stop_token_ids(value: Any, vocab: int) -> list[int]:
     return value
 
 
+def _stop_strings(value: Any) -> list[str]:
+    """OpenAI's ``stop``: one string or a list of them (null: none)."""
+    stops = [] if value is None else [value] if isinstance(value, str) else value
+    if not isinstance(stops, list):
+        raise invalid("stop must be a string or a list of strings", "stop")
+    try:
+        check_stop_strings(stops)
+    except InvalidRequestError as exc:
+        raise invalid(str(exc), "stop") from None
+    return stops
+
+
+def stop_reason(final: pb.GenerateFinal) -> str | None:
+    """vLLM's ``stop_reason``: the stop string that ended the choice (None otherwise)."""
+    return final.stop_string if final.HasField("stop_string") else None
+
+
 # -- responses ----------------------------------------------------------------------------------
 def usage_json(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def choice_json(kind: str, index: int, text: str, finish_reason: str, speculation: dict | None) -> dict:
+def choice_json(kind: str, index: int, text: str, finish_reason: str, speculation: dict | None,
+                stop_reason: str | None = None) -> dict:
     choice: dict[str, Any] = {"index": index}
     if kind == "completions":
         choice["text"] = text
     else:
         choice["message"] = {"role": "assistant", "content": text}
-    choice.update(logprobs=None, finish_reason=finish_reason)
+    choice.update(logprobs=None, finish_reason=finish_reason, stop_reason=stop_reason)
     if speculation is not None:
         choice["speculation"] = speculation
     return choice
@@ -264,9 +287,9 @@ class ChunkWriter:
         return self.event({**self.base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                      "logprobs": None, "finish_reason": None}]})
 
-    def finish(self, finish_reason: str, speculation: dict) -> bytes:
+    def finish(self, finish_reason: str, speculation: dict, stop_reason: str | None = None) -> bytes:
         choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish_reason,
-                                  "speculation": speculation}
+                                  "stop_reason": stop_reason, "speculation": speculation}
         choice["text" if self.kind == "completions" else "delta"] = "" if self.kind == "completions" else {}
         return self.event({**self.base, "choices": [choice]})
 

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from saguaro.errors import InvalidRequestError
-from saguaro.request_rules import (check_token_ids, fits_context, prompt_leaves_room, top_p_from_proto,
-                                   valid_temperature, valid_top_p)
+from saguaro.request_rules import (check_stop_strings, check_token_ids, fits_context, prompt_leaves_room,
+                                   top_p_from_proto, valid_temperature, valid_top_p)
 from saguaro.services.gateway.dispatch import Dispatch, routing_hashes
 from saguaro.services.gateway.errors import invalid
 from saguaro.services.gateway.migration import resumed_prompt
@@ -117,7 +117,7 @@ class Preparer:
     # -- sampling ----------------------------------------------------------------------------
     def check_sampling(self, sampling: pb.SamplingParams, prefix: str = "") -> None:
         """The engine's rules (``saguaro.request_rules``: temperatures finite and >= 0, top_p in
-        (0, 1] once the wire's 0 = off is read), and 1 <= max_tokens <= context."""
+        (0, 1] once the wire's 0 = off is read, the stop-string limits), and 1 <= max_tokens <= context."""
         if not valid_temperature(sampling.temperature):
             raise invalid(f"{prefix}temperature must be a finite number >= 0, got {sampling.temperature}",
                           f"{prefix}temperature")
@@ -128,6 +128,10 @@ class Preparer:
                           f"{prefix}draft_temperature")
         if sampling.HasField("max_tokens"):
             self.check_max_tokens(sampling.max_tokens, f"{prefix}max_tokens")
+        try:
+            check_stop_strings(sampling.stop)
+        except InvalidRequestError as exc:
+            raise invalid(str(exc), f"{prefix}stop") from None
 
     def check_max_tokens(self, value: int, param: str) -> None:
         limit = self.facts.max_model_len

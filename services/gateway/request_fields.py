@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # extensions ``mode`` and ``stream_tokens_individually`` included) and ``vllm_endpoints``.
 _GENERATION = frozenset({
     "model", "max_tokens", "n", "stream", "stream_options", "temperature", "top_p", "top_k", "seed",
-    "stop_token_ids", "ignore_eos", "mode", "stream_tokens_individually"})
+    "stop", "include_stop_str_in_output", "stop_token_ids", "ignore_eos", "mode", "stream_tokens_individually"})
 HONOURED = {
     "completions": _GENERATION | {"prompt"},
     "chat": _GENERATION | {"messages", "max_completion_tokens"},
@@ -72,7 +72,6 @@ _REPETITION = "repetition detection is not supported"
 # field -> why it is refused, and its neutral values. vLLM's defaults are the neutral values.
 REFUSED: Mapping[str, Refusal] = {
     # sampling and output (OpenAI)
-    "stop": Refusal("stop strings are not supported; use stop_token_ids (token ids)", ("", [])),
     "logprobs": Refusal(_LOGPROBS, (False,)),
     "top_logprobs": Refusal(_LOGPROBS, (0,)),
     "echo": Refusal("echo is not supported", (False,)),
@@ -97,7 +96,6 @@ REFUSED: Mapping[str, Refusal] = {
     "min_tokens": Refusal("min_tokens is not supported (leave it unset or 0)", (0,)),
     "use_beam_search": Refusal("beam search is not supported", (False,)),
     "length_penalty": Refusal("length_penalty applies to beam search, which is not supported", (1,)),
-    "include_stop_str_in_output": Refusal("stop strings are not supported, so there is none to include", (False,)),
     "skip_special_tokens": Refusal("special tokens are always left out of the text (true only)", (True,)),
     "spaces_between_special_tokens": Refusal("special tokens are always left out of the text (true only)", (True,)),
     "truncate_prompt_tokens": Refusal("prompt truncation is not supported; shorten the prompt"),

@@ -19,6 +19,7 @@ from saguaro.errors import InvalidRequestError
 from saguaro.request_rules import top_p_from_proto
 from saguaro.resume import ReceivedOutput
 from saguaro.sampling import DEFAULT_MAX_TOKENS, SamplingParams
+from saguaro.stop_strings import StopStringMatcher
 from saguaro.services.target.health import target_health
 from saguaro.services.target.loop import EngineLoop, Final, LoopStopped
 from saguaro.services.target.request_telemetry import RequestRecord, RequestTelemetry
@@ -52,6 +53,8 @@ def sampling_from_proto(sampling: pb.SamplingParams, decode_mode: int, server_mo
         top_k=sampling.top_k,
         seed=sampling.seed if sampling.HasField("seed") else None,
         stop_token_ids=list(sampling.stop_token_ids),
+        stop=list(sampling.stop),
+        include_stop_str_in_output=sampling.include_stop_str_in_output,
         ignore_eos=sampling.ignore_eos,
         mode="ar" if mode == "ar" else None,
         draft_temperature=sampling.draft_temperature if sampling.HasField("draft_temperature") else None,
@@ -82,6 +85,8 @@ def final_to_proto(final: Final) -> pb.GenerateFinal:
     )
     if final.stop_token_id is not None:
         out.stop_token_id = final.stop_token_id
+    if final.stop_string is not None:
+        out.stop_string = final.stop_string
     return out
 
 
@@ -130,6 +135,8 @@ class InferenceService(pb_grpc.InferenceServicer):
             params = sampling_from_proto(request.sampling, request.decode_mode, self.mode)
             text = (IncrementalDetokenizer(self.tokenizer, self._tokenizer_lock, received.token_ids, received.text)
                     if self.tokenizer is not None else None)
+            # The text the stream shows: cut at a stop string, never showing a possible one's start early.
+            shown = StopStringMatcher(params.stop, params.include_stop_str_in_output) if params.stop else None
             handle = self.loop.submit(request_id, prompt, params, arrival, record.span_context, received.token_ids)
             record.admitted(len(prompt), params)
         except InvalidRequestError as exc:
@@ -149,7 +156,10 @@ class InferenceService(pb_grpc.InferenceServicer):
             for i, tokens in enumerate(pieces):
                 delta = pb.TokenDelta(token_ids=tokens, offset=offset, round=event.round)
                 if text is not None:
-                    delta.text = text.push(tokens, flush=event.last and i == len(pieces) - 1)
+                    last = event.last and i == len(pieces) - 1
+                    delta.text = text.push(tokens, flush=last)
+                    if shown is not None:
+                        delta.text = shown.feed(delta.text, final=last)
                 offset += len(tokens)
                 yield pb.GenerateResponse(request_id=request_id, delta=delta)
 

@@ -52,6 +52,7 @@ class Final:
     timings: dict[str, float]
     stats: dict  # the engine's request_stats plus lookahead_k and tokens_per_round_histogram
     error_message: str = ""
+    stop_string: str | None = None  # the stop string that ended the request (then stop_token_id is None)
 
 
 class RequestHandle:
@@ -313,11 +314,12 @@ class EngineLoop:
         histogram = live.histogram + [0] * max(0, k + 2 - len(live.histogram))
         stats.update(lookahead_k=k, tokens_per_round_histogram=histogram)
         out = seq.output_token_ids
+        stop_string = seq.stop_string
         return Final(
             finish_reason=reason,
             prompt_tokens=seq.num_prompt_tokens,
             completion_tokens=len(out),
-            stop_token_id=out[-1] if seq.finish_reason is FinishReason.STOP and out else None,
+            stop_token_id=out[-1] if seq.finish_reason is FinishReason.STOP and out and stop_string is None else None,
             timings={
                 "time_to_first_token_s": seq.first_token_time - arrival if seq.first_token_time else 0.0,
                 "total_s": now - arrival,
@@ -325,6 +327,7 @@ class EngineLoop:
             },
             stats=stats,
             error_message=error,
+            stop_string=stop_string,
         )
 
     def _finish_all(self, reason: str, error: str) -> None:

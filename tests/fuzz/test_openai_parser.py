@@ -13,6 +13,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from fuzz.support import BODIES, JSON, MODEL_NAME, fuzz_settings, mostly
+from saguaro.request_rules import MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS
 from saguaro.services.gateway.errors import GatewayError
 from saguaro.services.gateway.openai_schema import parse_request
 from saguaro.services.gateway.prepare import Preparer
@@ -41,6 +42,7 @@ def check_parsed_or_refused(kind: str, body, preparer: Preparer) -> None:
     assert 1 <= sampling.max_tokens <= facts.max_model_len
     assert 0 <= sampling.temperature <= 2 and 0 < sampling.top_p <= 1 and sampling.top_k >= 0
     assert all(0 <= t < facts.vocab_size for t in sampling.stop_token_ids)
+    assert len(sampling.stop) <= MAX_STOP_STRINGS and all(0 < len(s) <= MAX_STOP_STRING_CHARS for s in sampling.stop)
     assert parsed.decode_mode in (pb.DECODE_MODE_DEFAULT, *MODE_TO_PROTO.values())
     assert not (parsed.stream and len(parsed.prompts) > 1)
 

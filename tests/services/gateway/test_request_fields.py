@@ -56,7 +56,7 @@ def test_neutral_values_and_nulls_pass(kind):
     ("min_p", 0.1), ("min_tokens", 3), ("guided_json", {"type": "object"}), ("structured_outputs", {"regex": "a+"}),
     ("repetition_penalty", 1.2), ("skip_special_tokens", False), ("logprobs", 0), ("logprobs", True),
     ("top_logprobs", 2), ("use_beam_search", True), ("response_format", {"type": "json_object"}),
-    ("add_special_tokens", True), ("add_generation_prompt", False), ("stop", "\n"), ("cache_salt", "x"),
+    ("add_special_tokens", True), ("add_generation_prompt", False), ("cache_salt", "x"),
     ("priority", 1), ("min_p", False),
 ])
 def test_other_values_are_refused_naming_the_field(name, value):

@@ -61,7 +61,9 @@ HTTP_CASES = [
     ("completions", {**BASE, "top_p": 0}, "top_p", "top_p must be in (0, 1]"),
     ("completions", {**BASE, "top_p": 1.5}, "top_p", "top_p must be in (0, 1]"),
     ("completions", {**BASE, "n": 2}, "n", "one choice per prompt"),
-    ("completions", {**BASE, "stop": ["\n"]}, "stop", "use stop_token_ids"),
+    ("completions", {**BASE, "stop": ["\n", ""]}, "stop", "stop[1] must be a non-empty string"),
+    ("completions", {**BASE, "stop": {"s": 1}}, "stop", "a string or a list of strings"),
+    ("completions", {**BASE, "stop": ["x" * 257]}, "stop", "at most 256"),
     ("completions", {**BASE, "logprobs": 3}, "logprobs", "not returned"),
     ("completions", {**BASE, "mode": "fast"}, "mode", "ssd, sd, ar"),
     ("completions", {**BASE, "mode": ["ssd"]}, "mode", "ssd, sd, ar"),  # found by the fuzzer below
