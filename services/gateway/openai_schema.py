@@ -219,8 +219,9 @@ def _stop_token_ids(value: Any, vocab: int) -> list[int]:
 
 
 def _stop_strings(value: Any) -> list[str]:
-    """OpenAI's ``stop``: one string or a list of them (null: none)."""
-    stops = [] if value is None else [value] if isinstance(value, str) else value
+    """OpenAI's ``stop``: one string or a list of them (null, and the empty string clients send
+    for "no stop", mean none)."""
+    stops = [] if value in (None, "") else [value] if isinstance(value, str) else value
     if not isinstance(stops, list):
         raise invalid("stop must be a string or a list of strings", "stop")
     try:

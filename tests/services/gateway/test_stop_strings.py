@@ -100,3 +100,11 @@ def test_bad_stop_strings_are_400_naming_stop(client, stop, why):
     with pytest.raises(openai.BadRequestError) as refused:
         client.completions.create(model="llama", prompt=PROMPT, max_tokens=2, stop=stop)
     assert refused.value.body["param"] == "stop" and why in refused.value.body["message"]
+
+
+@pytest.mark.parametrize("none", ["", []])
+def test_an_empty_stop_means_none(client, none):
+    """Clients send ``stop: ""`` or ``[]`` for "no stop string": the output is the unstopped one."""
+    plain = client.completions.create(model="llama", prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0)
+    same = client.completions.create(model="llama", prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0, stop=none)
+    assert same.choices[0].text == plain.choices[0].text and same.choices[0].finish_reason == "length"
