@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from fuzz.support import BODIES, JSON, MODEL_NAME, fuzz_settings, mostly
 from saguaro.services.gateway.errors import GatewayError
-from saguaro.services.gateway.openai_schema import parse_request
+from saguaro.services.gateway.openai_schema import MAX_N, parse_request
 from saguaro.services.gateway.prepare import Preparer
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import MODE_TO_PROTO
@@ -42,7 +42,7 @@ def check_parsed_or_refused(kind: str, body, preparer: Preparer) -> None:
     assert 0 <= sampling.temperature <= 2 and 0 < sampling.top_p <= 1 and sampling.top_k >= 0
     assert all(0 <= t < facts.vocab_size for t in sampling.stop_token_ids)
     assert parsed.decode_mode in (pb.DECODE_MODE_DEFAULT, *MODE_TO_PROTO.values())
-    assert not (parsed.stream and len(parsed.prompts) > 1)
+    assert 1 <= parsed.n <= MAX_N
 
 
 @fuzz_settings()
