@@ -6,13 +6,17 @@ prompt-major, and n beyond the bound is a 400 naming it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 
+import grpc
 import openai
 import pytest
 
 from saguaro.services.gateway.admission import Admission
-from saguaro.services.gateway.choices import choice_seed, upstream_requests
+from saguaro.services.gateway.choices import Choice, choice_seed, merged, upstream_requests
+from saguaro.services.gateway.dispatch import Dispatch
 from saguaro.services.gateway.errors import GatewayError
 from saguaro.services.gateway.metrics import GatewayMetrics
 from saguaro.services.gateway.openai_schema import MAX_N, OpenAIRequest
@@ -179,3 +183,59 @@ def test_all_choices_of_a_prompt_run_on_one_target(model_dirs, targets, start_ga
         raw = client.completions.with_raw_response.create(model="llama", prompt=PROMPT, max_tokens=2,
                                                           temperature=0, n=4)
         assert len(set(raw.headers["x-saguaro-target"].split(","))) == 1
+
+
+class _Dispatcher:
+    """Streams scripted messages per request id; ``None`` in a script raises a GatewayError."""
+
+    def __init__(self, scripts: dict[str, list]):
+        self.scripts = scripts
+        self.started: list[tuple[str, str | None]] = []  # (request id, preferred target)
+        self.closed: list[str] = []
+
+    async def stream(self, dispatch):
+        request_id = dispatch.request.request_id
+        self.started.append((request_id, dispatch.prefer))
+        dispatch.target = "t-" + request_id
+        try:
+            for item in self.scripts[request_id]:
+                await asyncio.sleep(0)
+                if item is None:
+                    raise GatewayError(grpc.StatusCode.UNAVAILABLE, f"{request_id} failed")
+                yield item
+            await asyncio.Event().wait()  # (a stream that never ends unless cancelled)
+        finally:
+            self.closed.append(request_id)
+
+
+def _choices(ids: list[str], n: int) -> list[Choice]:
+    return [Choice(i, i // n, Dispatch(pb.GenerateRequest(request_id=r), r, [], 0.0, "completions"))
+            for i, r in enumerate(ids)]
+
+
+DELTA = pb.GenerateResponse(delta=pb.TokenDelta(token_ids=[5], text="x"))
+FINAL = pb.GenerateResponse(final=pb.GenerateFinal(finish_reason=pb.FINISH_REASON_LENGTH))
+
+
+def test_merged_starts_the_others_after_the_first_answer_pinned_to_its_target():
+    fake = _Dispatcher({"a": [DELTA, FINAL], "b": [DELTA, FINAL], "c": [FINAL]})
+
+    async def run():
+        return [(c.index, m.WhichOneof("kind")) async for c, m in merged(fake, _choices(["a", "b", "c"], 3), 3)]
+
+    seen = asyncio.run(run())
+    assert sorted(seen) == [(0, "delta"), (0, "final"), (1, "delta"), (1, "final"), (2, "final")]
+    assert fake.started[0] == ("a", None) and sorted(fake.started[1:]) == [("b", "t-a"), ("c", "t-a")]
+
+
+def test_a_failing_choice_fails_the_request_and_cancels_the_others():
+    fake = _Dispatcher({"a": [DELTA], "b": [DELTA, None]})
+
+    async def run():
+        async with contextlib.aclosing(merged(fake, _choices(["a", "b"], 2), 2)) as messages:
+            async for _ in messages:
+                pass
+
+    with pytest.raises(GatewayError, match="b failed"):
+        asyncio.run(run())
+    assert sorted(fake.closed) == ["a", "b"]  # "a" never ends by itself: it was cancelled
