@@ -44,14 +44,23 @@ class Admission:
         self.queued = 0
 
     def admit(self) -> Ticket:
-        if self.queued >= self.max_queue:
+        return self.admit_many(1)[0]
+
+    def admit_many(self, count: int) -> list[Ticket]:
+        """Places for ``count`` upstream requests (an HTTP request's prompts x ``n``), all or none:
+        each choice costs a target as much as a request of its own, so ``n`` must not get past the
+        queue's bound."""
+        if count > max(self.max_queue, 1):  # (a single request meets the 429 below)
+            raise invalid(f"this request needs {count} upstream requests (prompts x n), more than the gateway's queue "
+                          f"holds (--max-queue {self.max_queue}); lower n or send fewer prompts", "n")
+        if self.queued + count > self.max_queue:
             raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"the gateway is at capacity: {self.queued} requests are waiting for their first token "
                                f"(--max-queue {self.max_queue}); retry after {self.retry_after_s} s",
                                retry_after=self.retry_after_s)
-        self.queued += 1
+        self.queued += count
         self.metrics.queued.set(self.queued)
-        return Ticket(self)
+        return [Ticket(self) for _ in range(count)]
 
     def _left(self) -> None:
         self.queued -= 1
@@ -72,13 +81,14 @@ class StreamLimit:
         self.open: dict[str, int] = {}  # API key -> streams in flight
 
     def acquire(self, key: str | None, streams: int = 1) -> Callable[[], None]:
-        """Count ``streams`` (an HTTP request's prompts) against ``key``, or refuse the request;
+        """Count ``streams`` (an HTTP request's prompts x ``n``) against ``key``, or refuse the request;
         returns the function that gives them back (idempotent). ``key`` None: no API keys."""
         if not self.limit or key is None:
             return _nothing
         if streams > self.limit:
-            raise invalid(f"this request has {streams} prompts, more than the {self.limit} concurrent streams an "
-                          f"API key may hold (--max-streams-per-key {self.limit}); send fewer at a time", "prompt")
+            raise invalid(f"this request needs {streams} streams (prompts x n), more than the {self.limit} concurrent "
+                          f"streams an API key may hold (--max-streams-per-key {self.limit}); send fewer at a time",
+                          "prompt")
         held = self.open.get(key, 0)
         if held + streams > self.limit:
             raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED,

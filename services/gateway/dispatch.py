@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from saguaro.cache.prefix_hash import block_hashes
-from saguaro.services.gateway.admission import Admission
+from saguaro.services.gateway.admission import Admission, Ticket
 from saguaro.services.gateway.config import GatewayConfig
 from saguaro.services.gateway.errors import GatewayError
 from saguaro.services.gateway.metrics import GatewayMetrics
@@ -67,6 +67,8 @@ class Dispatch:
     attempts: int = 0
     arrival: float = field(default_factory=time.perf_counter)
     span: GatewaySpan | None = None  # the request's gateway span: told every routing decision
+    prefer: str | None = None  # target address to route to while it can take the request (RouteRequest.prefer)
+    ticket: Ticket | None = None  # its place in the admission queue, when the front admitted it already
 
 
 @dataclass
@@ -100,7 +102,7 @@ class Dispatcher:
             raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"request id {dispatch.client_id!r} is already used by a running request of yours; "
                                "use a unique id or leave it empty", "request_id")
-        ticket = self.admission.admit()
+        ticket = dispatch.ticket or self.admission.admit()
         live = self.live[request_id] = _Live()
         self.metrics.inflight.inc()
         progress = Progress(dispatch.request)
@@ -196,7 +198,8 @@ class Dispatcher:
                                    f"{dispatch.attempts} targets failed to serve the request; last error: {last_error}",
                                    retry_after=self.config.retry_after_s)
             route = await self.router.pick(list(self.pool.targets.values()),
-                                           RouteRequest(dispatch.block_hashes, exclude=tried))
+                                           RouteRequest(dispatch.block_hashes, exclude=tried,
+                                                                        prefer=dispatch.prefer))
             if route is None:
                 detail = f"; last error: {last_error}" if last_error else ""
                 raise GatewayError(grpc.StatusCode.UNAVAILABLE,

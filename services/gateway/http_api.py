@@ -17,7 +17,9 @@ GET  /metrics               no    Prometheus text format
 GET  /openapi.json          no    the OpenAPI 3.1 description of this API
 ==========================  ====  ===========================================================
 
-vLLM's endpoints live in ``vllm_endpoints.py``; what each request field does, in ``request_fields.py``.
+vLLM's endpoints live in ``vllm_endpoints.py``; what each request field does, in ``request_fields.py``;
+a request's choices (``n``, several prompts) are fanned out and merged by ``choices.py`` and
+streamed by ``streaming.py``.
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``; 429 and 503
 carry ``Retry-After``. ``x-request-id`` (header) sets the request id; the response header
@@ -28,8 +30,8 @@ request on the target.
 from __future__ import annotations
 
 import asyncio
-import logging
 import contextlib
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,13 +41,15 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from saguaro.services.gateway.dispatch import Dispatch
+from saguaro.services.gateway.admission import Ticket
+from saguaro.services.gateway.choices import Choice, merged, upstream_requests
 from saguaro.services.gateway.errors import GatewayError
 from saguaro.services.gateway.grpc_api import end_span, sampling_attributes
 from saguaro.services.gateway.http_common import (MAX_BODY_BYTES, decode_json, error_response, openai_error,
                                                   read_json_body)
 from saguaro.services.gateway.openai_schema import (ChunkWriter, OpenAIRequest, choice_json, parse_request,
                                                     response_json, stop_reason, usage_json)
+from saguaro.services.gateway.streaming import stream_choices
 from saguaro.services.gateway.telemetry import GatewaySpan
 from saguaro.services.gateway.vllm_endpoints import VllmEndpoints, model_card
 from saguaro.v1 import inference_pb2 as pb
@@ -173,6 +177,7 @@ class OpenAIApi:
         code, message = grpc.StatusCode.OK, ""
         span = release = None
         finals: list[pb.GenerateFinal] = []
+        tickets: list[Ticket] = []
         try:
             key = gw.authenticate(request.headers.get("Authorization"))
             span = GatewaySpan.start(request.headers, api="http", model=gw.model_name)
@@ -181,21 +186,23 @@ class OpenAIApi:
                                        gw.config.http_body_timeout_s)
             parsed = await preparer.tokenizer.run(_parse_body, kind, raw, preparer)
             span.requested(**sampling_attributes(parsed.sampling))
-            release = gw.streams.acquire(key, len(parsed.prompts))
+            count = len(parsed.prompts) * parsed.n
+            release = gw.streams.acquire(key, count)
             request_id = request.headers.get("x-request-id") or gw.dispatcher.new_request_id()
             preparer.check_request_id(request_id)
-            dispatches = []
-            for i, prompt in enumerate(parsed.prompts):
-                upstream = pb.GenerateRequest(
-                    request_id=request_id if len(parsed.prompts) == 1 else f"{request_id}-{i}",
-                    sampling=parsed.sampling, decode_mode=parsed.decode_mode,
-                    stream_tokens_individually=parsed.stream and parsed.tokens_individually)
-                dispatches.append(preparer.dispatch(upstream, prompt, gw.config.request_timeout_s, kind, span, owner=key))
-            prefix = "cmpl-" if kind == "completions" else "chatcmpl-"
+            tickets = gw.dispatcher.admission.admit_many(count)
+            choices = []
+            for index, ((p, upstream), ticket) in enumerate(zip(upstream_requests(parsed, request_id), tickets)):
+                dispatch = preparer.dispatch(upstream, parsed.prompts[p], gw.config.request_timeout_s, kind, span,
+                                             owner=key)
+                dispatch.ticket = ticket
+                choices.append(Choice(index, p, dispatch))
+            response_id = ("cmpl-" if kind == "completions" else "chatcmpl-") + request_id
             if parsed.stream:
-                return await self._stream(request, parsed, dispatches[0], prefix + request_id, preparer.facts.name,
-                                          finals)
-            return await self._complete(parsed, dispatches, prefix + request_id, preparer.facts.name, finals)
+                writer = ChunkWriter(kind, response_id, int(time.time()), preparer.facts.name, len(choices))
+                return await stream_choices(request, parsed, gw.dispatcher, choices, writer,
+                                            gw.config.sse_keepalive_s, finals)
+            return await self._complete(parsed, choices, response_id, preparer.facts.name, finals)
         except GatewayError as exc:
             code, message = exc.code, exc.message
             return error_response(exc)
@@ -208,98 +215,35 @@ class OpenAIApi:
             end_span(span, code, finals, message)
             if release is not None:
                 release()
+            for ticket in tickets:  # (choices that never started)
+                ticket.leave()
 
-    async def _complete(self, parsed: OpenAIRequest, dispatches: list[Dispatch], response_id: str,
+    async def _complete(self, parsed: OpenAIRequest, choices: list[Choice], response_id: str,
                         model: str, finals: list[pb.GenerateFinal]) -> web.Response:
-        """All choices at once; ``finals`` receives each choice's final message."""
-        tasks = [asyncio.ensure_future(self._collect(d)) for d in dispatches]
-        try:
-            results = await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:  # one prompt failed: stop the others
-                task.cancel()
-        choices, prompt_tokens, completion_tokens = [], 0, 0
-        finals.extend(final for _, final in results)
-        for i, (text, final) in enumerate(results):
-            choices.append(choice_json(parsed.kind, i, text, PROTO_TO_FINISH.get(final.finish_reason, "stop"),
-                                       speculation_from_proto(final.speculation), stop_reason(final)))
-            prompt_tokens += final.usage.prompt_tokens
-            completion_tokens += final.usage.completion_tokens
-        body = response_json(parsed.kind, response_id, int(time.time()), model, choices,
-                             usage_json(prompt_tokens, completion_tokens))
-        return web.json_response(body, headers={"x-saguaro-target": ",".join(d.target or "" for d in dispatches)})
-
-    async def _collect(self, dispatch: Dispatch) -> tuple[str, pb.GenerateFinal]:
-        pieces = []
-        async for message in self.gateway.dispatcher.stream(dispatch):
-            dispatch.span.first_token()
-            if message.WhichOneof("kind") == "delta":
-                pieces.append(message.delta.text)
-            else:
-                final = message.final
+        """All choices at once; ``finals`` receives each choice's final message. Usage counts each
+        prompt once and every choice's completion tokens (as OpenAI and vLLM do)."""
+        pieces: list[list[str]] = [[] for _ in choices]
+        ends: list[pb.GenerateFinal | None] = [None] * len(choices)
+        async with contextlib.aclosing(merged(self.gateway.dispatcher, choices, parsed.n)) as messages:
+            async for choice, message in messages:  # (leaving early cancels the other choices at once)
+                choice.dispatch.span.first_token()
+                if message.WhichOneof("kind") == "delta":
+                    pieces[choice.index].append(message.delta.text)
+                    continue
+                final = ends[choice.index] = message.final
+                finals.append(final)
                 if final.finish_reason == pb.FINISH_REASON_ERROR:
                     raise GatewayError(grpc.StatusCode.INTERNAL, f"generation failed: {final.error_message}")
-                return "".join(pieces), final
-        raise GatewayError(grpc.StatusCode.INTERNAL, "the target's stream ended without a final message")
-
-    async def _stream(self, request: web.Request, parsed: OpenAIRequest, dispatch: Dispatch, response_id: str,
-                      model: str, finals: list[pb.GenerateFinal]) -> web.StreamResponse:
-        """Server-sent events; ``finals`` receives the final message."""
-        stream = self.gateway.dispatcher.stream(dispatch)
-        response: web.StreamResponse | None = None
-        keeper: asyncio.Task | None = None
-        try:
-            message = await anext(stream)  # errors before the first token still get a status code
-            dispatch.span.first_token()
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                                   "x-saguaro-target": dispatch.target or ""})
-            await response.prepare(request)
-            chunks = ChunkWriter(parsed.kind, response_id, int(time.time()), model)
-            last_write = [time.monotonic()]
-            keeper = asyncio.create_task(_keep_alive(response, self.gateway.config.sse_keepalive_s, last_write))
-            if parsed.kind == "chat":
-                await response.write(chunks.role())
-            while True:
-                if message.WhichOneof("kind") == "delta":
-                    if message.delta.text:
-                        await response.write(chunks.text(message.delta.text))
-                else:
-                    final = message.final
-                    finals.append(final)
-                    if final.finish_reason == pb.FINISH_REASON_ERROR:
-                        await response.write(chunks.error(f"generation failed: {final.error_message}"))
-                    else:
-                        await response.write(chunks.finish(PROTO_TO_FINISH.get(final.finish_reason, "stop"),
-                                                           speculation_from_proto(final.speculation),
-                                                           stop_reason(final)))
-                        if parsed.include_usage:
-                            await response.write(chunks.usage(usage_json(final.usage.prompt_tokens,
-                                                                         final.usage.completion_tokens)))
-                    await response.write(ChunkWriter.DONE)
-                    return response
-                message = await anext(stream)
-                last_write[0] = time.monotonic()
-        except ConnectionResetError:  # the client went away mid-stream
-            return response
-        finally:
-            if keeper is not None:
-                keeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
-                    await keeper
-            await stream.aclose()
-
-
-async def _keep_alive(response: web.StreamResponse, interval_s: float, last_write: list[float]) -> None:
-    """An SSE comment whenever ``interval_s`` passed without a chunk (clients ignore comments;
-    proxies see a live connection). Runs beside the stream, so a chunk costs only a clock read."""
-    while True:
-        await asyncio.sleep(max(0.0, last_write[0] + interval_s - time.monotonic()))
-        if time.monotonic() - last_write[0] >= interval_s:
-            await response.write(KEEPALIVE)
-            last_write[0] = time.monotonic()
-
-
-KEEPALIVE = b": keep-alive\n\n"
+        answers = []
+        for choice, final in zip(choices, ends):
+            answers.append(choice_json(parsed.kind, choice.index, "".join(pieces[choice.index]),
+                                       PROTO_TO_FINISH.get(final.finish_reason, "stop"),
+                                       speculation_from_proto(final.speculation), stop_reason(final)))
+        prompt_tokens = sum(final.usage.prompt_tokens for c, final in zip(choices, ends) if c.leads(parsed.n))
+        completion_tokens = sum(final.usage.completion_tokens for final in ends)
+        body = response_json(parsed.kind, response_id, int(time.time()), model, answers,
+                             usage_json(prompt_tokens, completion_tokens))
+        return web.json_response(body, headers={"x-saguaro-target": ",".join(c.dispatch.target or "" for c in choices)})
 
 
 def _parse_body(kind: str, raw: bytes, preparer: Preparer) -> OpenAIRequest:

@@ -8,7 +8,8 @@ Extensions (vLLM-style, optional): ``top_k``, ``seed``, ``stop_token_ids``, ``ig
 ``include_stop_str_in_output``, ``mode`` (``ssd`` / ``sd`` / ``ar``: per-request opt-out of speculation) and
 ``stream_tokens_individually`` (default true: one SSE chunk per token). Responses carry a
 ``speculation`` object per choice (in streams: on the chunk with the finish reason), and vLLM's
-``stop_reason`` (the stop string that ended the choice, else null).
+``stop_reason`` (the stop string that ended the choice, else null). ``n`` choices per prompt are
+served by ``choices.py``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from saguaro.wire import MODE_TO_PROTO
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_BATCH = 64
+MAX_N = 16  # choices per prompt: each is a full request's work on a target
 FLOAT32_TINY = 2.0**-149  # the smallest positive float32 (SamplingParams.top_p is a float)
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions (chat: the rest of the context)
 
@@ -35,12 +37,14 @@ DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions (chat: th
 @dataclass
 class OpenAIRequest:
     kind: str  # "completions" | "chat"
-    prompts: list[list[int]]  # token ids, one per choice
+    prompts: list[list[int]]  # token ids, one per prompt
     sampling: pb.SamplingParams
     decode_mode: int
     stream: bool
-    include_usage: bool
+    include_usage: bool  # a final usage chunk
     tokens_individually: bool
+    n: int = 1  # choices per prompt
+    continuous_usage: bool = False  # usage (running totals) on every chunk
 
 
 class Fields:
@@ -156,12 +160,10 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     if model != facts.name:
         raise invalid(f"unknown model {model!r}: this gateway serves {facts.name!r}", "model")
     check_fields(kind, body)
-    fields.integer("n", 1, 1, 1, " (one choice per prompt)")
+    n = fields.integer("n", 1, 1, MAX_N, " (choices per prompt)")
     stream = fields.boolean("stream", False)
     if kind == "completions":
         prompts = _completion_prompts(body.get("prompt"), preparer)
-        if stream and len(prompts) > 1:
-            raise invalid("prompt: streaming serves one prompt per request (send several requests)", "prompt")
         prompts = [preparer.check_prompt_ids(p, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
                    for i, p in enumerate(prompts)]
         max_tokens_name = "max_tokens"
@@ -201,12 +203,11 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     if options is not None and not isinstance(options, dict):
         raise invalid("stream_options must be an object", "stream_options")
     stream_fields = Fields(options or {})
-    if stream_fields.boolean("continuous_usage_stats", False):
-        raise invalid("stream_options.continuous_usage_stats: usage is sent once, at the end of the stream",
-                      "stream_options.continuous_usage_stats")
     include_usage = stream_fields.boolean("include_usage", False)
+    # (vLLM sends running usage only with include_usage too; alone it would be silently ignored)
+    continuous_usage = stream_fields.boolean("continuous_usage_stats", False)
     return OpenAIRequest(kind, prompts, sampling, MODE_TO_PROTO.get(mode, pb.DECODE_MODE_DEFAULT), stream,
-                         include_usage, fields.boolean("stream_tokens_individually", True))
+                         include_usage, fields.boolean("stream_tokens_individually", True), n, continuous_usage)
 
 
 def _stop_token_ids(value: Any, vocab: int) -> list[int]:
@@ -262,37 +263,46 @@ def response_json(kind: str, response_id: str, created: int, model: str, choices
 
 
 class ChunkWriter:
-    """Server-sent-event bytes of one streamed choice. Token chunks are a fixed head and tail
-    around the JSON-escaped text, so a streamed token costs one ``json.dumps`` of a string."""
+    """Server-sent-event bytes of a streamed response's choices. Token chunks are a fixed head
+    (per choice index) and tail around the JSON-escaped text, so a streamed token costs one
+    ``json.dumps`` of a string (and one of the usage, when every chunk carries it)."""
 
-    def __init__(self, kind: str, response_id: str, created: int, model: str):
+    def __init__(self, kind: str, response_id: str, created: int, model: str, choices: int = 1):
         self.kind = kind
         self.object = "text_completion" if kind == "completions" else "chat.completion.chunk"
         self.base = {"id": response_id, "object": self.object, "created": created, "model": model}
         envelope = json.dumps(self.base)[:-1]  # without the closing brace
-        if kind == "completions":
-            self._head = (f'data: {envelope}, "choices": [{{"index": 0, "text": ').encode()
-            self._tail = b', "logprobs": null, "finish_reason": null}]}\n\n'
-        else:
-            self._head = (f'data: {envelope}, "choices": [{{"index": 0, "delta": {{"content": ').encode()
-            self._tail = b'}, "logprobs": null, "finish_reason": null}]}\n\n'
+        field = '"text": ' if kind == "completions" else '"delta": {"content": '
+        self._heads = [f'data: {envelope}, "choices": [{{"index": {i}, {field}'.encode() for i in range(choices)]
+        self._tail = (b'' if kind == "completions" else b'}') + b', "logprobs": null, "finish_reason": null}]'
 
-    def text(self, piece: str) -> bytes:
-        return self._head + json.dumps(piece).encode() + self._tail
+    def text(self, piece: str, index: int = 0, usage: dict[str, int] | None = None) -> bytes:
+        return self._heads[index] + json.dumps(piece).encode() + self._tail + self._close(usage)
+
+    @staticmethod
+    def _close(usage: dict[str, int] | None) -> bytes:
+        return b"}\n\n" if usage is None else b', "usage": ' + json.dumps(usage).encode() + b"}\n\n"
 
     def event(self, payload: dict) -> bytes:
         return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
-    def role(self) -> bytes:
-        """The first chat chunk (the assistant role, no content yet)."""
-        return self.event({**self.base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                     "logprobs": None, "finish_reason": None}]})
+    def _chunk(self, choice: dict, usage: dict[str, int] | None) -> bytes:
+        payload = {**self.base, "choices": [choice]}
+        if usage is not None:
+            payload["usage"] = usage
+        return self.event(payload)
 
-    def finish(self, finish_reason: str, speculation: dict, stop_reason: str | None = None) -> bytes:
-        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish_reason,
+    def role(self, index: int = 0, usage: dict[str, int] | None = None) -> bytes:
+        """A chat choice's first chunk (the assistant role, no content yet)."""
+        return self._chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                            "finish_reason": None}, usage)
+
+    def finish(self, finish_reason: str, speculation: dict, index: int = 0, usage: dict[str, int] | None = None,
+               stop_reason: str | None = None) -> bytes:
+        choice: dict[str, Any] = {"index": index, "logprobs": None, "finish_reason": finish_reason,
                                   "stop_reason": stop_reason, "speculation": speculation}
         choice["text" if self.kind == "completions" else "delta"] = "" if self.kind == "completions" else {}
-        return self.event({**self.base, "choices": [choice]})
+        return self._chunk(choice, usage)
 
     def usage(self, usage: dict[str, int]) -> bytes:
         return self.event({**self.base, "choices": [], "usage": usage})

@@ -1,7 +1,8 @@
 """Routing: filter -> score -> pick, with small plugins that each do one thing.
 
 * ``HealthFilter``: drop targets that are unhealthy, whose circuit is open, or that this
-  request already tried.
+  request already tried; a request pinned to a target (``prefer``: the other choices of an
+  ``n > 1`` request follow their first) keeps only that one while it can take requests.
 * ``PrefixScorer``: leading prompt blocks the target holds (prefix index) / prompt blocks.
 * ``LoadScorer``: few running + waiting requests and a free KV cache score high.
 * ``ColdSpreadScorer``: for a prompt no target holds any of, prefer the target that least
@@ -35,6 +36,7 @@ class RouteRequest:
 
     block_hashes: Sequence[int]  # leading full prompt blocks (docs/prefix-caching.md hashes)
     exclude: set[str] = field(default_factory=set)  # addresses already tried
+    prefer: str | None = None  # the address to use if it can take the request (choices of one prompt)
     # Filled by the scorers, for the decision's reason and metrics:
     prefix_blocks: dict[str, int] = field(default_factory=dict)  # address -> leading blocks held
     index_unavailable: bool = False
@@ -49,7 +51,9 @@ class Route:
 
 class HealthFilter:
     def __call__(self, targets: Sequence[Target], request: RouteRequest) -> list[Target]:
-        return [t for t in targets if t.routable and t.address not in request.exclude]
+        candidates = [t for t in targets if t.routable and t.address not in request.exclude]
+        pinned = [t for t in candidates if t.address == request.prefer]
+        return pinned or candidates
 
 
 class Scorer:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from fuzz.support import BODIES, JSON, MODEL_NAME, fuzz_settings, mostly
 from saguaro.request_rules import MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS
 from saguaro.services.gateway.errors import GatewayError
-from saguaro.services.gateway.openai_schema import parse_request
+from saguaro.services.gateway.openai_schema import MAX_N, parse_request
 from saguaro.services.gateway.prepare import Preparer
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import MODE_TO_PROTO
@@ -44,7 +44,7 @@ def check_parsed_or_refused(kind: str, body, preparer: Preparer) -> None:
     assert all(0 <= t < facts.vocab_size for t in sampling.stop_token_ids)
     assert len(sampling.stop) <= MAX_STOP_STRINGS and all(0 < len(s) <= MAX_STOP_STRING_CHARS for s in sampling.stop)
     assert parsed.decode_mode in (pb.DECODE_MODE_DEFAULT, *MODE_TO_PROTO.values())
-    assert not (parsed.stream and len(parsed.prompts) > 1)
+    assert 1 <= parsed.n <= MAX_N
 
 
 @fuzz_settings()

@@ -66,13 +66,6 @@ def test_unknown_fields_are_served_with_a_warning(client, caplog):
     assert len(warnings) == 1 and "ignored" in warnings[0]
 
 
-def test_continuous_usage_stats_is_refused(client):
-    with pytest.raises(openai.BadRequestError) as refused:
-        client.completions.create(model="llama", prompt="x", max_tokens=2, stream=True,
-                                  stream_options={"include_usage": True, "continuous_usage_stats": True})
-    assert refused.value.body["param"] == "stream_options.continuous_usage_stats"
-
-
 def test_model_card(client):
     card = client.models.retrieve("llama")
     assert card.id == "llama" and card.object == "model" and card.max_model_len == CONTEXT
