@@ -23,7 +23,7 @@ class RequestOutput:
     token_ids: list[int]
     text: str
     finish_reason: str
-    stop_reason: str | None = None  # the stop string that ended the request (vLLM's field)
+    stop_string: str | None = None  # the stop string that ended the request, as GenerateFinal.stop_string
     timings: dict[str, float] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -44,7 +44,7 @@ def request_output(seq: Sequence, tokenizer, stats: dict[str, Any] | None = None
         token_ids=seq.output_token_ids,
         text=text if seq.stop_text is None else seq.stop_text.output_text(text),
         finish_reason=seq.finish_reason.value if seq.finish_reason else "",
-        stop_reason=seq.stop_string,
+        stop_string=seq.stop_string,
         timings={
             "time_to_first_token_s": ttft,
             "total_s": total,

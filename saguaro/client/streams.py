@@ -73,8 +73,7 @@ class StreamOutput:
         })
         if final.HasField("stop_token_id"):
             out["stop_token_id"] = final.stop_token_id
-        if final.HasField("stop_string"):
-            out["stop_string"] = final.stop_string
+        out["stop_string"] = final.stop_string if final.HasField("stop_string") else None  # as the offline API
         if final.error_message:
             out["error_message"] = final.error_message
         return out

@@ -79,7 +79,7 @@ def check(outputs, cases) -> None:
     for out, (_, stops, _, tokens, text, stop) in zip(outputs, cases):
         assert out.token_ids == tokens, stops
         assert out.text == text, stops
-        assert out.finish_reason == "stop" and out.stop_reason == stop
+        assert out.finish_reason == "stop" and out.stop_string == stop
 
 
 def test_ar_stops_at_the_token_that_completes_a_stop_string(model_dirs, cases):
