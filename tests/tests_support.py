@@ -8,6 +8,10 @@ from __future__ import annotations
 import datetime
 import functools
 import ipaddress
+import shutil
+import signal
+import subprocess
+import time
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from saguaro.net import free_port
 
 
 def make_prompts(count: int, vocab: int, seed: int = 0, min_len: int = 3, max_len: int = 40) -> list[list[int]]:
@@ -162,3 +168,39 @@ def parse_cli(args: list[str]):
             return build_parser().parse_args(args)
     except SystemExit:
         pytest.fail(f"`saguaro {' '.join(args)}` is rejected by saguaro.cli:\n{stderr.getvalue()}")
+
+
+class RedisServer:
+    """redis-server on a free port, no persistence; ``kill`` and ``start`` again at will."""
+
+    def __init__(self, log_dir):
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: run scripts/setup (apt-get install redis-server)")
+        self.binary = binary
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.log_dir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        import redis
+
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()

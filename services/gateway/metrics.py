@@ -71,11 +71,20 @@ class GatewayMetrics:
         self.target_healthy.labels(target).set(0)
         self.target_inflight.labels(target).set(0)
         self.circuit_state.labels(target).set(int(BreakerState.CLOSED))
+        # Transition counters exist from the start at 0: a healthy target's panel reads "0
+        # transitions", and increase() has a baseline for the first one (a series born at 1 hides it).
+        for state in BreakerState:
+            self.circuit_transitions.labels(target, state.name.lower())
 
     def target_removed(self, target: str) -> None:
         for gauge in (self.target_healthy, self.target_inflight, self.circuit_state):
             try:
                 gauge.remove(target)
+            except KeyError:
+                pass
+        for state in BreakerState:
+            try:
+                self.circuit_transitions.remove(target, state.name.lower())
             except KeyError:
                 pass
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import ssl
 import subprocess
@@ -28,6 +27,7 @@ from saguaro.services.target.local import speculative_engine
 from saguaro.services.target.loop import EngineLoop
 from saguaro.services.target.server import serve_target
 from saguaro.tokenizer import load_tokenizer
+from tests_support import RedisServer
 
 SMALL = dict(kv_cache_bytes=16 << 20, max_num_seqs=8, show_progress=False)
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -141,42 +141,6 @@ def _start_draft(model_dir: str, log_path) -> Child:
     port = free_port()
     return Child(["draft", "--model", model_dir, "--port", str(port), "--metrics-port", "0",
                   "--kv-cache-bytes", str(16 << 20), "--max-num-seqs", "8"], f"127.0.0.1:{port}", log_path)
-
-
-class RedisServer:
-    """redis-server on a free port, no persistence; ``kill`` and ``start`` again at will."""
-
-    def __init__(self, log_dir):
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed: run scripts/setup (apt-get install redis-server)")
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "RedisServer":
-        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.log_dir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        import redis
-
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
 
 
 class _Started:
