@@ -65,10 +65,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_draft(args: argparse.Namespace) -> int:
+    import signal
     from pathlib import Path
 
     from saguaro.config import EngineConfig
     from saguaro.services.draft.server import serve
+    from saguaro.standard_services import stop_serving
     from saguaro.telemetry.tracing import configure_tracing
 
     credentials = tls_server_credentials(args)  # checked before the model loads
@@ -84,6 +86,8 @@ def cmd_draft(args: argparse.Namespace) -> int:
                    credentials=credentials)
     if telemetry is not None:
         telemetry.serve(args.metrics_port, args.host)
+    # NOT_SERVING first (its health Watchers hear it), then the session in flight gets 0.5 s
+    signal.signal(signal.SIGTERM, lambda *_: stop_serving(server, grace=0.5))
     print(f"draft service for {args.model} listening on {address}", flush=True)
     server.wait_for_termination()
     return 0
@@ -97,6 +101,7 @@ def cmd_target(args: argparse.Namespace) -> int:
     from saguaro.services.target.local import speculative_engine
     from saguaro.services.target.server import serve_target
     from saguaro.services.target.telemetry import TargetTelemetry
+    from saguaro.standard_services import stop_serving
     from saguaro.telemetry.tracing import configure_tracing
     from saguaro.tls import channel_credentials, check_channel_flags
     from saguaro.tokenizer import load_tokenizer
@@ -138,7 +143,7 @@ def cmd_target(args: argparse.Namespace) -> int:
     server, loop = serve_target(engine, load_tokenizer(args.model), address, draft_model_name=draft_name,
                                 telemetry=telemetry, credentials=server_credentials)
     telemetry.serve(args.metrics_port, args.host, loop)
-    signal.signal(signal.SIGTERM, lambda *_: server.stop(grace=0.5))
+    signal.signal(signal.SIGTERM, lambda *_: stop_serving(server, grace=0.5))  # NOT_SERVING first
     where = f", draft at {' '.join(args.draft_address)}" if mode == "ssd" and args.draft_address else ""
     print(f"target service (mode {mode}{where}) for {args.model} listening on {address}", flush=True)
     try:

@@ -24,6 +24,7 @@ from saguaro.speculative.handshake import answer_handshake, model_facts
 from saguaro.speculative.settings import DraftSettings
 from saguaro.services.draft.tree import tree_scratch_slots
 from saguaro.services.draft.worker import DraftWorker, draft_runner
+from saguaro.standard_services import ServerHealth, Serving
 from saguaro.transport.socket_link import MessageLink, SocketListener
 from saguaro.transport.torch_link import P2PLink
 from saguaro.v1 import speculation_pb2 as pb
@@ -137,7 +138,9 @@ def serve(config: EngineConfig, address: str, settings: DraftSettings | None = N
     """Start the draft service on ``address`` ("host:port" or "unix:/path"); returns the server.
 
     ``telemetry``: a ``saguaro.services.draft.telemetry.DraftTelemetry`` to feed (metrics);
-    ``credentials``: TLS or mTLS (``saguaro.tls.server_credentials``), else plaintext.
+    ``credentials``: TLS or mTLS (``saguaro.tls.server_credentials``), else plaintext. Next to
+    ``Speculation`` it serves grpc.health.v1 and reflection; ``saguaro.standard_services.stop_serving``
+    drains its health before stopping it.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4),
@@ -146,7 +149,11 @@ def serve(config: EngineConfig, address: str, settings: DraftSettings | None = N
     service = SpeculationService(config, settings or DraftSettings(), build_cache)
     if telemetry is not None:
         telemetry.attach(service)
-    add_service(server, pb.DESCRIPTOR.services_by_name["Speculation"], service)
+    speculation = pb.DESCRIPTOR.services_by_name["Speculation"]
+    add_service(server, speculation, service)
+    # grpc.health.v1 and reflection (saguaro/standard_services.py): the model is loaded before the
+    # port opens and a session failure ends only that session, so a draft serves until it drains
+    ServerHealth(server, (speculation,), lambda: Serving(live=True, ready=True))
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0 and not address.startswith("unix:"):
         raise OSError(f"cannot listen on {address}")

@@ -34,6 +34,7 @@ from saguaro.services.gateway.prepare import ModelFacts, Preparer
 from saguaro.services.gateway.routing import make_router
 from saguaro.services.gateway.targets import Target, TargetPool
 from saguaro.services.gateway.tokenization import GatewayTokenizer
+from saguaro.standard_services import AsyncServerHealth, Serving
 from saguaro.telemetry.tracing import configure_tracing, shutdown_tracing
 from saguaro.tls import channel_credentials, http_ssl_context, server_credentials
 from saguaro.v1 import inference_pb2 as pb
@@ -56,6 +57,8 @@ class Gateway:
         self._http_runner: web.AppRunner | None = None
         self._discovery: KubernetesDiscovery | None = None
         self._bootstrap: asyncio.Task | None = None
+        self._health: AsyncServerHealth | None = None  # grpc.health.v1 (saguaro/standard_services.py)
+        self._health_task: asyncio.Task | None = None
         self.grpc_port = 0
         self.http_port: int | None = None
         self.started_at = int(time.time())
@@ -105,7 +108,10 @@ class Gateway:
     async def _serve_grpc(self) -> None:
         config = self.config
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
-        add_service(server, pb.DESCRIPTOR.services_by_name["Inference"], GatewayInferenceService(self))
+        inference = pb.DESCRIPTOR.services_by_name["Inference"]
+        add_service(server, inference, GatewayInferenceService(self))
+        health = AsyncServerHealth(server, (inference,), self.serving)
+        await health.refresh()  # NOT_SERVING until a target serves
         address = f"{config.host}:{config.port}"
         try:
             if config.tls_cert:
@@ -118,6 +124,7 @@ class Gateway:
             raise ConfigError(f"cannot listen on {address} (gRPC): the address is in use or invalid")
         await server.start()
         self._grpc_server, self.grpc_port = server, port
+        self._health, self._health_task = health, health.follow()
 
     async def _serve_http(self) -> None:
         config = self.config
@@ -169,7 +176,16 @@ class Gateway:
             log.info("serving model %r (context %d tokens, tokenizer %s) from %s", facts.name, facts.max_model_len,
                      "fetched" if tokenizer.available else "absent: token-id prompts only", target.address)
 
+    async def drain(self) -> None:
+        """Report NOT_SERVING on grpc.health.v1 from now on (open Watch streams hear it at once):
+        the first step of ``stop``, and of nothing else."""
+        if self._health is not None:
+            await self._health.drain()
+
     async def stop(self) -> None:
+        await self.drain()
+        if self._health_task is not None:
+            self._health_task.cancel()
         if self._discovery is not None:
             self._discovery.stop()
         if self._bootstrap is not None:
@@ -187,6 +203,13 @@ class Gateway:
     @property
     def ready(self) -> bool:
         return self._preparer is not None and bool(self.pool.routable())
+
+    def serving(self) -> Serving:
+        """The gateway's state for grpc.health.v1: ready as ``/readyz`` says (a routable target and
+        its model facts), degraded while its targets all decode without their drafts."""
+        ready = self.ready
+        return Serving(live=True, ready=ready,
+                       degraded=ready and self.health().status == pb.SERVING_STATUS_DEGRADED)
 
     @property
     def model_name(self) -> str:

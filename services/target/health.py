@@ -2,7 +2,8 @@
 
 The ``Health`` RPC (``InferenceService``, what gateways route by) and the ``/healthz`` endpoint
 of the metrics port (what Kubernetes probes) must never disagree, so both read
-``target_health``. A speculative target whose draft is not connected still serves: it decodes
+``target_health``; so do the target's grpc.health.v1 statuses (kubelet probes), through
+``TargetHealth.serving``. A speculative target whose draft is not connected still serves: it decodes
 without speculation, exactly, only slower. It is DEGRADED, not NOT_SERVING, so that routers
 keep sending it work while operators see why it is slow.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from saguaro.standard_services import Serving
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import MODE_TO_PROTO
 
@@ -39,6 +41,11 @@ class TargetHealth:
         """The ``/healthz`` answer: ready, and the status in words with the reason."""
         words = _HEALTHZ_WORDS[self.status]
         return self.ready, f"{words}: {self.message}" if self.message else words
+
+    def serving(self) -> Serving:
+        """The same answer for grpc.health.v1 (``saguaro.standard_services``): live and ready
+        unless the engine loop died; degraded while decoding without the draft."""
+        return Serving(live=self.ready, ready=self.ready, degraded=self.status == pb.SERVING_STATUS_DEGRADED)
 
 
 def target_health(loop: EngineLoop) -> TargetHealth:

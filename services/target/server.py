@@ -13,9 +13,11 @@ import grpc
 
 from saguaro.errors import ConfigError
 from saguaro.rpc_services import add_service
+from saguaro.services.target.health import target_health
 from saguaro.services.target.api import InferenceService
 from saguaro.services.target.kv_events import KvEventHub, TargetRoutingService
 from saguaro.services.target.loop import EngineLoop
+from saguaro.standard_services import ServerHealth
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import routing_pb2 as rpb
 
@@ -33,7 +35,8 @@ def serve_target(engine: SpeculativeEngine, tokenizer, address: str, draft_model
     TLS (or mTLS) with ``credentials`` (``saguaro.tls.server_credentials``), else plaintext.
 
     Next to ``Inference`` it serves ``TargetRouting`` (KV-cache events and the tokenizer) for
-    gateways. Every open Generate or WatchKvEvents stream holds a worker thread. Generate
+    gateways, and grpc.health.v1 and reflection (``saguaro.standard_services``; stop it with
+    ``stop_serving`` to drain its health first). Every open Generate or WatchKvEvents stream holds a worker thread. Generate
     streams beyond ``max_workers`` (default: 4 × max_num_seqs, at least 32) are refused with
     RESOURCE_EXHAUSTED; ``CONTROL_THREADS`` more threads serve Health, Abort, the model's facts
     and the KV-event watches, so a loaded target still answers its health checks (a busy pod is
@@ -50,9 +53,11 @@ def serve_target(engine: SpeculativeEngine, tokenizer, address: str, draft_model
         telemetry.attach(engine, loop)
     service = InferenceService(loop, tokenizer, draft_model_name, telemetry.requests if telemetry else None,
                                max_streams=streams)
-    add_service(server, pb.DESCRIPTOR.services_by_name["Inference"], service)
-    add_service(server, rpb.DESCRIPTOR.services_by_name["TargetRouting"],
-                TargetRoutingService(hub, tokenizer, service._tokenizer_lock))
+    inference, routing = pb.DESCRIPTOR.services_by_name["Inference"], rpb.DESCRIPTOR.services_by_name["TargetRouting"]
+    add_service(server, inference, service)
+    add_service(server, routing, TargetRoutingService(hub, tokenizer, service._tokenizer_lock))
+    # grpc.health.v1 and reflection (saguaro/standard_services.py), from the one health rule
+    health = ServerHealth(server, (inference, routing), lambda: target_health(loop).serving())
     try:
         port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError:
@@ -61,4 +66,5 @@ def serve_target(engine: SpeculativeEngine, tokenizer, address: str, draft_model
         loop.stop()
         raise ConfigError(f"cannot listen on {address}: the address is in use or invalid")
     server.start()
+    health.follow(server)
     return server, loop

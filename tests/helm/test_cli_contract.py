@@ -189,7 +189,8 @@ def test_environment_variables_are_known(case, render, k8s):
 
 
 def test_probe_commands_use_the_service_ports(case, render, k8s):
-    """Exec probes run the chart's probe script against the port the service was told to use."""
+    """gRPC and exec probes check the port the service was told to use (exec: with the chart's
+    probe script)."""
     manifests = render(case)
     for workload, container in containers(manifests, k8s):
         args = parse(k8s.expanded_args(manifests, workload, container))
@@ -198,6 +199,8 @@ def test_probe_commands_use_the_service_ports(case, render, k8s):
             if command:
                 assert command[:2] == ["python", "/etc/saguaro/probe/saguaro-probe.py"]
                 assert int(command[command.index("--port") + 1]) == args.port
+            elif "grpc" in container[probe]:
+                assert container[probe]["grpc"]["port"] == args.port
             elif "tcpSocket" in container[probe]:
                 assert port_named(container, container[probe]["tcpSocket"]["port"]) == args.port
             else:

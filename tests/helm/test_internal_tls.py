@@ -9,7 +9,8 @@ expanded like the kubelet does and parsed by the real `saguaro` CLI parser:
   does (no internal TLS: no such flag anywhere);
 * the Secret is mounted read-only in exactly the containers that use it, in exactly the pods
   that hold them;
-* the target's exec health probes speak TLS (mTLS) like its clients;
+* where a gRPC port serves TLS its probes are exec health probes speaking TLS (mTLS) like its
+  clients (the kubelet's grpc: probe cannot); elsewhere the kubelet's grpc: probes;
 * inconsistent values are refused, by the schema and by the templates;
 * a colocated pod and a gateway, run from their rendered commands with a real certificate where
   the Secret would be mounted, serve a request over mTLS on every hop and pass their probes.
@@ -33,6 +34,7 @@ from tests_support import parse_cli as parse
 
 MOUNT = "/etc/saguaro/internal-tls"
 VOLUME = "internal-tls"
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
 
 
 def _get(values: dict, *path, default=None):
@@ -153,31 +155,35 @@ def test_the_secret_is_mounted_read_only_where_it_is_used(case, render, k8s):
         assert not pods_with_volume
 
 
-def test_target_probes_speak_tls_like_its_clients(case, render, k8s):
-    """A gRPC probe against a TLS port fails: the target's exec health probes carry the CA (and,
-    with mTLS, the pod's certificate); TCP and HTTP probes are unaffected."""
+def test_probes_speak_tls_where_the_port_does(case, render, k8s):
+    """The kubelet's grpc: probe can neither trust a private CA nor present a client certificate:
+    a target or draft whose gRPC port serves TLS has exec health probes carrying the CA (and, with
+    mTLS, the pod's certificate), its startup probe a TCP connect (no handshake needed) unless it
+    listens on loopback; the gateway's public TLS keeps its HTTPS probes. Every other port gets the
+    kubelet's grpc: probes, except a colocated draft's (loopback: probed from inside, in plaintext)."""
     manifests = render(case)
     expected = settings(manifests.values)
-    workload = manifests.workload("target")
-    target = k8s.pod_spec(workload)["containers"][0]
-    assert "tcpSocket" in target["startupProbe"], "a TCP connect needs no handshake"
-    for probe in ("livenessProbe", "readinessProbe"):
-        command = target[probe]["exec"]["command"]
-        assert command[2] == "health"
-        flags = {command[i]: command[i + 1] for i in range(3, len(command) - 1) if command[i].startswith("--tls")}
-        want = {}
-        if expected["enabled"]:
-            want["--tls-ca"] = f"{MOUNT}/ca.crt"
-            if expected["mutual"]:
-                want |= {"--tls-cert": f"{MOUNT}/tls.crt", "--tls-key": f"{MOUNT}/tls.key"}
-        assert flags == want, probe
+    want_tls = {}
+    if expected["enabled"]:
+        want_tls["--tls-ca"] = f"{MOUNT}/ca.crt"
+        if expected["mutual"]:
+            want_tls |= {"--tls-cert": f"{MOUNT}/tls.crt", "--tls-key": f"{MOUNT}/tls.key"}
     for workload, container in saguaro_containers(manifests, k8s):
-        if k8s.role_of(container) == "target":
+        parsed = parse(k8s.expanded_args(manifests, workload, container))
+        where = f"{workload['metadata']['name']}/{container['name']}"
+        serves_tls, loopback = bool(parsed.tls_cert), parsed.host == "127.0.0.1"
+        if k8s.role_of(container) == "gateway" and serves_tls:
+            assert all("httpGet" in container[probe] for probe in PROBES), where
             continue
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            handler = container[probe]
-            command = handler.get("exec", {}).get("command", [])
-            assert "tcpSocket" in handler or "httpGet" in handler or command[2] == "tcp", container["name"]
+        if not (serves_tls or loopback):
+            assert all(container[probe]["grpc"]["port"] == parsed.port for probe in PROBES), where
+            continue
+        assert ("exec" if loopback else "tcpSocket") in container["startupProbe"], where
+        for probe in PROBES[not loopback:]:
+            command = container[probe]["exec"]["command"]
+            assert command[2] == "health" and int(command[command.index("--port") + 1]) == parsed.port, where
+            flags = {command[i]: command[i + 1] for i in range(3, len(command) - 1) if command[i].startswith("--tls")}
+            assert flags == (want_tls if serves_tls else {}), f"{where} {probe}"
 
 
 @pytest.mark.parametrize("values", [
@@ -294,8 +300,8 @@ def test_rendered_pods_serve_over_mtls_on_every_hop(render, k8s, tmp_path):
     from saguaro.tiny_models import build_tiny_model
 
     helpers = probe_test_helpers()
-    Service, cpu_values, http_probe, run_probe, wait_until = (
-        helpers.Service, helpers.cpu_values, helpers.http_probe, helpers.run_probe, helpers.wait_until)
+    Service, cpu_values, passes, run_probe, wait_until = (
+        helpers.Service, helpers.cpu_values, helpers.passes, helpers.run_probe, helpers.wait_until)
 
     model = str(build_tiny_model(tmp_path / "model" / "tiny", family="llama"))
     pki = make_pki(tmp_path / "internal-tls")
@@ -318,8 +324,9 @@ def test_rendered_pods_serve_over_mtls_on_every_hop(render, k8s, tmp_path):
         assert wait_until(lambda: run_probe(target_spec["readinessProbe"], k8s).returncode == 0), \
             run_probe(target_spec["readinessProbe"], k8s).stderr
         assert run_probe(target_spec["livenessProbe"], k8s).returncode == 0
-        strict = [c if c != "1,2" else "1" for c in target_spec["readinessProbe"]["exec"]["command"]]
-        assert wait_until(lambda: run_probe({"exec": {"command": strict}}, k8s).returncode == 0), \
+        strict = mounted_at(helpers.strict_readiness(render, k8s, values), pki)["readinessProbe"]
+        assert "saguaro.undegraded" in strict["exec"]["command"]
+        assert wait_until(lambda: run_probe(strict, k8s).returncode == 0), \
             "the target never reached SERVING over mTLS to its draft"
         # the same probe without the certificate: the TLS port refuses it
         plain = target_spec["readinessProbe"]["exec"]["command"]
@@ -337,7 +344,7 @@ def test_rendered_pods_serve_over_mtls_on_every_hop(render, k8s, tmp_path):
         assert transports and all('transport="grpc"' in line for line in transports), transports
 
         gateway.wait_listening()
-        assert wait_until(lambda: http_probe(gateway_spec, "readinessProbe") == 200), \
+        assert wait_until(lambda: passes(gateway_spec, "readinessProbe", k8s)), \
             "the gateway never saw its target healthy over mTLS"
         from saguaro.client import Client
 

@@ -2,12 +2,13 @@
 
 The chart is rendered for CPU (gpu.enabled=false) with a tiny model; the target and draft
 commands it renders are expanded like the kubelet does and run as real `saguaro` processes on
-127.0.0.1, then the rendered probe commands (files/saguaro-probe.py, the script the chart
-mounts) run against them:
+127.0.0.1, then the rendered probes run against them: a `grpc:` probe as the kubelet runs it
+(grpc.health.v1 Check of its service, SERVING passes), an exec probe as its command
+(files/saguaro-probe.py, the script the chart mounts):
 
 * colocated pairing: draft + target from the chart's pod spec: the target reports SERVING over
-  the fast path, so readiness and liveness pass, and the startup probe's port is open; the
-  gateway's HTTP probes pass and a request goes through gateway, target and draft;
+  the fast path, so its startup, readiness and liveness probes pass; the gateway's probes pass
+  and a request goes through gateway, target and draft;
 * a target whose draft never comes: DEGRADED, ready only while readyWhenDegraded is true;
 * two colocated draft workers (draft.workers=2): the containers draft and draft-1 listen on their
   own ports, each passes its probes and takes a session from the target, which is SERVING;
@@ -119,6 +120,44 @@ def http_probe(container: dict, probe: str) -> int:
         return 0
 
 
+def grpc_probe(container: dict, probe: str) -> str:
+    """What the kubelet's grpc: probe of ``container`` gets: the Check status of its service
+    (a status name, or the RPC's error code name)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    handler = container[probe]["grpc"]
+    with grpc.insecure_channel(f"127.0.0.1:{handler['port']}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=handler.get("service", "")), timeout=5)
+        except grpc.RpcError as exc:
+            return exc.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def passes(container: dict, probe: str, k8s) -> bool:
+    """Whether ``container``'s ``probe`` passes, run the way the kubelet runs its kind."""
+    handler = container[probe]
+    if "grpc" in handler:
+        return grpc_probe(container, probe) == "SERVING"
+    if "exec" in handler:
+        return run_probe(handler, k8s).returncode == 0
+    if "httpGet" in handler:
+        return 200 <= http_probe(container, probe) < 400
+    port = next(p["containerPort"] for p in container["ports"] if p["name"] == handler["tcpSocket"]["port"])
+    return port_open(port)
+
+
+def strict_readiness(render, k8s, values: dict, container: str = "target") -> dict:
+    """The ``container`` of the target pod of the same release with target.readyWhenDegraded=false."""
+    manifests = render(k8s.deep_merge(values, {"target": {"readyWhenDegraded": False}}))
+    return next(c for c in k8s.pod_spec(manifests.workload("target"))["containers"] if c["name"] == container)
+
+
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+
+
 def test_rendered_pods_serve_and_pass_their_probes(render, k8s, tiny_model, tmp_path):
     """Draft, target (colocated pod) and gateway from the chart's pod specs, wired as rendered
     (the gateway with static discovery: there is no API server here), serve a request."""
@@ -133,20 +172,18 @@ def test_rendered_pods_serve_and_pass_their_probes(render, k8s, tiny_model, tmp_
     draft = Service(manifests, workload, draft_spec, k8s, tmp_path / "draft.log")
     target = Service(manifests, workload, target_spec, k8s, tmp_path / "target.log")
     gateway = Service(manifests, gateway_workload, gateway_spec, k8s, tmp_path / "gateway.log")
+    strict_spec = strict_readiness(render, k8s, values)
+    assert "grpc" in target_spec["readinessProbe"] and "grpc" in gateway_spec["readinessProbe"]
+    assert "exec" in draft_spec["readinessProbe"], "a colocated draft listens on loopback: probed from inside"
     try:
         draft.wait_listening()
-        assert run_probe(draft_spec["readinessProbe"], k8s).returncode == 0
-        assert run_probe(draft_spec["livenessProbe"], k8s).returncode == 0
+        assert all(passes(draft_spec, probe, k8s) for probe in PROBES)
         target.wait_listening()
-        grpc_port = next(p["containerPort"] for p in target_spec["ports"] if p["name"] == "grpc")
-        assert target_spec["startupProbe"]["tcpSocket"]["port"] == "grpc" and port_open(grpc_port)
+        assert passes(target_spec, "startupProbe", k8s)
         # the handshake completes in the background: SERVING once the draft session is up
-        assert wait_until(lambda: run_probe(target_spec["readinessProbe"], k8s).returncode == 0), \
-            run_probe(target_spec["readinessProbe"], k8s).stderr
-        assert run_probe(target_spec["livenessProbe"], k8s).returncode == 0
-        strict = {**target_spec["readinessProbe"]["exec"]}
-        strict["command"] = [c if c != "1,2" else "1" for c in strict["command"]]
-        assert wait_until(lambda: run_probe({"exec": strict}, k8s).returncode == 0), "target never SERVING"
+        assert wait_until(lambda: passes(target_spec, "readinessProbe", k8s)), grpc_probe(target_spec, "readinessProbe")
+        assert passes(target_spec, "livenessProbe", k8s)
+        assert wait_until(lambda: passes(strict_spec, "readinessProbe", k8s)), "target never SERVING undegraded"
         metrics_port = next(p["containerPort"] for p in target_spec["ports"] if p["name"] == "metrics")
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
             body = response.read().decode()
@@ -155,8 +192,8 @@ def test_rendered_pods_serve_and_pass_their_probes(render, k8s, tiny_model, tmp_
         assert 'transport="unix"' in body, [l for l in body.splitlines() if "transport" in l]
 
         gateway.wait_listening()
-        assert http_probe(gateway_spec, "startupProbe") == 200 and http_probe(gateway_spec, "livenessProbe") == 200
-        assert wait_until(lambda: http_probe(gateway_spec, "readinessProbe") == 200), "gateway never ready"
+        assert passes(gateway_spec, "startupProbe", k8s) and passes(gateway_spec, "livenessProbe", k8s)
+        assert wait_until(lambda: passes(gateway_spec, "readinessProbe", k8s)), "gateway never ready"
         from saguaro.client import Client
 
         grpc_port = next(p["containerPort"] for p in gateway_spec["ports"] if p["name"] == "grpc")
@@ -167,28 +204,38 @@ def test_rendered_pods_serve_and_pass_their_probes(render, k8s, tiny_model, tmp_
         gateway.stop()
         target.stop()
         draft.stop()
-    for probe in ("readinessProbe", "livenessProbe"):
-        failed = run_probe(target_spec[probe], k8s)
+    for probe in PROBES:
+        assert grpc_probe(target_spec, probe) == "UNAVAILABLE"
+        failed = run_probe(draft_spec[probe], k8s)
         assert failed.returncode != 0 and "UNAVAILABLE" in failed.stderr
-        assert run_probe(draft_spec[probe], k8s).returncode != 0
 
 
 def test_target_without_its_draft_is_degraded(render, k8s, tiny_model, tmp_path):
     values = cpu_values(tiny_model, pairing={"mode": "colocated"}, target={"waitForDraftSeconds": 0, "draftTimeoutSeconds": 1})
     values["target"] = {**values["target"], "waitForDraftSeconds": 0, "draftTimeoutSeconds": 1}
     manifests = render(values)
-    strict = render(k8s.deep_merge(values, {"target": {"readyWhenDegraded": False}}))
     workload = manifests.workload("target")
     target_spec = k8s.pod_spec(workload)["containers"][0]
-    strict_spec = k8s.pod_spec(strict.workload("target"))["containers"][0]
+    strict_spec = strict_readiness(render, k8s, values)
     target = Service(manifests, workload, target_spec, k8s, tmp_path / "target.log")  # its draft is never started
     try:
         target.wait_listening()
-        ready = run_probe(target_spec["readinessProbe"], k8s)
-        assert ready.returncode == 0, ready.stderr
-        assert run_probe(target_spec["livenessProbe"], k8s).returncode == 0
-        not_ready = run_probe(strict_spec["readinessProbe"], k8s)
-        assert not_ready.returncode == 1 and "DEGRADED" in not_ready.stderr
+        assert passes(target_spec, "readinessProbe", k8s), grpc_probe(target_spec, "readinessProbe")
+        assert passes(target_spec, "livenessProbe", k8s)
+        assert strict_spec["readinessProbe"]["grpc"]["service"] == "saguaro.undegraded"
+        assert grpc_probe(strict_spec, "readinessProbe") == "NOT_SERVING"
+        # the exec probe (TLS ports) reads the same names and says why it fails
+        script = str(k8s.CHART / "files" / "saguaro-probe.py")
+        port = str(values["target"]["port"])
+        exec_strict = subprocess.run([sys.executable, script, "health", "--port", port, "--service",
+                                      "saguaro.undegraded"], capture_output=True, text=True, timeout=30)
+        assert exec_strict.returncode == 1 and "saguaro.undegraded: NOT_SERVING" in exec_strict.stderr
+        exec_ready = subprocess.run([sys.executable, script, "health", "--port", port], capture_output=True,
+                                    text=True, timeout=30)
+        assert exec_ready.returncode == 0, exec_ready.stderr
+        unknown = subprocess.run([sys.executable, script, "health", "--port", port, "--service", "nope"],
+                                 capture_output=True, text=True, timeout=30)
+        assert unknown.returncode == 1 and "no health for 'nope'" in unknown.stderr
     finally:
         target.stop()
 
@@ -208,24 +255,17 @@ def test_probe_script_checks(k8s):
     assert down.returncode == 1
 
 
-def test_probe_reads_health_status_from_wire_bytes():
-    """The probe decodes HealthResponse without the saguaro package: it must agree with protobuf."""
-    import importlib.util
-
-    from saguaro.v1 import inference_pb2 as pb
-
-    spec = importlib.util.spec_from_file_location("saguaro_probe", Path(__file__).resolve().parents[2]
-                                                  / "helm" / "saguaro" / "files" / "saguaro-probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
-    for status in (pb.SERVING_STATUS_UNSPECIFIED, pb.SERVING_STATUS_SERVING, pb.SERVING_STATUS_DEGRADED,
-                   pb.SERVING_STATUS_NOT_SERVING):
-        for extra in ({}, {"draft_connected": True, "mode": pb.DECODE_MODE_SSD, "message": "x" * 300}):
-            reply = pb.HealthResponse(status=status, **extra).SerializeToString()
-            assert probe.read_status(reply) == status
-    # fields before status (as a future version might emit) are skipped
-    tail = pb.HealthResponse(status=pb.SERVING_STATUS_DEGRADED).SerializeToString()
-    assert probe.read_status(pb.HealthResponse(message="m").SerializeToString()[:3] + tail) == 2
+def test_probe_script_imports_neither_saguaro_nor_torch(k8s):
+    """An exec probe runs every period: it must load only the standard library, grpcio and the
+    generated grpc.health.v1 modules, not the saguaro package (which imports torch)."""
+    script = str(k8s.CHART / "files" / "saguaro-probe.py")
+    code = (f"import runpy, sys\nsys.argv = [{script!r}, 'health', '--port', '{free_port()}', '--timeout', '1']\n"
+            "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as exc:\n"
+            "    print(exc.code, sorted({m.split('.')[0] for m in sys.modules} & {'saguaro', 'torch', 'numpy'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert result.stdout.split(maxsplit=1) == ["1", "[]\n"], result.stdout + result.stderr
+    assert "UNAVAILABLE" in result.stderr
 
 
 def test_probe_configmap_carries_the_script_verbatim(render, k8s):
@@ -256,18 +296,16 @@ def test_two_colocated_draft_workers_serve_one_target(render, k8s, tiny_model, t
     try:
         for draft, spec in zip(drafts, draft_specs):
             draft.wait_listening()
-            assert run_probe(spec["readinessProbe"], k8s).returncode == 0
-            assert run_probe(spec["livenessProbe"], k8s).returncode == 0
+            assert all(passes(spec, probe, k8s) for probe in PROBES)
         draft_ports = [d.args[d.args.index("--port") + 1] for d in drafts]
         assert draft_ports == [str(values["draft"]["port"]), str(values["draft"]["port"] + 1)]
         target = Service(manifests, workload, target_spec, k8s, tmp_path / "target.log")
         start = target.args.index("--draft-address") + 1
         assert target.args[start:start + 2] == [f"127.0.0.1:{port}" for port in draft_ports]
         target.wait_listening()
-        strict = {**target_spec["readinessProbe"]["exec"]}
-        strict["command"] = [c if c != "1,2" else "1" for c in strict["command"]]
-        assert wait_until(lambda: run_probe({"exec": strict}, k8s).returncode == 0), \
-            run_probe({"exec": strict}, k8s).stderr
+        strict_spec = strict_readiness(render, k8s, values)
+        assert wait_until(lambda: passes(strict_spec, "readinessProbe", k8s)), \
+            grpc_probe(strict_spec, "readinessProbe")
         # each worker took a session from the target (its own metrics port: draft.metricsPort + i)
         for i in range(2):
             port = values["draft"]["metricsPort"] + i
@@ -283,4 +321,4 @@ def test_two_colocated_draft_workers_serve_one_target(render, k8s, tiny_model, t
         for draft in drafts:
             draft.stop()
     for spec in draft_specs:
-        assert run_probe(spec["readinessProbe"], k8s).returncode != 0
+        assert not passes(spec, "readinessProbe", k8s)

@@ -1,26 +1,29 @@
 """Health probes for Saguaro containers: Kubernetes exec probes and Docker HEALTHCHECK.
 
-    python saguaro-probe.py health --port 50051 [--ready-statuses 1,2] [--live]
+    python saguaro-probe.py health --port 50051 [--service NAME | --live]
                                    [--tls-ca ca.crt [--tls-cert tls.crt --tls-key tls.key]]
     python saguaro-probe.py tcp --port 50061
     python saguaro-probe.py http --url http://127.0.0.1:8000/healthz
 
-`health` calls saguaro.v1.Inference/Health on 127.0.0.1. It needs only the standard library and
-grpcio and builds the empty HealthRequest and reads HealthResponse.status (field 1, a varint)
-from the wire bytes, so it does not import the saguaro package (which loads torch: seconds of
-CPU per probe on a GPU node). Exit status 0 means healthy; otherwise the reason is printed.
+`health` calls the standard grpc.health.v1.Health/Check on 127.0.0.1 with the stub of
+grpcio-health-checking, whose generated modules import only grpc and protobuf: the probe does
+not import the saguaro package (which loads torch: seconds of CPU per probe on a GPU node).
+Exit status 0 means healthy; otherwise the reason is printed.
 
-With --tls-ca the call is made over TLS, verifying the server against that CA (a TLS port
-refuses plaintext, and the kubelet's own gRPC probe cannot present a client certificate); with
---tls-cert/--tls-key too it presents that client certificate (mTLS). The server's certificate
-must name 127.0.0.1, the address dialled.
+The chart uses it only where the kubelet's own `grpc:` probe cannot: a TLS port (the kubelet
+neither trusts a private CA nor presents a client certificate) and a colocated draft, which
+listens on the pod's loopback. With --tls-ca the call is made over TLS, verifying the server
+against that CA; with --tls-cert/--tls-key too it presents that client certificate (mTLS). The
+server's certificate must name 127.0.0.1, the address dialled.
 
-ServingStatus: 0 UNSPECIFIED, 1 SERVING, 2 DEGRADED (decoding without the draft), 3 NOT_SERVING.
+Health names (saguaro/standard_services.py): "" (the default) is SERVING while the server takes
+requests; "saguaro.undegraded" only while it also is not degraded (a target decoding without its
+draft); "saguaro.live" while the process serves at all.
 
-Readiness (default) passes on --ready-statuses. Liveness (--live) must not fail merely because
-the server is busy: a RESOURCE_EXHAUSTED answer (every RPC slot held by streams) still proves the
-process serves; NOT_SERVING (the engine loop died), a refused connection or no answer within the
-timeout fail.
+Readiness (default) passes when --service is SERVING. Liveness (--live, the name saguaro.live)
+must not fail merely because the server is busy: a RESOURCE_EXHAUSTED answer (every RPC slot
+held) still proves the process serves; NOT_SERVING (the engine loop died), a refused connection
+or no answer within the timeout fail.
 """
 
 from __future__ import annotations
@@ -30,43 +33,7 @@ import socket
 import sys
 import urllib.request
 
-HEALTH_METHOD = "/saguaro.v1.Inference/Health"
-STATUS_NAMES = {0: "UNSPECIFIED", 1: "SERVING", 2: "DEGRADED", 3: "NOT_SERVING"}
-
-
-def read_status(reply: bytes) -> int:
-    """HealthResponse.status from its serialised bytes (0 when the field is absent)."""
-    pos = 0
-    while pos < len(reply):
-        key, pos = _varint(reply, pos)
-        field, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            value, pos = _varint(reply, pos)
-            if field == 1:
-                return value
-        elif wire_type == 2:
-            length, pos = _varint(reply, pos)
-            pos += length
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unexpected wire type {wire_type}")
-    return 0
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
+LIVE_SERVICE = "saguaro.live"
 
 
 def _read(path: str, what: str) -> bytes:
@@ -89,22 +56,26 @@ def _channel(address: str, tls_ca: str | None, tls_cert: str | None, tls_key: st
     return grpc.secure_channel(address, credentials)
 
 
-def check_health(port: int, timeout: float, ready_statuses: set[int], live: bool, tls_ca: str | None = None,
+def check_health(port: int, timeout: float, service: str, live: bool, tls_ca: str | None = None,
                  tls_cert: str | None = None, tls_key: str | None = None) -> str | None:
     import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    if live:
+        service = LIVE_SERVICE
     with _channel(f"127.0.0.1:{port}", tls_ca, tls_cert, tls_key) as channel:
         try:
-            reply = channel.unary_unary(HEALTH_METHOD)(b"", timeout=timeout)
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                               timeout=timeout)
         except grpc.RpcError as exc:
             if live and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 return None
-            return f"Health RPC failed: {exc.code().name}"
-    status = read_status(reply)
-    accepted = {1, 2} if live else ready_statuses
-    if status in accepted:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return f"the server reports no health for {service!r}"
+            return f"Health check failed: {exc.code().name}"
+    if reply.status == health_pb2.HealthCheckResponse.SERVING:
         return None
-    return f"status {STATUS_NAMES.get(status, status)}"
+    return f"{service or 'the server'}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
 
 
 def check_tcp(port: int, timeout: float) -> str | None:
@@ -126,10 +97,11 @@ def check_http(url: str, timeout: float) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="check", required=True)
-    health = sub.add_parser("health", help="saguaro.v1.Inference/Health on 127.0.0.1:PORT")
+    health = sub.add_parser("health", help="grpc.health.v1.Health/Check on 127.0.0.1:PORT")
     health.add_argument("--port", type=int, required=True)
-    health.add_argument("--ready-statuses", default="1,2", help="comma-separated ServingStatus numbers that pass")
-    health.add_argument("--live", action="store_true", help="liveness semantics (busy is alive)")
+    name = health.add_mutually_exclusive_group()
+    name.add_argument("--service", default="", help="the health name that must be SERVING (default: the server)")
+    name.add_argument("--live", action="store_true", help=f"liveness: {LIVE_SERVICE}, and busy is alive")
     health.add_argument("--tls-ca", default=None, metavar="PEM",
                         help="call over TLS, verifying the server against this CA")
     health.add_argument("--tls-cert", default=None, metavar="PEM", help="mTLS: client certificate (with --tls-key)")
@@ -146,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--tls-cert and --tls-key go together")
         if args.tls_cert and not args.tls_ca:
             parser.error("--tls-cert needs --tls-ca (the CA that signed the server's certificate)")
-        statuses = {int(s) for s in args.ready_statuses.split(",") if s.strip()}
-        problem = check_health(args.port, args.timeout, statuses, args.live, args.tls_ca, args.tls_cert, args.tls_key)
+        problem = check_health(args.port, args.timeout, args.service, args.live, args.tls_ca, args.tls_cert,
+                               args.tls_key)
     elif args.check == "tcp":
         problem = check_tcp(args.port, args.timeout)
     else:

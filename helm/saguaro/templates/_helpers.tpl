@@ -329,6 +329,62 @@ Call with (list $ "service-name"). */}}
 {{/* The health probe script mounted into target and draft containers (files/saguaro-probe.py). */}}
 {{- define "saguaro.probeScript" -}}/etc/saguaro/probe/saguaro-probe.py{{- end -}}
 
+{{/* startupProbe, livenessProbe and readinessProbe of a container that serves grpc.health.v1
+(saguaro/standard_services.py: saguaro.live for liveness, "" or saguaro.undegraded for
+readiness). Call with (list $ values port readyService tls? loopback?):
+* plaintext on the pod IP: the kubelet's own grpc: probes (no process started per probe);
+* TLS on the port (the kubelet's gRPC probe neither trusts a private CA nor presents a client
+  certificate): exec probes running files/saguaro-probe.py over TLS; the startup probe stays a
+  TCP connect on the named port "grpc" (no handshake needed, no interpreter every period while
+  the model loads);
+* loopback (a colocated draft; the kubelet dials the pod IP): exec probes for all three.
+An exec probe's --timeout is its timeoutSeconds. */}}
+{{- define "saguaro.grpcProbes" -}}
+{{- $root := index . 0 -}}
+{{- $values := index . 1 -}}
+{{- $port := int (index . 2) -}}
+{{- $ready := index . 3 -}}
+{{- $tls := index . 4 -}}
+{{- $loopback := index . 5 -}}
+{{- $script := include "saguaro.probeScript" $root -}}
+{{- $tlsArgs := include "saguaro.probeTlsArgs" (list $root $tls) -}}
+{{- if not (or $tls $loopback) }}
+startupProbe:
+  grpc:
+    port: {{ $port }}
+    service: saguaro.live
+  {{- include "saguaro.probeTiming" $values.probes.startup | nindent 2 }}
+livenessProbe:
+  grpc:
+    port: {{ $port }}
+    service: saguaro.live
+  {{- include "saguaro.probeTiming" $values.probes.liveness | nindent 2 }}
+readinessProbe:
+  grpc:
+    port: {{ $port }}
+    service: {{ $ready | quote }}
+  {{- include "saguaro.probeTiming" $values.probes.readiness | nindent 2 }}
+{{- else }}
+startupProbe:
+  {{- if $loopback }}
+  exec:
+    command: ["python", {{ $script | quote }}, "health", "--port", {{ $port | quote }}, "--live", "--timeout", {{ $values.probes.startup.timeoutSeconds | default 3 | quote }}{{ $tlsArgs }}]
+  {{- else }}
+  tcpSocket:
+    port: grpc
+  {{- end }}
+  {{- include "saguaro.probeTiming" $values.probes.startup | nindent 2 }}
+livenessProbe:
+  exec:
+    command: ["python", {{ $script | quote }}, "health", "--port", {{ $port | quote }}, "--live", "--timeout", {{ $values.probes.liveness.timeoutSeconds | default 3 | quote }}{{ $tlsArgs }}]
+  {{- include "saguaro.probeTiming" $values.probes.liveness | nindent 2 }}
+readinessProbe:
+  exec:
+    command: ["python", {{ $script | quote }}, "health", "--port", {{ $port | quote }}, "--service", {{ $ready | quote }}, "--timeout", {{ $values.probes.readiness.timeoutSeconds | default 3 | quote }}{{ $tlsArgs }}]
+  {{- include "saguaro.probeTiming" $values.probes.readiness | nindent 2 }}
+{{- end }}
+{{- end -}}
+
 {{/* ------------------------------------------------------------------------------------------
 Internal TLS (internalTls): one Secret (tls.crt, tls.key, ca.crt) mounted read-only at
 saguaro.internalTlsPath in the containers that speak gRPC inside the release.
@@ -393,14 +449,16 @@ verify the peer against ca.crt, and with internalTls.mutual present tls.crt / tl
 {{- end }}
 {{- end -}}
 
-{{/* Extra arguments of the target's exec health probes (inside a JSON-style list, each with a
-leading comma): the probe dials 127.0.0.1 over TLS, verifying the target against ca.crt, and with
-internalTls.mutual presents the pod's certificate. Empty without internal TLS. */}}
+{{/* Extra arguments of an exec health probe (inside a JSON-style list, each with a leading
+comma); call with (list $ tls?): with TLS on the probed port the probe dials 127.0.0.1 over TLS,
+verifying the server against ca.crt, and with internalTls.mutual presents the pod's certificate.
+Empty without TLS. */}}
 {{- define "saguaro.probeTlsArgs" -}}
-{{- if include "saguaro.internalTls" . -}}
-{{- $path := include "saguaro.internalTlsPath" . -}}
+{{- $root := index . 0 -}}
+{{- if index . 1 -}}
+{{- $path := include "saguaro.internalTlsPath" $root -}}
 , "--tls-ca", {{ printf "%s/ca.crt" $path | quote }}
-{{- if .Values.internalTls.mutual -}}
+{{- if $root.Values.internalTls.mutual -}}
 , "--tls-cert", {{ printf "%s/tls.crt" $path | quote }}, "--tls-key", {{ printf "%s/tls.key" $path | quote }}
 {{- end -}}
 {{- end -}}
@@ -677,34 +735,8 @@ ConfigMap's SAGUARO_PORT / SAGUARO_METRICS_PORT (env wins over envFrom). */}}
       protocol: TCP
     {{- end }}
   {{- end }}
-  {{- if $colocated }}
-  {{- /* loopback only: kubelet's TCP probes dial the pod IP, so check from inside */}}
-  startupProbe:
-    exec:
-      command: ["python", {{ include "saguaro.probeScript" $root | quote }}, "tcp", "--port", {{ $port | quote }}]
-    {{- include "saguaro.probeTiming" $values.probes.startup | nindent 4 }}
-  livenessProbe:
-    exec:
-      command: ["python", {{ include "saguaro.probeScript" $root | quote }}, "tcp", "--port", {{ $port | quote }}]
-    {{- include "saguaro.probeTiming" $values.probes.liveness | nindent 4 }}
-  readinessProbe:
-    exec:
-      command: ["python", {{ include "saguaro.probeScript" $root | quote }}, "tcp", "--port", {{ $port | quote }}]
-    {{- include "saguaro.probeTiming" $values.probes.readiness | nindent 4 }}
-  {{- else }}
-  startupProbe:
-    tcpSocket:
-      port: grpc
-    {{- include "saguaro.probeTiming" $values.probes.startup | nindent 4 }}
-  livenessProbe:
-    tcpSocket:
-      port: grpc
-    {{- include "saguaro.probeTiming" $values.probes.liveness | nindent 4 }}
-  readinessProbe:
-    tcpSocket:
-      port: grpc
-    {{- include "saguaro.probeTiming" $values.probes.readiness | nindent 4 }}
-  {{- end }}
+  {{- /* colocated: loopback only, and the kubelet's probes dial the pod IP, so check from inside */}}
+  {{- include "saguaro.grpcProbes" (list $root $values $port "" $tls $colocated) | nindent 2 }}
   resources:
     {{- include "saguaro.gpuResources" (list $root $values.resources $values.gpus) | nindent 4 }}
   securityContext:
