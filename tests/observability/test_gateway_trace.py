@@ -107,7 +107,8 @@ def test_gateway_span_passes_the_context_through_or_continues_it():
     caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     headers = {"traceparent": caller, "authorization": "Bearer x"}
     untraced = GatewaySpan.start(headers, api="grpc", model="llama")
-    assert untraced.forward_metadata() == [("traceparent", caller)]  # tracing off: pass-through
+    # tracing off: pass-through, and the operation for the target's span
+    assert untraced.forward_metadata() == [("traceparent", caller), (A.OPERATION_METADATA, A.TEXT_COMPLETION)]
     untraced.finish(3, 4, ["stop"])
 
     exporter = InMemorySpanExporter()
@@ -123,7 +124,7 @@ def test_gateway_span_passes_the_context_through_or_continues_it():
     finally:
         tracing.shutdown_tracing()
     done, refused = exporter.get_finished_spans()
-    assert done.name == A.request_span_name("llama") and done.kind.name == "SERVER"
+    assert done.name == A.request_span_name(A.TEXT_COMPLETION, "llama") and done.kind.name == "SERVER"
     assert format(done.context.trace_id, "032x") == caller.split("-")[1]
     assert format(done.parent.span_id, "016x") == caller.split("-")[2]
     assert forwarded["traceparent"].split("-")[2] == format(done.context.span_id, "016x")  # the target's parent
