@@ -12,8 +12,8 @@ import sys
 
 from saguaro.cli_commands import cmd_demo, cmd_draft, cmd_gateway, cmd_generate, cmd_target
 from saguaro.cli_options import (FAST_PATH_HELP, SOFT_DEADLINE_HELP, SPECULATION_POLICY_HELP, ServiceCommand,
-                                 add_draft_tls_args, add_engine_args, add_sampling_args, add_speculation_args,
-                                 add_telemetry_args, add_tls_server_args, service_parser)
+                                 add_draft_tls_args, add_engine_args, add_metrics_label_arg, add_sampling_args,
+                                 add_speculation_args, add_telemetry_args, add_tls_server_args, service_parser)
 from saguaro.cli_up import cmd_up
 from saguaro.errors import SaguaroError
 
@@ -89,6 +89,7 @@ def add_gateway_parser(sub) -> None:
     group.add_argument("--target-tls-server-name", default=None, metavar="NAME",
                        help="TLS to the targets: verify their certificates against NAME instead of the dialled "
                             "address (Kubernetes discovery dials pod IPs, which one shared certificate cannot list)")
+    add_metrics_label_arg(gateway.add_argument_group("observability"))
     gateway.set_defaults(func=cmd_gateway)
 
 

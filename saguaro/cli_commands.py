@@ -71,9 +71,11 @@ def cmd_draft(args: argparse.Namespace) -> int:
     from saguaro.config import EngineConfig
     from saguaro.services.draft.server import serve
     from saguaro.standard_services import stop_serving
+    from saguaro.telemetry.exposition import parse_metrics_labels
     from saguaro.telemetry.tracing import configure_tracing
 
     credentials = tls_server_credentials(args)  # checked before the model loads
+    labels = parse_metrics_labels(args.metrics_label)  # so is this
     config = EngineConfig(model=args.model, **engine_options(args, "draft"))
     address = f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"
     configure_tracing("saguaro-draft")
@@ -85,7 +87,7 @@ def cmd_draft(args: argparse.Namespace) -> int:
     server = serve(config, address, speculation_settings(args), build_cache=not args.no_tree, telemetry=telemetry,
                    credentials=credentials)
     if telemetry is not None:
-        telemetry.serve(args.metrics_port, args.host)
+        telemetry.serve(args.metrics_port, args.host, labels)
     # NOT_SERVING first (its health Watchers hear it), then the session in flight gets 0.5 s
     signal.signal(signal.SIGTERM, lambda *_: stop_serving(server, grace=0.5))
     print(f"draft service for {args.model} listening on {address}", flush=True)
@@ -102,11 +104,13 @@ def cmd_target(args: argparse.Namespace) -> int:
     from saguaro.services.target.server import serve_target
     from saguaro.services.target.telemetry import TargetTelemetry
     from saguaro.standard_services import stop_serving
+    from saguaro.telemetry.exposition import parse_metrics_labels
     from saguaro.telemetry.tracing import configure_tracing
     from saguaro.tls import channel_credentials, check_channel_flags
     from saguaro.tokenizer import load_tokenizer
 
     mode = args.mode
+    labels = parse_metrics_labels(args.metrics_label)  # a bad label fails before the model loads
     if mode == "sd" and args.draft_address:
         raise ConfigError("--mode sd runs the draft in this process: give --draft-model DIR, not --draft-address "
                           "(a draft service is for --mode ssd)")
@@ -142,7 +146,7 @@ def cmd_target(args: argparse.Namespace) -> int:
     telemetry = TargetTelemetry(Path(args.model).name, metrics=args.metrics_port != 0)
     server, loop = serve_target(engine, load_tokenizer(args.model), address, draft_model_name=draft_name,
                                 telemetry=telemetry, credentials=server_credentials)
-    telemetry.serve(args.metrics_port, args.host, loop)
+    telemetry.serve(args.metrics_port, args.host, loop, labels)
     signal.signal(signal.SIGTERM, lambda *_: stop_serving(server, grace=0.5))  # NOT_SERVING first
     where = f", draft at {' '.join(args.draft_address)}" if mode == "ssd" and args.draft_address else ""
     print(f"target service (mode {mode}{where}) for {args.model} listening on {address}", flush=True)
@@ -174,6 +178,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     from saguaro.services.gateway import GatewayConfig, run_gateway
     from saguaro.services.gateway.auth import load_api_keys
+    from saguaro.telemetry.exposition import parse_metrics_labels
 
     config = GatewayConfig(
         host=args.host, port=args.port, http_port=args.http_port or None, targets=args.targets or [],
@@ -183,6 +188,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         api_keys=load_api_keys(args.api_keys_file), max_streams_per_key=args.max_streams_per_key,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         target_tls_ca=args.target_tls_ca, target_tls_cert=args.target_tls_cert, target_tls_key=args.target_tls_key,
-        target_tls_server_name=args.target_tls_server_name, model_name=args.model_name)
+        target_tls_server_name=args.target_tls_server_name, model_name=args.model_name,
+        metrics_labels=parse_metrics_labels(args.metrics_label))
     asyncio.run(run_gateway(config))
     return 0

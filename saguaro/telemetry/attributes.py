@@ -11,6 +11,9 @@ with ``llm_d.*``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 # -- span names ------------------------------------------------------------------------------
 ROUND_SPAN = "ssd.round"  # target: one decode round (verify) of a batch
 SPECULATE_SPAN = "ssd.speculate"  # draft: answer one round, then build the next round's cache
@@ -20,12 +23,27 @@ GLUE_SPAN = "ssd.glue"  # draft child: glue forward over [r, s_1..s_K]
 FORK_SPAN = "ssd.fork"  # draft child: top-F_j fork candidates
 TREE_SPAN = "ssd.tree"  # draft child: K-step tree decode of the forks and cache store
 DRAFT_CHILD_SPANS = (LOOKUP_SPAN, BACKUP_SPAN, GLUE_SPAN, FORK_SPAN, TREE_SPAN)
-OPERATION = "text_completion"  # gen_ai.operation.name of a Generate call (token ids in, tokens out)
+# gen_ai.operation.name: "chat" for an OpenAI chat completion (messages in), "text_completion"
+# for a completion or a Generate call (a prompt or token ids in).
+CHAT = "chat"
+TEXT_COMPLETION = "text_completion"
+OPERATIONS = (CHAT, TEXT_COMPLETION)
+# gRPC metadata that carries the operation from the gateway's HTTP handler to the target, whose
+# request span cannot tell a rendered chat prompt from a completion prompt.
+OPERATION_METADATA = "saguaro-gen-ai-operation"
 
 
-def request_span_name(model: str) -> str:
+def request_span_name(operation: str, model: str) -> str:
     """GenAI convention: ``{gen_ai.operation.name} {gen_ai.request.model}``."""
-    return f"{OPERATION} {model}"
+    return f"{operation} {model}"
+
+
+def operation_from_metadata(metadata: Iterable[tuple[str, Any]] | None) -> str:
+    """The operation a caller named in ``OPERATION_METADATA`` (only a known one), else text_completion."""
+    for key, value in metadata or ():
+        if key == OPERATION_METADATA and value in OPERATIONS:
+            return value
+    return TEXT_COMPLETION
 
 
 # -- GenAI semantic conventions (request spans) ------------------------------------------------
@@ -47,6 +65,8 @@ GEN_AI_TTFT = "gen_ai.latency.time_to_first_token"
 GEN_AI_E2E = "gen_ai.latency.e2e"
 GEN_AI_QUEUE = "gen_ai.latency.time_in_queue"
 ERROR_TYPE = "error.type"
+SERVER_ADDRESS = "server.address"  # server spans: the address the request was sent to
+SERVER_PORT = "server.port"
 FIRST_TOKEN_EVENT = "gen_ai.first_token"
 
 # -- ssd.* : per-request totals on the request span ---------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString as float_to_go_string
 
-# Buckets: vLLM's TTFT/ITL/e2e buckets, extended downwards because a speculative round commits
-# several tokens at once (per-token ITL below 10 ms is common).
+# Buckets: vLLM's TTFT/ITL/e2e buckets, extended downwards because a small model's engine step
+# (the unit of inter-token latency) is often below 10 ms.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
@@ -76,10 +76,23 @@ DEFINITIONS: tuple[MetricDef, ...] = (
     _d("vllm:time_to_first_token_seconds", "histogram", "Arrival to first token, seconds.", "target",
        buckets=TTFT_BUCKETS),
     _d("vllm:inter_token_latency_seconds", "histogram",
-       "Time per generated token between deliveries (a round's gap split over its tokens), seconds.", "target",
+       "Gap between a request's consecutive engine steps that emitted tokens, one observation per step "
+       "(a speculative round committing several tokens counts once, as in vLLM v1), seconds.", "target",
        buckets=ITL_BUCKETS),
     _d("vllm:e2e_request_latency_seconds", "histogram", "Arrival to last token, seconds.", "target",
        buckets=E2E_BUCKETS),
+    _d("vllm:request_queue_time_seconds", "histogram",
+       "Arrival to the first engine step that scheduled the request (waiting phase), seconds.", "target",
+       buckets=E2E_BUCKETS),
+    _d("vllm:request_prefill_time_seconds", "histogram",
+       "First scheduled to first token (prefill phase), seconds.", "target", buckets=E2E_BUCKETS),
+    _d("vllm:request_decode_time_seconds", "histogram",
+       "First token to last token (decode phase), seconds.", "target", buckets=E2E_BUCKETS),
+    _d("vllm:prefix_cache_queries", "counter",
+       "Prompt tokens looked up in the prefix cache (vLLM: queried tokens).", "target"),
+    _d("vllm:prefix_cache_hits", "counter",
+       "Prompt tokens found in the prefix cache (vLLM: hit tokens); hit rate = rate(hits) / rate(queries).",
+       "target"),
     _d("vllm:spec_decode_num_drafts", "counter", "Proposals verified (one per speculative row-round).", "target"),
     _d("vllm:spec_decode_num_draft_tokens", "counter", "Draft tokens verified (K per proposal).", "target"),
     _d("vllm:spec_decode_num_accepted_tokens", "counter", "Draft tokens accepted.", "target"),
@@ -152,7 +165,8 @@ def _register(registry: CollectorRegistry, service: str) -> dict[str, Any]:
 
 # Read from live state at scrape time by a collector instead of being updated on the hot path.
 _CALLBACK = {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-             "vllm:cache_config_info", "vllm:num_preemptions", "saguaro_draft_failures", "saguaro_draft_connected",
+             "vllm:cache_config_info", "vllm:num_preemptions", "vllm:prefix_cache_queries", "vllm:prefix_cache_hits",
+             "saguaro_draft_failures", "saguaro_draft_connected",
              "saguaro_draft_transport_info", "saguaro_draft_idle_fraction", "saguaro_draft_kv_cache_usage_perc",
              # RoundTotals:
              "vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens", "vllm:spec_decode_num_accepted_tokens",
@@ -197,11 +211,27 @@ class TargetMetrics(_ServiceMetrics):
         self.ttft = self._child("vllm:time_to_first_token_seconds")
         self.itl = self._child("vllm:inter_token_latency_seconds")
         self.e2e = self._child("vllm:e2e_request_latency_seconds")
+        self.queue_time = self._child("vllm:request_queue_time_seconds")
+        self.prefill_time = self._child("vllm:request_prefill_time_seconds")
+        self.decode_time = self._child("vllm:request_decode_time_seconds")
         self.rounds = RoundTotals()
         registry.register(_RoundState(self.rounds, model_name))
 
     def finished(self, reason: str) -> None:
         self._success.labels(model_name=self.model_name, finished_reason=reason).inc()
+
+    def phases(self, timings: Mapping[str, float]) -> None:
+        """Observe a finished request's queue, prefill and decode times (vLLM v1's phases) from
+        the engine loop's ``Final.timings`` (seconds from arrival: ``queue_s`` to its first
+        scheduled step, ``time_to_first_token_s`` to its first token, ``total_s`` to its last).
+        A request that ended before its first token has no prefill or decode phase: only its
+        queue time is observed."""
+        queue = timings.get("queue_s", 0.0)
+        self.queue_time.observe(queue)
+        first = timings.get("time_to_first_token_s", 0.0)
+        if first > 0:
+            self.prefill_time.observe(max(0.0, first - queue))
+            self.decode_time.observe(max(0.0, timings.get("total_s", first) - first))
 
     def watch(self, engine: Any, load: Callable[[], Any] | None = None) -> None:
         """Export the engine's queue, KV-cache and draft-session state, read at each scrape.
@@ -297,14 +327,18 @@ class _EngineState:
         if self.load is not None:
             load = self.load()
             running, waiting, usage = load.num_running, load.num_waiting, load.kv_cache_usage
+            queried, hits = load.prefix_cache_queried_tokens, load.prefix_cache_hit_tokens
         else:
             running, waiting, usage = len(scheduler.running), len(scheduler.waiting), blocks.usage()
+            queried, hits = blocks.stats.queried_tokens, blocks.stats.hit_tokens
         yield _family("vllm:num_requests_running", model, running)
         yield _family("vllm:num_requests_waiting", model, waiting)
         yield _family("vllm:kv_cache_usage_perc", model, usage)
         yield _family("vllm:cache_config_info", model, 1, block_size=str(engine.config.block_size),
                       num_gpu_blocks=str(len(blocks.blocks)))
         yield _family("vllm:num_preemptions", model, scheduler.num_preemptions)
+        yield _family("vllm:prefix_cache_queries", model, queried)
+        yield _family("vllm:prefix_cache_hits", model, hits)
         proposer = engine.proposer
         if proposer is not None:
             yield _family("saguaro_draft_failures", model, proposer.failures)

@@ -166,6 +166,28 @@ def context_from_metadata(metadata: Iterable[tuple[str, Any]] | None) -> Any:
     return context_from_carrier(carrier)
 
 
+def server_attributes(authority: str | None, host: str, port: int | None) -> dict[str, Any]:
+    """``server.address`` / ``server.port`` of a server span (OTel semantic conventions): from the
+    authority the client addressed (HTTP ``Host``, gRPC ``:authority``) when known, else the
+    address the server listens on (a wildcard one names no server: the host name then)."""
+    from saguaro.telemetry.attributes import SERVER_ADDRESS, SERVER_PORT
+
+    if authority:
+        name, sep, number = authority.rpartition(":")
+        if sep and number.isdigit() and not name.endswith(":"):  # host:port or [v6]:port
+            host, port = name.strip("[]"), int(number)
+        else:
+            host, port = authority.strip("[]"), port
+    elif host in ("", "0.0.0.0", "::", "[::]"):
+        import socket
+
+        host = socket.gethostname()
+    out: dict[str, Any] = {SERVER_ADDRESS: host}
+    if port:
+        out[SERVER_PORT] = port
+    return out
+
+
 def trace_ids(span: Any) -> tuple[str, str]:
     """(trace id, span id) as lowercase hex, or ("", "") for a missing/invalid span."""
     if span is None:

@@ -122,13 +122,14 @@ class DraftTelemetry:
         service.metrics = self.metrics
         self.metrics.runner_of = lambda: service.runner  # a handshake may replace the runner
 
-    def serve(self, port: int, host: str) -> MetricsServer | None:
-        """``/metrics`` and ``/healthz`` on ``port`` (0: off), after ``attach``."""
+    def serve(self, port: int, host: str, labels: Mapping[str, str] | None = None) -> MetricsServer | None:
+        """``/metrics`` and ``/healthz`` on ``port`` (0: off), after ``attach``; ``labels``
+        (``--metrics-label``) go on every series."""
         service = self._service
 
         def health() -> tuple[bool, str]:
             session = service.session_id if service is not None else ""
             return True, f"serving session {session}" if session else "serving, waiting for a target"
 
-        self.server = start_metrics_server(self.registry, port, host, health)
+        self.server = start_metrics_server(self.registry, port, host, health, labels)
         return self.server

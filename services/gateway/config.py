@@ -36,6 +36,7 @@ class GatewayConfig:
     target_tls_server_name: str | None = None
     model_name: str | None = None  # served model name; None: the targets' ModelInfo.model_name
     max_migrations: int = 2  # a request whose target fails mid-stream moves on at most this often
+    metrics_labels: dict[str, str] = field(default_factory=dict)  # --metrics-label: on every /metrics series
 
     # Tuning (no flags: the defaults suit every deployment we know of).
     health_interval_s: float = 1.0  # active Health polling of each target

@@ -18,6 +18,7 @@ import grpc
 from saguaro.services.gateway.errors import GatewayError
 from saguaro.services.gateway.prepare import scoped_request_id
 from saguaro.services.gateway.telemetry import GatewaySpan
+from saguaro.telemetry import tracing
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
 from saguaro.wire import PROTO_TO_FINISH
@@ -71,7 +72,8 @@ class GatewayInferenceService(pb_grpc.InferenceServicer):
         try:
             metadata = _metadata(context)
             key = gw.authenticate(metadata.get("authorization"))
-            span = GatewaySpan.start(metadata, api="grpc", model=gw.model_name)
+            span = GatewaySpan.start(metadata, api="grpc", model=gw.model_name,
+                                     server=tracing.server_attributes(metadata.get(":authority"), gw.config.host, gw.grpc_port))
             preparer = gw.preparer()
             preparer.check_request_id(request.request_id)
             prompt = await preparer.tokenizer.run(preparer.prompt_from_proto, request)

@@ -51,6 +51,8 @@ from saguaro.services.gateway.openai_schema import (ChunkWriter, OpenAIRequest, 
                                                     response_json, stop_reason, usage_json)
 from saguaro.services.gateway.streaming import stream_choices
 from saguaro.services.gateway.telemetry import GatewaySpan
+from saguaro.telemetry import attributes as A
+from saguaro.telemetry import tracing
 from saguaro.services.gateway.vllm_endpoints import VllmEndpoints, model_card
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import PROTO_TO_FINISH, speculation_from_proto
@@ -180,7 +182,9 @@ class OpenAIApi:
         tickets: list[Ticket] = []
         try:
             key = gw.authenticate(request.headers.get("Authorization"))
-            span = GatewaySpan.start(request.headers, api="http", model=gw.model_name)
+            span = GatewaySpan.start(request.headers, api="http", model=gw.model_name,
+                                     operation=A.CHAT if kind == "chat" else A.TEXT_COMPLETION,
+                                     server=tracing.server_attributes(request.host, gw.config.host, gw.http_port))
             preparer = gw.preparer()
             raw = await read_json_body(request, min(MAX_BODY_BYTES, preparer.body_byte_limit),
                                        gw.config.http_body_timeout_s)

@@ -7,16 +7,20 @@ One registry per gateway (several may run in one process: tests, benchmarks). Na
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from saguaro.services.gateway.breaker import BreakerState
+from saguaro.telemetry.exposition import exposition
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, labels: Mapping[str, str] | None = None) -> None:
+        self.labels = dict(labels or {})  # --metrics-label: on every series, with inference_server
         r = self.registry = CollectorRegistry()
         self.requests = Counter("saguaro_gateway_requests", "Requests answered, by API and outcome (gRPC code name).",
                                 ["api", "code"], registry=r)
@@ -89,4 +93,4 @@ class GatewayMetrics:
                 pass
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return exposition(self.registry, self.labels)

@@ -46,7 +46,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig):
         config.validate()
         self.config = config
-        self.metrics = GatewayMetrics()
+        self.metrics = GatewayMetrics(config.metrics_labels)
         self.api_keys = ApiKeys(config.api_keys)
         self.streams = StreamLimit(config.max_streams_per_key, config.retry_after_s)
         self.index: PrefixIndex | None = None

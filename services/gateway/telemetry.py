@@ -37,17 +37,23 @@ class GatewaySpan:
         self._started, self._ttft = time.perf_counter(), None
 
     @classmethod
-    def start(cls, headers: Mapping[str, str], api: str, model: str, **request: Any) -> GatewaySpan:
-        """``headers``: incoming gRPC metadata or HTTP headers (lowercase keys); ``request``: any of
-        max_tokens, temperature, top_p, top_k, seed (GenAI request attributes)."""
+    def start(cls, headers: Mapping[str, str], api: str, model: str, operation: str = A.TEXT_COMPLETION,
+              server: Mapping[str, Any] | None = None, **request: Any) -> GatewaySpan:
+        """``headers``: incoming gRPC metadata or HTTP headers (lowercase keys); ``operation``:
+        ``gen_ai.operation.name`` (chat for /v1/chat/completions), also forwarded to the target;
+        ``server``: ``server.address`` / ``server.port`` (``tracing.server_attributes``);
+        ``request``: any of max_tokens, temperature, top_p, top_k, seed (GenAI request attributes)."""
         incoming = [(k, headers[k]) for k in TRACE_HEADERS if k in headers]
+        incoming.append((A.OPERATION_METADATA, operation))
         tracer = tracing.tracer()
         if tracer is None:
             return cls(None, incoming)
         from opentelemetry.trace import SpanKind
 
-        attrs: dict[str, Any] = {A.GEN_AI_OPERATION: A.OPERATION, A.GEN_AI_REQUEST_MODEL: model, A.GATEWAY_API: api}
-        span = tracer.start_span(A.request_span_name(model), context=tracing.context_from_carrier(dict(incoming)),
+        attrs: dict[str, Any] = {A.GEN_AI_OPERATION: operation, A.GEN_AI_REQUEST_MODEL: model, A.GATEWAY_API: api,
+                                 **(server or {})}
+        carrier = {k: v for k, v in incoming if k in TRACE_HEADERS}
+        span = tracer.start_span(A.request_span_name(operation, model), context=tracing.context_from_carrier(carrier),
                                  kind=SpanKind.SERVER, attributes=attrs)
         out = cls(span, incoming)
         out.requested(**request)
@@ -61,10 +67,12 @@ class GatewaySpan:
                                       if request.get(key) is not None})
 
     def forward_metadata(self) -> list[tuple[str, str]]:
-        """Trace metadata for the call to the target: this span's context, else the caller's."""
+        """Metadata for the call to the target: this span's context, else the caller's, and the
+        operation (``A.OPERATION_METADATA``) so the target's span names it too."""
         if self.span is None:
             return list(self._incoming)
-        return list(tracing.carrier_for(self.span).items())
+        operation = [(k, v) for k, v in self._incoming if k == A.OPERATION_METADATA]
+        return list(tracing.carrier_for(self.span).items()) + operation
 
     def routed(self, target: str, policy: str = "", reason: str = "", prefix_hit_blocks: int | None = None) -> None:
         self._attempts += 1

@@ -150,7 +150,7 @@ class InferenceService(pb_grpc.InferenceServicer):
                 record.finish(event)
                 yield pb.GenerateResponse(request_id=request_id, final=final_to_proto(event))
                 return
-            record.delta(len(event.token_ids))
+            record.delta(len(event.token_ids), event.time)
             pieces = [[t] for t in event.token_ids] if request.stream_tokens_individually else [event.token_ids]
             offset = event.offset
             for i, tokens in enumerate(pieces):

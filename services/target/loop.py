@@ -41,6 +41,7 @@ class Delta:
     offset: int  # completion tokens committed before these
     round: int  # 0-based step of this request that committed them (0 = prefill)
     last: bool  # the request finished in this step: the Final follows
+    time: float  # perf_counter when the step that committed them ended (inter-token latency per step)
 
 
 @dataclass
@@ -295,7 +296,7 @@ class EngineLoop:
         seq = live.seq
         new = seq.output_token_ids[live.emitted:]
         if new:
-            live.handle._events.put(Delta(new, live.emitted, live.steps, seq.finished))
+            live.handle._events.put(Delta(new, live.emitted, live.steps, seq.finished, time.perf_counter()))
             live.emitted += len(new)
             live.steps += 1
         if seq.finished:
@@ -338,7 +339,7 @@ class EngineLoop:
                 log.exception("could not abort request %s", live.handle.request_id)
             new = live.seq.output_token_ids[live.emitted:]
             if new:
-                live.handle._events.put(Delta(new, live.emitted, live.steps, True))
+                live.handle._events.put(Delta(new, live.emitted, live.steps, True, time.perf_counter()))
             live.handle._events.put(self._final(live, reason, error))
         with self._lock:
             self._live.clear()

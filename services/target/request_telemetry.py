@@ -30,6 +30,15 @@ class RequestTelemetry:
         self.model_name = model_name
         self.metrics = metrics
         self._tracer = tracer if tracer is not None else tracing.tracer()
+        self._server: dict[str, Any] = {}  # server.address / server.port, once listening
+
+    def listening(self, address: str, port: int) -> None:
+        """The service listens on ``address`` ("host:port" or "unix:/path"), bound to ``port``:
+        ``server.address`` / ``server.port`` of every request span."""
+        if address.startswith("unix:"):
+            self._server = {A.SERVER_ADDRESS: address[len("unix:"):]}
+        else:
+            self._server = tracing.server_attributes(None, address.rpartition(":")[0].strip("[]"), port)
 
     def start(self, request_id: str, metadata: Iterable[tuple[str, Any]] | None, arrival: float) -> RequestRecord:
         """Begin a request; its span continues the caller's trace (``traceparent`` metadata)."""
@@ -37,11 +46,14 @@ class RequestTelemetry:
         if self._tracer is not None:
             from opentelemetry.trace import SpanKind
 
+            metadata = list(metadata or ())
+            operation = A.operation_from_metadata(metadata)  # chat when the gateway served /v1/chat/completions
             span = self._tracer.start_span(
-                A.request_span_name(self.model_name), context=tracing.context_from_metadata(metadata),
+                A.request_span_name(operation, self.model_name), context=tracing.context_from_metadata(metadata),
                 kind=SpanKind.SERVER,
-                attributes={A.GEN_AI_OPERATION: A.OPERATION, A.GEN_AI_PROVIDER: PROVIDER,
-                            A.GEN_AI_REQUEST_MODEL: self.model_name, A.GEN_AI_RESPONSE_ID: request_id},
+                attributes={A.GEN_AI_OPERATION: operation, A.GEN_AI_PROVIDER: PROVIDER,
+                            A.GEN_AI_REQUEST_MODEL: self.model_name, A.GEN_AI_RESPONSE_ID: request_id,
+                            **self._server},
             )
         return RequestRecord(self, request_id, arrival, span)
 
@@ -54,7 +66,7 @@ class RequestRecord:
     def __init__(self, owner: RequestTelemetry, request_id: str, arrival: float, span: Any):
         self.owner, self.request_id, self.arrival, self.span = owner, request_id, arrival, span
         self.prompt_tokens = 0
-        self._last: float | None = None  # when the previous delta left
+        self._last: float | None = None  # when the engine step of the previous delta ended
         self._done = False
 
     @property
@@ -71,23 +83,29 @@ class RequestRecord:
                 attrs[A.GEN_AI_SEED] = params.seed
             self.span.set_attributes(attrs)
 
-    def delta(self, tokens: int) -> None:
-        """``tokens`` new completion tokens are being sent to the client."""
-        now = time.perf_counter()
+    def delta(self, tokens: int, step_time: float) -> None:
+        """``tokens`` new completion tokens, committed by the engine step that ended at
+        ``step_time`` (perf_counter), are being sent to the client.
+
+        Inter-token latency is observed once per such step after the first, as the gap since
+        the request's previous output step — vLLM v1's definition (one observation per engine
+        step that emits tokens for the request), so a speculative round that commits several
+        tokens counts once and the histogram compares with vLLM's. Time to first token is taken
+        when the first tokens leave (what the client sees).
+        """
         m = self.owner.metrics
         if self._last is None:
             if m is not None:
-                m.ttft.observe(now - self.arrival)
+                m.ttft.observe(time.perf_counter() - self.arrival)
                 m.prompt_tokens.inc(self.prompt_tokens)
             if self.span is not None:
                 self.span.add_event(A.FIRST_TOKEN_EVENT)
         elif m is not None and tokens:
-            per_token = (now - self._last) / tokens  # a round delivers several tokens at once
-            for _ in range(tokens):
-                m.itl.observe(per_token)
+            m.itl.observe(step_time - self._last)
         if m is not None and tokens:
             m.generation_tokens.inc(tokens)
-        self._last = now
+        if tokens:
+            self._last = step_time
 
     def finish(self, final: Any) -> None:
         """The request ended with ``final`` (the engine loop's Final): metrics, span, log line."""
@@ -98,6 +116,7 @@ class RequestRecord:
         m = self.owner.metrics
         if m is not None:
             m.e2e.observe(timings.get("total_s", 0.0))
+            m.phases(timings)
             m.finished(final.finish_reason)
         trace_id, span_id = tracing.trace_ids(self.span)
         if self.span is not None:

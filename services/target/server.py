@@ -65,6 +65,8 @@ def serve_target(engine: SpeculativeEngine, tokenizer, address: str, draft_model
     if port == 0 and not address.startswith("unix:"):
         loop.stop()
         raise ConfigError(f"cannot listen on {address}: the address is in use or invalid")
+    if telemetry is not None:
+        telemetry.requests.listening(address, port)
     server.start()
     health.follow(server)
     return server, loop

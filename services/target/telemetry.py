@@ -7,6 +7,7 @@ line per request, and its rounds carry no telemetry hook at all.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -43,10 +44,10 @@ class TargetTelemetry:
         if self.metrics is not None:
             self.metrics.watch(engine, lambda: loop.load)
 
-    def serve(self, port: int, host: str, loop: EngineLoop) -> MetricsServer | None:
+    def serve(self, port: int, host: str, loop: EngineLoop, labels: Mapping[str, str] | None = None) -> MetricsServer | None:
         """``/metrics`` and ``/healthz`` on ``port`` (0: off); ``/healthz`` says what the Health
-        RPC says (``target_health``)."""
+        RPC says (``target_health``); ``labels`` (``--metrics-label``) go on every series."""
         if self.registry is None:
             return None
-        self.server = start_metrics_server(self.registry, port, host, lambda: target_health(loop).healthz())
+        self.server = start_metrics_server(self.registry, port, host, lambda: target_health(loop).healthz(), labels)
         return self.server

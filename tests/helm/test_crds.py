@@ -192,3 +192,42 @@ def test_structural_checks_catch_mistakes(render, mutation):
     mutate(obj)
     with pytest.raises(AssertionError):
         check(obj, "1.33")
+
+
+@pytest.mark.parametrize("to_zero", [False, True], ids=["fallback", "fallback-scale-to-zero"])
+def test_scaled_objects_render_fallback_and_idle_replicas(render, k8s, to_zero):
+    """KEDA fallback (default replicas: maxReplicas) and opt-in scale to zero (idleReplicaCount 0 <
+    minReplicaCount, and a gateway-request trigger that wakes the target pool) validate against
+    the ScaledObject CRD."""
+    values = {"pairing": {"mode": "remote"}, "autoscaling": {"keda": {"enabled": True}},
+              "target": {"autoscaling": {"enabled": True, "maxReplicas": 6,
+                                         "keda": {"scaleToZero": {"enabled": to_zero}}}},
+              "draft": {"autoscaling": {"enabled": True, "keda": {"fallback": {"replicas": 2},
+                                                                  "scaleToZero": {"enabled": to_zero}}}}}
+    objects = {o["metadata"]["name"]: o for o in render(values).of_kind("ScaledObject")}
+    target, draft = objects[f"{k8s.RELEASE}-saguaro-target"], objects[f"{k8s.RELEASE}-saguaro-draft"]
+    assert target["spec"]["fallback"] == {"failureThreshold": 3, "replicas": 6}
+    assert draft["spec"]["fallback"] == {"failureThreshold": 3, "replicas": 2}
+    prometheus = [t for t in target["spec"]["triggers"] if t["type"] == "prometheus"]
+    if to_zero:
+        for obj in (target, draft):
+            assert obj["spec"]["idleReplicaCount"] == 0 < obj["spec"]["minReplicaCount"]
+        (wake,) = [t for t in prometheus if t["name"] == "gateway-requests"]
+        assert wake["metadata"]["activationThreshold"] == "0"
+        assert 'saguaro_pool="gateway"' in wake["metadata"]["query"]
+        assert all("ignoreNullValues" not in t["metadata"] for t in prometheus)  # no series at zero pods: 0
+    else:
+        assert "idleReplicaCount" not in target["spec"] and "idleReplicaCount" not in draft["spec"]
+        assert prometheus and all(t["metadata"]["ignoreNullValues"] == "false" for t in prometheus)
+    for obj in objects.values():
+        for version in k8s.KUBE_VERSIONS:
+            check(obj, version)
+
+
+def test_fallback_with_a_value_trigger_fails_with_a_clear_message(chart, k8s):
+    values = {"autoscaling": {"keda": {"enabled": True}},
+              "target": {"autoscaling": {"enabled": True, "keda": {"triggers": [
+                  {"name": "queue", "type": "prometheus", "metricType": "Value",
+                   "metadata": {"query": "sum(vllm:num_requests_waiting)", "threshold": "4"}}]}}}}
+    with pytest.raises(Exception, match="fallback needs every trigger's metricType to be AverageValue"):
+        chart.render(values, name=k8s.RELEASE, namespace=k8s.NAMESPACE, is_install=True)

@@ -214,3 +214,18 @@ def test_chart_renders_the_chosen_trace_data_source(boards, kind):
                      for dl in p.get("fieldConfig", {}).get("defaults", {}).get("links", [])]
         assert [{k: v for k, v in q.items() if k not in ("refId", "datasource")} for q in searches] == expected
         assert all(q["datasource"] == {"type": "jaeger", "uid": "${traces}"} for q in searches)
+
+
+def test_every_promql_selector_is_scoped_by_namespace_and_pod(boards):
+    """In a shared Prometheus, every panel (and every query variable after namespace and pod)
+    narrows each selector to the chosen namespaces and pods."""
+    for name, board in boards.items():
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert variables["namespace"]["type"] == variables["pod"]["type"] == "query", name
+        assert "$namespace" in variables["pod"]["definition"], name
+        promql, _ = queries(board)
+        own = {variables[v]["query"]["query"] for v in ("namespace", "pod")}  # they choose the scope
+        assert promql, name
+        for expr in (e for e in promql if e not in own):
+            for metric, selector in METRIC.findall(expr):
+                assert 'namespace=~"$namespace"' in selector and 'pod=~"$pod"' in selector, (name, metric, expr)

@@ -107,7 +107,8 @@ def test_gateway_span_passes_the_context_through_or_continues_it():
     caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     headers = {"traceparent": caller, "authorization": "Bearer x"}
     untraced = GatewaySpan.start(headers, api="grpc", model="llama")
-    assert untraced.forward_metadata() == [("traceparent", caller)]  # tracing off: pass-through
+    # tracing off: pass-through, and the operation for the target's span
+    assert untraced.forward_metadata() == [("traceparent", caller), (A.OPERATION_METADATA, A.TEXT_COMPLETION)]
     untraced.finish(3, 4, ["stop"])
 
     exporter = InMemorySpanExporter()
@@ -123,7 +124,7 @@ def test_gateway_span_passes_the_context_through_or_continues_it():
     finally:
         tracing.shutdown_tracing()
     done, refused = exporter.get_finished_spans()
-    assert done.name == A.request_span_name("llama") and done.kind.name == "SERVER"
+    assert done.name == A.request_span_name(A.TEXT_COMPLETION, "llama") and done.kind.name == "SERVER"
     assert format(done.context.trace_id, "032x") == caller.split("-")[1]
     assert format(done.parent.span_id, "016x") == caller.split("-")[2]
     assert forwarded["traceparent"].split("-")[2] == format(done.context.span_id, "016x")  # the target's parent
@@ -132,3 +133,33 @@ def test_gateway_span_passes_the_context_through_or_continues_it():
     assert done.attributes[A.GEN_AI_TTFT] >= 0 and list(done.attributes[A.GEN_AI_FINISH_REASONS]) == ["length"]
     assert refused.parent is None and refused.attributes[A.ERROR_TYPE] == "RESOURCE_EXHAUSTED"
     assert refused.status.status_code.name == "ERROR"
+
+
+def test_chat_and_completion_spans_name_their_operation_and_server():
+    """The gateway's HTTP handler names the operation (chat for /v1/chat/completions); the target's
+    request span takes it from the forwarded metadata; both carry server.address/server.port."""
+    from saguaro.services.target.request_telemetry import RequestTelemetry
+
+    exporter = InMemorySpanExporter()
+    tracing.configure_tracing("saguaro-gateway", exporters=[exporter], batch=False)
+    try:
+        forwarded = {}
+        for operation in (A.CHAT, A.TEXT_COMPLETION):
+            span = GatewaySpan.start({}, api="http", model="llama", operation=operation,
+                                     server=tracing.server_attributes("gw.example.com:8443", "0.0.0.0", 8000))
+            forwarded[operation] = span.forward_metadata()
+            span.finish(1, 1, ["stop"])
+        requests = RequestTelemetry("llama")
+        requests.listening("127.0.0.1:50051", 50051)
+        for operation in (A.CHAT, A.TEXT_COMPLETION):
+            requests.start(operation, forwarded[operation], 0.0).fail("cancelled")
+    finally:
+        tracing.shutdown_tracing()
+    spans = exporter.get_finished_spans()
+    assert [s.attributes[A.GEN_AI_OPERATION] for s in spans] == [A.CHAT, A.TEXT_COMPLETION] * 2
+    assert [s.name for s in spans] == [A.request_span_name(op, "llama") for op in (A.CHAT, A.TEXT_COMPLETION)] * 2
+    gateway, target = spans[:2], spans[2:]
+    assert all((s.attributes[A.SERVER_ADDRESS], s.attributes[A.SERVER_PORT]) == ("gw.example.com", 8443)
+               for s in gateway)
+    assert all((s.attributes[A.SERVER_ADDRESS], s.attributes[A.SERVER_PORT]) == ("127.0.0.1", 50051) for s in target)
+    assert all(s.kind.name == "SERVER" for s in spans)

@@ -10,6 +10,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from saguaro.net import free_port
+from saguaro.telemetry.exposition import SERVER_LABEL, SERVER_NAME
 from saguaro.telemetry.metrics import DEFINITIONS
 from saguaro.v1 import inference_pb2 as pb
 
@@ -28,7 +30,8 @@ def parse(text: str) -> tuple[dict[str, str], dict[tuple[str, frozenset], float]
 
 
 def value(values: dict, name: str, **labels: str) -> float:
-    return values.get((name, frozenset({"model_name": labels.pop("model_name", "llama"), **labels}.items())), 0.0)
+    labels = {"model_name": labels.pop("model_name", "llama"), SERVER_LABEL: SERVER_NAME, **labels}
+    return values.get((name, frozenset(labels.items())), 0.0)
 
 
 def delta(before: dict, after: dict, name: str, **labels: str) -> float:
@@ -55,9 +58,15 @@ def test_target_metrics_count_the_requests_sent(stack):
     assert delta(before, after, "vllm:request_success_total", finished_reason="length") == len(everyone)
     for name in ("vllm:time_to_first_token_seconds_count", "vllm:e2e_request_latency_seconds_count"):
         assert delta(before, after, name) == len(everyone)
-    # every token after the first (prefill) one is one inter-token observation
-    assert delta(before, after, "vllm:inter_token_latency_seconds_count") == sum(
-        f.usage.completion_tokens - 1 for f in everyone)
+    for name in ("vllm:request_queue_time_seconds_count", "vllm:request_prefill_time_seconds_count",
+                 "vllm:request_decode_time_seconds_count"):
+        assert delta(before, after, name) == len(everyone), name
+    # one inter-token observation per output step after the first (prefill) one, not per token:
+    # decode rounds that committed tokens (tokens_per_round_histogram[i]: rounds committing i)
+    steps = sum(sum(f.speculation.tokens_per_round_histogram[1:]) for f in everyone)
+    assert delta(before, after, "vllm:inter_token_latency_seconds_count") == steps
+    assert sum(s.accepted_draft_tokens for s in spec) > 0  # so some round committed several tokens:
+    assert steps < sum(f.usage.completion_tokens - 1 for f in everyone)
     assert delta(before, after, "saguaro_round_duration_seconds_count") == sum(f.speculation.rounds for f in everyone)
     by_arm = {arm: delta(before, after, "saguaro_rounds_by_arm_total", arm=arm) for arm in ("ar", "sd", "ssd")}
     assert sum(by_arm.values()) == sum(f.speculation.rounds for f in everyone)
@@ -111,3 +120,51 @@ def test_health_endpoint(stack, which):
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"{base}/nothing-here", timeout=10)
     assert missing.value.code == 404
+
+
+def test_prefix_cache_counters_count_a_repeated_prompt_in_tokens(stack):
+    """vLLM's definitions: queries = prompt tokens looked up, hits = those found cached (whole
+    blocks: the repeat of a 40-token prompt finds its full 16-token blocks)."""
+    prompt = list(range(300, 340))
+    _, before = parse(stack.scrape())
+    stack.generate(prompt, 2)
+    stack.generate(prompt, 2)
+    _, after = parse(stack.scrape())
+    assert delta(before, after, "vllm:prefix_cache_queries_total") == 2 * len(prompt)
+    assert delta(before, after, "vllm:prefix_cache_hits_total") == 32
+
+
+def test_every_service_serves_no_created_series_and_marks_every_series(stack):
+    """Target, draft and gateway (real processes): no ``_created`` series, and every series
+    carries ``inference_server="saguaro"`` (and the gateway its --metrics-label labels)."""
+    http_port = free_port()
+    gateway = stack.start(["gateway", "--targets", stack.address, "--port", str(free_port()),
+                           "--http-port", str(http_port), "--metrics-label", "saguaro_pool=gateway"], "gateway-metrics")
+    try:
+        texts = {"target": stack.scrape(), "draft": stack.scrape("draft"),
+                 "gateway": wait_for_text(f"http://127.0.0.1:{http_port}/metrics", gateway)}
+    finally:
+        stack.stop(gateway)
+    for service, text in texts.items():
+        samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+        assert samples, service
+        assert not [s.name for s in samples if s.name.endswith("_created")], service
+        assert all(s.labels[SERVER_LABEL] == SERVER_NAME for s in samples), service
+    assert any(line.startswith("vllm:") for line in texts["target"].splitlines())
+    assert all('saguaro_pool="gateway"' in line for line in texts["gateway"].splitlines()
+               if line and not line.startswith("#"))
+
+
+def wait_for_text(url: str, proc, timeout: float = 120.0) -> str:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, "the process exited before serving /metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)

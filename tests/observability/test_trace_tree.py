@@ -42,10 +42,11 @@ def test_one_trace_from_client_to_draft(stack, client_tracer):
 
     # -- the request span on the target, child of the client's span ------------------------------
     (request,) = [s for s in spans if s.kind == SERVER]
-    assert request.name == A.request_span_name("llama") and request.service == "saguaro-target"
+    assert request.name == A.request_span_name(A.TEXT_COMPLETION, "llama") and request.service == "saguaro-target"
     assert request.parent_span_id == format(client.context.span_id, "016x")
     attrs = request.attributes
-    assert attrs[A.GEN_AI_OPERATION] == A.OPERATION
+    assert attrs[A.GEN_AI_OPERATION] == A.TEXT_COMPLETION
+    assert attrs[A.SERVER_ADDRESS] and attrs[A.SERVER_PORT] == int(stack.address.rpartition(":")[2])
     assert attrs[A.GEN_AI_REQUEST_MODEL] == "llama"
     assert attrs[A.GEN_AI_MAX_TOKENS] == MAX_TOKENS
     assert attrs[A.GEN_AI_TEMPERATURE] == 0.0

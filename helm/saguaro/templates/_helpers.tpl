@@ -67,7 +67,23 @@ app.kubernetes.io/name={{ include "saguaro.name" $root }},app.kubernetes.io/inst
 (podTargetLabels, sanitised by Prometheus). */}}
 {{- define "saguaro.promSelector" -}}
 {{- $root := index . 0 -}}
-namespace="{{ $root.Release.Namespace }}",app_kubernetes_io_instance="{{ $root.Release.Name }}",app_kubernetes_io_component="{{ index . 1 }}"
+inference_server="saguaro",namespace="{{ $root.Release.Namespace }}",saguaro_release="{{ $root.Release.Name }}",saguaro_pool="{{ index . 1 }}"
+{{- end -}}
+
+{{/* --metrics-label arguments of a Saguaro container: the labels promSelector matches, exported
+by the process itself on every series so the selector works under any Prometheus scrape
+configuration (a PodMonitor, a generic kubernetes-pods job, anything; docs/observability.md).
+namespace and pod come from the downward API (saguaro.commonEnv). Call with (list $ "target"). */}}
+{{- define "saguaro.metricsLabelArgs" -}}
+{{- $root := index . 0 -}}
+- --metrics-label
+- saguaro_release={{ $root.Release.Name }}
+- --metrics-label
+- saguaro_pool={{ index . 1 }}
+- --metrics-label
+- namespace=$(POD_NAMESPACE)
+- --metrics-label
+- pod=$(POD_NAME)
 {{- end -}}
 
 {{/* ------------------------------------------------------------------------------------------
@@ -702,6 +718,7 @@ ConfigMap's SAGUARO_PORT / SAGUARO_METRICS_PORT (env wins over envFrom). */}}
     - $(SAGUARO_PORT)
     {{- include "saguaro.speculationArgs" $root | nindent 4 }}
     {{- include "saguaro.engineArgs" (list $root $values.engine) | nindent 4 }}
+    {{- include "saguaro.metricsLabelArgs" (list $root "draft") | nindent 4 }}
     {{- if $tls }}
     {{- include "saguaro.internalTlsServerArgs" $root | nindent 4 }}
     {{- end }}
