@@ -58,16 +58,17 @@ def add_telemetry_args(parser: argparse.ArgumentParser, up: bool = False) -> Non
                        + "(default: 9400; 0 disables). Tracing: set OTEL_EXPORTER_OTLP_ENDPOINT (docs/observability.md)")
     group.add_argument("--log-format", choices=["text", "json"], default="text",
                        help="log lines as text, or one JSON object per line with trace ids (default: text)")
-    if not up:
-        add_metrics_label_arg(group)
+    add_metrics_label_arg(group, up)
 
 
-def add_metrics_label_arg(group: argparse._ActionsContainer) -> None:
-    """``--metrics-label NAME=VALUE``: the target's, the draft's and the gateway's."""
+def add_metrics_label_arg(group: argparse._ActionsContainer, up: bool = False) -> None:
+    """``--metrics-label NAME=VALUE``: the target's, the draft's and the gateway's (``up``: all of them)."""
     group.add_argument("--metrics-label", action="append", default=[], metavar="NAME=VALUE",
                        help="add this label to every /metrics series (repeatable; the Helm chart passes release, "
                             "pool, namespace and pod so autoscaler queries work under any scrape configuration; "
-                            "docs/observability.md)")
+                            "docs/observability.md)"
+                            + ("; every service of the stack gets it, and each also gets saguaro_pool=<its role> "
+                               "as in the chart" if up else ""))
 
 
 @dataclass(frozen=True)

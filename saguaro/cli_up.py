@@ -6,10 +6,22 @@ import argparse
 import json
 
 from saguaro.cli_options import engine_argv, speculation_argv, speculation_settings
+from saguaro.telemetry.exposition import parse_metrics_labels
+
+
+# The label that names a process's pool, as the Helm chart sets it on every pod's series
+# (helm/saguaro/templates/_helpers.tpl, saguaro.metricsLabelArgs), so the chart's autoscaling
+# queries select a local stack's series the way they select a release's.
+POOL_LABEL = "saguaro_pool"
 
 
 class _Terminate(Exception):
     """SIGTERM received."""
+
+
+def metrics_label_argv(labels: list[str], pool: str) -> list[str]:
+    """``--metrics-label`` arguments for one child: the stack's labels plus its pool."""
+    return [arg for label in [*labels, f"{POOL_LABEL}={pool}"] for arg in ("--metrics-label", label)]
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -20,8 +32,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     if args.mode != "ar":
         speculation_settings(args)  # refuse bad K / fan-out before starting anything
+    parse_metrics_labels(args.metrics_label)  # and bad labels
     spec = speculation_argv(args) if args.mode != "ar" else []
-    gateway_args = ["--block-size", str(args.block_size)] + (["--redis-url", args.redis_url] if args.redis_url else [])
+    gateway_args = (["--block-size", str(args.block_size)] + (["--redis-url", args.redis_url] if args.redis_url else [])
+                    + metrics_label_argv(args.metrics_label, "gateway"))
     stack = LocalStack(args.target, args.draft, mode=args.mode, host=args.host, port=args.port,
                        http_port=args.http_port or None, target_port=args.target_port, gateway_args=gateway_args,
                        draft_port=args.draft_port, extra_args=engine_argv(args) + spec,
@@ -30,8 +44,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                                     "--fast-path", args.fast_path,
                                     "--speculation-policy", args.speculation_policy,
                                     "--log-format", args.log_format,
-                                    "--tensor-parallel-size", str(args.tensor_parallel_size)],
-                       draft_args=["--log-format", args.log_format], draft_workers=args.draft_workers,
+                                    "--tensor-parallel-size", str(args.tensor_parallel_size),
+                                    *metrics_label_argv(args.metrics_label, "target")],
+                       draft_args=["--log-format", args.log_format, *metrics_label_argv(args.metrics_label, "draft")],
+                       draft_workers=args.draft_workers,
                        draft_metrics_port=args.metrics_port + 1 if args.metrics_port else 0,
                        verbose=args.verbose)
 

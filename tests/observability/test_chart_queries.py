@@ -53,6 +53,7 @@ BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m", "data
 # expression source (prefix) -> why it has no data in a one-pod, short-load setup
 EXCEPTIONS: dict[str, str] = {}
 SMALL_ARGS = ["--kv-cache-bytes", str(16 << 20), "--max-num-seqs", "8"]
+LOAD_REQUESTS, LOAD_PAUSE_S = 8, 0.5  # per prompt, two prompts in parallel: a few seconds of load
 # Long enough for full KV blocks (the gateway's prefix index routes on block hashes); repeated, so
 # the second round of requests hits the prefix caches.
 PROMPTS = ["def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\n" * 3,
@@ -90,6 +91,18 @@ def local_pod(manifests: list[dict], component: str, ports: dict[str, str]) -> L
                     service=service, service_ports=service_ports)
 
 
+def metrics_labels(manifests: list[dict]) -> list[str]:
+    """The rendered target container's ``--metrics-label`` arguments that hold for the whole stack
+    (release and namespace, expanded; the pool label is per process and ``saguaro up`` adds it)."""
+    container = next(c for c in workloads(manifests)["target"]["spec"]["template"]["spec"]["containers"]
+                     if c["name"] == "target")
+    args = container["args"]
+    labels = [args[i + 1].replace("$(POD_NAMESPACE)", NAMESPACE) for i, arg in enumerate(args) if arg == "--metrics-label"]
+    kept = [label for label in labels if not label.startswith(("saguaro_pool=", "pod="))]
+    assert kept, f"the target container exports no --metrics-label: {args}"
+    return [arg for label in kept for arg in ("--metrics-label", label)]
+
+
 def wait_for_line(log: Path, pattern: str, proc: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -115,6 +128,14 @@ def complete(http: str, model: str, prompt: str, stream: bool) -> None:
         response.read()
 
 
+def load(http: str, model: str, prompt: str) -> None:
+    """Requests spread over several scrape intervals, streamed and not: a series a request creates
+    (a labelled counter's first increment) is seen again as it rises, so rate() has data."""
+    for i in range(LOAD_REQUESTS):
+        complete(http, model, prompt, stream=i % 2 == 1)
+        time.sleep(LOAD_PAUSE_S)
+
+
 @pytest.fixture(scope="module")
 def stack(model_dirs, tmp_path_factory):
     """A `saguaro up` SSD stack under a short greedy load, scraped by Prometheus as the chart's
@@ -128,7 +149,9 @@ def stack(model_dirs, tmp_path_factory):
         [sys.executable, "-m", "saguaro.cli", "up", "--target", model_dirs["llama"],
          "--draft", model_dirs["llama_draft_perturbed"], "--mode", "ssd", "--port", str(grpc_port),
          "--http-port", str(http_port), "--metrics-port", str(metrics_port), "--draft-port", str(draft_port),
-         "--redis-url", redis.url, "--speculation-policy", "always", *SMALL_ARGS],
+         "--redis-url", redis.url, "--speculation-policy", "always", *SMALL_ARGS,
+         # the labels the chart's pods export (saguaro.metricsLabelArgs); `up` adds each pool's
+         *metrics_labels(manifests)],
         stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
     prometheus = None
     try:
@@ -142,8 +165,7 @@ def stack(model_dirs, tmp_path_factory):
         prometheus.wait_for("min(up) == 1 and count(up) == 3")
         http = f"http://127.0.0.1:{http_port}"
         model = served_model(http)
-        threads = [threading.Thread(target=lambda p=p: [complete(http, model, p, stream=i % 2 == 1)
-                                                        for i in range(4)]) for p in PROMPTS]
+        threads = [threading.Thread(target=load, args=(http, model, prompt)) for prompt in PROMPTS]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -181,15 +203,17 @@ def assert_all_have_data(prometheus: PrometheusServer, checks: list[tuple[Query,
 
 
 def resolve_variables(prometheus: PrometheusServer, board: dict) -> dict[str, str]:
-    """Each query variable's values from ``label_values`` (as Grafana's refresh would), formatted as
-    Grafana formats a multi-value selection for Prometheus: a regex alternation."""
+    """Each query variable as a dashboard opens: its ``label_values`` query must find values (as
+    Grafana's refresh would, given the earlier variables), and the selection is "All" where the
+    variable offers it (its ``allValue``), else every value as a regex alternation."""
     variables = dict(BUILTINS)
     for var in query_variables(board):
         query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
         match, label = parse_label_values(substitute(query, variables))
         values = prometheus.label_values(label, match)
         assert values, f"variable ${var['name']}: {query} has no values (label {label} on {match})"
-        variables[var["name"]] = values[0] if len(values) == 1 else "(" + "|".join(map(re.escape, values)) + ")"
+        alternation = values[0] if len(values) == 1 else "(" + "|".join(map(re.escape, values)) + ")"
+        variables[var["name"]] = var.get("allValue") if var.get("includeAll") and var.get("allValue") else alternation
     return variables
 
 
