@@ -8,7 +8,7 @@ argument per draft worker and `--draft-workers M`, parsed here by the real CLI p
   of each; one NetworkPolicy, PDB and PodMonitor for all of them, one autoscaler per set;
 * sd: M worker threads in the target process.
 
-The rendered objects are also validated strictly against the Kubernetes 1.29 and 1.33 schemas
+The rendered objects are also validated strictly against the Kubernetes 1.30 and 1.34 schemas
 (the same cases run through every test of the suite via conftest.EXTRA_CASES).
 """
 
