@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from saguaro.cli_commands import cmd_demo, cmd_draft, cmd_gateway, cmd_generate, cmd_target
+from saguaro.cli_commands import cmd_demo, cmd_draft, cmd_fetch_model, cmd_gateway, cmd_generate, cmd_target
 from saguaro.cli_options import (FAST_PATH_HELP, SOFT_DEADLINE_HELP, SPECULATION_POLICY_HELP, ServiceCommand,
                                  add_draft_tls_args, add_engine_args, add_metrics_label_arg, add_sampling_args,
                                  add_speculation_args, add_telemetry_args, add_tls_server_args, service_parser)
@@ -91,6 +91,24 @@ def add_gateway_parser(sub) -> None:
                             "address (Kubernetes discovery dials pod IPs, which one shared certificate cannot list)")
     add_metrics_label_arg(gateway.add_argument_group("observability"))
     gateway.set_defaults(func=cmd_gateway)
+
+
+def add_fetch_model_parser(sub) -> None:
+    fetch = sub.add_parser(
+        "fetch-model",
+        help="download an hf://ORG/NAME[@REVISION] model into a folder (the Helm chart's init container)",
+        description="Download a Hugging Face Hub model repository at a revision into DEST with huggingface_hub, "
+        "logging progress as plain lines. Files already in DEST from an earlier run of the same revision are not "
+        "fetched again, so a restarted init container resumes instead of starting over. A gated or private "
+        "repository needs a read token in $HF_TOKEN (the chart takes it from a Secret); $HF_ENDPOINT points at "
+        "a hub mirror. See docs/deploy.md, \"Model sources\".",
+        epilog="Exit status 2 with a message naming the repository and revision if the source does not parse or "
+        "the hub refuses it (401, 403, 404).",
+    )
+    fetch.add_argument("source", metavar="SOURCE", help="hf://ORG/NAME[@REVISION] (REVISION: branch, tag or commit; "
+                       "default main; pin a commit for reproducible rollouts)")
+    fetch.add_argument("dest", metavar="DEST", help="folder to download into (created if missing)")
+    fetch.set_defaults(func=cmd_fetch_model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="multiply every emulated step by this (default: calibrated so this CPU's real work stays "
                            "under half of each step)")
     demo.set_defaults(func=cmd_demo)
+
+    add_fetch_model_parser(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""The ``saguaro`` commands that run one thing in this process: generate, demo, draft, target, gateway.
+"""The ``saguaro`` commands that run one thing in this process: generate, demo, draft, target, gateway,
+fetch-model.
 
 ``saguaro up`` (several processes) is ``saguaro.cli_up``; the parser that maps command names to
 these functions is ``saguaro.cli``.
@@ -191,4 +192,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         target_tls_server_name=args.target_tls_server_name, model_name=args.model_name,
         metrics_labels=parse_metrics_labels(args.metrics_label))
     asyncio.run(run_gateway(config))
+    return 0
+
+
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    """The chart's download init container: an hf:// source into the folder the service then loads."""
+    from saguaro.model_source import fetch_model
+
+    fetch_model(args.source, args.dest)
     return 0

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "saguaro"
 RELEASE = "demo"
 NAMESPACE = "llm"
-KUBE_VERSIONS = ("1.29", "1.33")
+KUBE_VERSIONS = ("1.30", "1.34")
 SAGUARO_COMPONENTS = ("gateway", "target", "draft")
 
 
@@ -96,7 +96,7 @@ EXTRA_CASES = [
     pytest.param({"target": {"mode": "ar"}, "redis": {"mode": "none"}}, id="mode-ar-no-redis"),
     pytest.param({"gpu": {"enabled": False}, "models": {"source": "hostPath"}, "pairing": {"mode": "remote"}},
                  id="cpu-only-remote-hostpath"),
-    pytest.param({"models": {"source": "image"}, "redis": {"bundled": {"auth": {"enabled": False},
+    pytest.param({"models": {"source": "none"}, "redis": {"bundled": {"auth": {"enabled": False},
                                                                       "persistence": {"enabled": True}}}},
                  id="models-in-image-redis-persistent-noauth"),
     pytest.param({"models": {"source": "emptyDir", "initContainers": [{

@@ -30,6 +30,14 @@ def containers(manifests, k8s):
                 yield workload, container
 
 
+def assert_on_a_mount_or_in_the_image(model: str, container: dict, values: dict) -> None:
+    """The folder a service loads is on one of its container's volumes, or (models.source none)
+    an absolute path the image provides."""
+    mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
+    on_a_mount = any(model == m or model.startswith(m.rstrip("/") + "/") for m in mounts)
+    assert on_a_mount or (model.startswith("/") and values.get("models", {}).get("source", "none") == "none"), model
+
+
 def port_named(container: dict, name: str) -> int | None:
     return next((p["containerPort"] for p in container.get("ports", []) if p["name"] == name), None)
 
@@ -52,7 +60,7 @@ def test_target_flags_match_the_wiring(case, render, k8s):
     assert parsed.port == port_named(target, "grpc")
     gpu = values.get("gpu", {}).get("enabled", True)
     assert parsed.device == ("cuda" if gpu else "cpu")
-    assert parsed.model.startswith("/models/") or values.get("models", {}).get("source") == "image"
+    assert_on_a_mount_or_in_the_image(parsed.model, target, values)
     service = manifests.get("Service", manifests.name("target"))
     assert service["spec"]["ports"][0]["port"] == parsed.port
     metrics = values.get("metrics", {}).get("enabled", True)
@@ -67,7 +75,13 @@ def test_target_flags_match_the_wiring(case, render, k8s):
     if mode == "ar":
         assert parsed.draft_address is None and parsed.draft_model is None
         return
-    assert parsed.draft_model == values.get("draft", {}).get("model", "/models/draft")
+    if mode == "sd":  # the target process loads the draft too
+        assert_on_a_mount_or_in_the_image(parsed.draft_model, target, values)
+    for workload, container in containers(manifests, k8s):
+        if k8s.role_of(container) == "draft":  # ssd: the name reported is the folder the drafts load
+            draft = parse(k8s.expanded_args(manifests, workload, container))
+            assert draft.model == parsed.draft_model
+            assert_on_a_mount_or_in_the_image(draft.model, container, values)
     workers = values.get("draft", {}).get("workers", 1)
     assert parsed.draft_workers == workers
     if mode == "sd":
@@ -151,7 +165,7 @@ def test_gateway_flags_match_the_wiring(case, render, k8s):
         if redis_mode == "bundled":
             redis_service = manifests.get("Service", manifests.name("redis"))
             host = f"{redis_service['metadata']['name']}.{k8s.NAMESPACE}.svc.cluster.local"
-            auth = values.get("redis", {}).get("bundled", {}).get("auth", {}).get("enabled", True)
+            auth = values.get("redis", {}).get("bundled", {}).get("auth", {}).get("enabled", False)  # off by default
             userinfo = f":{k8s.FAKE_SECRET}@" if auth else ""
             assert parsed.redis_url == f"redis://{userinfo}{host}:{redis_service['spec']['ports'][0]['port']}/0"
     tls = values.get("gateway", {}).get("tls", {}).get("enabled", False)

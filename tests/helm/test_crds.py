@@ -5,7 +5,7 @@ The schemas below transcribe the fields of the upstream CRDs the chart uses — 
 prometheus-operator `ServiceMonitor` / `PodMonitor` monitoring.coreos.com/v1, Gateway API
 `HTTPRoute` gateway.networking.k8s.io/v1 — with unknown fields rejected at every level, and the
 embedded Kubernetes types (ObjectMeta, LabelSelector, HPA behavior) taken from
-kubernetes-validate's strict 1.29/1.33 definitions. They are a subset: fields the chart does not
+kubernetes-validate's strict 1.30/1.34 definitions (conftest.KUBE_VERSIONS). They are a subset: fields the chart does not
 render are not listed, so adding one to a template means adding it here, from the CRD.
 """
 
@@ -181,17 +181,17 @@ def test_all_custom_resources_appear_somewhere(render):
     ("HTTPRoute", lambda o: o["spec"]["rules"][0].__setitem__("backendRef", [])),
 ], ids=["trigger-metadata-not-string", "misnamed-min", "hpa-behavior-typo", "podmonitor-wrong-list",
         "bad-duration", "httproute-typo"])
-def test_structural_checks_catch_mistakes(render, mutation):
+def test_structural_checks_catch_mistakes(render, k8s, mutation):
     """The structural schemas are strict enough to catch typical template mistakes."""
     kind, mutate = mutation
     values = {"autoscaling": {"keda": {"enabled": True}}, "target": {"autoscaling": {"enabled": True}},
               "monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
               "httpRoute": {"enabled": True}}
     obj = json.loads(json.dumps(next(o for o in render(values).objects if o["kind"] == kind)))
-    check(obj, "1.33")
+    check(obj, k8s.KUBE_VERSIONS[-1])
     mutate(obj)
     with pytest.raises(AssertionError):
-        check(obj, "1.33")
+        check(obj, k8s.KUBE_VERSIONS[-1])
 
 
 @pytest.mark.parametrize("to_zero", [False, True], ids=["fallback", "fallback-scale-to-zero"])

@@ -5,6 +5,7 @@ limited to what the gateway uses; autoscalers per pool."""
 
 from __future__ import annotations
 
+import base64
 import re
 
 import pytest
@@ -124,23 +125,27 @@ def test_gpus_only_on_model_containers(case, render, k8s):
             assert seen["draft"] == values.get("draft", {}).get("workers", 1), "a GPU request per draft worker"
 
 
-def test_gpu_pods_land_on_h100_nodes(case, render, k8s):
+def test_gpu_pods_schedule_by_resources(case, render, k8s, chart_values):
+    """GPU pods ask for GPUs through resources only (test_gpus_only_on_model_containers); the GPU
+    product node affinity and the RuntimeClass appear only when a values file asks for them."""
     manifests = render(case)
     values = manifests.values
-    gpu_enabled = values.get("gpu", {}).get("enabled", True)
+    gpu = {**chart_values["gpu"], **values.get("gpu", {})}
     for workload in manifests.workloads_of("target") + manifests.workloads_of("draft"):
         component = k8s.component_of(workload)
         spec = k8s.pod_spec(workload)
-        if not gpu_enabled:
+        if not gpu["enabled"]:
             assert "runtimeClassName" not in spec
             assert "nodeAffinity" not in spec.get("affinity", {})
             continue
-        assert spec["runtimeClassName"] == "nvidia"
-        terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-        expressions = [e for t in terms for e in t["matchExpressions"]]
-        products = values.get("gpu", {}).get("products", ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-NVL", "NVIDIA-H100-PCIe"])
-        assert products and all("H100" in p for p in products)
-        assert {"key": "nvidia.com/gpu.product", "operator": "In", "values": products} in expressions
+        assert spec.get("runtimeClassName") == (gpu["runtimeClassName"] or None)
+        node_affinity = spec.get("affinity", {}).get("nodeAffinity")
+        if gpu["productAffinity"]:
+            terms = node_affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            expressions = [e for t in terms for e in t["matchExpressions"]]
+            assert {"key": gpu["productLabel"], "operator": "In", "values": gpu["products"]} in expressions
+        elif not values.get(component, {}).get("affinity"):
+            assert node_affinity is None, "no GPU product affinity unless gpu.productAffinity"
         assert any(t.get("key") == GPU and t.get("effect") == "NoSchedule" for t in spec["tolerations"])
         assert spec["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"][
             "app.kubernetes.io/component"] == component
@@ -459,7 +464,8 @@ def test_secrets_never_appear_in_plain_env(case, render, k8s):
 
 @pytest.mark.parametrize("redis_mode", ["bundled", "external", "none"])
 def test_redis_wiring(render, k8s, redis_mode):
-    values = {"redis": {"mode": redis_mode, "external": {"url": "rediss://cache.example.com:6380/2"}}}
+    values = {"redis": {"mode": redis_mode, "external": {"url": "rediss://cache.example.com:6380/2"},
+                        "bundled": {"auth": {"enabled": True, "password": "from-values"}}}}
     manifests = render(values)
     gateway = k8s.pod_spec(manifests.workload("gateway"))["containers"][0]
     args = k8s.expanded_args(manifests, manifests.workload("gateway"), gateway)
@@ -470,7 +476,7 @@ def test_redis_wiring(render, k8s, redis_mode):
     if redis_mode == "bundled":
         assert url == f"redis://:{k8s.FAKE_SECRET}@demo-saguaro-redis.{k8s.NAMESPACE}.svc.cluster.local:6379/0"
         secret = manifests.get("Secret", "demo-saguaro-redis")
-        assert len(secret["data"]["redis-password"]) > 20
+        assert base64.b64decode(secret["data"]["redis-password"]).decode() == "from-values"
         redis = k8s.pod_spec(manifests.workload("redis"))["containers"][0]
         assert "--requirepass" in redis["args"]
         assert redis["resources"]["requests"] and not any(GPU in r for r in redis["resources"].values())

@@ -1,6 +1,6 @@
 """Render, lint and validate: every toggle combination and example renders with Helm, passes
-`helm lint --strict` for Kubernetes 1.29 and 1.33, and every built-in object validates in strict
-mode (unknown fields are errors) against the 1.29 and 1.33 OpenAPI schemas (kubernetes-validate).
+`helm lint --strict` for Kubernetes 1.30 and 1.34, and every built-in object validates in strict
+mode (unknown fields are errors) against the 1.30 and 1.34 OpenAPI schemas (conftest.KUBE_VERSIONS) (kubernetes-validate).
 
 Custom resources (KEDA ScaledObject, ServiceMonitor, PodMonitor, HTTPRoute) have no schema in
 kubernetes-validate; test_crds.py checks them structurally.
@@ -53,7 +53,7 @@ def test_every_rendered_kind_is_known(case, render):
     """Objects are either built-in (validated above) or one of the CRDs test_crds.py checks."""
     builtin = {"ConfigMap", "Secret", "Service", "ServiceAccount", "Deployment", "StatefulSet",
                "PersistentVolumeClaim", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy",
-               "Role", "RoleBinding", "Ingress"}
+               "Role", "RoleBinding", "Ingress", "Pod"}  # Pod: the `helm test` hook
     for obj in render(case).objects:
         assert obj["kind"] in builtin or (obj["apiVersion"], obj["kind"]) in CUSTOM_KINDS, obj["kind"]
 
@@ -66,7 +66,7 @@ def test_object_names_are_unique_per_kind(case, render):
         seen.add(key)
 
 
-@pytest.mark.parametrize("kube_version", ["v1.29.0", "v1.33.0"])
+@pytest.mark.parametrize("kube_version", ["v1.30.0", "v1.34.0"])
 def test_helm_lint_strict(case, k8s, kube_version):
     report = helm_python.lint(k8s.CHART, case, strict=True, kube_version=kube_version, namespace=k8s.NAMESPACE)
     problems = [m for m in report["messages"] if m["severity"] >= 2] + [{"error": e} for e in report["errors"]]

@@ -219,16 +219,34 @@ target's ports and each worker's draft.port + i / draft.metricsPort + i must all
 {{- end -}}
 {{- end -}}
 
-{{/* An image reference; call with (list $ .Values.<component>.image). */}}
+{{/* An image reference; call with (list $ .Values.<component>.image). A digest wins over the tag
+(repo@sha256:...): the reference then names one immutable image, whatever the registry's tags do. */}}
 {{- define "saguaro.image" -}}
 {{- $root := index . 0 -}}
 {{- $image := index . 1 -}}
-{{- $tag := default (default $root.Chart.AppVersion $root.Values.image.tag) $image.tag -}}
+{{- $repository := $image.repository -}}
 {{- if $root.Values.image.registry -}}
-{{- printf "%s/%s:%s" $root.Values.image.registry $image.repository $tag -}}
-{{- else -}}
-{{- printf "%s:%s" $image.repository $tag -}}
+{{- $repository = printf "%s/%s" $root.Values.image.registry $image.repository -}}
 {{- end -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository (default (default $root.Chart.AppVersion $root.Values.image.tag) $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The pod securityContext of a component: podSecurityContext with the component's
+podSecurityContext merged over it. Call with (list $ componentValues). */}}
+{{- define "saguaro.podSecurityContext" -}}
+{{- $root := index . 0 -}}
+{{- toYaml (mergeOverwrite (deepCopy $root.Values.podSecurityContext) (deepCopy (default dict (index . 1).podSecurityContext))) -}}
+{{- end -}}
+
+{{/* The container securityContext of a component's containers (init containers included):
+containerSecurityContext with the component's merged over it. Call with (list $ componentValues). */}}
+{{- define "saguaro.containerSecurityContext" -}}
+{{- $root := index . 0 -}}
+{{- toYaml (mergeOverwrite (deepCopy $root.Values.containerSecurityContext) (deepCopy (default dict (index . 1).containerSecurityContext))) -}}
 {{- end -}}
 
 {{- define "saguaro.pullPolicy" -}}
@@ -526,7 +544,7 @@ the other role's nodes. Call with (list $ componentValues "component" "otherComp
 {{- toYaml $values.affinity -}}
 {{- else -}}
 {{- $affinity := dict -}}
-{{- if and $root.Values.gpu.enabled $root.Values.gpu.products -}}
+{{- if and $root.Values.gpu.enabled $root.Values.gpu.productAffinity $root.Values.gpu.products -}}
 {{- $expression := dict "key" $root.Values.gpu.productLabel "operator" "In" "values" $root.Values.gpu.products -}}
 {{- $terms := list (dict "matchExpressions" (list $expression)) -}}
 {{- $_ := set $affinity "nodeAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (dict "nodeSelectorTerms" $terms)) -}}
@@ -617,12 +635,12 @@ the other role's nodes. Call with (list $ componentValues "component" "otherComp
 - $(SAGUARO_LOG_FORMAT)
 {{- end -}}
 
-{{/* ConfigMap data of an engine component; call with (list $ componentValues). */}}
+{{/* ConfigMap data of an engine component; call with (list $ componentValues "target"|"draft"). */}}
 {{- define "saguaro.engineConfig" -}}
 {{- $root := index . 0 -}}
 {{- $values := index . 1 -}}
 {{- $engine := $values.engine -}}
-SAGUARO_MODEL: {{ $values.model | quote }}
+SAGUARO_MODEL: {{ include "saguaro.modelDir" (list $root (index . 2)) | quote }}
 SAGUARO_DTYPE: {{ $engine.dtype | quote }}
 SAGUARO_DEVICE: {{ include "saguaro.device" (list $root $engine) | quote }}
 SAGUARO_MAX_NUM_SEQS: {{ $engine.maxNumSeqs | quote }}
@@ -654,7 +672,8 @@ SAGUARO_LOG_FORMAT: {{ $root.Values.logFormat | quote }}
   configMap:
     name: {{ include "saguaro.componentName" (list . "probe") }}
     defaultMode: 0444
-{{- if eq .Values.models.source "pvc" }}
+{{- if eq .Values.models.source "none" }}
+{{- else if eq .Values.models.source "pvc" }}
 - name: models
   persistentVolumeClaim:
     claimName: {{ default (include "saguaro.componentName" (list . "models")) .Values.models.pvc.existingClaim }}
@@ -683,7 +702,7 @@ SAGUARO_LOG_FORMAT: {{ $root.Values.logFormat | quote }}
 - name: probe
   mountPath: /etc/saguaro/probe
   readOnly: true
-{{- if ne .Values.models.source "image" }}
+{{- if ne .Values.models.source "none" }}
 - name: models
   mountPath: {{ .Values.models.mountPath }}
   readOnly: true
@@ -757,11 +776,15 @@ ConfigMap's SAGUARO_PORT / SAGUARO_METRICS_PORT (env wins over envFrom). */}}
   resources:
     {{- include "saguaro.gpuResources" (list $root $values.resources $values.gpus) | nindent 4 }}
   securityContext:
-    {{- toYaml $root.Values.containerSecurityContext | nindent 4 }}
+    {{- include "saguaro.containerSecurityContext" (list $root $values) | nindent 4 }}
   volumeMounts:
     {{- include "saguaro.engineVolumeMounts" $root | nindent 4 }}
+    {{- include "saguaro.modelMounts" (list $root "draft") | nindent 4 }}
     {{- if $tls }}
     {{- include "saguaro.internalTlsVolumeMount" $root | nindent 4 }}
+    {{- end }}
+    {{- with $values.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
     {{- end }}
 {{- end -}}
 
