@@ -17,9 +17,6 @@ from dataclasses import dataclass
 
 import torch
 
-MAX_LOGPROBS = 20  # most alternatives per position, as vLLM's default max_logprobs and OpenAI's top_logprobs
-
-
 @dataclass(frozen=True)
 class TokenLogprob:
     """One position: the token there, its log probability, and the ``top`` most likely tokens

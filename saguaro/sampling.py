@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from saguaro.errors import InvalidRequestError
-from saguaro.logprobs import MAX_LOGPROBS
-from saguaro.request_rules import check_stop_strings, valid_temperature, valid_top_p
+from saguaro.request_rules import MAX_LOGPROBS, check_stop_strings, valid_logprobs, valid_temperature, valid_top_p
 from saguaro.wire import MODES
 
 DEFAULT_MAX_TOKENS = 64  # also what a Generate request without sampling.max_tokens gets (inference.proto)
@@ -67,7 +66,7 @@ class SamplingParams:
         check_stop_strings(self.stop)
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or not 0 <= value <= MAX_LOGPROBS):
+            if value is not None and not valid_logprobs(value):
                 raise InvalidRequestError(f"{name} must be an integer in [0, {MAX_LOGPROBS}] (or unset), got {value!r}")
 
     @property
