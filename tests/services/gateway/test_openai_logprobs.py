@@ -172,3 +172,20 @@ def test_out_of_range_is_a_400_naming_the_field(gateway, http, kind, body, field
     path = "/v1/completions" if kind == "completions" else "/v1/chat/completions"
     reply = http(gateway.http_url + path, {**base, **body})
     assert reply.status == 400 and reply.json()["error"]["param"] == field
+
+
+def test_the_sdk_streams_the_targets_logprobs_over_grpc(gateway, target):
+    """The gRPC API carries them too: the SDK's deltas hold each token's and, first, the prompt's."""
+    from saguaro.client import Client
+
+    prompt = PROMPTS[0]
+    tokens = hf_greedy(target.model, prompt, MAX_TOKENS)
+    ref = target.logprobs(prompt + tokens)
+    with Client(gateway.grpc_address, timeout=60) as sdk:
+        deltas = list(sdk.stream(prompt, max_tokens=MAX_TOKENS, logprobs=2, prompt_logprobs=1))
+    scored = [s for d in deltas for s in d.logprobs]
+    assert [s.token_id for s in scored] == tokens
+    assert all(abs(s.logprob - ref[len(prompt) - 1 + i][s.token_id].item()) <= TOL for i, s in enumerate(scored))
+    assert all(list(s.top_token_ids) == ref[len(prompt) - 1 + i].topk(2).indices.tolist() for i, s in enumerate(scored))
+    assert [s.token_id for s in deltas[0].prompt_logprobs] == prompt[1:]
+    assert all(abs(s.logprob - ref[j][s.token_id].item()) <= TOL for j, s in enumerate(deltas[0].prompt_logprobs))
