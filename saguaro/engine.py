@@ -18,6 +18,7 @@ import torch
 
 from saguaro.config import EngineConfig
 from saguaro.errors import InvalidRequestError
+from saguaro.logprobs import TokenLogprob, token_logprobs
 from saguaro.model_runner import CausalChunk, ModelRunner
 from saguaro.request_rules import check_token_ids, fits_context, prompt_leaves_room
 from saguaro.sampling import SamplingParams, make_generator, sample
@@ -70,6 +71,8 @@ class RequestTracker:
                                       f"is {limit}")
         gen = None if params.greedy else make_generator(params.seed, self.rng)
         seq = Sequence(next(self.ids), tokens, len(prompt_token_ids), params, gen)
+        if params.logprobs is not None:
+            seq.logprobs = [None] * len(output_token_ids)  # resumed tokens: scored by the server that sent them
         if params.stop:
             if self.tokenizer is None:
                 raise InvalidRequestError("stop strings need the model's tokenizer, and this model folder has no "
@@ -99,15 +102,18 @@ class RequestTracker:
             return FinishReason.LENGTH
         return None
 
-    def append(self, seq: Sequence, tokens: list[int]) -> None:
-        """Commit output tokens, cut at the first stop condition, finish if one was met.
+    def append(self, seq: Sequence, tokens: list[int], logprobs: list[TokenLogprob] | None = None) -> None:
+        """Commit output tokens (with their log probabilities, for a request that asked), cut
+        at the first stop condition, finish if one was met.
 
         The check runs token by token, so a round that commits several tokens stops at the one
         that completes a stop string, exactly where AR decoding stops."""
         if seq.first_token_time is None:
             seq.first_token_time = time.perf_counter()
-        for token in tokens:
+        for i, token in enumerate(tokens):
             seq.token_ids.append(token)
+            if seq.logprobs is not None:
+                seq.logprobs.append(logprobs[i])
             if seq.stop_text is not None:
                 seq.stop_text.push(token)
             reason = self._stop_reason(seq, token)
@@ -168,15 +174,34 @@ class LLMEngine:
         self._step_and_commit(seqs, chunks)
 
     def _step_and_commit(self, seqs: list[Sequence], chunks: list[CausalChunk]) -> None:
-        """One device step (forward and sampling), then one new token per sequence committed."""
-        with self.runner.device_step():
-            logits = self.runner.run_causal(chunks)
-            tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs]).tolist()
-        for seq, token in zip(seqs, tokens):
-            self.commit(seq, seq.num_tokens, [token])
+        """One device step (forward and sampling), then one new token per sequence committed.
 
-    def commit(self, seq: Sequence, num_computed: int, new_tokens: list[int]) -> None:
-        """Record that KV is valid for ``num_computed`` tokens and append the new tokens."""
+        Every row's logits are kept only when a prefill scores a prompt (``prompt_logprobs``)."""
+        scoring = any(s.scores_prompt for s in seqs)
+        with self.runner.device_step():
+            logits = self.runner.run_causal(chunks, all_logits=scoring)
+            if scoring:
+                ends = torch.cumsum(torch.tensor([len(c.token_ids) for c in chunks]), 0)
+                for seq, end in zip(seqs, ends.tolist()):
+                    if seq.scores_prompt:  # its chunk is the whole sequence (the scheduler reused no block)
+                        rows = logits[end - len(seq.token_ids): end - len(seq.token_ids) + seq.num_prompt_tokens - 1]
+                        prompt = seq.token_ids[1:seq.num_prompt_tokens]
+                        seq.prompt_logprobs = token_logprobs(rows, prompt, seq.params.prompt_logprobs)
+                logits = logits[ends - 1]
+            tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs]).tolist()
+        for i, (seq, token) in enumerate(zip(seqs, tokens)):
+            self.commit(seq, seq.num_tokens, [token], scored(seq, logits[i:i + 1], [token]))
+
+    def commit(self, seq: Sequence, num_computed: int, new_tokens: list[int],
+               logprobs: list[TokenLogprob] | None = None) -> None:
+        """Record that KV is valid for ``num_computed`` tokens and append the new tokens (with
+        their log probabilities, for a request that asked)."""
         seq.num_computed = num_computed
         self.runner.blocks.register_computed(seq.table, seq.token_ids, num_computed)
-        self.requests.append(seq, new_tokens)
+        self.requests.append(seq, new_tokens, logprobs)
+
+
+def scored(seq: Sequence, rows: torch.Tensor, tokens: list[int]) -> list[TokenLogprob] | None:
+    """The log probabilities of ``tokens`` (row i scores token i) if ``seq`` asked for them;
+    None (nothing computed) otherwise."""
+    return token_logprobs(rows, tokens, seq.params.logprobs) if seq.params.logprobs is not None else None

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from saguaro.config import EngineConfig
 from saguaro.engine import LLMEngine
 from saguaro.errors import InvalidRequestError
+from saguaro.logprobs import TokenLogprob
 from saguaro.sampling import SamplingParams
 from saguaro.sequence import Sequence
 from saguaro.tokenizer import decode, encode, load_tokenizer
@@ -26,6 +27,10 @@ class RequestOutput:
     stop_string: str | None = None  # the stop string that ended the request, as GenerateFinal.stop_string
     timings: dict[str, float] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    # With SamplingParams.logprobs: one per output token; with prompt_logprobs: prompt tokens 2..P
+    # (saguaro/logprobs.py). None when not asked.
+    logprobs: list[TokenLogprob | None] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,6 +56,8 @@ def request_output(seq: Sequence, tokenizer, stats: dict[str, Any] | None = None
             "decode_tokens_per_s": (n - 1) / decode_time if n > 1 and decode_time > 0 else 0.0,
         },
         stats={"num_preemptions": seq.num_preemptions, **(stats or {})},
+        logprobs=seq.logprobs,
+        prompt_logprobs=seq.prompt_logprobs,
     )
 
 

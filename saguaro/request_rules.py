@@ -61,6 +61,14 @@ def top_p_from_proto(value: float) -> float:
     return value if value != 0 else 1.0
 
 
+MAX_LOGPROBS = 20  # most alternatives per position: vLLM's default max_logprobs, OpenAI's top_logprobs limit
+
+
+def valid_logprobs(value: int) -> bool:
+    """A count of log-probability alternatives (``logprobs``, ``prompt_logprobs``, ``top_logprobs``)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_LOGPROBS
+
+
 def prompt_leaves_room(prompt_tokens: int, max_model_len: int) -> bool:
     """A prompt must leave the context room for at least one generated token."""
     return prompt_tokens < max_model_len

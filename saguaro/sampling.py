@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from saguaro.errors import InvalidRequestError
-from saguaro.request_rules import check_stop_strings, valid_temperature, valid_top_p
+from saguaro.request_rules import MAX_LOGPROBS, check_stop_strings, valid_logprobs, valid_temperature, valid_top_p
 from saguaro.wire import MODES
 
 DEFAULT_MAX_TOKENS = 64  # also what a Generate request without sampling.max_tokens gets (inference.proto)
@@ -37,6 +37,13 @@ class SamplingParams:
     # draft proposes, never the output's law: the target verifies against the probabilities the
     # draft actually proposed from (docs/speculation.md).
     draft_temperature: float | None = None
+    # Log probabilities (saguaro/logprobs.py), as vLLM's fields: ``logprobs`` returns each
+    # output token's and that many most likely alternatives (0: the token's only); None returns
+    # none and costs nothing. ``prompt_logprobs`` does the same for the prompt tokens (the first
+    # has none): it needs logits at every prompt position, so such a request recomputes its
+    # prompt instead of reusing cached prefix blocks (docs/prefix-caching.md).
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # one stop string, as OpenAI and vLLM accept it
@@ -57,6 +64,10 @@ class SamplingParams:
         if self.top_k < 0:
             raise InvalidRequestError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
         check_stop_strings(self.stop)
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not valid_logprobs(value):
+                raise InvalidRequestError(f"{name} must be an integer in [0, {MAX_LOGPROBS}] (or unset), got {value!r}")
 
     @property
     def greedy(self) -> bool:

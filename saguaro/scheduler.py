@@ -53,7 +53,7 @@ class Scheduler:
             # A prompt larger than the token budget still runs, alone.
             if admitted and seq.num_tokens > budget:
                 break
-            cached = self.blocks.allocate_prompt(seq.table, seq.token_ids)
+            cached = self.blocks.allocate_prompt(seq.table, seq.token_ids, reuse=not seq.scores_prompt)
             if cached is None:
                 break
             self.waiting.popleft()

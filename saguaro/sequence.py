@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from saguaro.cache import BlockTable
+from saguaro.logprobs import TokenLogprob
 from saguaro.sampling import SamplingParams
 from saguaro.stop_strings import StopText
 
@@ -49,6 +50,17 @@ class Sequence:
     finish_time: float | None = None
     stats: Any = None  # mode-specific statistics (SpecStats in the target service)
     stop_text: StopText | None = None  # the stop-string check, for a request with stop strings
+    # Per output token, its log probabilities (None for resumed tokens, which this engine did
+    # not score); None: the request did not ask (SamplingParams.logprobs).
+    logprobs: list[TokenLogprob | None] | None = None
+    # Prompt tokens 2..P's log probabilities, once its prefill scored them (SamplingParams.prompt_logprobs).
+    prompt_logprobs: list[TokenLogprob] | None = None
+
+    @property
+    def scores_prompt(self) -> bool:
+        """Its next prefill must score the prompt: asked for, and not scored yet (a preempted
+        sequence's recompute does not score it again)."""
+        return self.params.prompt_logprobs is not None and self.prompt_logprobs is None
 
     @property
     def stop_string(self) -> str | None:

@@ -110,13 +110,15 @@ class BlockManager:
             hits.append(block_id)
         return hits
 
-    def allocate_prompt(self, table: BlockTable, token_ids: list[int]) -> int | None:
+    def allocate_prompt(self, table: BlockTable, token_ids: list[int], reuse: bool = True) -> int | None:
         """Give a waiting sequence blocks for all its tokens, reusing cached prefix blocks.
 
         Returns the number of tokens whose KV is already present (a multiple of the block
         size), or None if the cache cannot hold the sequence now (nothing is changed then).
+        ``reuse=False`` gives only fresh blocks, so every token is computed: a request scoring
+        its prompt needs logits at positions whose KV is cached (it is not counted as a lookup).
         """
-        hits = self._prefix_hits(token_ids)
+        hits = self._prefix_hits(token_ids) if reuse else []
         needed = self.blocks_needed(len(token_ids)) - len(hits)
         reused_free = sum(1 for b in hits if self.blocks[b].ref_count == 0)
         if needed > self.num_free_blocks - reused_free:
@@ -130,8 +132,9 @@ class BlockManager:
         table.num_hashed = len(hits)
         table.last_hash = self.blocks[hits[-1]].hash if hits else None
         cached = len(hits) * self.block_size
-        self.stats.queried_tokens += len(token_ids)
-        self.stats.hit_tokens += cached
+        if reuse:
+            self.stats.queried_tokens += len(token_ids)
+            self.stats.hit_tokens += cached
         return cached
 
     def ensure_slots(self, table: BlockTable, num_tokens: int) -> bool:

@@ -30,6 +30,8 @@ def generate_request(
     mode: str | None = None,
     request_id: str = "",
     stream_tokens_individually: bool = False,
+    logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
 ) -> tuple[pb.GenerateRequest, list[int]]:
     """The GenerateRequest of ``Client.stream``'s options, and the prompt ids (empty for text)."""
     if mode not in MODES:
@@ -45,6 +47,10 @@ def generate_request(
             sampling.seed = seed
         if draft_temperature is not None:
             sampling.draft_temperature = draft_temperature
+        if logprobs is not None:  # each delta's TokenDelta.logprobs (inference.proto)
+            sampling.logprobs = logprobs
+        if prompt_logprobs is not None:  # the first delta's TokenDelta.prompt_logprobs
+            sampling.prompt_logprobs = prompt_logprobs
         request = pb.GenerateRequest(request_id=request_id, sampling=sampling, decode_mode=MODES[mode],
                                      stream_tokens_individually=stream_tokens_individually)
         if isinstance(prompt, str):

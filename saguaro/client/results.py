@@ -7,7 +7,7 @@ for code that reads them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from saguaro.v1 import inference_pb2 as pb
@@ -21,6 +21,10 @@ class StreamDelta:
     text: str  # "" while a multi-byte character is incomplete, or when the server has no tokenizer
     offset: int  # completion tokens before this delta
     round: int
+    # With the ``logprobs`` option: one TokenLogprob per token (token_id, logprob, top_token_ids,
+    # top_logprobs); with ``prompt_logprobs``, the first delta's prompt tokens' (inference.proto).
+    logprobs: list[pb.TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[pb.TokenLogprob] = field(default_factory=list)
 
 
 class GenerateResult(dict):

@@ -42,7 +42,8 @@ class StreamOutput:
                 raise ServiceError(f"stream from {self.address} lost or repeated tokens: delta at offset "
                                    f"{delta.offset}, {len(self.received.token_ids)} tokens received", "DATA_LOSS")
             self.received.add(delta)
-            return StreamDelta(response.request_id, list(delta.token_ids), delta.text, delta.offset, delta.round)
+            return StreamDelta(response.request_id, list(delta.token_ids), delta.text, delta.offset, delta.round,
+                               list(delta.logprobs), list(delta.prompt_logprobs))
         if kind == "final":
             self.result = self._result(response.final)
         return None

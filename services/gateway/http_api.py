@@ -45,6 +45,7 @@ from saguaro.services.gateway.admission import Ticket
 from saguaro.services.gateway.choices import Choice, merged, upstream_requests
 from saguaro.services.gateway.errors import GatewayError
 from saguaro.services.gateway.grpc_api import end_span, sampling_attributes
+from saguaro.services.gateway.logprobs_json import ChoiceLogprobs
 from saguaro.services.gateway.http_common import (MAX_BODY_BYTES, decode_json, error_response, openai_error,
                                                   read_json_body)
 from saguaro.services.gateway.openai_schema import (ChunkWriter, OpenAIRequest, choice_json, parse_request,
@@ -202,11 +203,13 @@ class OpenAIApi:
                 dispatch.ticket = ticket
                 choices.append(Choice(index, p, dispatch))
             response_id = ("cmpl-" if kind == "completions" else "chatcmpl-") + request_id
+            scores = [ChoiceLogprobs(kind, preparer.tokenizer, parsed.prompts[c.prompt], parsed.echo,
+                                     parsed.logprobs is not None) for c in choices]
             if parsed.stream:
                 writer = ChunkWriter(kind, response_id, int(time.time()), preparer.facts.name, len(choices))
                 return await stream_choices(request, parsed, gw.dispatcher, choices, writer,
-                                            gw.config.sse_keepalive_s, finals)
-            return await self._complete(parsed, choices, response_id, preparer.facts.name, finals)
+                                            gw.config.sse_keepalive_s, finals, scores, preparer.tokenizer)
+            return await self._complete(parsed, choices, response_id, preparer, finals, scores)
         except GatewayError as exc:
             code, message = exc.code, exc.message
             return error_response(exc)
@@ -223,15 +226,20 @@ class OpenAIApi:
                 ticket.leave()
 
     async def _complete(self, parsed: OpenAIRequest, choices: list[Choice], response_id: str,
-                        model: str, finals: list[pb.GenerateFinal]) -> web.Response:
+                        preparer: Preparer, finals: list[pb.GenerateFinal], scores: list[ChoiceLogprobs]) -> web.Response:
         """All choices at once; ``finals`` receives each choice's final message. Usage counts each
-        prompt once and every choice's completion tokens (as OpenAI and vLLM do)."""
+        prompt once and every choice's completion tokens (as OpenAI and vLLM do). ``scores``
+        gather each choice's echo and log probabilities, when asked."""
+        shown = parsed.echo or parsed.logprobs is not None
         pieces: list[list[str]] = [[] for _ in choices]
         ends: list[pb.GenerateFinal | None] = [None] * len(choices)
         async with contextlib.aclosing(merged(self.gateway.dispatcher, choices, parsed.n)) as messages:
             async for choice, message in messages:  # (leaving early cancels the other choices at once)
                 choice.dispatch.span.first_token()
                 if message.WhichOneof("kind") == "delta":
+                    if shown:
+                        echo, _, _ = await preparer.tokenizer.run(scores[choice.index].delta, message.delta)
+                        pieces[choice.index].append(echo)
                     pieces[choice.index].append(message.delta.text)
                     continue
                 final = ends[choice.index] = message.final
@@ -242,10 +250,11 @@ class OpenAIApi:
         for choice, final in zip(choices, ends):
             answers.append(choice_json(parsed.kind, choice.index, "".join(pieces[choice.index]),
                                        PROTO_TO_FINISH.get(final.finish_reason, "stop"),
-                                       speculation_from_proto(final.speculation), stop_reason(final)))
+                                       speculation_from_proto(final.speculation), stop_reason(final),
+                                       scores[choice.index].whole()))
         prompt_tokens = sum(final.usage.prompt_tokens for c, final in zip(choices, ends) if c.leads(parsed.n))
         completion_tokens = sum(final.usage.completion_tokens for final in ends)
-        body = response_json(parsed.kind, response_id, int(time.time()), model, answers,
+        body = response_json(parsed.kind, response_id, int(time.time()), preparer.facts.name, answers,
                              usage_json(prompt_tokens, completion_tokens))
         return web.json_response(body, headers={"x-saguaro-target": ",".join(c.dispatch.target or "" for c in choices)})
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from saguaro.errors import InvalidRequestError
-from saguaro.request_rules import check_stop_strings
+from saguaro.request_rules import MAX_LOGPROBS, check_stop_strings
 from saguaro.services.gateway.errors import invalid
 from saguaro.services.gateway.prepare import Preparer, check_vocabulary
 from saguaro.services.gateway.request_fields import check_fields
@@ -45,6 +45,10 @@ class OpenAIRequest:
     tokens_individually: bool
     n: int = 1  # choices per prompt
     continuous_usage: bool = False  # usage (running totals) on every chunk
+    # Alternatives per position of the log probabilities asked for (completions' ``logprobs``,
+    # chat's ``top_logprobs`` with ``logprobs: true``); None: none asked (logprobs_json.py).
+    logprobs: int | None = None
+    echo: bool = False  # completions: the prompt's text (and log probabilities) before the output
 
 
 class Fields:
@@ -193,6 +197,14 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     )
     # None: until the context is full (chat without max_tokens).
     sampling.max_tokens = max_tokens if max_tokens is not None else limit
+    logprobs, echo = _logprobs(kind, fields)
+    if (logprobs is not None or echo) and not preparer.tokenizer.available:
+        name = "echo" if echo else "logprobs"
+        raise invalid(f"{name}: the served model has no tokenizer, so tokens cannot be shown as text", name)
+    if logprobs is not None:
+        sampling.logprobs = logprobs
+        if echo:
+            sampling.prompt_logprobs = logprobs
     seed = fields.integer("seed", None, 0, 2**64 - 1)
     if seed is not None:
         sampling.seed = seed
@@ -207,7 +219,23 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     # (vLLM sends running usage only with include_usage too; alone it would be silently ignored)
     continuous_usage = stream_fields.boolean("continuous_usage_stats", False)
     return OpenAIRequest(kind, prompts, sampling, MODE_TO_PROTO.get(mode, pb.DECODE_MODE_DEFAULT), stream,
-                         include_usage, fields.boolean("stream_tokens_individually", True), n, continuous_usage)
+                         include_usage, fields.boolean("stream_tokens_individually", True), n, continuous_usage,
+                         logprobs, echo)
+
+
+def _logprobs(kind: str, fields: Fields) -> tuple[int | None, bool]:
+    """The alternatives asked for (None: no log probabilities) and ``echo``, with vLLM's checks:
+    completions' ``logprobs`` is a count; chat's is a boolean whose count is ``top_logprobs``,
+    which needs it."""
+    if kind == "completions":
+        return fields.integer("logprobs", None, 0, MAX_LOGPROBS), fields.boolean("echo", False)
+    if fields.boolean("echo", False):
+        raise invalid("echo: chat completions do not echo the last message; use /v1/completions with echo", "echo")
+    asked = fields.boolean("logprobs", False)
+    top = fields.integer("top_logprobs", None, 0, MAX_LOGPROBS)
+    if top and not asked:
+        raise invalid("top_logprobs: set logprobs to true to use top_logprobs", "top_logprobs")
+    return (top or 0) if asked else None, False
 
 
 def _stop_token_ids(value: Any, vocab: int) -> list[int]:
@@ -244,13 +272,13 @@ def usage_json(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def choice_json(kind: str, index: int, text: str, finish_reason: str, speculation: dict | None,
-                stop_reason: str | None = None) -> dict:
+                stop_reason: str | None = None, logprobs: dict | None = None) -> dict:
     choice: dict[str, Any] = {"index": index}
     if kind == "completions":
         choice["text"] = text
     else:
         choice["message"] = {"role": "assistant", "content": text}
-    choice.update(logprobs=None, finish_reason=finish_reason, stop_reason=stop_reason)
+    choice.update(logprobs=logprobs, finish_reason=finish_reason, stop_reason=stop_reason)
     if speculation is not None:
         choice["speculation"] = speculation
     return choice
@@ -276,8 +304,12 @@ class ChunkWriter:
         self._heads = [f'data: {envelope}, "choices": [{{"index": {i}, {field}'.encode() for i in range(choices)]
         self._tail = (b'' if kind == "completions" else b'}') + b', "logprobs": null, "finish_reason": null}]'
 
-    def text(self, piece: str, index: int = 0, usage: dict[str, int] | None = None) -> bytes:
-        return self._heads[index] + json.dumps(piece).encode() + self._tail + self._close(usage)
+    def text(self, piece: str, index: int = 0, usage: dict[str, int] | None = None, logprobs: dict | None = None) -> bytes:
+        """A chunk of text, with its tokens' ``logprobs`` object when the request asked."""
+        if logprobs is None:
+            return self._heads[index] + json.dumps(piece).encode() + self._tail + self._close(usage)
+        content = {"text": piece} if self.kind == "completions" else {"delta": {"content": piece}}
+        return self._chunk({"index": index, **content, "logprobs": logprobs, "finish_reason": None}, usage)
 
     @staticmethod
     def _close(usage: dict[str, int] | None) -> bytes:

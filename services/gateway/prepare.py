@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from saguaro.errors import InvalidRequestError
-from saguaro.request_rules import (check_stop_strings, check_token_ids, fits_context, prompt_leaves_room,
-                                   top_p_from_proto, valid_temperature, valid_top_p)
+from saguaro.request_rules import (MAX_LOGPROBS, check_stop_strings, check_token_ids, fits_context, prompt_leaves_room,
+                                   top_p_from_proto, valid_logprobs, valid_temperature, valid_top_p)
 from saguaro.services.gateway.dispatch import Dispatch, routing_hashes
 from saguaro.services.gateway.errors import invalid
 from saguaro.services.gateway.migration import resumed_prompt
@@ -128,6 +128,10 @@ class Preparer:
                           f"{prefix}draft_temperature")
         if sampling.HasField("max_tokens"):
             self.check_max_tokens(sampling.max_tokens, f"{prefix}max_tokens")
+        for name in ("logprobs", "prompt_logprobs"):
+            if sampling.HasField(name) and not valid_logprobs(getattr(sampling, name)):
+                raise invalid(f"{prefix}{name} must be between 0 and {MAX_LOGPROBS}, got {getattr(sampling, name)}",
+                              f"{prefix}{name}")
         try:
             check_stop_strings(sampling.stop)
         except InvalidRequestError as exc:

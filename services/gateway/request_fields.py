@@ -26,8 +26,8 @@ _GENERATION = frozenset({
     "model", "max_tokens", "n", "stream", "stream_options", "temperature", "top_p", "top_k", "seed",
     "stop", "include_stop_str_in_output", "stop_token_ids", "ignore_eos", "mode", "stream_tokens_individually"})
 HONOURED = {
-    "completions": _GENERATION | {"prompt"},
-    "chat": _GENERATION | {"messages", "max_completion_tokens"},
+    "completions": _GENERATION | {"prompt", "logprobs", "echo"},
+    "chat": _GENERATION | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "echo"},
     "tokenize_prompt": frozenset({"model", "prompt", "add_special_tokens", "return_token_strs"}),
     "tokenize_chat": frozenset({"model", "messages", "return_token_strs"}),
     "detokenize": frozenset({"model", "tokens"}),
@@ -62,7 +62,7 @@ def _same(value: Any, neutral: Any) -> bool:
     return isinstance(value, (int, float)) == isinstance(neutral, (int, float)) and value == neutral
 
 
-_LOGPROBS = "log probabilities are not returned"
+_LOGPROBS = "only the logprobs of the sampled tokens (and the prompt's, with echo) are returned"
 _PENALTY = "penalties are not supported (leave it unset)"
 _STRUCTURED = "structured output (grammars, JSON schemas, choices) is not supported"
 _TEMPLATE = "per-request chat template options are not supported"
@@ -72,9 +72,6 @@ _REPETITION = "repetition detection is not supported"
 # field -> why it is refused, and its neutral values. vLLM's defaults are the neutral values.
 REFUSED: Mapping[str, Refusal] = {
     # sampling and output (OpenAI)
-    "logprobs": Refusal(_LOGPROBS, (False,)),
-    "top_logprobs": Refusal(_LOGPROBS, (0,)),
-    "echo": Refusal("echo is not supported", (False,)),
     "suffix": Refusal("suffix is not supported", ("",)),
     "presence_penalty": Refusal(_PENALTY, (0,)),
     "frequency_penalty": Refusal(_PENALTY, (0,)),

@@ -20,6 +20,8 @@ from aiohttp import web
 from saguaro.services.gateway.choices import Choice, merged
 from saguaro.services.gateway.dispatch import Dispatcher
 from saguaro.services.gateway.errors import GatewayError
+from saguaro.services.gateway.logprobs_json import ChoiceLogprobs
+from saguaro.services.gateway.tokenization import GatewayTokenizer
 from saguaro.services.gateway.openai_schema import ChunkWriter, OpenAIRequest, stop_reason, usage_json
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import PROTO_TO_FINISH, speculation_from_proto
@@ -46,10 +48,13 @@ class RunningUsage:
 
 
 async def stream_choices(request: web.Request, parsed: OpenAIRequest, dispatcher: Dispatcher, choices: list[Choice],
-                         writer: ChunkWriter, keepalive_s: float, finals: list[pb.GenerateFinal]) -> web.StreamResponse:
+                         writer: ChunkWriter, keepalive_s: float, finals: list[pb.GenerateFinal],
+                         scores: list[ChoiceLogprobs], tokenizer: GatewayTokenizer) -> web.StreamResponse:
     """The SSE response; ``finals`` receives each choice's final message. An error before the
     first message raises (the front answers with its status code); after it, the stream ends
-    with an SSE ``error`` event."""
+    with an SSE ``error`` event. With ``echo`` a choice's first chunk is its prompt; with log
+    probabilities every token chunk carries its tokens' (``scores``, on the tokenizer's thread)."""
+    shown = parsed.echo or parsed.logprobs is not None
     messages = merged(dispatcher, choices, parsed.n)
     response: web.StreamResponse | None = None
     keeper: asyncio.Task | None = None
@@ -70,8 +75,12 @@ async def stream_choices(request: web.Request, parsed: OpenAIRequest, dispatcher
         while True:
             usage.add(choice.index, message)
             if message.WhichOneof("kind") == "delta":
-                if message.delta.text or parsed.continuous_usage:
-                    await response.write(writer.text(message.delta.text, choice.index, running()))
+                echo, echo_scores, delta_scores = (await tokenizer.run(scores[choice.index].delta, message.delta)
+                                                   if shown else ("", None, None))
+                if echo:
+                    await response.write(writer.text(echo, choice.index, running(), echo_scores))
+                if message.delta.text or delta_scores is not None or parsed.continuous_usage:
+                    await response.write(writer.text(message.delta.text, choice.index, running(), delta_scores))
             else:
                 final = message.final
                 finals.append(final)

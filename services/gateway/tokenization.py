@@ -76,6 +76,11 @@ class GatewayTokenizer:
         """Each id's vocabulary entry (``/tokenize`` with ``return_token_strs``)."""
         return self.tokenizer.convert_ids_to_tokens(ids)
 
+    def token_texts(self, ids: list[int]) -> list[str]:
+        """Each id's own text (its decoding alone, special tokens included): the ``token`` of
+        OpenAI's log probabilities, as vLLM's decoded tokens."""
+        return [self.tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of ``messages`` rendered with the model's chat template (+ generation prompt)."""
         if self.tokenizer is None:

@@ -16,6 +16,7 @@ import grpc
 
 from saguaro.detokenizer import IncrementalDetokenizer
 from saguaro.errors import InvalidRequestError
+from saguaro.logprobs import TokenLogprob
 from saguaro.request_rules import top_p_from_proto
 from saguaro.resume import ReceivedOutput
 from saguaro.sampling import DEFAULT_MAX_TOKENS, SamplingParams
@@ -58,6 +59,8 @@ def sampling_from_proto(sampling: pb.SamplingParams, decode_mode: int, server_mo
         ignore_eos=sampling.ignore_eos,
         mode="ar" if mode == "ar" else None,
         draft_temperature=sampling.draft_temperature if sampling.HasField("draft_temperature") else None,
+        logprobs=sampling.logprobs if sampling.HasField("logprobs") else None,
+        prompt_logprobs=sampling.prompt_logprobs if sampling.HasField("prompt_logprobs") else None,
     )
     params.validate()
     return params
@@ -72,6 +75,11 @@ def prompt_from_proto(request: pb.GenerateRequest, tokenizer) -> list[int]:
     if tokenizer is None:
         raise InvalidRequestError("this server's model has no tokenizer: send prompt_token_ids instead of prompt_text")
     return encode(tokenizer, request.prompt_text)
+
+
+def logprobs_to_proto(scored: list[TokenLogprob]) -> list[pb.TokenLogprob]:
+    return [pb.TokenLogprob(token_id=s.token_id, logprob=s.logprob, top_token_ids=s.top_ids, top_logprobs=s.top_logprobs)
+            for s in scored]
 
 
 def final_to_proto(final: Final) -> pb.GenerateFinal:
@@ -155,6 +163,11 @@ class InferenceService(pb_grpc.InferenceServicer):
             offset = event.offset
             for i, tokens in enumerate(pieces):
                 delta = pb.TokenDelta(token_ids=tokens, offset=offset, round=event.round)
+                if event.logprobs is not None:
+                    start = offset - event.offset
+                    delta.logprobs.extend(logprobs_to_proto(event.logprobs[start:start + len(tokens)]))
+                if event.prompt_logprobs is not None and i == 0:
+                    delta.prompt_logprobs.extend(logprobs_to_proto(event.prompt_logprobs))
                 if text is not None:
                     last = event.last and i == len(pieces) - 1
                     delta.text = text.push(tokens, flush=last)

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from saguaro.config import EngineConfig
-from saguaro.engine import LLMEngine
+from saguaro.engine import LLMEngine, scored
+from saguaro.logprobs import TokenLogprob
 from saguaro.errors import ConfigError, InvalidRequestError
 from saguaro.model_runner import CausalChunk
 from saguaro.sampling import sample
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
     from saguaro.services.target.round_telemetry import RoundTelemetry, RoundTrace
 
 log = logging.getLogger(__name__)
+
+# A row's round: accepted draft tokens, the committed tokens, their log probabilities (None: not asked)
+Outcome = tuple[int, list[int], list[TokenLogprob] | None]
 
 
 class SpeculativeEngine(LLMEngine):
@@ -172,9 +176,12 @@ class SpeculativeEngine(LLMEngine):
         since_reply, self._last_reply_at = asked - self._last_reply_at, time.perf_counter()
         return proposals, self._last_reply_at - asked, since_reply
 
-    def _forward(self, seqs: list[Sequence], proposals: dict[int, Proposal]) -> dict[int, tuple[int, list[int]]]:
+    def _forward(self, seqs: list[Sequence], proposals: dict[int, Proposal]) -> dict[int, Outcome]:
         """One verify forward for the whole batch: a row with a proposal verifies it, a row
-        without one samples a plain token. Per seq_id: the accepted count and the new tokens."""
+        without one samples a plain token. Per seq_id: the accepted count, the new tokens and,
+        for a request that asked, their log probabilities from the verify rows that scored them
+        (row j of a verify block scores the j-th committed token, the bonus or correction
+        token included: the row plain decoding would have used)."""
         chunks = [
             CausalChunk(s.table.blocks, s.num_tokens - 1,
                         s.token_ids[-1:] + (proposals[s.seq_id].tokens if s.seq_id in proposals else []))
@@ -194,26 +201,27 @@ class SpeculativeEngine(LLMEngine):
             if verified:
                 k = len(props[0].tokens)  # K, or a synchronous round's lookahead
                 block = logits[(ends[verified, None] - (k + 1) + torch.arange(k + 1)[None, :]).reshape(-1)]
-                accepted, next_tokens = verify_rows(
-                    block.view(len(picked), k + 1, -1), props, [s.params for s in picked], [s.generator for s in picked]
-                )
-        outcomes = {s.seq_id: (0, [token]) for s, token in zip(plain, plain_tokens)} if plain else {}
-        if verified:
-            for s, p, n, r in zip(picked, props, accepted, next_tokens):
-                outcomes[s.seq_id] = (n, p.tokens[:n] + [r])
+                block = block.view(len(picked), k + 1, -1)
+                accepted, next_tokens = verify_rows(block, props, [s.params for s in picked], [s.generator for s in picked])
+            outcomes = {s.seq_id: (0, [token], scored(s, rows[i:i + 1], [token]))
+                        for i, (s, token) in enumerate(zip(plain, plain_tokens))} if plain else {}
+            if verified:
+                for i, (s, p, n, r) in enumerate(zip(picked, props, accepted, next_tokens)):
+                    tokens = p.tokens[:n] + [r]
+                    outcomes[s.seq_id] = (n, tokens, scored(s, block[i, :n + 1], tokens))
         return outcomes
 
     def _commit_rows(self, seqs: list[Sequence], proposals: dict[int, Proposal],
-                     outcomes: dict[int, tuple[int, list[int]]]) -> list[RoundRow]:
+                     outcomes: dict[int, Outcome]) -> list[RoundRow]:
         """Commit every row's new tokens (plain rows first: the order their KV blocks are
         registered in) and give the draft each verified row's outcome, its next cache key."""
         committed: dict[int, int] = {}
         for seq in sorted(seqs, key=lambda s: s.seq_id in proposals):
-            accepted, new_tokens = outcomes[seq.seq_id]
+            accepted, new_tokens, logprobs = outcomes[seq.seq_id]
             if seq.seq_id in proposals:
                 self.proposer.observe(seq, accepted)
             before = seq.num_output_tokens
-            self.commit(seq, seq.num_tokens + accepted, new_tokens)
+            self.commit(seq, seq.num_tokens + accepted, new_tokens, logprobs)
             committed[seq.seq_id] = seq.num_output_tokens - before
             if not seq.finished:
                 self.runner.blocks.truncate(seq.table, seq.num_tokens + self.k)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from saguaro.errors import InvalidRequestError
+from saguaro.logprobs import TokenLogprob
 from saguaro.sampling import SamplingParams
 from saguaro.sequence import FinishReason, Sequence
 
@@ -42,6 +43,10 @@ class Delta:
     round: int  # 0-based step of this request that committed them (0 = prefill)
     last: bool  # the request finished in this step: the Final follows
     time: float  # perf_counter when the step that committed them ended (inter-token latency per step)
+    # Log probabilities (saguaro/logprobs.py) of token_ids, when the request asked; the prompt's
+    # on the first delta only, when it asked for them.
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -294,17 +299,27 @@ class EngineLoop:
     def _publish(self, live: _Live) -> None:
         """Send the tokens committed since the last delta; the Final once finished."""
         seq = live.seq
-        new = seq.output_token_ids[live.emitted:]
-        if new:
-            live.handle._events.put(Delta(new, live.emitted, live.steps, seq.finished, time.perf_counter()))
-            live.emitted += len(new)
-            live.steps += 1
+        self._send_new(live, seq.finished)
         if seq.finished:
             reason = seq.finish_reason.value if seq.finish_reason else "abort"
             live.handle._events.put(self._final(live, reason))
             with self._lock:
                 self._live.pop(live.handle.request_id, None)
             self._by_seq.pop(seq.seq_id, None)
+
+    @staticmethod
+    def _send_new(live: _Live, last: bool) -> None:
+        """Hand the reader the tokens committed since the last delta (if any), with their log
+        probabilities, and the prompt's with the first delta."""
+        seq, start = live.seq, live.emitted
+        new = seq.output_token_ids[start:]
+        if not new:
+            return
+        logprobs = seq.logprobs[start:] if seq.logprobs is not None else None
+        prompt_logprobs = seq.prompt_logprobs if live.steps == 0 else None
+        live.handle._events.put(Delta(new, start, live.steps, last, time.perf_counter(), logprobs, prompt_logprobs))
+        live.emitted += len(new)
+        live.steps += 1
 
     def _final(self, live: _Live, reason: str, error: str = "") -> Final:
         seq, now = live.seq, time.perf_counter()
@@ -337,9 +352,7 @@ class EngineLoop:
                 self.engine.abort(live.seq)
             except Exception:
                 log.exception("could not abort request %s", live.handle.request_id)
-            new = live.seq.output_token_ids[live.emitted:]
-            if new:
-                live.handle._events.put(Delta(new, live.emitted, live.steps, True, time.perf_counter()))
+            self._send_new(live, True)
             live.handle._events.put(self._final(live, reason, error))
         with self._lock:
             self._live.clear()

@@ -54,8 +54,8 @@ def test_neutral_values_and_nulls_pass(kind):
 
 @pytest.mark.parametrize("name, value", [
     ("min_p", 0.1), ("min_tokens", 3), ("guided_json", {"type": "object"}), ("structured_outputs", {"regex": "a+"}),
-    ("repetition_penalty", 1.2), ("skip_special_tokens", False), ("logprobs", 0), ("logprobs", True),
-    ("top_logprobs", 2), ("use_beam_search", True), ("response_format", {"type": "json_object"}),
+    ("repetition_penalty", 1.2), ("skip_special_tokens", False), ("prompt_logprobs", 1),
+    ("return_tokens_as_token_ids", True), ("use_beam_search", True), ("response_format", {"type": "json_object"}),
     ("add_special_tokens", True), ("add_generation_prompt", False), ("cache_salt", "x"),
     ("priority", 1), ("min_p", False),
 ])

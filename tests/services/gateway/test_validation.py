@@ -65,7 +65,7 @@ HTTP_CASES = [
     ("completions", {**BASE, "stop": ["\n", ""]}, "stop", "stop[1] must be a non-empty string"),
     ("completions", {**BASE, "stop": {"s": 1}}, "stop", "a string or a list of strings"),
     ("completions", {**BASE, "stop": ["x" * 257]}, "stop", "at most 256"),
-    ("completions", {**BASE, "logprobs": 3}, "logprobs", "not returned"),
+    ("completions", {**BASE, "logprobs": 21}, "logprobs", "between 0 and 20"),
     ("completions", {**BASE, "mode": "fast"}, "mode", "ssd, sd, ar"),
     ("completions", {**BASE, "mode": ["ssd"]}, "mode", "ssd, sd, ar"),  # found by the fuzzer below
     ("completions", {**BASE, "stream": "yes"}, "stream", "true or false"),
