@@ -108,6 +108,7 @@ def test_the_route_sends_to_the_pool(render, k8s):
         {"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": manifests.name("pool")}]
     # our gateway (and its own route, when httpRoute.enabled) keeps serving beside the pool
     assert manifests.has_workload("gateway")
+    assert f"InferencePool {manifests.name('pool')}" in manifests.notes and "attached to: igw" in manifests.notes
     no_route = render({"inferencePool": {"enabled": True, "httpRoute": {"enabled": False}}})
     assert not no_route.of_kind("HTTPRoute") and no_route.of_kind("InferencePool")
 
@@ -115,6 +116,7 @@ def test_the_route_sends_to_the_pool(render, k8s):
 def test_off_by_default_and_http_api_alone(render, k8s):
     defaults = render({})
     assert not defaults.of_kind("InferencePool") and not defaults.has_workload("epp")
+    assert "InferencePool" not in defaults.notes
     assert "http-api" not in [c["name"] for c in k8s.pod_spec(defaults.workload("target"))["containers"]]
     alone = render({"target": {"httpApi": {"enabled": True}}})
     assert not alone.of_kind("InferencePool")
