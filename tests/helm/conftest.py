@@ -2,7 +2,7 @@
 helm/saguaro offline; nothing here talks to a cluster.
 
 `TOGGLES` are the chart's switches; `COMBOS` is their full product, so every test that takes a
-`combo` runs on each of the 64 combinations (plus the example values files, a few modes and the
+`combo` runs on each of the 128 combinations (plus the example values files, a few modes and the
 internal TLS cases; `tls_case` takes only the latter).
 """
 
@@ -69,6 +69,16 @@ TOGGLES: dict[str, tuple[dict, dict]] = {
          "ingress": {"tls": [{"secretName": "saguaro-ingress-tls", "hosts": ["saguaro.example.com"]}]},
          # mTLS on every hop inside the release (internalTls.mutual defaults to true)
          "internalTls": {"enabled": True, "existingSecret": "saguaro-internal-tls"}},
+    ),
+    # the Gateway API Inference Extension: InferencePool, endpoint picker, HTTPRoute to the pool,
+    # and the http-api container in each target pod; the picker reads the targets' metrics, so
+    # they stay on (metrics.enabled) whatever "monitoring" says
+    "inference-pool": (
+        {"inferencePool": {"enabled": False}},
+        {"inferencePool": {"enabled": True, "httpRoute": {
+            "hostnames": ["pool.example.com"],
+            "parentRefs": [{"name": "inference-gateway", "namespace": "gateways", "sectionName": "http"}]}},
+         "metrics": {"enabled": True}},
     ),
 }
 
@@ -345,7 +355,7 @@ def expanded_args(manifests: Manifests, workload: dict, container: dict) -> list
 
 
 def pytest_generate_tests(metafunc):
-    """`combo`: the 64 toggle combinations; `case`: those plus the extra modes and examples."""
+    """`combo`: the 128 toggle combinations; `case`: those plus the extra modes and examples."""
     if "combo" in metafunc.fixturenames:
         metafunc.parametrize("combo", COMBOS)
     if "case" in metafunc.fixturenames:

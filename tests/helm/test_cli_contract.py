@@ -112,7 +112,7 @@ def test_target_flags_match_the_wiring(case, render, k8s):
             assert draft_parsed.host == values.get("draft", {}).get("listenHost", "0.0.0.0")
             drafts.append((draft_workload, draft, draft_parsed))
     else:  # colocated: draft worker i is the container draft[-i] on the pod's loopback
-        draft_containers = k8s.pod_spec(target_workload)["containers"][1:]
+        draft_containers = [c for c in k8s.pod_spec(target_workload)["containers"][1:] if k8s.role_of(c) == "draft"]
         assert [c["name"] for c in draft_containers] == ["draft"] + [f"draft-{i}" for i in range(1, workers)]
         for address, draft in zip(addresses, draft_containers):
             host, port = address.rsplit(":", 1)

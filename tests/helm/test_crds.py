@@ -7,6 +7,10 @@ prometheus-operator `ServiceMonitor` / `PodMonitor` monitoring.coreos.com/v1, Ga
 embedded Kubernetes types (ObjectMeta, LabelSelector, HPA behavior) taken from
 kubernetes-validate's strict 1.30/1.34 definitions (conftest.KUBE_VERSIONS). They are a subset: fields the chart does not
 render are not listed, so adding one to a template means adding it here, from the CRD.
+
+The InferencePool (inference.networking.k8s.io/v1) is checked against the published CRD's own
+openAPIV3Schema, vendored verbatim in data/inferencepool-v1.6.0.schema.json (origin and license in
+its "$comment"), made strict the way the API server's pruning would silently drop unknown fields.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -122,21 +127,50 @@ HTTP_ROUTE = strict({
                 "path": strict({"type": {"enum": ["Exact", "PathPrefix", "RegularExpression"]},
                                 "value": {"type": "string", "pattern": "^/", "maxLength": 1024}}),
             })},
-            "backendRefs": {"type": "array", "items": strict({
-                "group": {"type": "string"}, "kind": STRING, "name": STRING, "namespace": STRING,
-                "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                "weight": {"type": "integer", "minimum": 0, "maximum": 1000000},
-            }, required=("name",))},
+            "backendRefs": {"type": "array", "items": {
+                **strict({
+                    "group": {"type": "string", "maxLength": 253,
+                              "pattern": r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"},
+                    "kind": {"type": "string", "minLength": 1, "maxLength": 63,
+                             "pattern": r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$"},
+                    "name": STRING, "namespace": STRING,
+                    "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                    "weight": {"type": "integer", "minimum": 0, "maximum": 1000000},
+                }, required=("name",)),
+                # the CRD's CEL rule "Must have port for Service reference" (group "" and kind
+                # Service are the defaults)
+                "if": {"properties": {"group": {"const": ""}, "kind": {"const": "Service"}}},
+                "then": {"required": ["port"]},
+            }},
             "timeouts": strict({"request": GATEWAY_DURATION, "backendRequest": GATEWAY_DURATION}),
         })},
     }),
 }, required=("apiVersion", "kind", "metadata", "spec"))
+
+
+def no_unknown_fields(schema):
+    """The schema with ``additionalProperties: false`` on every object that lists its properties:
+    the API server prunes unknown fields of a structural CRD without a word, so a misspelled field
+    would be lost in the cluster; here it is an error."""
+    if isinstance(schema, list):
+        return [no_unknown_fields(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: no_unknown_fields(value) for key, value in schema.items()}
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+INFERENCE_POOL_CRD = Path(__file__).with_name("data") / "inferencepool-v1.6.0.schema.json"
+INFERENCE_POOL = no_unknown_fields(json.loads(INFERENCE_POOL_CRD.read_text()))
 
 SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
     ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): HTTP_ROUTE,
+    ("inference.networking.k8s.io/v1", "InferencePool"): INFERENCE_POOL,
 }
 
 
@@ -166,7 +200,7 @@ def test_all_custom_resources_appear_somewhere(render):
     """The toggles do render each CRD kind (so the check above is not vacuous)."""
     values = {"autoscaling": {"keda": {"enabled": True}}, "target": {"autoscaling": {"enabled": True}},
               "monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
-              "httpRoute": {"enabled": True}}
+              "httpRoute": {"enabled": True}, "inferencePool": {"enabled": True}}
     kinds = {(o["apiVersion"], o["kind"]) for o in render(values).objects}
     assert set(SCHEMAS) <= kinds
 
@@ -179,15 +213,24 @@ def test_all_custom_resources_appear_somewhere(render):
     ("PodMonitor", lambda o: o["spec"].__setitem__("endpoints", o["spec"].pop("podMetricsEndpoints"))),
     ("ServiceMonitor", lambda o: o["spec"]["endpoints"][0].__setitem__("interval", "30 seconds")),
     ("HTTPRoute", lambda o: o["spec"]["rules"][0].__setitem__("backendRef", [])),
+    ("HTTPRoute", lambda o: o["spec"]["rules"][0]["backendRefs"][0].update(group="", kind="Service")),
+    ("InferencePool", lambda o: o["spec"].__setitem__("targetPortNumber", 8080)),
+    ("InferencePool", lambda o: o["spec"]["endpointPickerRef"].__setitem__("failureMode", "Open")),
+    ("InferencePool", lambda o: o["spec"]["selector"].__setitem__("matchExpressions", [])),
+    ("InferencePool", lambda o: o["spec"].pop("targetPorts")),
 ], ids=["trigger-metadata-not-string", "misnamed-min", "hpa-behavior-typo", "podmonitor-wrong-list",
-        "bad-duration", "httproute-typo"])
+        "bad-duration", "httproute-typo", "service-backend-without-port", "inferencepool-v1alpha2-field",
+        "inferencepool-failure-mode", "inferencepool-selector-not-v1", "inferencepool-no-target-ports"])
 def test_structural_checks_catch_mistakes(render, k8s, mutation):
     """The structural schemas are strict enough to catch typical template mistakes."""
     kind, mutate = mutation
     values = {"autoscaling": {"keda": {"enabled": True}}, "target": {"autoscaling": {"enabled": True}},
               "monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
-              "httpRoute": {"enabled": True}}
-    obj = json.loads(json.dumps(next(o for o in render(values).objects if o["kind"] == kind)))
+              "httpRoute": {"enabled": True}, "inferencePool": {"enabled": True}}
+    # the pool's HTTPRoute (its backendRef is the InferencePool); the gateway's for the other cases
+    name = "demo-saguaro-pool" if kind in ("HTTPRoute", "InferencePool") else None
+    obj = json.loads(json.dumps(next(o for o in render(values).objects
+                                     if o["kind"] == kind and name in (None, o["metadata"]["name"]))))
     check(obj, k8s.KUBE_VERSIONS[-1])
     mutate(obj)
     with pytest.raises(AssertionError):

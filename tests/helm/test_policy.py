@@ -165,6 +165,9 @@ def test_pairing_modes(case, render, k8s):
     workers = values.get("draft", {}).get("workers", 1)
     target = manifests.workload("target")
     names = [c["name"] for c in k8s.pod_spec(target)["containers"]]
+    http_api = _get(values, ("inferencePool", "enabled"), False) or _get(values, ("target", "httpApi", "enabled"), False)
+    assert (names[-1] == "http-api") == http_api, "the pod's OpenAI HTTP API (target.httpApi) comes last"
+    names = [name for name in names if name != "http-api"]
     if mode != "ssd":
         assert names == ["target"] and not manifests.has_workload("draft")
     elif pairing == "colocated":
@@ -394,6 +397,11 @@ def test_network_policies_allow_exactly_the_intended_flows(case, render, k8s):
             expected.add(("metrics-scrapers", "draft", get("draft", "metricsPort", default=9401)))
     if "redis" in components:
         expected |= {("gateway", "redis", 6379), ("target", "redis", 6379)}
+    if get("inferencePool", "enabled", default=False):  # inferencePool.proxyFrom [] = any source
+        expected |= {(ANY, "target", get("target", "httpApi", "port", default=8080)),
+                     ("epp", "target", get("target", "metricsPort", default=9400)),
+                     (ANY, "epp", get("inferencePool", "epp", "extProcPort", default=9002)),
+                     ("metrics-scrapers", "epp", get("inferencePool", "epp", "metricsPort", default=9090))}
     assert flows(manifests, k8s) == expected
     # every pod is covered by a policy (so everything else is denied)
     covered = set()
@@ -431,7 +439,8 @@ def test_rbac_grants_only_the_endpointslice_watch(case, render, k8s):
     assert not manifests.of_kind("ClusterRole") and not manifests.of_kind("ClusterRoleBinding")
     gateway = k8s.pod_spec(manifests.workload("gateway"))
     kubernetes_discovery = _get(values, ("gateway", "discovery"), "kubernetes") == "kubernetes"
-    roles = manifests.of_kind("Role")
+    # the endpoint picker's own read-only Role: test_inference_pool.py
+    roles = [role for role in manifests.of_kind("Role") if k8s.component_of(role) != "epp"]
     if not kubernetes_discovery:
         assert not roles and gateway["automountServiceAccountToken"] is False
         return
@@ -445,7 +454,7 @@ def test_rbac_grants_only_the_endpointslice_watch(case, render, k8s):
                                     "namespace": k8s.NAMESPACE}]
     assert gateway["automountServiceAccountToken"] is True
     for workload in manifests.workloads():
-        if k8s.component_of(workload) != "gateway":
+        if k8s.component_of(workload) not in ("gateway", "epp"):  # the picker watches its pool and pods
             spec = k8s.pod_spec(workload)
             assert spec["automountServiceAccountToken"] is False
             assert spec.get("serviceAccountName", "default") == "default"

@@ -2,8 +2,8 @@
 `helm lint --strict` for Kubernetes 1.30 and 1.34, and every built-in object validates in strict
 mode (unknown fields are errors) against the 1.30 and 1.34 OpenAPI schemas (conftest.KUBE_VERSIONS) (kubernetes-validate).
 
-Custom resources (KEDA ScaledObject, ServiceMonitor, PodMonitor, HTTPRoute) have no schema in
-kubernetes-validate; test_crds.py checks them structurally.
+Custom resources (KEDA ScaledObject, ServiceMonitor, PodMonitor, HTTPRoute, InferencePool) have no
+schema in kubernetes-validate; test_crds.py checks them structurally.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    ("inference.networking.k8s.io/v1", "InferencePool"),
 }
 
 _validated: set[tuple[str, str]] = set()
