@@ -18,7 +18,7 @@ from saguaro.client.settings import RESUMABLE, ClientSettings, remaining
 from saguaro.resume import ReceivedOutput
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
-from saguaro.wire import PROTO_TO_FINISH, speculation_from_proto
+from saguaro.wire import PROTO_TO_FINISH, logprobs_from_proto, speculation_from_proto
 
 
 class StreamOutput:
@@ -29,6 +29,9 @@ class StreamOutput:
         self.prompt_ids = prompt_ids
         self.request_id = ""
         self.received = ReceivedOutput()  # kept across resumes: what the next resume sends
+        # as the offline API's (None: not asked for); kept across resumes with the tokens
+        self.logprobs: list[dict] | None = None
+        self.prompt_logprobs: list[dict] | None = None
         self.result: GenerateResult | None = None
         self.answered = False  # a response arrived: the request may no longer be retried
 
@@ -42,6 +45,10 @@ class StreamOutput:
                 raise ServiceError(f"stream from {self.address} lost or repeated tokens: delta at offset "
                                    f"{delta.offset}, {len(self.received.token_ids)} tokens received", "DATA_LOSS")
             self.received.add(delta)
+            if delta.logprobs:
+                self.logprobs = (self.logprobs or []) + logprobs_from_proto(delta.logprobs)
+            if delta.prompt_logprobs:
+                self.prompt_logprobs = logprobs_from_proto(delta.prompt_logprobs)
             return StreamDelta(response.request_id, list(delta.token_ids), delta.text, delta.offset, delta.round,
                                list(delta.logprobs), list(delta.prompt_logprobs))
         if kind == "final":
@@ -75,6 +82,7 @@ class StreamOutput:
         if final.HasField("stop_token_id"):
             out["stop_token_id"] = final.stop_token_id
         out["stop_string"] = final.stop_string if final.HasField("stop_string") else None  # as the offline API
+        out["logprobs"], out["prompt_logprobs"] = self.logprobs, self.prompt_logprobs  # likewise
         if final.error_message:
             out["error_message"] = final.error_message
         return out

@@ -189,3 +189,12 @@ def test_the_sdk_streams_the_targets_logprobs_over_grpc(gateway, target):
     assert all(list(s.top_token_ids) == ref[len(prompt) - 1 + i].topk(2).indices.tolist() for i, s in enumerate(scored))
     assert [s.token_id for s in deltas[0].prompt_logprobs] == prompt[1:]
     assert all(abs(s.logprob - ref[j][s.token_id].item()) <= TOL for j, s in enumerate(deltas[0].prompt_logprobs))
+    # the result carries them as the offline API's RequestOutput does (one JSON shape); None when not asked
+    with Client(gateway.grpc_address, timeout=60) as sdk:
+        result = sdk.generate(prompt, max_tokens=MAX_TOKENS, logprobs=2, prompt_logprobs=1)
+        plain = sdk.generate(prompt, max_tokens=MAX_TOKENS)
+    assert [e["token_id"] for e in result["logprobs"]] == tokens
+    assert [e["logprob"] for e in result["logprobs"]] == [s.logprob for s in scored]
+    assert [e["top_ids"] for e in result["logprobs"]] == [list(s.top_token_ids) for s in scored]
+    assert [e["token_id"] for e in result["prompt_logprobs"]] == prompt[1:]
+    assert plain["logprobs"] is None and plain["prompt_logprobs"] is None
