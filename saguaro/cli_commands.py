@@ -88,7 +88,7 @@ def cmd_draft(args: argparse.Namespace) -> int:
     server = serve(config, address, speculation_settings(args), build_cache=not args.no_tree, telemetry=telemetry,
                    credentials=credentials)
     if telemetry is not None:
-        telemetry.serve(args.metrics_port, args.host, labels)
+        telemetry.serve(args.metrics_port, args.metrics_host or args.host, labels)
     # NOT_SERVING first (its health Watchers hear it), then the session in flight gets 0.5 s
     signal.signal(signal.SIGTERM, lambda *_: stop_serving(server, grace=0.5))
     print(f"draft service for {args.model} listening on {address}", flush=True)
@@ -147,7 +147,7 @@ def cmd_target(args: argparse.Namespace) -> int:
     telemetry = TargetTelemetry(Path(args.model).name, metrics=args.metrics_port != 0)
     server, loop = serve_target(engine, load_tokenizer(args.model), address, draft_model_name=draft_name,
                                 telemetry=telemetry, credentials=server_credentials)
-    telemetry.serve(args.metrics_port, args.host, loop, labels)
+    telemetry.serve(args.metrics_port, args.metrics_host or args.host, loop, labels)
     signal.signal(signal.SIGTERM, lambda *_: stop_serving(server, grace=0.5))  # NOT_SERVING first
     where = f", draft at {' '.join(args.draft_address)}" if mode == "ssd" and args.draft_address else ""
     print(f"target service (mode {mode}{where}) for {args.model} listening on {address}", flush=True)

@@ -56,6 +56,11 @@ def add_telemetry_args(parser: argparse.ArgumentParser, up: bool = False) -> Non
                        help=("the target's /metrics and /healthz HTTP port; the draft uses the next one "
                              if up else "HTTP port for Prometheus /metrics and /healthz, on --host ")
                        + "(default: 9400; 0 disables). Tracing: set OTEL_EXPORTER_OTLP_ENDPOINT (docs/observability.md)")
+    if not up:
+        group.add_argument("--metrics-host", default=None, metavar="HOST",
+                           help="address of the /metrics and /healthz port (default: --host); e.g. 0.0.0.0 for a "
+                                "draft whose gRPC stays on loopback next to its target but whose metrics "
+                                "Prometheus scrapes")
     group.add_argument("--log-format", choices=["text", "json"], default="text",
                        help="log lines as text, or one JSON object per line with trace ids (default: text)")
     add_metrics_label_arg(group, up)

@@ -54,7 +54,8 @@ TOGGLES: dict[str, tuple[dict, dict]] = {
         {"metrics": {"enabled": True}, "otel": {"enabled": True, "headersSecret": "otel-headers",
                                                 "resourceAttributes": {"deployment.environment": "test"}},
          "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
-                        "podMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}}},
+                        "podMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+                        "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}}},
     ),
     "ingress": (
         {"ingress": {"enabled": False}, "httpRoute": {"enabled": False}},

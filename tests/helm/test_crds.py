@@ -112,6 +112,19 @@ POD_MONITOR = strict({
     }, required=("selector", "podMetricsEndpoints")),
 }, required=("apiVersion", "kind", "metadata", "spec"))
 
+# prometheus-operator PrometheusRule monitoring.coreos.com/v1 (the fields of a Rule the chart renders)
+RULE = strict({"record": STRING, "alert": STRING, "expr": {"type": ["string", "integer"]}, "for": DURATION,
+               "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+               "annotations": {"type": "object", "additionalProperties": {"type": "string"}}}, required=("expr",))
+PROMETHEUS_RULE = strict({
+    **header("monitoring.coreos.com/v1", "PrometheusRule"),
+    "spec": strict({
+        "groups": {"type": "array", "items": strict({"name": STRING, "interval": DURATION,
+                                                       "rules": {"type": "array", "items": RULE}},
+                                                      required=("name",))},
+    }),
+}, required=("apiVersion", "kind", "metadata", "spec"))
+
 HOSTNAME = {"type": "string", "pattern": r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
             "maxLength": 253}
 HTTP_ROUTE = strict({
@@ -169,6 +182,7 @@ SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
     ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): HTTP_ROUTE,
     ("inference.networking.k8s.io/v1", "InferencePool"): INFERENCE_POOL,
 }
@@ -199,7 +213,8 @@ def test_custom_resources_match_their_crds(case, render, k8s):
 def test_all_custom_resources_appear_somewhere(render):
     """The toggles do render each CRD kind (so the check above is not vacuous)."""
     values = {"autoscaling": {"keda": {"enabled": True}}, "target": {"autoscaling": {"enabled": True}},
-              "monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+              "monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
+                             "prometheusRule": {"enabled": True}},
               "httpRoute": {"enabled": True}, "inferencePool": {"enabled": True}}
     kinds = {(o["apiVersion"], o["kind"]) for o in render(values).objects}
     assert set(SCHEMAS) <= kinds

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import helm_python
 import yaml
 
-CHART = Path(__file__).resolve().parents[2] / "helm" / "saguaro"
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "saguaro"
+DOC = ROOT / "docs" / "observability.md"
+BEGIN, END = "<!-- queries: begin (generated) -->", "<!-- queries: end -->"
+# The values docs/observability.md's query list is rendered with (every query-bearing switch on;
+# tests/observability/test_chart_queries.py runs the same expressions).
+DOC_VALUES = {"metrics": {"enabled": True}, "autoscaling": {"keda": {"enabled": True}},
+              "target": {"autoscaling": {"enabled": True}}, "draft": {"autoscaling": {"enabled": True}},
+              "monitoring": {"prometheusRule": {"enabled": True}, "dashboards": {"enabled": True}}}
 VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)")
 LABEL_VALUES = re.compile(r"^label_values\((?:(?P<match>.+),\s*)?(?P<label>\w+)\)$")
 
@@ -105,3 +114,45 @@ def rule_queries(groups: list[dict]) -> list[Query]:
                 out.append(Query(f"recording rule {rule['record']}", rule["record"]))
             out.append(Query(f"rule {rule.get('record') or rule.get('alert')} (expr)", rule["expr"]))
     return out
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def query_table(manifests: list[dict]) -> str:
+    """docs/observability.md's list of every shipped expression: where it is, what it means, the query."""
+    rows = ["| where | what it means | query |", "|---|---|---|"]
+    for name, board in sorted(dashboards(manifests).items()):
+        panels = list(board["panels"])
+        while panels:
+            panel = panels.pop(0)
+            panels += panel.get("panels", [])
+            for target in panel.get("targets", []):
+                if "expr" in target:
+                    rows.append(f"| {name} / {_cell(panel['title'])} | {_cell(panel.get('description', ''))} | "
+                                f"`{_cell(target['expr'])}` |")
+    for doc in manifests:
+        if doc["kind"] == "ScaledObject":
+            for trigger in doc["spec"]["triggers"]:
+                if trigger["type"] == "prometheus":
+                    rows.append(f"| ScaledObject {doc['metadata']['name']} / {trigger.get('name', '')} | KEDA trigger "
+                                f"(threshold {trigger['metadata'].get('threshold')} per replica) | "
+                                f"`{_cell(trigger['metadata']['query'])}` |")
+    for group in rule_groups(manifests):
+        for rule in group["rules"]:
+            rows.append(f"| PrometheusRule / {rule.get('record') or rule.get('alert')} | recording rule "
+                        f"({group['name']}) | `{_cell(rule['expr'])}` |")
+    return "\n".join(rows)
+
+
+def documented_section(doc: str, table: str) -> str:
+    """``doc`` with the generated query table between its markers."""
+    start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
+    return doc[:start] + "\n" + table + "\n" + doc[end:]
+
+
+if __name__ == "__main__":  # python tests/observability/chart_queries.py: rewrite the doc's table
+    text = DOC.read_text()
+    DOC.write_text(documented_section(text, query_table(render(DOC_VALUES, "demo", "llm"))))
+    print(f"{DOC}: query list regenerated", file=sys.stderr)

@@ -39,11 +39,9 @@ pytestmark = pytest.mark.slow  # a saguaro up stack, a Prometheus and a minute o
 
 RELEASE, NAMESPACE = "demo", "llm"
 VALUES = {
-    # remote pairing: draft pods of their own, as `saguaro up` runs the draft as its own process
-    "pairing": {"mode": "remote"},
     "metrics": {"enabled": True},
     "monitoring": {"podMonitor": {"enabled": True}, "serviceMonitor": {"enabled": True},
-                   "dashboards": {"enabled": True}},
+                   "prometheusRule": {"enabled": True}, "dashboards": {"enabled": True}},
     "autoscaling": {"keda": {"enabled": True}},
     "target": {"autoscaling": {"enabled": True}},
     "draft": {"autoscaling": {"enabled": True}},
@@ -76,19 +74,29 @@ def service_of(manifests: list[dict], component: str) -> dict | None:
                  and doc["spec"].get("clusterIP") != "None"), None)
 
 
-def local_pod(manifests: list[dict], component: str, ports: dict[str, str]) -> LocalPod:
-    """The rendered pod of ``component``, standing in for the local process listening on ``ports``."""
+def local_pod(manifests: list[dict], component: str, container: str, ports: dict[str, str]) -> LocalPod:
+    """The rendered pod of ``component``'s ``container``, standing in for the local process
+    listening on ``ports`` (rendered port name -> local address)."""
     workload = workloads(manifests)[component]
     template = workload["spec"]["template"]
-    container = next(c for c in template["spec"]["containers"] if c["name"] == component)
-    named = {p.get("name") for p in container.get("ports", [])}
+    spec = next(c for c in template["spec"]["containers"] if c["name"] == container)
+    named = {p.get("name") for p in spec.get("ports", [])}
     missing = set(ports) - named
-    assert not missing, f"the rendered {component} container has no port named {missing} (has {named})"
+    assert not missing, f"the rendered {component} pod's {container} container has no port named {missing} (has {named})"
     service = service_of(manifests, component)
     service_ports = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} if service else {}
     return LocalPod(name=f"{workload['metadata']['name']}-0", namespace=NAMESPACE,
-                    labels=template["metadata"]["labels"], container=component, ports=ports,
+                    labels=template["metadata"]["labels"], container=container, ports=ports,
                     service=service, service_ports=service_ports)
+
+
+def local_pods(manifests: list[dict], pairing: str, http: str, target_metrics: str, draft_metrics: str) -> list[LocalPod]:
+    """The stack's processes as the chart's pods: the draft is a container of the target pod
+    (colocated, its metrics port named draft-metrics) or a pod of its own (remote)."""
+    draft = (local_pod(manifests, "target", "draft", {"draft-metrics": draft_metrics}) if pairing == "colocated"
+             else local_pod(manifests, "draft", "draft", {"metrics": draft_metrics}))
+    return [local_pod(manifests, "gateway", "gateway", {"http": http}),
+            local_pod(manifests, "target", "target", {"metrics": target_metrics}), draft]
 
 
 def metrics_labels(manifests: list[dict]) -> list[str]:
@@ -136,12 +144,13 @@ def load(http: str, model: str, prompt: str) -> None:
         time.sleep(LOAD_PAUSE_S)
 
 
-@pytest.fixture(scope="module")
-def stack(model_dirs, tmp_path_factory):
+@pytest.fixture(scope="module", params=["colocated", "remote"])
+def stack(request, model_dirs, tmp_path_factory):
     """A `saguaro up` SSD stack under a short greedy load, scraped by Prometheus as the chart's
-    monitors would have it scraped."""
-    workdir = tmp_path_factory.mktemp("prometheus-stack")
-    manifests = render(VALUES, RELEASE, NAMESPACE)
+    monitors would have it scraped, for each pairing (the draft in the target pod, or its own)."""
+    pairing = request.param
+    workdir = tmp_path_factory.mktemp(f"prometheus-{pairing}")
+    manifests = render({**VALUES, "pairing": {"mode": pairing}}, RELEASE, NAMESPACE)
     grpc_port, http_port, metrics_port, draft_port = free_port(), free_port(), free_port_run(2), free_port_run(1)
     log = workdir / "up.log"
     redis = RedisServer(workdir).start()  # the chart's default: a bundled Redis holds the prefix index
@@ -156,11 +165,12 @@ def stack(model_dirs, tmp_path_factory):
     prometheus = None
     try:
         wait_for_line(log, r"^ready: saguaro stack serving", up)
-        pods = [local_pod(manifests, "gateway", {"http": f"127.0.0.1:{http_port}"}),
-                local_pod(manifests, "target", {"metrics": f"127.0.0.1:{metrics_port}"}),
-                local_pod(manifests, "draft", {"metrics": f"127.0.0.1:{metrics_port + 1}"})]
+        pods = local_pods(manifests, pairing, f"127.0.0.1:{http_port}", f"127.0.0.1:{metrics_port}",
+                          f"127.0.0.1:{metrics_port + 1}")
         monitors = [doc for doc in manifests if doc["kind"] in ("PodMonitor", "ServiceMonitor")]
-        prometheus = PrometheusServer(workdir, scrape_jobs(monitors, pods), rule_groups(manifests)).start()
+        # the rendered rules, evaluated every second instead of every interval: the test has seconds
+        groups = [{**group, "interval": "1s"} for group in rule_groups(manifests)]
+        prometheus = PrometheusServer(workdir, scrape_jobs(monitors, pods), groups).start()
         # every job scraped once before the load, so rate() sees the counters rise
         prometheus.wait_for("min(up) == 1 and count(up) == 3")
         http = f"http://127.0.0.1:{http_port}"
@@ -171,7 +181,7 @@ def stack(model_dirs, tmp_path_factory):
         for thread in threads:
             thread.join()
         time.sleep(5)  # a few scrapes after the load: the rate() windows hold its increase
-        yield manifests, prometheus
+        yield manifests, prometheus, pairing
     finally:
         if prometheus is not None:
             prometheus.stop()
@@ -218,17 +228,18 @@ def resolve_variables(prometheus: PrometheusServer, board: dict) -> dict[str, st
 
 
 def test_the_stack_is_scraped_with_the_labels_a_cluster_would_attach(stack):
-    _, prometheus = stack
+    _, prometheus, pairing = stack
     labels = {target["labels"]["container"]: target["labels"] for target in prometheus.targets()}
     assert set(labels) == {"gateway", "target", "draft"}, labels
-    for component, target in labels.items():
+    pod_of = {"gateway": "gateway", "target": "target", "draft": "target" if pairing == "colocated" else "draft"}
+    for container, target in labels.items():
         assert target["namespace"] == NAMESPACE
-        assert target["app_kubernetes_io_component"] == component  # podTargetLabels
+        assert target["app_kubernetes_io_component"] == pod_of[container]  # podTargetLabels
         assert target["app_kubernetes_io_instance"] == RELEASE
 
 
 def test_every_dashboard_query_returns_data(stack):
-    manifests, prometheus = stack
+    manifests, prometheus, _ = stack
     boards = dashboards(manifests)
     assert boards, "the render has no dashboards"
     checks = []
@@ -240,12 +251,12 @@ def test_every_dashboard_query_returns_data(stack):
 
 
 def test_every_autoscaling_trigger_query_returns_data(stack):
-    manifests, prometheus = stack
+    manifests, prometheus, _ = stack
     queries = trigger_queries(manifests)
     assert {q.source.split(" / ")[0] for q in queries} >= {f"ScaledObject {RELEASE}-saguaro-target"}
     assert_all_have_data(prometheus, [(query, query.expr) for query in queries])
 
 
 def test_every_rule_passes_promtool_and_returns_data(stack):
-    manifests, prometheus = stack
+    manifests, prometheus, _ = stack
     assert_all_have_data(prometheus, [(query, query.expr) for query in rule_queries(rule_groups(manifests))])

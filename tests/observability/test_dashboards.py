@@ -28,7 +28,27 @@ SCHEMA = json.loads((Path(__file__).parent / "grafana_dashboard.schema.json").re
 BUILTIN_VARS = {"__rate_interval", "__interval", "__range"}
 TARGET_LABELS = {"pod", "instance", "job", "namespace", "container"}  # added by Prometheus at scrape time
 SERVICES = {"saguaro-target", "saguaro-draft", "saguaro-gateway"}
-METRIC = re.compile(r"\b(vllm:[a-z0-9_:]+|saguaro_[a-z0-9_]+)(\{[^}]*\})?")
+METRIC = re.compile(r"\b(vllm:[a-z0-9_:]+|saguaro_[a-z0-9_]+|saguaro:[a-z0-9_:]+)(\{[^}]*\})?")
+GROUPING = re.compile(r"\b(?:by|without)\s*\([^)]*\)")  # label names, not metrics
+
+
+def metrics_in(expr: str) -> list[tuple[str, str]]:
+    """(metric, selector) of every Saguaro/vLLM series ``expr`` reads (grouping clauses left out)."""
+    return METRIC.findall(GROUPING.sub("", expr))
+
+
+def recorded_series() -> dict[str, set[str]]:
+    """Series the chart's recording rules define -> the labels they keep (their ``by`` clause)."""
+    with helm_python.Chart.load(CHART) as chart:
+        rendered = chart.render({"monitoring": {"prometheusRule": {"enabled": True}}}, name="demo", namespace="llm")
+    rule = yaml.safe_load(rendered["saguaro/templates/prometheusrule.yaml"])
+    out = {}
+    for group in rule["spec"]["groups"]:
+        for r in group["rules"]:
+            if "record" in r:
+                by = re.search(r"\bby\s*\(([^)]*)\)", r["expr"])
+                out[r["record"]] = {label.strip() for label in by.group(1).split(",")} if by else set()
+    return out
 
 
 def gateway_samples() -> dict[str, set[str]]:
@@ -42,10 +62,11 @@ def gateway_samples() -> dict[str, set[str]]:
 
 
 def known_samples() -> dict[str, set[str]]:
-    """Sample name -> its label names (empty set: labels not checked)."""
+    """Sample name -> its label names (empty set: labels not checked); recorded series included."""
     known = {name: set(d.labels) for name, d in exported_samples().items()}
     for name, labels in gateway_samples().items():
         known.setdefault(name, labels)
+    known.update(recorded_series())
     return known
 
 
@@ -139,7 +160,7 @@ def test_every_promql_query_names_exported_metrics_and_labels(boards):
     for name, board in boards.items():
         promql, _ = queries(board)
         for expr in promql:
-            found = METRIC.findall(expr)
+            found = metrics_in(expr)
             assert found, f"{name}: query names no Saguaro/vLLM metric: {expr}"
             for metric, selector in found:
                 assert metric in known, f"{name}: {metric} is not exported by any service ({expr})"
@@ -226,6 +247,9 @@ def test_every_promql_selector_is_scoped_by_namespace_and_pod(boards):
         promql, _ = queries(board)
         own = {variables[v]["query"]["query"] for v in ("namespace", "pod")}  # they choose the scope
         assert promql, name
+        recorded = recorded_series()
         for expr in (e for e in promql if e not in own):
-            for metric, selector in METRIC.findall(expr):
-                assert 'namespace=~"$namespace"' in selector and 'pod=~"$pod"' in selector, (name, metric, expr)
+            for metric, selector in metrics_in(expr):
+                assert 'namespace=~"$namespace"' in selector, (name, metric, expr)
+                # recorded per-pool series keep no pod label: namespace is their scope
+                assert 'pod=~"$pod"' in selector or "pod" not in recorded.get(metric, {"pod"}), (name, metric, expr)

@@ -65,6 +65,28 @@ app.kubernetes.io/name={{ include "saguaro.name" $root }},app.kubernetes.io/inst
 
 {{/* A PromQL label matcher for one component's pods, as the PodMonitor labels them
 (podTargetLabels, sanitised by Prometheus). */}}
+{{/* The recorded goodput series (templates/prometheusrule.yaml): committed tokens per second of
+target round time, per pool. */}}
+{{- define "saguaro.goodputSeries" -}}
+saguaro:goodput_tokens_per_target_second:rate2m
+{{- end -}}
+
+{{/* What one target replica commits per second, for the goodput trigger: the recorded, measured
+goodput when monitoring.prometheusRule.enabled, else (and while the pool is idle, when there is
+no goodput to measure) the configured plain-decoding rate times the live tokens per round. Never
+empty while the target series exist, so a missing series still means a failed scrape (KEDA's
+fallback), not an idle pool. Call with (list $ selector). */}}
+{{- define "saguaro.replicaTokensPerSecond" -}}
+{{- $root := index . 0 -}}
+{{- $selector := index . 1 -}}
+{{- $estimate := printf "(%v * (1 + (sum(rate(vllm:spec_decode_num_accepted_tokens_total{ %s }[10m])) or vector(0)) / clamp_min((sum(rate(vllm:spec_decode_num_drafts_total{ %s }[10m])) or vector(0)), 1e-9)))" $root.Values.target.autoscaling.arTokensPerSecondPerReplica $selector $selector -}}
+{{- if $root.Values.monitoring.prometheusRule.enabled -}}
+((sum({{ include "saguaro.goodputSeries" $root }}{ {{ $selector }} }) > 0) or {{ $estimate }})
+{{- else -}}
+{{ $estimate }}
+{{- end -}}
+{{- end -}}
+
 {{- define "saguaro.promSelector" -}}
 {{- $root := index . 0 -}}
 inference_server="saguaro",namespace="{{ $root.Release.Namespace }}",saguaro_release="{{ $root.Release.Name }}",saguaro_pool="{{ index . 1 }}"
@@ -709,6 +731,13 @@ SAGUARO_LOG_FORMAT: {{ $root.Values.logFormat | quote }}
 {{- end }}
 {{- end -}}
 
+{{/* The name of colocated draft worker i's metrics port in the target pod (port names are
+unique per pod and at most 15 characters): draft-metrics, draft-metrics-1, ... The PodMonitor
+scrapes each by this name. Call with the worker index. */}}
+{{- define "saguaro.colocatedDraftMetricsPort" -}}
+{{- ternary (printf "draft-metrics-%d" (int .)) "draft-metrics" (gt (int .) 0) -}}
+{{- end -}}
+
 {{/* The draft container (colocated: inside the target pod, listening on loopback; remote: its own
 pod). Call with (list $ colocated? [worker]). Colocated draft worker i (draft.workers > 1) is the
 container "draft-<i>" on draft.port + i and draft.metricsPort + i: its env overrides the
@@ -738,6 +767,11 @@ ConfigMap's SAGUARO_PORT / SAGUARO_METRICS_PORT (env wins over envFrom). */}}
     {{- include "saguaro.speculationArgs" $root | nindent 4 }}
     {{- include "saguaro.engineArgs" (list $root $values.engine) | nindent 4 }}
     {{- include "saguaro.metricsLabelArgs" (list $root "draft") | nindent 4 }}
+    {{- if and $colocated $root.Values.metrics.enabled }}
+    {{- /* gRPC stays on loopback; /metrics must be reachable by Prometheus on the pod IP */}}
+    - --metrics-host
+    - 0.0.0.0
+    {{- end }}
     {{- if $tls }}
     {{- include "saguaro.internalTlsServerArgs" $root | nindent 4 }}
     {{- end }}
@@ -759,7 +793,8 @@ ConfigMap's SAGUARO_PORT / SAGUARO_METRICS_PORT (env wins over envFrom). */}}
     {{- with $values.env }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
-  {{- /* colocated: gRPC and metrics listen on the pod's loopback (--host), so no ports are declared */}}
+  {{- /* colocated: gRPC listens on the pod's loopback (--host), so only the metrics port is
+  declared, under a name of its own in the target pod (saguaro.colocatedDraftMetricsPort) */}}
   {{- if not $colocated }}
   ports:
     - name: grpc
@@ -770,6 +805,11 @@ ConfigMap's SAGUARO_PORT / SAGUARO_METRICS_PORT (env wins over envFrom). */}}
       containerPort: {{ $values.metricsPort }}
       protocol: TCP
     {{- end }}
+  {{- else if $root.Values.metrics.enabled }}
+  ports:
+    - name: {{ include "saguaro.colocatedDraftMetricsPort" $worker }}
+      containerPort: {{ add (int $values.metricsPort) $worker }}
+      protocol: TCP
   {{- end }}
   {{- /* colocated: loopback only, and the kubelet's probes dial the pod IP, so check from inside */}}
   {{- include "saguaro.grpcProbes" (list $root $values $port "" $tls $colocated) | nindent 2 }}
