@@ -120,7 +120,7 @@ class RequestTracker:
             if seq.logprobs is not None:
                 seq.logprobs.append(logprobs[i])
             if seq.stop_text is not None:
-                seq.stop_text.push(token)
+                seq.stop_text.push(token, armed=seq.num_output_tokens >= seq.params.min_tokens)
             reason = self._stop_reason(seq, token)
             if reason is not None:
                 self.finish(seq, reason)
