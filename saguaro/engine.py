@@ -18,6 +18,7 @@ import torch
 
 from saguaro.config import EngineConfig
 from saguaro.errors import InvalidRequestError
+from saguaro.logits_processors import resolve
 from saguaro.logprobs import TokenLogprob, token_logprobs
 from saguaro.model_runner import CausalChunk, ModelRunner
 from saguaro.request_rules import check_token_ids, fits_context, prompt_leaves_room
@@ -59,6 +60,7 @@ class RequestTracker:
             raise InvalidRequestError("the prompt is empty; give at least one token")
         check_token_ids("prompt token ids", prompt_token_ids, self.runner.vocab_size)
         check_token_ids("resumed token ids", output_token_ids, self.runner.vocab_size)
+        check_token_ids("logit_bias token ids", params.logit_bias, self.runner.vocab_size)
         limit = self.runner.max_model_len
         if not prompt_leaves_room(len(prompt_token_ids), limit):
             raise InvalidRequestError(
@@ -71,6 +73,9 @@ class RequestTracker:
                                       f"is {limit}")
         gen = None if params.greedy else make_generator(params.seed, self.rng)
         seq = Sequence(next(self.ids), tokens, len(prompt_token_ids), params, gen)
+        seq.processing = resolve(params.presence_penalty, params.frequency_penalty, params.repetition_penalty,
+                                 params.logit_bias, params.min_tokens,
+                                 {t for t in self.eos_ids | set(params.stop_token_ids) if 0 <= t < self.runner.vocab_size})
         if params.logprobs is not None:
             seq.logprobs = [None] * len(output_token_ids)  # resumed tokens: scored by the server that sent them
         if params.stop:
@@ -115,7 +120,7 @@ class RequestTracker:
             if seq.logprobs is not None:
                 seq.logprobs.append(logprobs[i])
             if seq.stop_text is not None:
-                seq.stop_text.push(token)
+                seq.stop_text.push(token, armed=seq.num_output_tokens >= seq.params.min_tokens)
             reason = self._stop_reason(seq, token)
             if reason is not None:
                 self.finish(seq, reason)
@@ -188,7 +193,7 @@ class LLMEngine:
                         prompt = seq.token_ids[1:seq.num_prompt_tokens]
                         seq.prompt_logprobs = token_logprobs(rows, prompt, seq.params.prompt_logprobs)
                 logits = logits[ends - 1]
-            tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs]).tolist()
+            tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs], [s.history for s in seqs]).tolist()
         for i, (seq, token) in enumerate(zip(seqs, tokens)):
             self.commit(seq, seq.num_tokens, [token], scored(seq, logits[i:i + 1], [token]))
 

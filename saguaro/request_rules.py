@@ -77,3 +77,42 @@ def prompt_leaves_room(prompt_tokens: int, max_model_len: int) -> bool:
 def fits_context(total_tokens: int, max_model_len: int) -> bool:
     """Prompt plus resumed tokens (a migrated stream) must fit the model's context."""
     return total_tokens <= max_model_len
+
+
+MAX_PENALTY = 2.0  # presence_penalty and frequency_penalty lie in [-2, 2] (OpenAI's and vLLM's range)
+MAX_LOGIT_BIAS = 100.0  # a logit_bias value lies in [-100, 100] (OpenAI's range)
+
+
+def processor_problem(presence_penalty: float, frequency_penalty: float, repetition_penalty: float, min_p: float,
+                      min_tokens: int, max_tokens: int | None, logit_bias: dict[int, float]) -> tuple[str, str] | None:
+    """The first logits-processor field out of vLLM's ranges, as ``(field, message)``; None if
+    all are fine. vLLM's checks (``SamplingParams._verify_args``), so a request vLLM accepts is
+    accepted here; the token ids of ``logit_bias`` are checked against the vocabulary by the
+    engine (``check_token_ids``), the only place that knows it."""
+    for name, value in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)):
+        if not (math.isfinite(value) and -MAX_PENALTY <= value <= MAX_PENALTY):
+            return name, f"{name} must be in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}], got {value}"
+    if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
+        return "repetition_penalty", f"repetition_penalty must be > 0 (1 disables it), got {repetition_penalty}"
+    if not (math.isfinite(min_p) and 0 <= min_p <= 1):
+        return "min_p", f"min_p must be in [0, 1], got {min_p}"
+    if isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or min_tokens < 0:
+        return "min_tokens", f"min_tokens must be an integer >= 0, got {min_tokens!r}"
+    if max_tokens is not None and min_tokens > max_tokens:
+        return "min_tokens", f"min_tokens ({min_tokens}) must not exceed max_tokens ({max_tokens})"
+    for token, bias in logit_bias.items():
+        if isinstance(token, bool) or not isinstance(token, int):
+            return "logit_bias", f"logit_bias keys must be token ids, got {token!r}"
+        if not (math.isfinite(bias) and -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS):
+            return "logit_bias", (f"logit_bias values must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], "
+                                  f"got {bias} for token {token}")
+    return None
+
+
+def check_processor_fields(presence_penalty: float, frequency_penalty: float, repetition_penalty: float, min_p: float,
+                           min_tokens: int, max_tokens: int | None, logit_bias: dict[int, float]) -> None:
+    """:func:`processor_problem` as an ``InvalidRequestError``."""
+    problem = processor_problem(presence_penalty, frequency_penalty, repetition_penalty, min_p, min_tokens,
+                                max_tokens, logit_bias)
+    if problem is not None:
+        raise InvalidRequestError(problem[1])

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import torch
 
 from saguaro.errors import InvalidRequestError
-from saguaro.request_rules import MAX_LOGPROBS, check_stop_strings, valid_logprobs, valid_temperature, valid_top_p
+from saguaro.logits_processors import History, process_logits
+from saguaro.request_rules import (MAX_LOGPROBS, check_processor_fields, check_stop_strings, valid_logprobs,
+                                   valid_temperature, valid_top_p)
 from saguaro.wire import MODES
 
 DEFAULT_MAX_TOKENS = 64  # also what a Generate request without sampling.max_tokens gets (inference.proto)
@@ -44,6 +46,15 @@ class SamplingParams:
     # prompt instead of reusing cached prefix blocks (docs/prefix-caching.md).
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    # vLLM's logits processors (saguaro/logits_processors.py; docs/speculation.md, "Logits
+    # processors"), exact under speculation. ``min_p``: after temperature, tokens less likely
+    # than ``min_p`` times the most likely one are dropped (sampling only: greedy keeps its argmax).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_p: float = 0.0
+    min_tokens: int = 0
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # one stop string, as OpenAI and vLLM accept it
@@ -68,6 +79,8 @@ class SamplingParams:
             value = getattr(self, name)
             if value is not None and not valid_logprobs(value):
                 raise InvalidRequestError(f"{name} must be an integer in [0, {MAX_LOGPROBS}] (or unset), got {value!r}")
+        check_processor_fields(self.presence_penalty, self.frequency_penalty, self.repetition_penalty, self.min_p,
+                               self.min_tokens, self.max_tokens, self.logit_bias)
 
     @property
     def greedy(self) -> bool:
@@ -97,13 +110,20 @@ def make_generator(seed: int | None, fallback: torch.Generator) -> torch.Generat
     return gen
 
 
-def filter_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Temperature, top-k and top-p applied row-wise; returns fp32 probabilities.
+def filter_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                  min_p: torch.Tensor | None = None) -> torch.Tensor:
+    """Temperature, min-p, top-k and top-p applied row-wise (vLLM's order); returns fp32
+    probabilities.
 
-    top-k keeps the k largest logits; top-p keeps the smallest set of most likely tokens whose
-    mass reaches p (always at least one token).
+    min-p drops the tokens whose probability after temperature is below ``min_p`` times the most
+    likely token's; top-k keeps the k largest logits; top-p keeps the smallest set of most likely
+    tokens whose mass reaches p (always at least one token).
     """
     logits = logits.float() / temperature[:, None]
+    if min_p is not None and bool((min_p > 0).any()):
+        probs = logits.softmax(dim=-1)
+        floor = probs.amax(dim=-1, keepdim=True) * min_p[:, None]
+        logits = logits.masked_fill(probs < floor, float("-inf"))
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     ranks = torch.arange(logits.shape[-1], device=logits.device)[None, :]
     drop = (top_k[:, None] > 0) & (ranks >= top_k[:, None])
@@ -117,12 +137,16 @@ def filter_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     return filtered.softmax(dim=-1)
 
 
-def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> torch.Tensor:
-    """One token per row: argmax for greedy rows, an exponential race for sampled rows.
+def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+           histories: list[History | None] | None = None) -> torch.Tensor:
+    """One token per row: argmax for greedy rows, an exponential race for sampled rows, after
+    each row's logits processors (``histories``: per row, None for a request without any).
 
     The race (argmax of p / E with E ~ Exp(1) from the row's own generator) draws exactly
     from p, and keeps the per-row randomness in that row's generator.
     """
+    if histories is not None:
+        logits = process_logits(logits, histories)
     tokens = logits.argmax(dim=-1)
     rows = [i for i, p in enumerate(params) if not p.greedy]
     if not rows:
@@ -131,7 +155,8 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     temperature = torch.tensor([params[i].temperature for i in rows], dtype=torch.float32)
     top_k = torch.tensor([params[i].top_k for i in rows], dtype=torch.long)
     top_p = torch.tensor([params[i].top_p for i in rows], dtype=torch.float32)
-    probs = filter_logits(sub, temperature, top_k, top_p)
+    min_p = torch.tensor([params[i].min_p for i in rows], dtype=torch.float32)
+    probs = filter_logits(sub, temperature, top_k, top_p, min_p)
     noise = torch.stack(
         [torch.empty(sub.shape[-1]).exponential_(generator=generators[i]) for i in rows]
     )

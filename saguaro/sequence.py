@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from saguaro.cache import BlockTable
+from saguaro.logits_processors import History, LogitsProcessing
 from saguaro.logprobs import TokenLogprob
 from saguaro.sampling import SamplingParams
 from saguaro.stop_strings import StopText
@@ -55,6 +56,15 @@ class Sequence:
     logprobs: list[TokenLogprob | None] | None = None
     # Prompt tokens 2..P's log probabilities, once its prefill scored them (SamplingParams.prompt_logprobs).
     prompt_logprobs: list[TokenLogprob] | None = None
+    # Its logits processors, resolved (saguaro/logits_processors.py); None: it uses none.
+    processing: LogitsProcessing | None = None
+
+    @property
+    def history(self) -> History | None:
+        """What its logits processors condition on now (None: it has none)."""
+        if self.processing is None:
+            return None
+        return History(self.processing, self.token_ids[:self.num_prompt_tokens], self.token_ids[self.num_prompt_tokens:])
 
     @property
     def scores_prompt(self) -> bool:

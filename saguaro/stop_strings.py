@@ -42,13 +42,15 @@ class StopStringMatcher:
         self._held = ""  # the fed text not shown yet: a suffix that may begin a stop string
         self._shown = 0  # characters of the fed text shown so far
 
-    def feed(self, piece: str, final: bool = False) -> str:
+    def feed(self, piece: str, final: bool = False, armed: bool = True) -> str:
         """Add ``piece``; return the text that can be shown now. ``final``: no text follows, so
-        held-back text is shown unless a stop string ends it."""
+        held-back text is shown unless a stop string ends it. ``armed`` False: a stop string in
+        the window does not end the text (``min_tokens`` not reached yet, as vLLM), but one that
+        it begins may still be completed by later pieces."""
         if self.match is not None:
             return ""
         window = self._held + piece
-        found = self._earliest(window)
+        found = self._earliest(window) if armed else None
         if found is not None:
             index, stop = found
             self.match = StopMatch(stop, self._shown + index, self._shown + index + len(stop))
@@ -93,9 +95,10 @@ class StopText:
         if resumed_ids:
             self.matcher.feed(self._text.push(list(resumed_ids), flush=False))
 
-    def push(self, token: int) -> StopMatch | None:
-        """Add one committed token; the stop string its text completes, if any."""
-        self.matcher.feed(self._text.push([token], flush=False))
+    def push(self, token: int, armed: bool = True) -> StopMatch | None:
+        """Add one committed token; the stop string its text completes, if any (never while
+        not ``armed``: the request's ``min_tokens`` are not all generated yet)."""
+        self.matcher.feed(self._text.push([token], flush=False), armed=armed)
         return self.matcher.match
 
     def output_text(self, full_text: str) -> str:

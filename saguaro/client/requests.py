@@ -32,6 +32,12 @@ def generate_request(
     stream_tokens_individually: bool = False,
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
+    presence_penalty: float | None = None,
+    frequency_penalty: float | None = None,
+    repetition_penalty: float | None = None,
+    min_p: float | None = None,
+    min_tokens: int | None = None,
+    logit_bias: dict[int, float] | None = None,
 ) -> tuple[pb.GenerateRequest, list[int]]:
     """The GenerateRequest of ``Client.stream``'s options, and the prompt ids (empty for text)."""
     if mode not in MODES:
@@ -51,6 +57,12 @@ def generate_request(
             sampling.logprobs = logprobs
         if prompt_logprobs is not None:  # the first delta's TokenDelta.prompt_logprobs
             sampling.prompt_logprobs = prompt_logprobs
+        # vLLM's logits processors (docs/protocol.md "Logits processors"); None: off
+        for name, value in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty),
+                            ("repetition_penalty", repetition_penalty), ("min_p", min_p), ("min_tokens", min_tokens)):
+            if value is not None:
+                setattr(sampling, name, value)
+        sampling.logit_bias.update(logit_bias or {})
         request = pb.GenerateRequest(request_id=request_id, sampling=sampling, decode_mode=MODES[mode],
                                      stream_tokens_individually=stream_tokens_individually)
         if isinstance(prompt, str):

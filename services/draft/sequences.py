@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from saguaro.cache import BlockTable
+from saguaro.logits_processors import History, LogitsProcessing
 
 
 @dataclass
@@ -27,6 +28,15 @@ class DraftSequence:
     kv_tokens: list[int] = field(default_factory=list)
     table: BlockTable = field(default_factory=BlockTable)
     depth: int = 0  # tokens of the last proposal sent for it (0: none yet)
+    # The request's logits processors and prompt length, from its prefill (None: it has none)
+    processing: LogitsProcessing | None = None
+    prompt_len: int = 0
+
+    def history(self, recovery: int) -> History | None:
+        """What the processors condition on at the recovery token's next position."""
+        if self.processing is None:
+            return None
+        return History(self.processing, self.tokens[:self.prompt_len], [*self.tokens[self.prompt_len:], recovery])
 
 
 @dataclass

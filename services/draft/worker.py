@@ -37,7 +37,8 @@ from saguaro.services.draft.sequences import DraftSequence, PendingRow
 from saguaro.services.draft.speculation_cache import CachedDraft, SpeculationCache
 from saguaro.services.draft.telemetry import DraftRoundTrace, round_trace
 from saguaro.services.draft.tree import TreeRound, tree_scratch_slots
-from saguaro.speculative import proposal_codec
+from saguaro.logits_processors import NO_TOKEN, process_block
+from saguaro.speculative import processing_codec, proposal_codec
 from saguaro.speculative.fanout import placeholder_fan_out, scale_fan_out, select_fan_out, shorten_fan_out
 from saguaro.speculative.fork import fork_candidates
 from saguaro.speculative.settings import DraftSettings
@@ -104,6 +105,8 @@ class DraftWorker:
             total = len(tokens) + (0 if item.reset or known is None else len(known.tokens))
             if total > limit:
                 raise ValueError(f"sequence {item.seq_id}: {total} tokens exceed the draft's context ({limit})")
+            if item.HasField("processing"):
+                processing_codec.from_proto(item.processing, vocab)
         if len({item.seq_id for item in request.sequences}) != len(request.sequences):
             raise ValueError("a prefill request names a sequence more than once")
         for item in request.sequences:
@@ -114,6 +117,8 @@ class DraftWorker:
                 seed = role_seed(item.seed, "draft") if item.HasField("seed") else int(
                     torch.randint(0, 2**62, (1,), generator=self.rng))
                 seq = DraftSequence(item.seq_id, tokens, torch.Generator().manual_seed(seed))
+                if item.HasField("processing"):
+                    seq.processing, seq.prompt_len = processing_codec.from_proto(item.processing, vocab)
                 self.sequences[item.seq_id] = seq
             else:
                 seq.tokens.extend(tokens)
@@ -308,11 +313,12 @@ class DraftWorker:
         branches = self.tree_budget.branches(len(pending), k, self._build_budget_s)
         if branches < self.settings.budget:
             fan_hit, fan_miss = scale_fan_out(fan_hit, branches), scale_fan_out(fan_miss, branches)
+        histories = [p.seq.history(p.recovery) for p in pending]  # the requests' logits processors
+        proposals = torch.tensor([p.proposal for p in pending], dtype=torch.long)
         with self.runner.device_step():  # glue and fork: one launch on a GPU
-            glue = self._glue(pending, k)
+            glue = process_block(self._glue(pending, k), histories, proposals)  # forks follow the processed law
             if trace is not None:
                 trace.mark(GLUE_SPAN)
-            proposals = torch.tensor([p.proposal for p in pending], dtype=torch.long)
             hit = torch.tensor([p.hit for p in pending])
             fan = select_fan_out(hit, fan_hit, fan_miss)
             placeholder = torch.tensor([p.placeholder for p in pending])
@@ -325,6 +331,10 @@ class DraftWorker:
         forked = time.perf_counter()
         temps = torch.tensor([p.draft_temperature for p in pending])
         gens = [s.generator for s in seqs]
+        processed = any(h is not None for h in histories)
+        if processed:  # branch m continues [r, s_1..s_j_m, fork_m]: the proposal tokens it keeps come first
+            keep = torch.arange(k)[None, None, :] < depth[:, :, None]
+            before_fork = torch.where(keep, proposals[:, None, :], NO_TOKEN)
         tables = [s.table.blocks for s in seqs]
         batch, m = forks.shape
         current = forks
@@ -341,7 +351,8 @@ class DraftWorker:
                 attend = None if self.runner.graphs is not None else functools.partial(
                     tree_attention, tree=layout and dataclasses.replace(layout, step=step))
                 logits = self.runner.forward(current.reshape(-1), positions, meta, attention=attend).view(batch, m, -1)
-                current, probs = self.sampler.sample(logits, temps, gens)
+                extra = torch.cat([before_fork, forks[:, :, None], *tree_tokens], dim=2) if processed else None
+                current, probs = self.sampler.sample(logits, temps, gens, histories, extra)
             tree_tokens.append(current)
             tree_probs.append(probs)
         self.tree_budget.observe(batch, m, k, forked - start, time.perf_counter() - forked)

@@ -5,7 +5,8 @@ INVALID_ARGUMENT (HTTP 400) whose message and ``param`` name the field. Which fi
 honoured, refused unless neutral, or ignored is one table: ``request_fields``.
 
 Extensions (vLLM-style, optional): ``top_k``, ``seed``, ``stop_token_ids``, ``ignore_eos``,
-``include_stop_str_in_output``, ``mode`` (``ssd`` / ``sd`` / ``ar``: per-request opt-out of speculation) and
+``include_stop_str_in_output``, vLLM's logits processors (``presence_penalty``, ``frequency_penalty``,
+``repetition_penalty``, ``min_p``, ``min_tokens``, ``logit_bias``), ``mode`` (``ssd`` / ``sd`` / ``ar``: per-request opt-out of speculation) and
 ``stream_tokens_individually`` (default true: one SSE chunk per token). Responses carry a
 ``speculation`` object per choice (in streams: on the chunk with the finish reason), and vLLM's
 ``stop_reason`` (the stop string that ended the choice, else null). ``n`` choices per prompt are
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from saguaro.errors import InvalidRequestError
-from saguaro.request_rules import MAX_LOGPROBS, check_stop_strings
+from saguaro.request_rules import MAX_LOGPROBS, check_stop_strings, processor_problem
 from saguaro.services.gateway.errors import invalid
 from saguaro.services.gateway.prepare import Preparer, check_vocabulary
 from saguaro.services.gateway.request_fields import check_fields
@@ -197,6 +198,7 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     )
     # None: until the context is full (chat without max_tokens).
     sampling.max_tokens = max_tokens if max_tokens is not None else limit
+    _logits_processors(fields, sampling, facts.vocab_size)
     logprobs, echo = _logprobs(kind, fields)
     if (logprobs is not None or echo) and not preparer.tokenizer.available:
         name = "echo" if echo else "logprobs"
@@ -236,6 +238,44 @@ def _logprobs(kind: str, fields: Fields) -> tuple[int | None, bool]:
     if top and not asked:
         raise invalid("top_logprobs: set logprobs to true to use top_logprobs", "top_logprobs")
     return (top or 0) if asked else None, False
+
+
+def _logits_processors(fields: Fields, sampling: pb.SamplingParams, vocab: int) -> None:
+    """vLLM's ``presence_penalty``, ``frequency_penalty``, ``repetition_penalty``, ``min_p``,
+    ``min_tokens`` and ``logit_bias`` (token ids as string keys, as OpenAI's) into ``sampling``;
+    the ranges are ``saguaro.request_rules``' (vLLM's), refused naming the field."""
+    values = {name: fields.number(name, default, -math.inf, math.inf) for name, default in
+              (("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("repetition_penalty", 1.0), ("min_p", 0.0))}
+    min_tokens = fields.integer("min_tokens", 0, 0, 2**31 - 1)
+    bias = _logit_bias(fields.body.get("logit_bias"), vocab)
+    problem = processor_problem(values["presence_penalty"], values["frequency_penalty"], values["repetition_penalty"],
+                                values["min_p"], min_tokens, sampling.max_tokens, bias)
+    if problem is not None:
+        raise invalid(problem[1], problem[0])
+    for name, value in values.items():
+        if fields.present(name):
+            setattr(sampling, name, value)
+    if min_tokens:
+        sampling.min_tokens = min_tokens
+    sampling.logit_bias.update(bias)
+
+
+def _logit_bias(value: Any, vocab: int) -> dict[int, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid("logit_bias must be an object mapping token ids to biases", "logit_bias")
+    bias = {}
+    for key, number in value.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise invalid(f"logit_bias keys must be token ids, got {json.dumps(key)[:50]}", "logit_bias") from None
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise invalid(f"logit_bias values must be numbers, got {json.dumps(number)[:50]}", "logit_bias")
+        bias[token] = float(number)
+    check_vocabulary("logit_bias token ids", bias, vocab, "logit_bias")
+    return bias
 
 
 def _stop_token_ids(value: Any, vocab: int) -> list[int]:

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 # extensions ``mode`` and ``stream_tokens_individually`` included) and ``vllm_endpoints``.
 _GENERATION = frozenset({
     "model", "max_tokens", "n", "stream", "stream_options", "temperature", "top_p", "top_k", "seed",
-    "stop", "include_stop_str_in_output", "stop_token_ids", "ignore_eos", "mode", "stream_tokens_individually"})
+    "stop", "include_stop_str_in_output", "stop_token_ids", "ignore_eos", "mode", "stream_tokens_individually",
+    "presence_penalty", "frequency_penalty", "repetition_penalty", "min_p", "min_tokens", "logit_bias"})
 HONOURED = {
     "completions": _GENERATION | {"prompt", "logprobs", "echo"},
     "chat": _GENERATION | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "echo"},
@@ -63,7 +64,6 @@ def _same(value: Any, neutral: Any) -> bool:
 
 
 _LOGPROBS = "only the logprobs of the sampled tokens (and the prompt's, with echo) are returned"
-_PENALTY = "penalties are not supported (leave it unset)"
 _STRUCTURED = "structured output (grammars, JSON schemas, choices) is not supported"
 _TEMPLATE = "per-request chat template options are not supported"
 _TRANSFER = "disaggregated serving parameters are not supported"
@@ -73,9 +73,6 @@ _REPETITION = "repetition detection is not supported"
 REFUSED: Mapping[str, Refusal] = {
     # sampling and output (OpenAI)
     "suffix": Refusal("suffix is not supported", ("",)),
-    "presence_penalty": Refusal(_PENALTY, (0,)),
-    "frequency_penalty": Refusal(_PENALTY, (0,)),
-    "logit_bias": Refusal("logit_bias is not supported", ({},)),
     "best_of": Refusal("only 1 is supported", (1,)),
     "response_format": Refusal("only {\"type\": \"text\"} is supported", ({"type": "text"},)),
     "tools": Refusal("tool calls are not supported", ([],)),
@@ -88,9 +85,6 @@ REFUSED: Mapping[str, Refusal] = {
     "audio": Refusal("audio output is not supported"),
     "web_search_options": Refusal("web search is not supported"),
     # sampling (vLLM)
-    "repetition_penalty": Refusal(_PENALTY, (1,)),
-    "min_p": Refusal("min_p is not supported (leave it unset or 0)", (0,)),
-    "min_tokens": Refusal("min_tokens is not supported (leave it unset or 0)", (0,)),
     "use_beam_search": Refusal("beam search is not supported", (False,)),
     "length_penalty": Refusal("length_penalty applies to beam search, which is not supported", (1,)),
     "skip_special_tokens": Refusal("special tokens are always left out of the text (true only)", (True,)),

@@ -61,6 +61,12 @@ def sampling_from_proto(sampling: pb.SamplingParams, decode_mode: int, server_mo
         draft_temperature=sampling.draft_temperature if sampling.HasField("draft_temperature") else None,
         logprobs=sampling.logprobs if sampling.HasField("logprobs") else None,
         prompt_logprobs=sampling.prompt_logprobs if sampling.HasField("prompt_logprobs") else None,
+        presence_penalty=sampling.presence_penalty,
+        frequency_penalty=sampling.frequency_penalty,
+        repetition_penalty=sampling.repetition_penalty if sampling.HasField("repetition_penalty") else 1.0,
+        min_p=sampling.min_p,
+        min_tokens=sampling.min_tokens,
+        logit_bias=dict(sampling.logit_bias),
     )
     params.validate()
     return params

@@ -197,12 +197,14 @@ class SpeculativeEngine(LLMEngine):
             ends = torch.cumsum(torch.tensor([len(c.token_ids) for c in chunks]), 0)
             if plain:
                 rows = logits[ends[unproposed] - 1]
-                plain_tokens = sample(rows, [s.params for s in plain], [s.generator for s in plain]).tolist()
+                plain_tokens = sample(rows, [s.params for s in plain], [s.generator for s in plain],
+                                      [s.history for s in plain]).tolist()
             if verified:
                 k = len(props[0].tokens)  # K, or a synchronous round's lookahead
                 block = logits[(ends[verified, None] - (k + 1) + torch.arange(k + 1)[None, :]).reshape(-1)]
                 block = block.view(len(picked), k + 1, -1)
-                accepted, next_tokens = verify_rows(block, props, [s.params for s in picked], [s.generator for s in picked])
+                accepted, next_tokens = verify_rows(block, props, [s.params for s in picked], [s.generator for s in picked],
+                                                    [s.history for s in picked])
             outcomes = {s.seq_id: (0, [token], scored(s, rows[i:i + 1], [token]))
                         for i, (s, token) in enumerate(zip(plain, plain_tokens))} if plain else {}
             if verified:

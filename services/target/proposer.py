@@ -32,7 +32,7 @@ import torch
 from saguaro.sequence import Sequence
 from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.channels import DraftChannel
-from saguaro.speculative import proposal_codec
+from saguaro.speculative import processing_codec, proposal_codec
 from saguaro.speculative.backup import Backup
 from saguaro.v1 import speculation_pb2 as pb
 
@@ -209,6 +209,8 @@ class DraftProposer:
             item = pb.PrefillSequence(seq_id=s.seq_id, prompt_token_ids=s.token_ids[:c], reset=True)
             if s.params.seed is not None:
                 item.seed = s.params.seed
+            if s.processing is not None:
+                item.processing.CopyFrom(processing_codec.to_proto(s.processing, s.num_prompt_tokens))
             items.append(item)
             self.views[s.seq_id] = DraftView(seen=c)
         return pb.SpeculationRequest(prefill=pb.PrefillRequest(sequences=items))

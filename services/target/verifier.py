@@ -1,8 +1,10 @@
 """Verify a batch of proposals against the target's logits (docs/speculation.md, "Why the output is exact").
 
-Greedy rows compare with the target argmax. Sampled rows run the rejection rule against the
-target distribution *after* the request's own temperature, top-k and top-p — the same
-distribution plain decoding samples from, so the output law equals the target's under those
+Every row is first processed by the request's logits processors as plain decoding would at its
+position (row j counting the proposal's first j tokens as generated: docs/speculation.md,
+"Logits processors"). Greedy rows compare with the processed target argmax. Sampled rows run the
+rejection rule against the target distribution *after* the request's own processors,
+temperature, min-p, top-k and top-p — the same distribution plain decoding samples from, so the output law equals the target's under those
 settings. The proposal law q is exactly what the draft sampled from: the shipped canonical
 probabilities, a one-hot for a greedy draft, or nothing at all (q = 0, forcing n = 0) for
 fast-backup placeholders, which are not samples of anything.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from saguaro.logits_processors import History, process_block
 from saguaro.sampling import SamplingParams, filter_logits
 from saguaro.services.target.proposer import Proposal
 from saguaro.speculative.fused_verify import fused_verify
@@ -43,22 +46,25 @@ def verify_rows(
     proposals: list[Proposal],
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
+    histories: list[History | None],
 ) -> tuple[list[int], list[int]]:
-    """logits: [B, K+1, V] target rows for ``[r, s_1..s_K]``. Returns (n, r') per row.
+    """logits: [B, K+1, V] target rows for ``[r, s_1..s_K]``; ``histories``: each row's logits
+    processors' history, ending with r (None: it has none). Returns (n, r') per row.
 
-    All-greedy batches compare prefixes directly. Otherwise, without top-k/top-p the whole batch
-    goes through the fused verification kernel's dispatch (Triton on CUDA); a batch with
+    All-greedy batches compare prefixes directly. Otherwise, without min-p/top-k/top-p the whole
+    batch goes through the fused verification kernel's dispatch (Triton on CUDA); a batch with
     filtered sampling rows verifies against the filtered p.
     """
     batch, rows, vocab = logits.shape
     tokens = torch.tensor([p.tokens for p in proposals], dtype=torch.long)
+    logits = process_block(logits, histories, tokens)
     sampled = [i for i, p in enumerate(params) if not p.greedy]
     if not sampled:  # the common greedy batch: a prefix compare, no probabilities at all
         result = greedy_verify(logits, tokens)
         return result.accepted.tolist(), result.next_token.tolist()
     uniforms, residual = _uniforms(params, generators, rows - 1)
     q = torch.stack([proposal_law(p, vocab) for p in proposals])
-    if not any(params[i].top_k or params[i].top_p < 1 for i in sampled):
+    if not any(params[i].top_k or params[i].top_p < 1 or params[i].min_p > 0 for i in sampled):
         temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32)
         is_sample = torch.tensor([p.is_sample for p in proposals])
         result = fused_verify(logits, tokens, q, temperature, uniforms, residual, is_sample)
@@ -75,6 +81,7 @@ def verify_rows(
         repeat([params[i].temperature for i in sampled], torch.float32),
         repeat([params[i].top_k for i in sampled], torch.long),
         repeat([params[i].top_p for i in sampled], torch.float32),
+        repeat([params[i].min_p for i in sampled], torch.float32),
     ).view(len(sampled), rows, vocab)
     result = rejection_verify(p, q[sampled], tokens[sampled], uniforms[sampled], residual[sampled])
     accepted[sampled], next_token[sampled] = result.accepted, result.next_token

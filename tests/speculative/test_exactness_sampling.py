@@ -169,3 +169,63 @@ def test_the_chi_square_check_detects_a_wrong_law(pair, exact_law):
         counts[o.token_ids[1], o.token_ids[2]] += 1
     with pytest.raises(AssertionError, match="chi-square"):
         assert_same_law(counts, exact_law)
+
+
+PROCESSORS = dict(presence_penalty=0.8, frequency_penalty=0.6, repetition_penalty=1.5, min_p=0.08, min_tokens=2,
+                  stop_token_ids=[5], logit_bias={4: 1.5, 8: -2.0})
+
+
+def processed_probs(target: str, context: list[int], eos: frozenset[int]) -> torch.Tensor:
+    """The next-token law at temperature 1 after vLLM's processors, from their formulas."""
+    p = PROCESSORS
+    output = context[len(PROMPT):]
+    logits = hf_logits(target, context)[-1].double()
+    for token, bias in p["logit_bias"].items():
+        logits[token] += bias
+    if len(output) < p["min_tokens"]:
+        logits[sorted(eos | set(p["stop_token_ids"]))] = float("-inf")
+    for token in set(context):
+        logits[token] = logits[token] / p["repetition_penalty"] if logits[token] > 0 else logits[token] * p["repetition_penalty"]
+    for token in set(output):
+        logits[token] -= p["frequency_penalty"] * output.count(token) + p["presence_penalty"]
+    probs = logits.softmax(-1)
+    probs[probs < p["min_p"] * probs.max()] = 0
+    return probs / probs.sum()
+
+
+def processed_law(target: str, eos: frozenset[int]) -> torch.Tensor:
+    """P(t2, t3), t1 marginalised, [V, V]."""
+    law = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
+    p1 = processed_probs(target, PROMPT, eos)
+    for t1 in range(VOCAB):
+        p2 = processed_probs(target, PROMPT + [t1], eos)
+        for t2 in range(VOCAB):
+            law[t2] += p1[t1] * p2[t2] * processed_probs(target, PROMPT + [t1, t2], eos)
+    return law
+
+
+@pytest.mark.parametrize("mode", ["ar", "sd", "ssd"])
+def test_sampled_output_with_logits_processors_has_the_processed_target_law(pair, mode):
+    """vLLM's processors (saguaro/logits_processors.py) against their formulas written out here;
+    with K = 2 the third token is verified on a row whose penalties count the draft token before
+    it (docs/speculation.md, \"Logits processors\")."""
+    target, draft = pair
+    make = lambda model: EngineConfig(model=model, max_num_seqs=64, block_size=8, kv_cache_bytes=1 << 24,  # noqa: E731
+                                      show_progress=False)
+    settings = DraftSettings(k=2, fan_out=3) if mode != "ar" else None
+    engine = speculative_engine(make(target), mode, make(draft), settings)
+    try:
+        params = [SamplingParams(max_tokens=3, temperature=1.0, seed=i, ignore_eos=True, **PROCESSORS)
+                  for i in range(SAMPLES)]
+        outputs = LLM.from_engine(engine, None).generate([PROMPT] * SAMPLES, params)
+    finally:
+        if engine.proposer is not None:
+            engine.proposer.close()
+    counts = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
+    for o in outputs:
+        counts[o.token_ids[1], o.token_ids[2]] += 1
+    law = processed_law(target, engine.requests.eos_ids)
+    assert_same_law(counts, law)
+    if mode != "ar":
+        stats = [o.stats for o in outputs]
+        assert sum(sum(s["accepted_per_position"]) for s in stats) > 0  # rows after a draft token were verified

@@ -53,11 +53,11 @@ def test_neutral_values_and_nulls_pass(kind):
 
 
 @pytest.mark.parametrize("name, value", [
-    ("min_p", 0.1), ("min_tokens", 3), ("guided_json", {"type": "object"}), ("structured_outputs", {"regex": "a+"}),
-    ("repetition_penalty", 1.2), ("skip_special_tokens", False), ("prompt_logprobs", 1),
+    ("length_penalty", 0.5), ("guided_json", {"type": "object"}), ("structured_outputs", {"regex": "a+"}),
+    ("bad_words", ["x"]), ("skip_special_tokens", False), ("prompt_logprobs", 1),
     ("return_tokens_as_token_ids", True), ("use_beam_search", True), ("response_format", {"type": "json_object"}),
     ("add_special_tokens", True), ("add_generation_prompt", False), ("cache_salt", "x"),
-    ("priority", 1), ("min_p", False),
+    ("priority", 1), ("best_of", False),
 ])
 def test_other_values_are_refused_naming_the_field(name, value):
     with pytest.raises(GatewayError) as refused:

@@ -35,8 +35,8 @@ def tokenizer(model_dirs):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("min_p", 0.2), ("min_tokens", 3), ("guided_json", {"type": "object"}), ("structured_outputs", {"json": {}}),
-    ("repetition_penalty", 1.3), ("use_beam_search", True), ("skip_special_tokens", False),
+    ("bad_words", ["x"]), ("allowed_token_ids", [3]), ("guided_json", {"type": "object"}), ("structured_outputs", {"json": {}}),
+    ("length_penalty", 0.5), ("use_beam_search", True), ("skip_special_tokens", False),
 ])
 def test_vllm_fields_not_honoured_are_400_naming_them(client, field, value):
     with pytest.raises(openai.BadRequestError) as refused:
