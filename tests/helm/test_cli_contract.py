@@ -119,7 +119,14 @@ def test_target_flags_match_the_wiring(case, render, k8s):
             draft_parsed = parse(k8s.expanded_args(manifests, target_workload, draft))
             assert host == "127.0.0.1" == draft_parsed.host
             assert int(port) == draft_parsed.port
-            assert "ports" not in draft, "nothing of a colocated draft is reachable from outside the pod"
+            # gRPC stays on loopback; only /metrics is reachable, on the declared port Prometheus scrapes
+            declared = [(p["name"], p["containerPort"]) for p in draft.get("ports", [])]
+            if draft_parsed.metrics_port:
+                assert draft_parsed.metrics_host == "0.0.0.0"
+                worker = draft_containers.index(draft)
+                assert declared == [("draft-metrics" + (f"-{worker}" if worker else ""), draft_parsed.metrics_port)]
+            else:
+                assert declared == [], "nothing of a colocated draft is reachable from outside the pod"
             drafts.append((target_workload, draft, draft_parsed))
         # one network namespace: every listening port of the pod differs
         listening = [parsed.port, parsed.metrics_port] + [p for _, _, d in drafts for p in (d.port, d.metrics_port)]

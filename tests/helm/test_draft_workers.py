@@ -68,8 +68,11 @@ def test_colocated_two_workers(render, k8s):
     assert [(d.host, d.port) for d in drafts] == [("127.0.0.1", 50061), ("127.0.0.1", 50062)]
     assert [d.metrics_port for d in drafts] == [9401, 9402]
     assert parsed.port == 50051 and parsed.metrics_port == 9400
-    for draft, spec in zip(drafts, containers[1:]):
-        assert "ports" not in spec  # loopback only
+    for worker, (draft, spec) in enumerate(zip(drafts, containers[1:])):
+        # gRPC on loopback only; /metrics on the pod IP, under a port name of its own for the PodMonitor
+        assert draft.metrics_host == "0.0.0.0"
+        assert spec["ports"] == [{"name": "draft-metrics" + (f"-{worker}" if worker else ""),
+                                  "containerPort": draft.metrics_port, "protocol": "TCP"}]
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             command = spec[probe]["exec"]["command"]
             assert command[command.index("--port") + 1] == str(draft.port)

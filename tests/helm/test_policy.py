@@ -389,8 +389,12 @@ def test_network_policies_allow_exactly_the_intended_flows(case, render, k8s):
 
     expected = {(ANY, "gateway", p) for p in gateway_ports}
     expected.add(("gateway", "target", target_port))
-    if metrics:  # a colocated draft's metrics listen on the pod's loopback: nothing to allow
+    if metrics:
         expected.add(("metrics-scrapers", "target", get("target", "metricsPort", default=9400)))
+        colocated = get("target", "mode", default="ssd") == "ssd" and get("pairing", "mode", default="colocated") == "colocated"
+        if colocated:  # each colocated draft worker's metrics port, on the target pod (its gRPC stays on loopback)
+            first = get("draft", "metricsPort", default=9401)
+            expected |= {("metrics-scrapers", "target", first + i) for i in range(max(1, get("draft", "workers", default=1)))}
     if "draft" in components:
         expected.add(("target", "draft", draft_port))
         if metrics:
