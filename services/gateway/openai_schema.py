@@ -103,10 +103,11 @@ def unicode_text(text: str, param: str) -> str:
     return text
 
 
-def _completion_prompts(value: Any, preparer: Preparer) -> list[list[int]]:
-    """``prompt``: a string, token ids, or a batch of either."""
+def _completion_prompts(value: Any, preparer: Preparer, special: bool) -> list[list[int]]:
+    """``prompt``: a string, token ids, or a batch of either. Text gets the tokenizer's special
+    tokens when ``special`` (``add_special_tokens``); token ids are sent as given (vLLM's rules)."""
     if isinstance(value, str):
-        return [preparer.prompt_from_text(unicode_text(value, "prompt"), "prompt")]
+        return [preparer.prompt_from_text(unicode_text(value, "prompt"), "prompt", special)]
     if not isinstance(value, list) or not value:
         raise invalid("prompt is required and must not be empty: a string, a list of token ids, or a list of those",
                       "prompt")
@@ -117,7 +118,7 @@ def _completion_prompts(value: Any, preparer: Preparer) -> list[list[int]]:
     prompts = []
     for i, item in enumerate(value):
         if isinstance(item, str):
-            prompts.append(preparer.prompt_from_text(unicode_text(item, f"prompt[{i}]"), f"prompt[{i}]"))
+            prompts.append(preparer.prompt_from_text(unicode_text(item, f"prompt[{i}]"), f"prompt[{i}]", special))
         elif isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
             prompts.append(list(item))
         else:
@@ -166,8 +167,11 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     check_fields(kind, body)
     n = fields.integer("n", 1, 1, MAX_N, " (choices per prompt)")
     stream = fields.boolean("stream", False)
+    # vLLM's defaults: completions add the tokenizer's special tokens (BOS); chat does not, its
+    # template carries them
+    special = fields.boolean("add_special_tokens", kind == "completions")
     if kind == "completions":
-        prompts = _completion_prompts(body.get("prompt"), preparer)
+        prompts = _completion_prompts(body.get("prompt"), preparer, special)
         prompts = [preparer.check_prompt_ids(p, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
                    for i, p in enumerate(prompts)]
         max_tokens_name = "max_tokens"
@@ -175,7 +179,7 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     else:
         messages = chat_messages(body.get("messages"))
         preparer.check_text_size([m["content"] for m in messages], "messages")
-        prompts = [preparer.check_prompt_ids(preparer.tokenizer.chat_prompt(messages), "messages")]
+        prompts = [preparer.check_prompt_ids(preparer.tokenizer.chat_prompt(messages, special), "messages")]
         max_tokens_name = "max_completion_tokens" if fields.present("max_completion_tokens") else "max_tokens"
         default_max = None
     limit = facts.max_model_len

@@ -70,11 +70,14 @@ class Preparer:
                           f"tokens can hold ({limit} bytes at most): shorten it", param)
 
     # -- prompt ------------------------------------------------------------------------------
-    def prompt_from_text(self, text: str, param: str) -> list[int]:
+    def prompt_from_text(self, text: str, param: str, add_special_tokens: bool = False) -> list[int]:
+        """``text``'s token ids; ``add_special_tokens`` adds what the tokenizer adds by default
+        (BOS for Llama 3): OpenAI completions ask for it, as vLLM's do; gRPC text prompts do not,
+        as the targets encode theirs (docs/gateway.md)."""
         if not text:
             raise invalid(f"{param} is empty; give at least one token of text", param)
         self.check_text_size([text], param)
-        ids = self.tokenizer.encode(text, param)
+        ids = self.tokenizer.encode(text, param, add_special_tokens)
         if not ids:
             raise invalid(f"{param} encodes to no tokens; give some text", param)
         return ids

@@ -26,10 +26,11 @@ _GENERATION = frozenset({
     "model", "max_tokens", "n", "stream", "stream_options", "temperature", "top_p", "top_k", "seed",
     "stop", "include_stop_str_in_output", "stop_token_ids", "ignore_eos", "mode", "stream_tokens_individually"})
 HONOURED = {
-    "completions": _GENERATION | {"prompt", "logprobs", "echo"},
-    "chat": _GENERATION | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "echo"},
+    "completions": _GENERATION | {"prompt", "logprobs", "echo", "add_special_tokens"},
+    "chat": _GENERATION | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "echo",
+                           "add_special_tokens"},
     "tokenize_prompt": frozenset({"model", "prompt", "add_special_tokens", "return_token_strs"}),
-    "tokenize_chat": frozenset({"model", "messages", "return_token_strs"}),
+    "tokenize_chat": frozenset({"model", "messages", "add_special_tokens", "return_token_strs"}),
     "detokenize": frozenset({"model", "tokens"}),
 }
 
@@ -117,7 +118,6 @@ REFUSED: Mapping[str, Refusal] = {
     "guided_decoding_backend": Refusal(_STRUCTURED),
     "guided_whitespace_pattern": Refusal(_STRUCTURED),
     # prompt and chat template (vLLM)
-    "add_special_tokens": Refusal("special tokens are not added to the prompt (false only)", (False,)),
     "add_generation_prompt": Refusal("the generation prompt is always added (true only)", (True,)),
     "continue_final_message": Refusal("continuing the final message is not supported", (False,)),
     "chat_template": Refusal(_TEMPLATE),
@@ -143,7 +143,7 @@ MAX_LOGGED = 10  # unknown field names in one warning (a body may hold thousands
 def check_fields(kind: str, body: dict[str, Any]) -> None:
     """Refuse (400, naming the field) the first refused field with a non-neutral value; log the
     fields nobody defines. ``kind`` is a key of ``HONOURED``: what that body's parser reads is
-    never refused (``add_special_tokens`` is honoured by ``/tokenize``, refused elsewhere)."""
+    never refused (``return_token_strs`` is honoured by ``/tokenize``, unknown elsewhere)."""
     honoured = HONOURED[kind]
     unknown = []
     for name, value in body.items():

@@ -81,7 +81,7 @@ class GatewayTokenizer:
         OpenAI's log probabilities, as vLLM's decoded tokens."""
         return [self.tokenizer.decode([i], skip_special_tokens=False) for i in ids]
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+    def chat_prompt(self, messages: list[dict[str, str]], add_special_tokens: bool = False) -> list[int]:
         """Token ids of ``messages`` rendered with the model's chat template (+ generation prompt)."""
         if self.tokenizer is None:
             raise invalid("the served model has no tokenizer, so chat messages cannot be rendered", "messages")
@@ -91,7 +91,7 @@ class GatewayTokenizer:
                                                       add_generation_prompt=True)
         except Exception as exc:  # a template may raise on purpose (e.g. roles must alternate)
             raise invalid(f"the chat template rejected the messages: {exc}", "messages") from None
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
 
 def _load(files: dict[str, bytes]):

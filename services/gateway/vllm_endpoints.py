@@ -109,7 +109,7 @@ def _tokenize(raw: bytes, preparer: Preparer) -> dict[str, Any]:
         check_fields("tokenize_chat", body)
         messages = chat_messages(body["messages"])
         preparer.check_text_size([m["content"] for m in messages], "messages")
-        ids = tokenizer.chat_prompt(messages)
+        ids = tokenizer.chat_prompt(messages, fields.boolean("add_special_tokens", False))
     else:
         check_fields("tokenize_prompt", body)
         prompt = body.get("prompt")
