@@ -74,6 +74,11 @@ def add_gateway_parser(sub) -> None:
                             "stream ends with an error (default: 2; 0: never)")
     group.add_argument("--model-name", default=None,
                        help="model name clients use (OpenAI 'model'; default: the targets' model folder name)")
+    group = gateway.add_argument_group("OpenAI API")
+    group.add_argument("--generation-config", default="auto", metavar="auto|vllm|FOLDER",
+                       help="sampling defaults for requests that leave temperature, top_p, top_k unset (and a bound "
+                            "on max_tokens): auto, the model's generation_config.json (default); vllm, none; or "
+                            "FOLDER's generation_config.json (as vLLM's flag)")
     group = gateway.add_argument_group("security")
     group.add_argument("--api-keys-file", default=None, metavar="PATH",
                        help="require 'Authorization: Bearer <key>' with a key from this file (one per line); "

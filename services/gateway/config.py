@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from saguaro.errors import ConfigError
+from saguaro.services.gateway.generation_defaults import AUTO, check_setting
 from saguaro.tls import check_channel_flags, check_server_flags
 
 POLICIES = ("prefix", "least-load", "round-robin")
@@ -35,6 +36,8 @@ class GatewayConfig:
     # discovery the gateway dials pod IPs, which one shared certificate cannot list
     target_tls_server_name: str | None = None
     model_name: str | None = None  # served model name; None: the targets' ModelInfo.model_name
+    # sampling defaults: auto (the model's generation_config.json), vllm (none) or a folder
+    generation_config: str = AUTO
     max_migrations: int = 2  # a request whose target fails mid-stream moves on at most this often
     metrics_labels: dict[str, str] = field(default_factory=dict)  # --metrics-label: on every /metrics series
 
@@ -85,6 +88,7 @@ class GatewayConfig:
         if self.max_streams_per_key and not self.api_keys:
             raise ConfigError("--max-streams-per-key counts streams per API key: give keys too "
                               "(--api-keys-file or $SAGUARO_API_KEYS)")
+        check_setting(self.generation_config)
         check_server_flags(self.tls_cert, self.tls_key)
         check_channel_flags(self.target_tls_ca, self.target_tls_cert, self.target_tls_key, "--target-tls", "target")
         if self.target_tls_server_name and not self.target_tls_ca:

@@ -162,10 +162,10 @@ class OpenAIApi:
     async def models(self, request: web.Request) -> web.Response:
         try:
             self.gateway.authenticate(request.headers.get("Authorization"))
-            facts = self.gateway.preparer().facts
+            preparer = self.gateway.preparer()
         except GatewayError as exc:
             return error_response(exc)
-        return web.json_response({"object": "list", "data": [model_card(facts, self.gateway.started_at)]})
+        return web.json_response({"object": "list", "data": [model_card(preparer, self.gateway.started_at)]})
 
     # -- generation --------------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:

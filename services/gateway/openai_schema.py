@@ -157,6 +157,7 @@ def chat_messages(value: Any) -> list[dict[str, str]]:
 def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
+    body = preparer.defaults.fill(body)
     fields = Fields(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -183,7 +184,7 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
         max_tokens_name = "max_completion_tokens" if fields.present("max_completion_tokens") else "max_tokens"
         default_max = None
     limit = facts.max_model_len
-    max_tokens = fields.integer(max_tokens_name, default_max, 1, limit, " (the model's context)")
+    max_tokens = preparer.defaults.bound(fields.integer(max_tokens_name, default_max, 1, limit, " (the model's context)"))
     for prompt in prompts:
         if max_tokens is not None and len(prompt) + max_tokens > limit:
             raise invalid(f"the model's context is {limit} tokens, but {len(prompt)} prompt tokens + {max_tokens_name} "

@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from saguaro.errors import InvalidRequestError
 from saguaro.request_rules import (MAX_LOGPROBS, check_stop_strings, check_token_ids, fits_context, prompt_leaves_room,
                                    top_p_from_proto, valid_logprobs, valid_temperature, valid_top_p)
 from saguaro.services.gateway.dispatch import Dispatch, routing_hashes
 from saguaro.services.gateway.errors import invalid
+from saguaro.services.gateway.generation_defaults import GenerationDefaults
 from saguaro.services.gateway.migration import resumed_prompt
 from saguaro.services.gateway.telemetry import GatewaySpan
 from saguaro.services.gateway.tokenization import GatewayTokenizer
@@ -46,6 +47,7 @@ class Preparer:
     tokenizer: GatewayTokenizer
     block_size: int
     max_prefix_blocks: int
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)  # the OpenAI API's (generation_defaults.py)
 
     # -- bounds on the work before admission -------------------------------------------------
     @property

@@ -25,6 +25,7 @@ from saguaro.services.gateway.config import GatewayConfig
 from saguaro.services.gateway.discovery import KubernetesDiscovery
 from saguaro.services.gateway.dispatch import Dispatcher
 from saguaro.services.gateway.errors import GatewayError
+from saguaro.services.gateway.generation_defaults import GenerationDefaults, resolve
 from saguaro.services.gateway.grpc_api import GatewayInferenceService
 from saguaro.services.gateway.http_api import HttpRunner, OpenAIApi
 from saguaro.services.gateway.kv_watch import KvWatcher
@@ -172,9 +173,22 @@ class Gateway:
                 continue
             info = target.model_info
             facts = ModelFacts(self.config.model_name or info.model_name, info.max_model_len, info.vocab_size)
-            self._preparer = Preparer(facts, tokenizer, self.config.block_size, self.config.max_prefix_blocks)
+            defaults = self._generation_defaults(info.generation_config)
+            self._preparer = Preparer(facts, tokenizer, self.config.block_size, self.config.max_prefix_blocks,
+                                      defaults)
             log.info("serving model %r (context %d tokens, tokenizer %s) from %s", facts.name, facts.max_model_len,
                      "fetched" if tokenizer.available else "absent: token-id prompts only", target.address)
+            log.info("sampling defaults of the OpenAI API (from %s): %s", defaults.source,
+                     defaults.describe() or "none (OpenAI's)")
+
+    def _generation_defaults(self, served: str) -> GenerationDefaults:
+        """``--generation-config``'s defaults; a served file that cannot be read applies none (and
+        says so) rather than leave the gateway without a model."""
+        try:
+            return resolve(self.config.generation_config, served)
+        except ConfigError as exc:
+            log.error("no sampling defaults: %s", exc)
+            return GenerationDefaults(source=f"none ({exc})")
 
     async def drain(self) -> None:
         """Report NOT_SERVING on grpc.health.v1 from now on (open Watch streams hear it at once):

@@ -18,17 +18,19 @@ from saguaro import __version__
 from saguaro.services.gateway.errors import GatewayError, invalid
 from saguaro.services.gateway.http_common import MAX_BODY_BYTES, decode_json, error_response, read_json_body
 from saguaro.services.gateway.openai_schema import Fields, chat_messages, unicode_text
-from saguaro.services.gateway.prepare import ModelFacts, Preparer, check_vocabulary
+from saguaro.services.gateway.prepare import Preparer, check_vocabulary
 from saguaro.services.gateway.request_fields import check_fields
 
 if TYPE_CHECKING:
     from saguaro.services.gateway.server import Gateway
 
 
-def model_card(facts: ModelFacts, created: int) -> dict[str, Any]:
-    """The served model as ``/v1/models`` lists it and ``/v1/models/{model}`` returns it."""
+def model_card(preparer: Preparer, created: int) -> dict[str, Any]:
+    """The served model as ``/v1/models`` lists it and ``/v1/models/{model}`` returns it, with the
+    sampling defaults requests get (``generation_defaults.py``; ``{}``: OpenAI's)."""
+    facts = preparer.facts
     return {"id": facts.name, "object": "model", "created": created, "owned_by": "saguaro",
-            "max_model_len": facts.max_model_len}
+            "max_model_len": facts.max_model_len, "sampling_defaults": preparer.defaults.describe()}
 
 
 class VllmEndpoints:
@@ -59,14 +61,15 @@ class VllmEndpoints:
     async def model(self, request: web.Request) -> web.Response:
         try:
             self.gateway.authenticate(request.headers.get("Authorization"))
-            facts = self.gateway.preparer().facts
+            preparer = self.gateway.preparer()
+            facts = preparer.facts
             wanted = request.match_info["model"]
             if wanted != facts.name:
                 raise GatewayError(grpc.StatusCode.NOT_FOUND, f"the model {wanted[:200]!r} does not exist: this "
                                    f"gateway serves {facts.name!r}", "model")
         except GatewayError as exc:
             return error_response(exc)
-        return web.json_response(model_card(facts, self.gateway.started_at))
+        return web.json_response(model_card(preparer, self.gateway.started_at))
 
     async def tokenize(self, request: web.Request) -> web.Response:
         return await self._on_tokenizer(request, _tokenize)
