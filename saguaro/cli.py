@@ -79,6 +79,9 @@ def add_gateway_parser(sub) -> None:
                        help="sampling defaults for requests that leave temperature, top_p, top_k unset (and a bound "
                             "on max_tokens): auto, the model's generation_config.json (default); vllm, none; or "
                             "FOLDER's generation_config.json (as vLLM's flag)")
+    group.add_argument("--chat-template", default=None, metavar="FILE",
+                       help="Jinja chat template for chat requests, instead of the tokenizer's (without either, "
+                            "chat requests are refused)")
     group = gateway.add_argument_group("security")
     group.add_argument("--api-keys-file", default=None, metavar="PATH",
                        help="require 'Authorization: Bearer <key>' with a key from this file (one per line); "

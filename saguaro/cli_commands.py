@@ -190,7 +190,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         target_tls_ca=args.target_tls_ca, target_tls_cert=args.target_tls_cert, target_tls_key=args.target_tls_key,
         target_tls_server_name=args.target_tls_server_name, model_name=args.model_name,
-        generation_config=args.generation_config,
+        generation_config=args.generation_config, chat_template=args.chat_template,
         metrics_labels=parse_metrics_labels(args.metrics_label))
     asyncio.run(run_gateway(config))
     return 0

@@ -24,12 +24,18 @@ from saguaro.request_rules import MAX_LOGPROBS, check_stop_strings
 from saguaro.services.gateway.errors import invalid
 from saguaro.services.gateway.prepare import Preparer, check_vocabulary
 from saguaro.services.gateway.request_fields import check_fields
+from saguaro.services.gateway.tokenization import ChatOptions
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import MODE_TO_PROTO
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_BATCH = 64
 MAX_N = 16  # choices per prompt: each is a full request's work on a target
+# apply_chat_template's own arguments: chat_template_kwargs cannot set them (they have fields)
+TEMPLATE_ARGUMENTS = frozenset({"conversation", "messages", "tools", "documents", "chat_template", "tokenize",
+                                "add_generation_prompt", "continue_final_message", "return_dict", "padding",
+                                "truncation", "max_length", "return_tensors", "return_assistant_tokens_mask",
+                                "tokenizer_kwargs"})
 FLOAT32_TINY = 2.0**-149  # the smallest positive float32 (SamplingParams.top_p is a float)
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions (chat: the rest of the context)
 
@@ -154,6 +160,27 @@ def chat_messages(value: Any) -> list[dict[str, str]]:
     return out
 
 
+def chat_options(fields: Fields) -> ChatOptions:
+    """vLLM's chat template fields (chat completions and ``/tokenize`` with messages): a
+    generation prompt unless the final message is continued (asking for both is an error, as
+    in vLLM), the template's extra variables, no special tokens beyond the template's."""
+    continued = fields.boolean("continue_final_message", False)
+    prompted = fields.boolean("add_generation_prompt", not continued)
+    if continued and prompted:
+        raise invalid("continue_final_message and add_generation_prompt cannot both be true: set "
+                      "add_generation_prompt to false to continue the final message", "continue_final_message")
+    kwargs = fields.body.get("chat_template_kwargs")
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict):
+        raise invalid("chat_template_kwargs must be an object (variable -> value)", "chat_template_kwargs")
+    taken = sorted(TEMPLATE_ARGUMENTS & kwargs.keys())
+    if taken:
+        raise invalid(f"chat_template_kwargs cannot set {', '.join(taken)}: use the request field of that name",
+                      "chat_template_kwargs")
+    return ChatOptions(prompted, continued, kwargs, fields.boolean("add_special_tokens", False))
+
+
 def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
@@ -168,10 +195,9 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     check_fields(kind, body)
     n = fields.integer("n", 1, 1, MAX_N, " (choices per prompt)")
     stream = fields.boolean("stream", False)
-    # vLLM's defaults: completions add the tokenizer's special tokens (BOS); chat does not, its
-    # template carries them
-    special = fields.boolean("add_special_tokens", kind == "completions")
     if kind == "completions":
+        # vLLM's default: the tokenizer's special tokens (BOS); chat's template carries its own
+        special = fields.boolean("add_special_tokens", True)
         prompts = _completion_prompts(body.get("prompt"), preparer, special)
         prompts = [preparer.check_prompt_ids(p, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
                    for i, p in enumerate(prompts)]
@@ -180,7 +206,8 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     else:
         messages = chat_messages(body.get("messages"))
         preparer.check_text_size([m["content"] for m in messages], "messages")
-        prompts = [preparer.check_prompt_ids(preparer.tokenizer.chat_prompt(messages, special), "messages")]
+        prompts = [preparer.check_prompt_ids(preparer.tokenizer.chat_prompt(messages, chat_options(fields)),
+                                             "messages")]
         max_tokens_name = "max_completion_tokens" if fields.present("max_completion_tokens") else "max_tokens"
         default_max = None
     limit = facts.max_model_len

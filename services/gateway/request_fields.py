@@ -25,12 +25,13 @@ log = logging.getLogger(__name__)
 _GENERATION = frozenset({
     "model", "max_tokens", "n", "stream", "stream_options", "temperature", "top_p", "top_k", "seed",
     "stop", "include_stop_str_in_output", "stop_token_ids", "ignore_eos", "mode", "stream_tokens_individually"})
+_CHAT_TEMPLATE = ("add_generation_prompt", "continue_final_message", "chat_template_kwargs")
 HONOURED = {
     "completions": _GENERATION | {"prompt", "logprobs", "echo", "add_special_tokens"},
     "chat": _GENERATION | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "echo",
-                           "add_special_tokens"},
+                           "add_special_tokens", *_CHAT_TEMPLATE},
     "tokenize_prompt": frozenset({"model", "prompt", "add_special_tokens", "return_token_strs"}),
-    "tokenize_chat": frozenset({"model", "messages", "add_special_tokens", "return_token_strs"}),
+    "tokenize_chat": frozenset({"model", "messages", "add_special_tokens", "return_token_strs", *_CHAT_TEMPLATE}),
     "detokenize": frozenset({"model", "tokens"}),
 }
 
@@ -66,7 +67,7 @@ def _same(value: Any, neutral: Any) -> bool:
 _LOGPROBS = "only the logprobs of the sampled tokens (and the prompt's, with echo) are returned"
 _PENALTY = "penalties are not supported (leave it unset)"
 _STRUCTURED = "structured output (grammars, JSON schemas, choices) is not supported"
-_TEMPLATE = "per-request chat template options are not supported"
+_TEMPLATE = "per-request chat templates are not supported (the gateway's --chat-template FILE sets one)"
 _TRANSFER = "disaggregated serving parameters are not supported"
 _REPETITION = "repetition detection is not supported"
 
@@ -118,11 +119,8 @@ REFUSED: Mapping[str, Refusal] = {
     "guided_decoding_backend": Refusal(_STRUCTURED),
     "guided_whitespace_pattern": Refusal(_STRUCTURED),
     # prompt and chat template (vLLM)
-    "add_generation_prompt": Refusal("the generation prompt is always added (true only)", (True,)),
-    "continue_final_message": Refusal("continuing the final message is not supported", (False,)),
     "chat_template": Refusal(_TEMPLATE),
-    "chat_template_kwargs": Refusal(_TEMPLATE, ({},)),
-    "documents": Refusal(_TEMPLATE, ([],)),
+    "documents": Refusal("documents (retrieval-augmented templates) are not supported", ([],)),
     "mm_processor_kwargs": Refusal("multimodal inputs are not supported", ({},)),
     "prompt_embeds": Refusal("prompt embeddings are not supported; send text or token ids"),
     "include_reasoning": Refusal("reasoning is not separated from the content (true only)", (True,)),

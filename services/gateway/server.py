@@ -13,6 +13,7 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 
 import grpc
 from aiohttp import web
@@ -63,6 +64,7 @@ class Gateway:
         self.grpc_port = 0
         self.http_port: int | None = None
         self.started_at = int(time.time())
+        self._chat_template = _read_chat_template(config.chat_template)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -166,7 +168,7 @@ class Gateway:
                 await self.pool.changed.wait()
                 continue
             try:
-                tokenizer = await GatewayTokenizer.fetch(target.routing)
+                tokenizer = await GatewayTokenizer.fetch(target.routing, self._chat_template)
             except grpc.aio.AioRpcError as exc:
                 log.warning("cannot fetch the tokenizer from %s (%s); retrying", target.address, exc.details())
                 await asyncio.sleep(1.0)
@@ -266,6 +268,16 @@ class Gateway:
         out.CopyFrom(info)
         out.model_name = self.model_name
         return out
+
+
+def _read_chat_template(path: str | None) -> str | None:
+    """``--chat-template FILE``'s template, read once at startup (a bad file fails there)."""
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read --chat-template {path}: {exc}") from None
 
 
 class GatewayThread:

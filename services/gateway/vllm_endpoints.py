@@ -17,7 +17,7 @@ from aiohttp import web
 from saguaro import __version__
 from saguaro.services.gateway.errors import GatewayError, invalid
 from saguaro.services.gateway.http_common import MAX_BODY_BYTES, decode_json, error_response, read_json_body
-from saguaro.services.gateway.openai_schema import Fields, chat_messages, unicode_text
+from saguaro.services.gateway.openai_schema import Fields, chat_messages, chat_options, unicode_text
 from saguaro.services.gateway.prepare import Preparer, check_vocabulary
 from saguaro.services.gateway.request_fields import check_fields
 
@@ -112,7 +112,7 @@ def _tokenize(raw: bytes, preparer: Preparer) -> dict[str, Any]:
         check_fields("tokenize_chat", body)
         messages = chat_messages(body["messages"])
         preparer.check_text_size([m["content"] for m in messages], "messages")
-        ids = tokenizer.chat_prompt(messages, fields.boolean("add_special_tokens", False))
+        ids = tokenizer.chat_prompt(messages, chat_options(fields))
     else:
         check_fields("tokenize_prompt", body)
         prompt = body.get("prompt")

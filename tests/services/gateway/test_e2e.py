@@ -138,7 +138,7 @@ def test_chat_prompt_is_the_rendered_template(gateway, ssd_pairs, http):
     messages = [{"role": "user", "content": "hello"}]
     data = http(gateway.http_url + "/v1/chat/completions", {
         "model": "llama", "messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0}).json()
-    rendered = "<|user|>\nhello\n<|assistant|>\n"  # the fallback template (the tiny tokenizer has none)
+    rendered = "<|user|>\nhello\n<|assistant|>\n"  # the tiny tokenizer's chat template
     with Client(ssd_pairs[1].address) as direct:
         want = direct.generate(rendered, max_tokens=MAX_TOKENS)
     assert data["choices"][0]["message"]["content"] == want.text
