@@ -37,6 +37,7 @@ class GatewayConfig:
     # discovery the gateway dials pod IPs, which one shared certificate cannot list
     target_tls_server_name: str | None = None
     model_name: str | None = None  # served model name; None: the targets' ModelInfo.model_name
+    model_aliases: tuple[str, ...] = ()  # further names requests may use (--served-model-name A B ...)
     # sampling defaults: auto (the model's generation_config.json), vllm (none) or a folder
     generation_config: str = AUTO
     chat_template: str | None = None  # a Jinja chat template file used instead of the tokenizer's

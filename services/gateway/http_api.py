@@ -165,7 +165,8 @@ class OpenAIApi:
             preparer = self.gateway.preparer()
         except GatewayError as exc:
             return error_response(exc)
-        return web.json_response({"object": "list", "data": [model_card(preparer, self.gateway.started_at)]})
+        cards = [model_card(preparer, self.gateway.started_at, name) for name in preparer.facts.names]
+        return web.json_response({"object": "list", "data": cards})
 
     # -- generation --------------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:

@@ -190,8 +190,7 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     if not isinstance(model, str) or not model:
         raise invalid("model is required: the served model's name (see GET /v1/models)", "model")
     facts = preparer.facts
-    if model != facts.name:
-        raise invalid(f"unknown model {model!r}: this gateway serves {facts.name!r}", "model")
+    facts.check_model(model)
     check_fields(kind, body)
     n = fields.integer("n", 1, 1, MAX_N, " (choices per prompt)")
     stream = fields.boolean("stream", False)

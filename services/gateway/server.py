@@ -174,7 +174,8 @@ class Gateway:
                 await asyncio.sleep(1.0)
                 continue
             info = target.model_info
-            facts = ModelFacts(self.config.model_name or info.model_name, info.max_model_len, info.vocab_size)
+            facts = ModelFacts(self.config.model_name or info.model_name, info.max_model_len, info.vocab_size,
+                               tuple(self.config.model_aliases))
             defaults = self._generation_defaults(info.generation_config)
             self._preparer = Preparer(facts, tokenizer, self.config.block_size, self.config.max_prefix_blocks,
                                       defaults)

@@ -25,11 +25,12 @@ if TYPE_CHECKING:
     from saguaro.services.gateway.server import Gateway
 
 
-def model_card(preparer: Preparer, created: int) -> dict[str, Any]:
-    """The served model as ``/v1/models`` lists it and ``/v1/models/{model}`` returns it, with the
-    sampling defaults requests get (``generation_defaults.py``; ``{}``: OpenAI's)."""
+def model_card(preparer: Preparer, created: int, name: str) -> dict[str, Any]:
+    """The served model under ``name`` (one of its served names) as ``/v1/models`` lists it and
+    ``/v1/models/{model}`` returns it, with the sampling defaults requests get
+    (``generation_defaults.py``; ``{}``: OpenAI's). ``root`` is the first name, as vLLM's."""
     facts = preparer.facts
-    return {"id": facts.name, "object": "model", "created": created, "owned_by": "saguaro",
+    return {"id": name, "object": "model", "created": created, "owned_by": "saguaro", "root": facts.name,
             "max_model_len": facts.max_model_len, "sampling_defaults": preparer.defaults.describe()}
 
 
@@ -62,14 +63,11 @@ class VllmEndpoints:
         try:
             self.gateway.authenticate(request.headers.get("Authorization"))
             preparer = self.gateway.preparer()
-            facts = preparer.facts
             wanted = request.match_info["model"]
-            if wanted != facts.name:
-                raise GatewayError(grpc.StatusCode.NOT_FOUND, f"the model {wanted[:200]!r} does not exist: this "
-                                   f"gateway serves {facts.name!r}", "model")
+            preparer.facts.check_model(wanted)
         except GatewayError as exc:
             return error_response(exc)
-        return web.json_response(model_card(preparer, self.gateway.started_at))
+        return web.json_response(model_card(preparer, self.gateway.started_at, wanted))
 
     async def tokenize(self, request: web.Request) -> web.Response:
         return await self._on_tokenizer(request, _tokenize)
@@ -97,8 +95,8 @@ def _object(raw: bytes, preparer: Preparer) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
     model = body.get("model")
-    if model is not None and model != preparer.facts.name:
-        raise invalid(f"unknown model {str(model)[:100]!r}: this gateway serves {preparer.facts.name!r}", "model")
+    if model is not None:
+        preparer.facts.check_model(model)
     return body
 
 
