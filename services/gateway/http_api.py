@@ -49,7 +49,7 @@ from saguaro.services.gateway.logprobs_json import ChoiceLogprobs
 from saguaro.services.gateway.http_common import (MAX_BODY_BYTES, decode_json, error_response, openai_error,
                                                   read_json_body)
 from saguaro.services.gateway.openai_schema import (ChunkWriter, OpenAIRequest, choice_json, parse_request,
-                                                    response_json, stop_reason, usage_json)
+                                                    prompt_usage, response_json, stop_reason, usage_json)
 from saguaro.services.gateway.streaming import stream_choices
 from saguaro.services.gateway.telemetry import GatewaySpan
 from saguaro.telemetry import attributes as A
@@ -253,10 +253,10 @@ class OpenAIApi:
                                        PROTO_TO_FINISH.get(final.finish_reason, "stop"),
                                        speculation_from_proto(final.speculation), stop_reason(final),
                                        scores[choice.index].whole()))
-        prompt_tokens = sum(final.usage.prompt_tokens for c, final in zip(choices, ends) if c.leads(parsed.n))
+        prompt_tokens, cached_tokens = prompt_usage((c.leads(parsed.n), final) for c, final in zip(choices, ends))
         completion_tokens = sum(final.usage.completion_tokens for final in ends)
         body = response_json(parsed.kind, response_id, int(time.time()), preparer.facts.name, answers,
-                             usage_json(prompt_tokens, completion_tokens))
+                             usage_json(prompt_tokens, completion_tokens, cached_tokens))
         return web.json_response(body, headers={"x-saguaro-target": ",".join(c.dispatch.target or "" for c in choices)})
 
 

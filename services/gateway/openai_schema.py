@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -297,9 +298,18 @@ def stop_reason(final: pb.GenerateFinal) -> str | None:
 
 
 # -- responses ----------------------------------------------------------------------------------
-def usage_json(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage_json(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage; ``cached_tokens``: prompt tokens the targets' prefix caches served."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+
+def prompt_usage(choices: Iterable[tuple[bool, pb.GenerateFinal]]) -> tuple[int, int]:
+    """Prompt and cached tokens of a request's ``(leads, final)`` choices: each prompt counts
+    once, by its leading choice (as OpenAI and vLLM count)."""
+    leading = [final.usage for leads, final in choices if leads]
+    return sum(u.prompt_tokens for u in leading), sum(u.cached_prompt_tokens for u in leading)
 
 
 def choice_json(kind: str, index: int, text: str, finish_reason: str, speculation: dict | None,

@@ -88,7 +88,8 @@ def final_to_proto(final: Final) -> pb.GenerateFinal:
         finish_reason=FINISH_TO_PROTO[final.finish_reason],
         error_message=final.error_message,
         usage=pb.Usage(prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens,
-                       total_tokens=final.prompt_tokens + final.completion_tokens),
+                       total_tokens=final.prompt_tokens + final.completion_tokens,
+                       cached_prompt_tokens=final.cached_prompt_tokens),
         timings=pb.Timings(**final.timings),
         speculation=speculation_to_proto(final.stats),
     )
