@@ -56,6 +56,7 @@ class OpenAIRequest:
     # chat's ``top_logprobs`` with ``logprobs: true``); None: none asked (logprobs_json.py).
     logprobs: int | None = None
     echo: bool = False  # completions: the prompt's text (and log probabilities) before the output
+    echoed: dict[str, Any] | None = None  # /v1/responses: the request fields its answer repeats
 
 
 class Fields:
@@ -162,11 +163,12 @@ def chat_messages(value: Any) -> list[dict[str, str]]:
 
 
 def chat_options(fields: Fields) -> ChatOptions:
-    """vLLM's chat template fields (chat completions and ``/tokenize`` with messages): a
-    generation prompt unless the final message is continued (asking for both is an error, as
-    in vLLM), the template's extra variables, no special tokens beyond the template's."""
+    """vLLM's chat template fields (chat completions and ``/tokenize`` with messages), with its
+    defaults: a generation prompt (continuing the final message instead needs
+    ``add_generation_prompt: false``: both is an error, as in vLLM), the template's extra
+    variables, no special tokens beyond the template's."""
     continued = fields.boolean("continue_final_message", False)
-    prompted = fields.boolean("add_generation_prompt", not continued)
+    prompted = fields.boolean("add_generation_prompt", True)
     if continued and prompted:
         raise invalid("continue_final_message and add_generation_prompt cannot both be true: set "
                       "add_generation_prompt to false to continue the final message", "continue_final_message")

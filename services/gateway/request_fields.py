@@ -33,6 +33,9 @@ HONOURED = {
     "tokenize_prompt": frozenset({"model", "prompt", "add_special_tokens", "return_token_strs"}),
     "tokenize_chat": frozenset({"model", "messages", "add_special_tokens", "return_token_strs", *_CHAT_TEMPLATE}),
     "detokenize": frozenset({"model", "tokens"}),
+    # /v1/responses (responses_schema.py): read there, then served as a chat completion
+    "responses": frozenset({"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream",
+                            "stream_options"}),
 }
 
 # Accepted with any value: they change nothing in the output (vLLM ignores them too, or they are
@@ -135,6 +138,28 @@ REFUSED: Mapping[str, Refusal] = {
     "vllm_xargs": Refusal("vLLM extension arguments are not supported", ({},)),
 }
 
+_NOT_STORED = "responses are not stored: send the whole conversation in input"
+_TOOLS = "tool calls are not supported"
+
+# /v1/responses' own fields that ask for what the gateway cannot do (its sampling fields are
+# the chat ones above; a Responses body carries no others).
+RESPONSES_REFUSED: Mapping[str, Refusal] = {
+    "store": Refusal(_NOT_STORED + " (store: false only)", (False,)),
+    "previous_response_id": Refusal(_NOT_STORED),
+    "conversation": Refusal(_NOT_STORED),
+    "background": Refusal("background responses are not supported (false only)", (False,)),
+    "tools": Refusal(_TOOLS, ([],)),
+    "tool_choice": Refusal(_TOOLS, ("none", "auto")),
+    "max_tool_calls": Refusal(_TOOLS),
+    "include": Refusal("no extra output can be included", ([],)),
+    "reasoning": Refusal("reasoning options are not supported"),
+    "text": Refusal("only text output is supported: {\"format\": {\"type\": \"text\"}}",
+                    ({"format": {"type": "text"}}, {})),
+    "truncation": Refusal("truncation is not supported (\"disabled\" only)", ("disabled",)),
+    "top_logprobs": Refusal("/v1/responses returns no log probabilities (0 only)", (0,)),
+    "prompt": Refusal("reusable prompt templates are not supported"),
+}
+
 MAX_LOGGED = 10  # unknown field names in one warning (a body may hold thousands)
 
 
@@ -143,13 +168,15 @@ def check_fields(kind: str, body: dict[str, Any]) -> None:
     fields nobody defines. ``kind`` is a key of ``HONOURED``: what that body's parser reads is
     never refused (``return_token_strs`` is honoured by ``/tokenize``, unknown elsewhere)."""
     honoured = HONOURED[kind]
+    refusals = RESPONSES_REFUSED if kind == "responses" else REFUSED
     unknown = []
     for name, value in body.items():
-        if name in honoured or name in HARMLESS:
+        if name in honoured:
             continue
-        refusal = REFUSED.get(name)
+        refusal = refusals.get(name)  # (before HARMLESS: /v1/responses refuses store: true)
         if refusal is None:
-            unknown.append(name)
+            if name not in HARMLESS:
+                unknown.append(name)
         elif not refusal.accepts(value):
             raise invalid(f"{name}: {refusal.why}", name)
     if unknown:

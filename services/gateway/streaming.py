@@ -24,6 +24,7 @@ from saguaro.services.gateway.errors import GatewayError
 from saguaro.services.gateway.logprobs_json import ChoiceLogprobs
 from saguaro.services.gateway.tokenization import GatewayTokenizer
 from saguaro.services.gateway.openai_schema import ChunkWriter, OpenAIRequest, prompt_usage, stop_reason, usage_json
+from saguaro.services.gateway.responses_schema import ResponsesWriter
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import PROTO_TO_FINISH, speculation_from_proto
 
@@ -54,7 +55,7 @@ class RunningUsage:
 
 
 async def stream_choices(request: web.Request, parsed: OpenAIRequest, dispatcher: Dispatcher, choices: list[Choice],
-                         writer: ChunkWriter, keepalive_s: float, finals: list[pb.GenerateFinal],
+                         writer: ChunkWriter | ResponsesWriter, keepalive_s: float, finals: list[pb.GenerateFinal],
                          scores: list[ChoiceLogprobs], tokenizer: GatewayTokenizer) -> web.StreamResponse:
     """The SSE response; ``finals`` receives each choice's final message. An error before the
     first message raises (the front answers with its status code); after it, the stream ends
@@ -106,7 +107,8 @@ async def stream_choices(request: web.Request, parsed: OpenAIRequest, dispatcher
                 await response.write(writer.error(exc.message))
                 break
             last_write[0] = time.monotonic()
-        await response.write(ChunkWriter.DONE)
+        if writer.DONE:
+            await response.write(writer.DONE)
         return response
     except ConnectionResetError:  # the client went away mid-stream
         return response
