@@ -213,7 +213,8 @@ class OpenAIApi:
                 choices.append(Choice(index, p, dispatch))
             response_id = ID_PREFIX[kind] + request_id
             scores = [ChoiceLogprobs(parsed.kind, preparer.tokenizer, parsed.prompts[c.prompt], parsed.echo,
-                                     parsed.logprobs is not None) for c in choices]
+                                     parsed.logprobs is not None,
+                                     parsed.echo_texts[c.prompt] if parsed.echo_texts else None) for c in choices]
             created, model = int(time.time()), preparer.facts.name
             if parsed.stream:
                 writer = (ResponsesWriter(response_id, created, model, parsed.echoed) if kind == "responses"

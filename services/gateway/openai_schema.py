@@ -57,6 +57,9 @@ class OpenAIRequest:
     logprobs: int | None = None
     echo: bool = False  # completions: the prompt's text (and log probabilities) before the output
     echoed: dict[str, Any] | None = None  # /v1/responses: the request fields its answer repeats
+    # completions with echo: each prompt's text as sent (None: token ids), which vLLM echoes as
+    # given, without the special tokens (BOS) tokenizing added
+    echo_texts: list[str | None] | None = None
 
 
 class Fields:
@@ -132,6 +135,15 @@ def _completion_prompts(value: Any, preparer: Preparer, special: bool) -> list[l
         else:
             raise invalid(f"prompt[{i}] must be a string or a list of token ids", f"prompt[{i}]")
     return prompts
+
+
+def _prompt_texts(value: str | list) -> list[str | None]:
+    """The text of each prompt of an (already parsed) ``prompt``; None for token ids."""
+    if isinstance(value, str):
+        return [value]
+    if all(isinstance(t, int) for t in value):
+        return [None]
+    return [item if isinstance(item, str) else None for item in value]
 
 
 def chat_messages(value: Any) -> list[dict[str, str]]:
@@ -252,9 +264,10 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     include_usage = stream_fields.boolean("include_usage", False)
     # (vLLM sends running usage only with include_usage too; alone it would be silently ignored)
     continuous_usage = stream_fields.boolean("continuous_usage_stats", False)
+    echo_texts = _prompt_texts(body["prompt"]) if echo else None
     return OpenAIRequest(kind, prompts, sampling, MODE_TO_PROTO.get(mode, pb.DECODE_MODE_DEFAULT), stream,
                          include_usage, fields.boolean("stream_tokens_individually", True), n, continuous_usage,
-                         logprobs, echo)
+                         logprobs, echo, echo_texts=echo_texts)
 
 
 def _logprobs(kind: str, fields: Fields) -> tuple[int | None, bool]:

@@ -82,6 +82,10 @@ def test_completions_add_bos_and_match_transformers(stack):
     out = client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0)
     assert out.usage.prompt_tokens == len(ids) and out.choices[0].text == want
     assert out.choices[0].speculation["mode"] == stack["mode"]
+    # echo repeats the prompt as sent (as vLLM); its log probabilities start at the BOS, unscored
+    echoed = client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0, echo=True, logprobs=0)
+    assert echoed.choices[0].text == prompt + want
+    assert echoed.choices[0].logprobs.tokens[0] == "<|bos|>" and echoed.choices[0].logprobs.token_logprobs[0] is None
     # token ids are sent as given; add_special_tokens: false sends the text's own tokens
     plain_ids = ids[1:]
     as_ids = client.completions.create(model="tiny", prompt=plain_ids, max_tokens=8, temperature=0)
