@@ -92,6 +92,8 @@ def test_up_serves_the_same_tokens_as_local_generation_and_stops_its_children(mo
             cores = [os.sched_getaffinity(pids["target"]), os.sched_getaffinity(pids["draft"])]
             assert all(len(c) == 1 for c in cores) and cores[0] != cores[1]
 
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/models", timeout=30) as models:
+            assert [m["id"] for m in json.load(models)["data"]] == ["tiny", "tiny-alias"]
         remote = saguaro("generate", "--endpoint", f"127.0.0.1:{port}", *prompts)
         assert remote.returncode == 0, remote.stderr
         local_out, local_err = local.communicate(timeout=300)
@@ -107,8 +109,6 @@ def test_up_serves_the_same_tokens_as_local_generation_and_stops_its_children(mo
                     "backups_fast", "draft_time_s", "verify_time_s"):
             assert key in stats
         assert stats["rounds"] > 0 and len(stats["acceptance_per_position"]) == 4
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/models", timeout=30) as models:
-            assert [m["id"] for m in json.load(models)["data"]] == ["tiny", "tiny-alias"]
     finally:
         if local.poll() is None:
             local.kill()
