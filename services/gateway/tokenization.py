@@ -39,7 +39,7 @@ class GatewayTokenizer:
     def __init__(self, tokenizer, chat_template: str | None = None):
         """``chat_template``: the template of ``--chat-template FILE``, used instead of the tokenizer's."""
         self.tokenizer = tokenizer  # a transformers tokenizer, or None (token-id prompts only)
-        self.chat_template = chat_template or (getattr(tokenizer, "chat_template", None) or None)
+        self.chat_template = chat_template  # None: the tokenizer's own (which may be several, by name)
         # Tokenizing a long text takes time the event loop cannot give (every live stream would
         # stall), and a fast tokenizer is not safe to share between threads: one thread of its own.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-tokenizer")
@@ -63,6 +63,10 @@ class GatewayTokenizer:
     @property
     def available(self) -> bool:
         return self.tokenizer is not None
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.chat_template is not None or bool(getattr(self.tokenizer, "chat_template", None))
 
     def encode(self, text: str, param: str = "prompt", add_special_tokens: bool = False) -> list[int]:
         """Token ids of ``text``; ``add_special_tokens`` adds what the tokenizer adds by default
@@ -92,7 +96,7 @@ class GatewayTokenizer:
         and so does the gateway, rather than invent a format the model never saw."""
         if self.tokenizer is None:
             raise invalid("the served model has no tokenizer, so chat messages cannot be rendered", "messages")
-        if self.chat_template is None:
+        if not self.has_chat_template:
             raise invalid("the served model's tokenizer has no chat template, so chat messages cannot be rendered: "
                           "start the gateway with --chat-template FILE, or use /v1/completions", "messages")
         try:
