@@ -6,8 +6,8 @@ route                       auth  answer
 POST /v1/completions        yes   text completion (JSON, or SSE with ``"stream": true``)
 POST /v1/chat/completions   yes   chat completion, prompt rendered with the chat template
 POST /v1/responses          yes   OpenAI's Responses API, text only: a chat completion's envelope
-GET  /v1/models             yes   the served model
-GET  /v1/models/{model}     yes   its model card (404 for another name)
+GET  /v1/models             yes   the served model, once per served name (--served-model-name)
+GET  /v1/models/{model}     yes   its model card (404 for a name not served)
 POST /tokenize              yes   vLLM's: text or messages -> token ids
 POST /detokenize            yes   vLLM's: token ids -> text
 GET  /health                no    vLLM's: 200 (empty) when ready to serve, else 503

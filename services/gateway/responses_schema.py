@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from saguaro.services.gateway.errors import invalid
+from saguaro.services.gateway.errors import GatewayError, invalid
 from saguaro.services.gateway.openai_schema import Fields, OpenAIRequest, parse_request
 from saguaro.services.gateway.prepare import Preparer
 from saguaro.services.gateway.request_fields import check_fields
@@ -35,7 +35,12 @@ def parse_responses(body: Any, preparer: Preparer) -> OpenAIRequest:
     chat = {"model": body.get("model"), "messages": _messages(body.get("instructions"), body.get("input")),
             "max_tokens": fields.integer("max_output_tokens", None, 1, 2**31 - 1),
             "temperature": body.get("temperature"), "top_p": body.get("top_p"), "stream": body.get("stream")}
-    parsed = parse_request("chat", chat, preparer)
+    try:
+        parsed = parse_request("chat", chat, preparer)
+    except GatewayError as exc:  # (the chat body's max_tokens is this body's max_output_tokens)
+        if exc.param == "max_tokens":
+            exc.param, exc.message = "max_output_tokens", exc.message.replace("max_tokens", "max_output_tokens")
+        raise
     parsed.include_usage = True  # response.completed carries the usage
     parsed.echoed = {name: body.get(name, default) for name, default in ECHOED.items()}
     return parsed
