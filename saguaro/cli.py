@@ -72,8 +72,18 @@ def add_gateway_parser(sub) -> None:
     group.add_argument("--max-migrations", type=int, default=2,
                        help="times a request whose target fails mid-stream is resumed on another target; then its "
                             "stream ends with an error (default: 2; 0: never)")
-    group.add_argument("--model-name", default=None,
-                       help="model name clients use (OpenAI 'model'; default: the targets' model folder name)")
+    group.add_argument("--served-model-name", "--model-name", nargs="+", default=None, metavar="NAME",
+                       dest="served_model_name",
+                       help="model names clients use (OpenAI 'model'): requests may name any, responses carry the "
+                            "first (default: the targets' model folder name)")
+    group = gateway.add_argument_group("OpenAI API")
+    group.add_argument("--generation-config", default="auto", metavar="auto|vllm|FOLDER",
+                       help="sampling defaults for requests that leave temperature, top_p, top_k unset (and a bound "
+                            "on max_tokens): auto, the model's generation_config.json (default); vllm, none; or "
+                            "FOLDER's generation_config.json (as vLLM's flag)")
+    group.add_argument("--chat-template", default=None, metavar="FILE",
+                       help="Jinja chat template for chat requests, instead of the tokenizer's (without either, "
+                            "chat requests are refused)")
     group = gateway.add_argument_group("security")
     group.add_argument("--api-keys-file", default=None, metavar="PATH",
                        help="require 'Authorization: Bearer <key>' with a key from this file (one per line); "
@@ -205,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--speculation-policy", choices=["adaptive", "always"], default="adaptive",
                     help=SPECULATION_POLICY_HELP)
     up.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for both services (default: 300)")
+    up.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
+                    help="the gateway's model names (OpenAI 'model'; responses carry the first; default: the target "
+                         "folder's name)")
+    up.add_argument("--chat-template", default=None, metavar="FILE",
+                    help="the gateway's chat template, instead of the tokenizer's")
+    up.add_argument("--generation-config", default="auto", metavar="auto|vllm|FOLDER",
+                    help="the gateway's sampling defaults (see saguaro gateway --help; default: auto)")
     add_speculation_args(up)
     add_engine_args(up)
     add_telemetry_args(up, up=True)

@@ -189,7 +189,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         api_keys=load_api_keys(args.api_keys_file), max_streams_per_key=args.max_streams_per_key,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         target_tls_ca=args.target_tls_ca, target_tls_cert=args.target_tls_cert, target_tls_key=args.target_tls_key,
-        target_tls_server_name=args.target_tls_server_name, model_name=args.model_name,
+        target_tls_server_name=args.target_tls_server_name, model_name=(args.served_model_name or [None])[0],
+        model_aliases=tuple((args.served_model_name or [])[1:]),
+        generation_config=args.generation_config, chat_template=args.chat_template,
         metrics_labels=parse_metrics_labels(args.metrics_label))
     asyncio.run(run_gateway(config))
     return 0

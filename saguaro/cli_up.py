@@ -24,6 +24,16 @@ def metrics_label_argv(labels: list[str], pool: str) -> list[str]:
     return [arg for label in [*labels, f"{POOL_LABEL}={pool}"] for arg in ("--metrics-label", label)]
 
 
+def openai_argv(args: argparse.Namespace) -> list[str]:
+    """The gateway's OpenAI API flags, passed through as given."""
+    argv = ["--generation-config", args.generation_config]
+    if args.chat_template:
+        argv += ["--chat-template", args.chat_template]
+    if args.served_model_name:
+        argv += ["--served-model-name", *args.served_model_name]
+    return argv
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     import signal
     import time
@@ -35,7 +45,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     parse_metrics_labels(args.metrics_label)  # and bad labels
     spec = speculation_argv(args) if args.mode != "ar" else []
     gateway_args = (["--block-size", str(args.block_size)] + (["--redis-url", args.redis_url] if args.redis_url else [])
-                    + metrics_label_argv(args.metrics_label, "gateway"))
+                    + metrics_label_argv(args.metrics_label, "gateway") + openai_argv(args))
     stack = LocalStack(args.target, args.draft, mode=args.mode, host=args.host, port=args.port,
                        http_port=args.http_port or None, target_port=args.target_port, gateway_args=gateway_args,
                        draft_port=args.draft_port, extra_args=engine_argv(args) + spec,
@@ -72,7 +82,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         if stack.http_url:
             from pathlib import Path
 
-            body = json.dumps({"model": Path(args.target).name, "prompt": "def add(a, b):", "max_tokens": 16})
+            model = args.served_model_name[0] if args.served_model_name else Path(args.target).name
+            body = json.dumps({"model": model, "prompt": "def add(a, b):", "max_tokens": 16})
             print(f"     curl {stack.http_url}/v1/completions -H 'Content-Type: application/json' -d '{body}'", flush=True)
         print("Ctrl-C stops all services.", flush=True)
         while True:

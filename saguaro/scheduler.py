@@ -58,6 +58,8 @@ class Scheduler:
                 break
             self.waiting.popleft()
             seq.num_computed = cached
+            if seq.num_cached_prompt_tokens is None:  # (a preempted sequence re-finds its own blocks)
+                seq.num_cached_prompt_tokens = min(cached, seq.num_prompt_tokens)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             admitted.append(seq)

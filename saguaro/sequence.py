@@ -44,6 +44,9 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     table: BlockTable = field(default_factory=BlockTable)
     num_computed: int = 0
+    # Prompt tokens whose KV the prefix cache held at the first admission (None: not yet
+    # admitted): what OpenAI's usage calls cached_tokens.
+    num_cached_prompt_tokens: int | None = None
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
     arrival_time: float = field(default_factory=time.perf_counter)

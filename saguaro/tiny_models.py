@@ -24,8 +24,17 @@ _CORPUS = [
 ]
 
 
+# A chat template of the kind real tokenizers carry (role markers around each message, the
+# assistant's turn opened on request): chat requests are refused without one.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
 def build_tokenizer(out_dir: Path, vocab_size: int) -> None:
-    """Train a small byte-level BPE on a built-in corpus and save it next to the model."""
+    """Train a small byte-level BPE on a built-in corpus and save it (with ``CHAT_TEMPLATE``)
+    next to the model."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -40,6 +49,7 @@ def build_tokenizer(out_dir: Path, vocab_size: int) -> None:
     )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>")
+    fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(out_dir))
 
 

@@ -5,8 +5,9 @@ route                       auth  answer
 ==========================  ====  ===========================================================
 POST /v1/completions        yes   text completion (JSON, or SSE with ``"stream": true``)
 POST /v1/chat/completions   yes   chat completion, prompt rendered with the chat template
-GET  /v1/models             yes   the served model
-GET  /v1/models/{model}     yes   its model card (404 for another name)
+POST /v1/responses          yes   OpenAI's Responses API, text only: a chat completion's envelope
+GET  /v1/models             yes   the served model, once per served name (--served-model-name)
+GET  /v1/models/{model}     yes   its model card (404 for a name not served)
 POST /tokenize              yes   vLLM's: text or messages -> token ids
 POST /detokenize            yes   vLLM's: token ids -> text
 GET  /health                no    vLLM's: 200 (empty) when ready to serve, else 503
@@ -49,7 +50,9 @@ from saguaro.services.gateway.logprobs_json import ChoiceLogprobs
 from saguaro.services.gateway.http_common import (MAX_BODY_BYTES, decode_json, error_response, openai_error,
                                                   read_json_body)
 from saguaro.services.gateway.openai_schema import (ChunkWriter, OpenAIRequest, choice_json, parse_request,
-                                                    response_json, stop_reason, usage_json)
+                                                    prompt_usage, response_json, stop_reason, usage_json)
+from saguaro.services.gateway.responses_schema import ResponsesWriter, parse_responses
+from saguaro.services.gateway.responses_schema import response_json as responses_json
 from saguaro.services.gateway.streaming import stream_choices
 from saguaro.services.gateway.telemetry import GatewaySpan
 from saguaro.telemetry import attributes as A
@@ -64,6 +67,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")  # shipped as package data
+ID_PREFIX = {"completions": "cmpl-", "chat": "chatcmpl-", "responses": "resp_"}  # response ids, as OpenAI's
 
 
 class _GatewayConnection(RequestHandler):
@@ -133,6 +137,7 @@ class OpenAIApi:
         app.add_routes([
             web.post("/v1/completions", self.completions),
             web.post("/v1/chat/completions", self.chat_completions),
+            web.post("/v1/responses", self.responses),
             web.get("/v1/models", self.models),
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
@@ -162,10 +167,11 @@ class OpenAIApi:
     async def models(self, request: web.Request) -> web.Response:
         try:
             self.gateway.authenticate(request.headers.get("Authorization"))
-            facts = self.gateway.preparer().facts
+            preparer = self.gateway.preparer()
         except GatewayError as exc:
             return error_response(exc)
-        return web.json_response({"object": "list", "data": [model_card(facts, self.gateway.started_at)]})
+        cards = [model_card(preparer, self.gateway.started_at, name) for name in preparer.facts.names]
+        return web.json_response({"object": "list", "data": cards})
 
     # -- generation --------------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -173,6 +179,9 @@ class OpenAIApi:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, "chat")
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "responses")
 
     async def _generate(self, request: web.Request, kind: str) -> web.StreamResponse:
         gw = self.gateway
@@ -184,7 +193,7 @@ class OpenAIApi:
         try:
             key = gw.authenticate(request.headers.get("Authorization"))
             span = GatewaySpan.start(request.headers, api="http", model=gw.model_name,
-                                     operation=A.CHAT if kind == "chat" else A.TEXT_COMPLETION,
+                                     operation=A.TEXT_COMPLETION if kind == "completions" else A.CHAT,
                                      server=tracing.server_attributes(request.host, gw.config.host, gw.http_port))
             preparer = gw.preparer()
             raw = await read_json_body(request, min(MAX_BODY_BYTES, preparer.body_byte_limit),
@@ -202,14 +211,17 @@ class OpenAIApi:
                                              owner=key)
                 dispatch.ticket = ticket
                 choices.append(Choice(index, p, dispatch))
-            response_id = ("cmpl-" if kind == "completions" else "chatcmpl-") + request_id
-            scores = [ChoiceLogprobs(kind, preparer.tokenizer, parsed.prompts[c.prompt], parsed.echo,
-                                     parsed.logprobs is not None) for c in choices]
+            response_id = ID_PREFIX[kind] + request_id
+            scores = [ChoiceLogprobs(parsed.kind, preparer.tokenizer, parsed.prompts[c.prompt], parsed.echo,
+                                     parsed.logprobs is not None,
+                                     parsed.echo_texts[c.prompt] if parsed.echo_texts else None) for c in choices]
+            created, model = int(time.time()), preparer.facts.name
             if parsed.stream:
-                writer = ChunkWriter(kind, response_id, int(time.time()), preparer.facts.name, len(choices))
+                writer = (ResponsesWriter(response_id, created, model, parsed.echoed) if kind == "responses"
+                          else ChunkWriter(kind, response_id, created, model, len(choices)))
                 return await stream_choices(request, parsed, gw.dispatcher, choices, writer,
                                             gw.config.sse_keepalive_s, finals, scores, preparer.tokenizer)
-            return await self._complete(parsed, choices, response_id, preparer, finals, scores)
+            return await self._complete(kind, parsed, choices, response_id, preparer, finals, scores)
         except GatewayError as exc:
             code, message = exc.code, exc.message
             return error_response(exc)
@@ -225,7 +237,7 @@ class OpenAIApi:
             for ticket in tickets:  # (choices that never started)
                 ticket.leave()
 
-    async def _complete(self, parsed: OpenAIRequest, choices: list[Choice], response_id: str,
+    async def _complete(self, kind: str, parsed: OpenAIRequest, choices: list[Choice], response_id: str,
                         preparer: Preparer, finals: list[pb.GenerateFinal], scores: list[ChoiceLogprobs]) -> web.Response:
         """All choices at once; ``finals`` receives each choice's final message. Usage counts each
         prompt once and every choice's completion tokens (as OpenAI and vLLM do). ``scores``
@@ -252,14 +264,22 @@ class OpenAIApi:
                                        PROTO_TO_FINISH.get(final.finish_reason, "stop"),
                                        speculation_from_proto(final.speculation), stop_reason(final),
                                        scores[choice.index].whole()))
-        prompt_tokens = sum(final.usage.prompt_tokens for c, final in zip(choices, ends) if c.leads(parsed.n))
+        prompt_tokens, cached_tokens = prompt_usage((c.leads(parsed.n), final) for c, final in zip(choices, ends))
         completion_tokens = sum(final.usage.completion_tokens for final in ends)
-        body = response_json(parsed.kind, response_id, int(time.time()), preparer.facts.name, answers,
-                             usage_json(prompt_tokens, completion_tokens))
+        usage = usage_json(prompt_tokens, completion_tokens, cached_tokens)
+        created, model = int(time.time()), preparer.facts.name
+        if kind == "responses":  # (one choice: a Responses request has no n)
+            [answer] = answers
+            body = responses_json(response_id, created, model, parsed.echoed, answer["message"]["content"],
+                                  answer["finish_reason"], usage)
+        else:
+            body = response_json(kind, response_id, created, model, answers, usage)
         return web.json_response(body, headers={"x-saguaro-target": ",".join(c.dispatch.target or "" for c in choices)})
 
 
 def _parse_body(kind: str, raw: bytes, preparer: Preparer) -> OpenAIRequest:
     """JSON and the OpenAI fields, prompts tokenized (on the tokenizer's thread: see
-    ``GatewayTokenizer.run``)."""
+    ``GatewayTokenizer.run``); a Responses body as the chat request it asks for."""
+    if kind == "responses":
+        return parse_responses(decode_json(raw), preparer)
     return parse_request(kind, decode_json(raw), preparer)

@@ -77,8 +77,11 @@ class ChoiceLogprobs:
     """One choice's echo and log probabilities, as its deltas arrive (streamed or gathered).
     Runs on the tokenizer's thread (``GatewayTokenizer.run``): it decodes token texts."""
 
-    def __init__(self, kind: str, tokenizer: GatewayTokenizer, prompt: list[int], echo: bool, asked: bool):
+    def __init__(self, kind: str, tokenizer: GatewayTokenizer, prompt: list[int], echo: bool, asked: bool,
+                 echo_text: str | None = None):
+        """``echo_text``: the prompt's text as sent, echoed as is (None: the prompt's token ids decoded)."""
         self.kind, self.tokenizer, self.prompt, self.echo, self.asked = kind, tokenizer, prompt, echo, asked
+        self.echo_text = echo_text
         self.completion = CompletionLogprobs(tokenizer)
         self.content: list[dict] = []  # chat
         self.echoed = not echo
@@ -90,7 +93,7 @@ class ChoiceLogprobs:
         echo, echo_scores = "", None
         if not self.echoed:
             self.echoed = True
-            echo = self.tokenizer.decode(self.prompt)
+            echo = self.echo_text if self.echo_text is not None else self.tokenizer.decode(self.prompt)
             if self.asked:
                 echo_scores = self.completion.add(delta.prompt_logprobs, unscored_first=self.prompt[0])
         if not self.asked:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +26,18 @@ from saguaro.request_rules import MAX_LOGPROBS, check_stop_strings, processor_pr
 from saguaro.services.gateway.errors import invalid
 from saguaro.services.gateway.prepare import Preparer, check_vocabulary
 from saguaro.services.gateway.request_fields import check_fields
+from saguaro.services.gateway.tokenization import ChatOptions
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import MODE_TO_PROTO
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_BATCH = 64
 MAX_N = 16  # choices per prompt: each is a full request's work on a target
+# apply_chat_template's own arguments: chat_template_kwargs cannot set them (they have fields)
+TEMPLATE_ARGUMENTS = frozenset({"conversation", "messages", "tools", "documents", "chat_template", "tokenize",
+                                "add_generation_prompt", "continue_final_message", "return_dict", "padding",
+                                "truncation", "max_length", "return_tensors", "return_assistant_tokens_mask",
+                                "tokenizer_kwargs"})
 FLOAT32_TINY = 2.0**-149  # the smallest positive float32 (SamplingParams.top_p is a float)
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions (chat: the rest of the context)
 
@@ -50,6 +57,10 @@ class OpenAIRequest:
     # chat's ``top_logprobs`` with ``logprobs: true``); None: none asked (logprobs_json.py).
     logprobs: int | None = None
     echo: bool = False  # completions: the prompt's text (and log probabilities) before the output
+    echoed: dict[str, Any] | None = None  # /v1/responses: the request fields its answer repeats
+    # completions with echo: each prompt's text as sent (None: token ids), which vLLM echoes as
+    # given, without the special tokens (BOS) tokenizing added
+    echo_texts: list[str | None] | None = None
 
 
 class Fields:
@@ -104,10 +115,11 @@ def unicode_text(text: str, param: str) -> str:
     return text
 
 
-def _completion_prompts(value: Any, preparer: Preparer) -> list[list[int]]:
-    """``prompt``: a string, token ids, or a batch of either."""
+def _completion_prompts(value: Any, preparer: Preparer, special: bool) -> list[list[int]]:
+    """``prompt``: a string, token ids, or a batch of either. Text gets the tokenizer's special
+    tokens when ``special`` (``add_special_tokens``); token ids are sent as given (vLLM's rules)."""
     if isinstance(value, str):
-        return [preparer.prompt_from_text(unicode_text(value, "prompt"), "prompt")]
+        return [preparer.prompt_from_text(unicode_text(value, "prompt"), "prompt", special)]
     if not isinstance(value, list) or not value:
         raise invalid("prompt is required and must not be empty: a string, a list of token ids, or a list of those",
                       "prompt")
@@ -118,12 +130,21 @@ def _completion_prompts(value: Any, preparer: Preparer) -> list[list[int]]:
     prompts = []
     for i, item in enumerate(value):
         if isinstance(item, str):
-            prompts.append(preparer.prompt_from_text(unicode_text(item, f"prompt[{i}]"), f"prompt[{i}]"))
+            prompts.append(preparer.prompt_from_text(unicode_text(item, f"prompt[{i}]"), f"prompt[{i}]", special))
         elif isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
             prompts.append(list(item))
         else:
             raise invalid(f"prompt[{i}] must be a string or a list of token ids", f"prompt[{i}]")
     return prompts
+
+
+def _prompt_texts(value: str | list) -> list[str | None]:
+    """The text of each prompt of an (already parsed) ``prompt``; None for token ids."""
+    if isinstance(value, str):
+        return [value]
+    if all(isinstance(t, int) for t in value):
+        return [None]
+    return [item if isinstance(item, str) else None for item in value]
 
 
 def chat_messages(value: Any) -> list[dict[str, str]]:
@@ -154,21 +175,45 @@ def chat_messages(value: Any) -> list[dict[str, str]]:
     return out
 
 
+def chat_options(fields: Fields) -> ChatOptions:
+    """vLLM's chat template fields (chat completions and ``/tokenize`` with messages), with its
+    defaults: a generation prompt (continuing the final message instead needs
+    ``add_generation_prompt: false``: both is an error, as in vLLM), the template's extra
+    variables, no special tokens beyond the template's."""
+    continued = fields.boolean("continue_final_message", False)
+    prompted = fields.boolean("add_generation_prompt", True)
+    if continued and prompted:
+        raise invalid("continue_final_message and add_generation_prompt cannot both be true: set "
+                      "add_generation_prompt to false to continue the final message", "continue_final_message")
+    kwargs = fields.body.get("chat_template_kwargs")
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict):
+        raise invalid("chat_template_kwargs must be an object (variable -> value)", "chat_template_kwargs")
+    taken = sorted(TEMPLATE_ARGUMENTS & kwargs.keys())
+    if taken:
+        raise invalid(f"chat_template_kwargs cannot set {', '.join(taken)}: use the request field of that name",
+                      "chat_template_kwargs")
+    return ChatOptions(prompted, continued, kwargs, fields.boolean("add_special_tokens", False))
+
+
 def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
+    body = preparer.defaults.fill(body)
     fields = Fields(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise invalid("model is required: the served model's name (see GET /v1/models)", "model")
     facts = preparer.facts
-    if model != facts.name:
-        raise invalid(f"unknown model {model!r}: this gateway serves {facts.name!r}", "model")
+    facts.check_model(model)
     check_fields(kind, body)
     n = fields.integer("n", 1, 1, MAX_N, " (choices per prompt)")
     stream = fields.boolean("stream", False)
     if kind == "completions":
-        prompts = _completion_prompts(body.get("prompt"), preparer)
+        # vLLM's default: the tokenizer's special tokens (BOS); chat's template carries its own
+        special = fields.boolean("add_special_tokens", True)
+        prompts = _completion_prompts(body.get("prompt"), preparer, special)
         prompts = [preparer.check_prompt_ids(p, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
                    for i, p in enumerate(prompts)]
         max_tokens_name = "max_tokens"
@@ -176,11 +221,12 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     else:
         messages = chat_messages(body.get("messages"))
         preparer.check_text_size([m["content"] for m in messages], "messages")
-        prompts = [preparer.check_prompt_ids(preparer.tokenizer.chat_prompt(messages), "messages")]
+        prompts = [preparer.check_prompt_ids(preparer.tokenizer.chat_prompt(messages, chat_options(fields)),
+                                             "messages")]
         max_tokens_name = "max_completion_tokens" if fields.present("max_completion_tokens") else "max_tokens"
         default_max = None
     limit = facts.max_model_len
-    max_tokens = fields.integer(max_tokens_name, default_max, 1, limit, " (the model's context)")
+    max_tokens = preparer.defaults.bound(fields.integer(max_tokens_name, default_max, 1, limit, " (the model's context)"))
     for prompt in prompts:
         if max_tokens is not None and len(prompt) + max_tokens > limit:
             raise invalid(f"the model's context is {limit} tokens, but {len(prompt)} prompt tokens + {max_tokens_name} "
@@ -220,9 +266,10 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     include_usage = stream_fields.boolean("include_usage", False)
     # (vLLM sends running usage only with include_usage too; alone it would be silently ignored)
     continuous_usage = stream_fields.boolean("continuous_usage_stats", False)
+    echo_texts = _prompt_texts(body["prompt"]) if echo else None
     return OpenAIRequest(kind, prompts, sampling, MODE_TO_PROTO.get(mode, pb.DECODE_MODE_DEFAULT), stream,
                          include_usage, fields.boolean("stream_tokens_individually", True), n, continuous_usage,
-                         logprobs, echo)
+                         logprobs, echo, echo_texts=echo_texts)
 
 
 def _logprobs(kind: str, fields: Fields) -> tuple[int | None, bool]:
@@ -306,9 +353,18 @@ def stop_reason(final: pb.GenerateFinal) -> str | None:
 
 
 # -- responses ----------------------------------------------------------------------------------
-def usage_json(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage_json(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage; ``cached_tokens``: prompt tokens the targets' prefix caches served."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+
+def prompt_usage(choices: Iterable[tuple[bool, pb.GenerateFinal]]) -> tuple[int, int]:
+    """Prompt and cached tokens of a request's ``(leads, final)`` choices: each prompt counts
+    once, by its leading choice (as OpenAI and vLLM count)."""
+    leading = [final.usage for leads, final in choices if leads]
+    return sum(u.prompt_tokens for u in leading), sum(u.cached_prompt_tokens for u in leading)
 
 
 def choice_json(kind: str, index: int, text: str, finish_reason: str, speculation: dict | None,

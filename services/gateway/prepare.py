@@ -12,13 +12,16 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import grpc
 
 from saguaro.errors import InvalidRequestError
 from saguaro.request_rules import (MAX_LOGPROBS, check_stop_strings, check_token_ids, fits_context, prompt_leaves_room,
                                    top_p_from_proto, valid_logprobs, valid_temperature, valid_top_p)
 from saguaro.services.gateway.dispatch import Dispatch, routing_hashes
-from saguaro.services.gateway.errors import invalid
+from saguaro.services.gateway.errors import GatewayError, invalid
+from saguaro.services.gateway.generation_defaults import GenerationDefaults
 from saguaro.services.gateway.migration import resumed_prompt
 from saguaro.services.gateway.telemetry import GatewaySpan
 from saguaro.services.gateway.tokenization import GatewayTokenizer
@@ -33,9 +36,20 @@ JSON_SLACK = 6  # a JSON string may escape every character as \uXXXX: six bytes 
 class ModelFacts:
     """What validation needs from the targets' ModelInfo."""
 
-    name: str
+    name: str  # the name responses carry (the first --served-model-name)
     max_model_len: int
     vocab_size: int
+    aliases: tuple[str, ...] = ()  # further names requests may use (the other --served-model-name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+    def check_model(self, model: str) -> None:
+        """404 for a name the gateway does not serve, in vLLM's words (its clients match them)."""
+        if model not in self.names:
+            raise GatewayError(grpc.StatusCode.NOT_FOUND, f"The model `{str(model)[:200]}` does not exist "
+                               f"(this gateway serves {', '.join(map(repr, self.names))})", "model")
 
 
 @dataclass(eq=False)
@@ -46,6 +60,7 @@ class Preparer:
     tokenizer: GatewayTokenizer
     block_size: int
     max_prefix_blocks: int
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)  # the OpenAI API's (generation_defaults.py)
 
     # -- bounds on the work before admission -------------------------------------------------
     @property
@@ -70,11 +85,14 @@ class Preparer:
                           f"tokens can hold ({limit} bytes at most): shorten it", param)
 
     # -- prompt ------------------------------------------------------------------------------
-    def prompt_from_text(self, text: str, param: str) -> list[int]:
+    def prompt_from_text(self, text: str, param: str, add_special_tokens: bool = False) -> list[int]:
+        """``text``'s token ids; ``add_special_tokens`` adds what the tokenizer adds by default
+        (BOS for Llama 3): OpenAI completions ask for it, as vLLM's do; gRPC text prompts do not,
+        as the targets encode theirs (docs/gateway.md)."""
         if not text:
             raise invalid(f"{param} is empty; give at least one token of text", param)
         self.check_text_size([text], param)
-        ids = self.tokenizer.encode(text, param)
+        ids = self.tokenizer.encode(text, param, add_special_tokens)
         if not ids:
             raise invalid(f"{param} encodes to no tokens; give some text", param)
         return ids

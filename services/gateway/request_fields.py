@@ -26,12 +26,16 @@ _GENERATION = frozenset({
     "model", "max_tokens", "n", "stream", "stream_options", "temperature", "top_p", "top_k", "seed",
     "stop", "include_stop_str_in_output", "stop_token_ids", "ignore_eos", "mode", "stream_tokens_individually",
     "presence_penalty", "frequency_penalty", "repetition_penalty", "min_p", "min_tokens", "logit_bias"})
+_CHAT_TEMPLATE = ("add_generation_prompt", "continue_final_message", "chat_template_kwargs")
 HONOURED = {
-    "completions": _GENERATION | {"prompt", "logprobs", "echo"},
-    "chat": _GENERATION | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "echo"},
+    "completions": _GENERATION | {"prompt", "logprobs", "echo", "add_special_tokens"},
+    "chat": _GENERATION | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "echo",
+                           "add_special_tokens", *_CHAT_TEMPLATE},
     "tokenize_prompt": frozenset({"model", "prompt", "add_special_tokens", "return_token_strs"}),
-    "tokenize_chat": frozenset({"model", "messages", "return_token_strs"}),
+    "tokenize_chat": frozenset({"model", "messages", "add_special_tokens", "return_token_strs", *_CHAT_TEMPLATE}),
     "detokenize": frozenset({"model", "tokens"}),
+    # /v1/responses (responses_schema.py): read there, then served as a chat completion
+    "responses": frozenset({"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream"}),
 }
 
 # Accepted with any value: they change nothing in the output (vLLM ignores them too, or they are
@@ -65,7 +69,7 @@ def _same(value: Any, neutral: Any) -> bool:
 
 _LOGPROBS = "only the logprobs of the sampled tokens (and the prompt's, with echo) are returned"
 _STRUCTURED = "structured output (grammars, JSON schemas, choices) is not supported"
-_TEMPLATE = "per-request chat template options are not supported"
+_TEMPLATE = "per-request chat templates are not supported (the gateway's --chat-template FILE sets one)"
 _TRANSFER = "disaggregated serving parameters are not supported"
 _REPETITION = "repetition detection is not supported"
 
@@ -111,12 +115,8 @@ REFUSED: Mapping[str, Refusal] = {
     "guided_decoding_backend": Refusal(_STRUCTURED),
     "guided_whitespace_pattern": Refusal(_STRUCTURED),
     # prompt and chat template (vLLM)
-    "add_special_tokens": Refusal("special tokens are not added to the prompt (false only)", (False,)),
-    "add_generation_prompt": Refusal("the generation prompt is always added (true only)", (True,)),
-    "continue_final_message": Refusal("continuing the final message is not supported", (False,)),
     "chat_template": Refusal(_TEMPLATE),
-    "chat_template_kwargs": Refusal(_TEMPLATE, ({},)),
-    "documents": Refusal(_TEMPLATE, ([],)),
+    "documents": Refusal("documents (retrieval-augmented templates) are not supported", ([],)),
     "mm_processor_kwargs": Refusal("multimodal inputs are not supported", ({},)),
     "prompt_embeds": Refusal("prompt embeddings are not supported; send text or token ids"),
     "include_reasoning": Refusal("reasoning is not separated from the content (true only)", (True,)),
@@ -131,21 +131,45 @@ REFUSED: Mapping[str, Refusal] = {
     "vllm_xargs": Refusal("vLLM extension arguments are not supported", ({},)),
 }
 
+_NOT_STORED = "responses are not stored: send the whole conversation in input"
+_TOOLS = "tool calls are not supported"
+
+# /v1/responses' own fields that ask for what the gateway cannot do (its sampling fields are
+# the chat ones above; a Responses body carries no others).
+RESPONSES_REFUSED: Mapping[str, Refusal] = {
+    "store": Refusal(_NOT_STORED + " (store: false only)", (False,)),
+    "previous_response_id": Refusal(_NOT_STORED),
+    "conversation": Refusal(_NOT_STORED),
+    "background": Refusal("background responses are not supported (false only)", (False,)),
+    "tools": Refusal(_TOOLS, ([],)),
+    "tool_choice": Refusal(_TOOLS, ("none", "auto")),
+    "max_tool_calls": Refusal(_TOOLS),
+    "include": Refusal("no extra output can be included", ([],)),
+    "reasoning": Refusal("reasoning options are not supported"),
+    "text": Refusal("only text output is supported: {\"format\": {\"type\": \"text\"}}",
+                    ({"format": {"type": "text"}}, {})),
+    "truncation": Refusal("truncation is not supported (\"disabled\" only)", ("disabled",)),
+    "top_logprobs": Refusal("/v1/responses returns no log probabilities (0 only)", (0,)),
+    "prompt": Refusal("reusable prompt templates are not supported"),
+}
+
 MAX_LOGGED = 10  # unknown field names in one warning (a body may hold thousands)
 
 
 def check_fields(kind: str, body: dict[str, Any]) -> None:
     """Refuse (400, naming the field) the first refused field with a non-neutral value; log the
     fields nobody defines. ``kind`` is a key of ``HONOURED``: what that body's parser reads is
-    never refused (``add_special_tokens`` is honoured by ``/tokenize``, refused elsewhere)."""
+    never refused (``return_token_strs`` is honoured by ``/tokenize``, unknown elsewhere)."""
     honoured = HONOURED[kind]
+    refusals = RESPONSES_REFUSED if kind == "responses" else REFUSED
     unknown = []
     for name, value in body.items():
-        if name in honoured or name in HARMLESS:
+        if name in honoured:
             continue
-        refusal = REFUSED.get(name)
+        refusal = refusals.get(name)  # (before HARMLESS: /v1/responses refuses store: true)
         if refusal is None:
-            unknown.append(name)
+            if name not in HARMLESS:
+                unknown.append(name)
         elif not refusal.accepts(value):
             raise invalid(f"{name}: {refusal.why}", name)
     if unknown:

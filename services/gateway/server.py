@@ -13,6 +13,7 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 
 import grpc
 from aiohttp import web
@@ -25,6 +26,7 @@ from saguaro.services.gateway.config import GatewayConfig
 from saguaro.services.gateway.discovery import KubernetesDiscovery
 from saguaro.services.gateway.dispatch import Dispatcher
 from saguaro.services.gateway.errors import GatewayError
+from saguaro.services.gateway.generation_defaults import GenerationDefaults, resolve
 from saguaro.services.gateway.grpc_api import GatewayInferenceService
 from saguaro.services.gateway.http_api import HttpRunner, OpenAIApi
 from saguaro.services.gateway.kv_watch import KvWatcher
@@ -62,6 +64,7 @@ class Gateway:
         self.grpc_port = 0
         self.http_port: int | None = None
         self.started_at = int(time.time())
+        self._chat_template = _read_chat_template(config.chat_template)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -165,16 +168,30 @@ class Gateway:
                 await self.pool.changed.wait()
                 continue
             try:
-                tokenizer = await GatewayTokenizer.fetch(target.routing)
+                tokenizer = await GatewayTokenizer.fetch(target.routing, self._chat_template)
             except grpc.aio.AioRpcError as exc:
                 log.warning("cannot fetch the tokenizer from %s (%s); retrying", target.address, exc.details())
                 await asyncio.sleep(1.0)
                 continue
             info = target.model_info
-            facts = ModelFacts(self.config.model_name or info.model_name, info.max_model_len, info.vocab_size)
-            self._preparer = Preparer(facts, tokenizer, self.config.block_size, self.config.max_prefix_blocks)
+            facts = ModelFacts(self.config.model_name or info.model_name, info.max_model_len, info.vocab_size,
+                               tuple(self.config.model_aliases))
+            defaults = self._generation_defaults(info.generation_config)
+            self._preparer = Preparer(facts, tokenizer, self.config.block_size, self.config.max_prefix_blocks,
+                                      defaults)
             log.info("serving model %r (context %d tokens, tokenizer %s) from %s", facts.name, facts.max_model_len,
                      "fetched" if tokenizer.available else "absent: token-id prompts only", target.address)
+            log.info("sampling defaults of the OpenAI API (from %s): %s", defaults.source,
+                     defaults.describe() or "none (OpenAI's)")
+
+    def _generation_defaults(self, served: str) -> GenerationDefaults:
+        """``--generation-config``'s defaults; a served file that cannot be read applies none (and
+        says so) rather than leave the gateway without a model."""
+        try:
+            return resolve(self.config.generation_config, served)
+        except ConfigError as exc:
+            log.error("no sampling defaults: %s", exc)
+            return GenerationDefaults(source=f"none ({exc})")
 
     async def drain(self) -> None:
         """Report NOT_SERVING on grpc.health.v1 from now on (open Watch streams hear it at once):
@@ -252,6 +269,16 @@ class Gateway:
         out.CopyFrom(info)
         out.model_name = self.model_name
         return out
+
+
+def _read_chat_template(path: str | None) -> str | None:
+    """``--chat-template FILE``'s template, read once at startup (a bad file fails there)."""
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read --chat-template {path}: {exc}") from None
 
 
 class GatewayThread:

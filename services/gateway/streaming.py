@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -22,7 +23,8 @@ from saguaro.services.gateway.dispatch import Dispatcher
 from saguaro.services.gateway.errors import GatewayError
 from saguaro.services.gateway.logprobs_json import ChoiceLogprobs
 from saguaro.services.gateway.tokenization import GatewayTokenizer
-from saguaro.services.gateway.openai_schema import ChunkWriter, OpenAIRequest, stop_reason, usage_json
+from saguaro.services.gateway.openai_schema import ChunkWriter, OpenAIRequest, prompt_usage, stop_reason, usage_json
+from saguaro.services.gateway.responses_schema import ResponsesWriter
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import PROTO_TO_FINISH, speculation_from_proto
 
@@ -31,24 +33,29 @@ KEEPALIVE = b": keep-alive\n\n"
 
 class RunningUsage:
     """A request's token counts so far: its prompts once each, and every choice's completion
-    tokens (a choice's final message sets its count: the target's usage is the authority)."""
+    tokens (a choice's final message sets its count: the target's usage is the authority); the
+    cached prompt tokens of the leading choices that have ended."""
 
-    def __init__(self, prompt_tokens: int, choices: int):
+    def __init__(self, prompt_tokens: int, leads: list[bool]):
         self.prompt_tokens = prompt_tokens
-        self.completion = [0] * choices
+        self.leads = leads
+        self.completion = [0] * len(leads)
+        self.finals: dict[int, pb.GenerateFinal] = {}
 
     def add(self, index: int, message: pb.GenerateResponse) -> None:
         if message.WhichOneof("kind") == "delta":
             self.completion[index] += len(message.delta.token_ids)
         else:
             self.completion[index] = message.final.usage.completion_tokens
+            self.finals[index] = message.final
 
-    def json(self) -> dict[str, int]:
-        return usage_json(self.prompt_tokens, sum(self.completion))
+    def json(self) -> dict[str, Any]:
+        _, cached = prompt_usage((self.leads[i], final) for i, final in self.finals.items())
+        return usage_json(self.prompt_tokens, sum(self.completion), cached)
 
 
 async def stream_choices(request: web.Request, parsed: OpenAIRequest, dispatcher: Dispatcher, choices: list[Choice],
-                         writer: ChunkWriter, keepalive_s: float, finals: list[pb.GenerateFinal],
+                         writer: ChunkWriter | ResponsesWriter, keepalive_s: float, finals: list[pb.GenerateFinal],
                          scores: list[ChoiceLogprobs], tokenizer: GatewayTokenizer) -> web.StreamResponse:
     """The SSE response; ``finals`` receives each choice's final message. An error before the
     first message raises (the front answers with its status code); after it, the stream ends
@@ -58,8 +65,8 @@ async def stream_choices(request: web.Request, parsed: OpenAIRequest, dispatcher
     messages = merged(dispatcher, choices, parsed.n)
     response: web.StreamResponse | None = None
     keeper: asyncio.Task | None = None
-    usage = RunningUsage(sum(len(p) for p in parsed.prompts), len(choices))
-    running: Callable[[], dict[str, int] | None] = usage.json if parsed.continuous_usage else lambda: None
+    usage = RunningUsage(sum(len(p) for p in parsed.prompts), [c.leads(parsed.n) for c in choices])
+    running: Callable[[], dict[str, Any] | None] = usage.json if parsed.continuous_usage else lambda: None
     try:
         choice, message = await anext(messages)  # errors before the first token still get a status code
         choice.dispatch.span.first_token()
@@ -100,7 +107,8 @@ async def stream_choices(request: web.Request, parsed: OpenAIRequest, dispatcher
                 await response.write(writer.error(exc.message))
                 break
             last_write[0] = time.monotonic()
-        await response.write(ChunkWriter.DONE)
+        if writer.DONE:
+            await response.write(writer.DONE)
         return response
     except ConnectionResetError:  # the client went away mid-stream
         return response

@@ -9,28 +9,37 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from saguaro.services.gateway.errors import invalid
 from saguaro.tokenizer import load_tokenizer
 from saguaro.v1 import routing_pb2 as rpb
 
-# Used when the tokenizer config has no chat template (documented in docs/gateway.md).
-FALLBACK_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
-
-
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class ChatOptions:
+    """How messages become a prompt: vLLM's request fields of the same names, with its defaults.
+    ``add_generation_prompt`` opens the assistant's turn; ``continue_final_message`` leaves the
+    last (assistant) message open, to be continued; ``template_kwargs`` reach the template as
+    variables; ``add_special_tokens`` adds the tokenizer's (BOS) on top of the template's."""
+
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    add_special_tokens: bool = False
+
+
 class GatewayTokenizer:
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, chat_template: str | None = None):
+        """``chat_template``: the template of ``--chat-template FILE``, used instead of the tokenizer's."""
         self.tokenizer = tokenizer  # a transformers tokenizer, or None (token-id prompts only)
+        self.chat_template = chat_template  # None: the tokenizer's own (which may be several, by name)
         # Tokenizing a long text takes time the event loop cannot give (every live stream would
         # stall), and a fast tokenizer is not safe to share between threads: one thread of its own.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-tokenizer")
@@ -45,11 +54,11 @@ class GatewayTokenizer:
         return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
 
     @classmethod
-    async def fetch(cls, routing_stub, timeout: float = 60.0) -> "GatewayTokenizer":
+    async def fetch(cls, routing_stub, chat_template: str | None = None, timeout: float = 60.0) -> "GatewayTokenizer":
         files = await routing_stub.GetTokenizer(rpb.GetTokenizerRequest(), timeout=timeout)
         if not files.has_tokenizer:
             return cls(None)
-        return cls(await asyncio.to_thread(_load, dict(files.files)))
+        return cls(await asyncio.to_thread(_load, dict(files.files)), chat_template)
 
     @property
     def available(self) -> bool:
@@ -57,7 +66,7 @@ class GatewayTokenizer:
 
     @property
     def has_chat_template(self) -> bool:
-        return self.tokenizer is not None and bool(getattr(self.tokenizer, "chat_template", None))
+        return self.chat_template is not None or bool(getattr(self.tokenizer, "chat_template", None))
 
     def encode(self, text: str, param: str = "prompt", add_special_tokens: bool = False) -> list[int]:
         """Token ids of ``text``; ``add_special_tokens`` adds what the tokenizer adds by default
@@ -81,17 +90,23 @@ class GatewayTokenizer:
         OpenAI's log probabilities, as vLLM's decoded tokens."""
         return [self.tokenizer.decode([i], skip_special_tokens=False) for i in ids]
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of ``messages`` rendered with the model's chat template (+ generation prompt)."""
+    def chat_prompt(self, messages: list[dict[str, str]], options: ChatOptions = ChatOptions()) -> list[int]:
+        """Token ids of ``messages`` rendered with the chat template (the tokenizer's, or
+        ``--chat-template``'s). Without one there is no right way to render them: vLLM refuses,
+        and so does the gateway, rather than invent a format the model never saw."""
         if self.tokenizer is None:
             raise invalid("the served model has no tokenizer, so chat messages cannot be rendered", "messages")
-        template = None if self.has_chat_template else FALLBACK_CHAT_TEMPLATE
+        if not self.has_chat_template:
+            raise invalid("the served model's tokenizer has no chat template, so chat messages cannot be rendered: "
+                          "start the gateway with --chat-template FILE, or use /v1/completions", "messages")
         try:
-            text = self.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                                      add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(
+                messages, chat_template=self.chat_template, tokenize=False,
+                add_generation_prompt=options.add_generation_prompt,
+                continue_final_message=options.continue_final_message, **options.template_kwargs)
         except Exception as exc:  # a template may raise on purpose (e.g. roles must alternate)
             raise invalid(f"the chat template rejected the messages: {exc}", "messages") from None
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.tokenizer.encode(text, add_special_tokens=options.add_special_tokens)
 
 
 def _load(files: dict[str, bytes]):

@@ -17,18 +17,21 @@ from aiohttp import web
 from saguaro import __version__
 from saguaro.services.gateway.errors import GatewayError, invalid
 from saguaro.services.gateway.http_common import MAX_BODY_BYTES, decode_json, error_response, read_json_body
-from saguaro.services.gateway.openai_schema import Fields, chat_messages, unicode_text
-from saguaro.services.gateway.prepare import ModelFacts, Preparer, check_vocabulary
+from saguaro.services.gateway.openai_schema import Fields, chat_messages, chat_options, unicode_text
+from saguaro.services.gateway.prepare import Preparer, check_vocabulary
 from saguaro.services.gateway.request_fields import check_fields
 
 if TYPE_CHECKING:
     from saguaro.services.gateway.server import Gateway
 
 
-def model_card(facts: ModelFacts, created: int) -> dict[str, Any]:
-    """The served model as ``/v1/models`` lists it and ``/v1/models/{model}`` returns it."""
-    return {"id": facts.name, "object": "model", "created": created, "owned_by": "saguaro",
-            "max_model_len": facts.max_model_len}
+def model_card(preparer: Preparer, created: int, name: str) -> dict[str, Any]:
+    """The served model under ``name`` (one of its served names) as ``/v1/models`` lists it and
+    ``/v1/models/{model}`` returns it, with the sampling defaults requests get
+    (``generation_defaults.py``; ``{}``: OpenAI's). ``root`` is the first name, as vLLM's."""
+    facts = preparer.facts
+    return {"id": name, "object": "model", "created": created, "owned_by": "saguaro", "root": facts.name,
+            "max_model_len": facts.max_model_len, "sampling_defaults": preparer.defaults.describe()}
 
 
 class VllmEndpoints:
@@ -59,14 +62,12 @@ class VllmEndpoints:
     async def model(self, request: web.Request) -> web.Response:
         try:
             self.gateway.authenticate(request.headers.get("Authorization"))
-            facts = self.gateway.preparer().facts
+            preparer = self.gateway.preparer()
             wanted = request.match_info["model"]
-            if wanted != facts.name:
-                raise GatewayError(grpc.StatusCode.NOT_FOUND, f"the model {wanted[:200]!r} does not exist: this "
-                                   f"gateway serves {facts.name!r}", "model")
+            preparer.facts.check_model(wanted)
         except GatewayError as exc:
             return error_response(exc)
-        return web.json_response(model_card(facts, self.gateway.started_at))
+        return web.json_response(model_card(preparer, self.gateway.started_at, wanted))
 
     async def tokenize(self, request: web.Request) -> web.Response:
         return await self._on_tokenizer(request, _tokenize)
@@ -94,8 +95,8 @@ def _object(raw: bytes, preparer: Preparer) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
     model = body.get("model")
-    if model is not None and model != preparer.facts.name:
-        raise invalid(f"unknown model {str(model)[:100]!r}: this gateway serves {preparer.facts.name!r}", "model")
+    if model is not None:
+        preparer.facts.check_model(model)
     return body
 
 
@@ -109,7 +110,7 @@ def _tokenize(raw: bytes, preparer: Preparer) -> dict[str, Any]:
         check_fields("tokenize_chat", body)
         messages = chat_messages(body["messages"])
         preparer.check_text_size([m["content"] for m in messages], "messages")
-        ids = tokenizer.chat_prompt(messages)
+        ids = tokenizer.chat_prompt(messages, chat_options(fields))
     else:
         check_fields("tokenize_prompt", body)
         prompt = body.get("prompt")

@@ -11,6 +11,7 @@ import math
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import grpc
 
@@ -93,7 +94,8 @@ def final_to_proto(final: Final) -> pb.GenerateFinal:
         finish_reason=FINISH_TO_PROTO[final.finish_reason],
         error_message=final.error_message,
         usage=pb.Usage(prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens,
-                       total_tokens=final.prompt_tokens + final.completion_tokens),
+                       total_tokens=final.prompt_tokens + final.completion_tokens,
+                       cached_prompt_tokens=final.cached_prompt_tokens),
         timings=pb.Timings(**final.timings),
         speculation=speculation_to_proto(final.stats),
     )
@@ -210,6 +212,7 @@ class InferenceService(pb_grpc.InferenceServicer):
             has_tokenizer=self.tokenizer is not None,
             eos_token_ids=sorted(self.engine.requests.eos_ids),
             draft_model_name=self.draft_model_name if self.mode != "ar" else "",
+            generation_config=_generation_config(runner.model_dir),
         )
         proposer = self.engine.proposer
         if proposer is not None:
@@ -219,3 +222,10 @@ class InferenceService(pb_grpc.InferenceServicer):
             info.fan_out = proposer.settings.fan_out
             info.fan_out_list.extend(proposer.settings.fan_out_hit)
         return info
+
+
+def _generation_config(model_dir: Path) -> str:
+    """The folder's generation_config.json as it is, for gateways to take their sampling defaults
+    from (docs/gateway.md "Sampling defaults"); empty when it has none."""
+    path = Path(model_dir) / "generation_config.json"
+    return path.read_text() if path.is_file() else ""

@@ -59,6 +59,7 @@ class Final:
     stats: dict  # the engine's request_stats plus lookahead_k and tokens_per_round_histogram
     error_message: str = ""
     stop_string: str | None = None  # the stop string that ended the request (then stop_token_id is None)
+    cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache
 
 
 class RequestHandle:
@@ -344,6 +345,7 @@ class EngineLoop:
             stats=stats,
             error_message=error,
             stop_string=stop_string,
+            cached_prompt_tokens=seq.num_cached_prompt_tokens or 0,
         )
 
     def _finish_all(self, reason: str, error: str) -> None:

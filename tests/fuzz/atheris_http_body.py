@@ -46,8 +46,9 @@ def main() -> None:
         for kind in ("completions", "chat"):
             try:
                 parse_request(kind, body, preparer)
-            except GatewayError as exc:
-                if exc.code is not grpc.StatusCode.INVALID_ARGUMENT:
+            except GatewayError as exc:  # a 400, or an unknown model's 404 (as vLLM)
+                if exc.code is not grpc.StatusCode.INVALID_ARGUMENT and not (
+                        exc.code is grpc.StatusCode.NOT_FOUND and exc.param == "model"):
                     raise
 
     seed_corpus(flags, SEEDS, one_input)

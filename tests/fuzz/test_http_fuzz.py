@@ -40,8 +40,9 @@ def test_structured_json_is_served_or_refused(gateway, http, data, kind):
     body = data.draw(BODIES[kind], label="body")
     reply = http(gateway.http_url + PATHS[kind], raw=json.dumps(body).encode(), method="POST", timeout=60)
     check_answer(reply)
-    if reply.status != 200:
-        assert reply.status == 400, reply.body[:300]
+    if reply.status != 200:  # (an unknown model is vLLM's 404)
+        assert reply.status == 400 or (reply.status == 404 and reply.json()["error"]["param"] == "model"), \
+            reply.body[:300]
 
 
 @fuzz_settings(LIVE)

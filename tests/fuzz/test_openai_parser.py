@@ -22,12 +22,16 @@ from saguaro.wire import MODE_TO_PROTO
 
 
 def check_parsed_or_refused(kind: str, body, preparer: Preparer) -> None:
-    """The property: a parsed request is servable as is; a refusal is a 400 with a JSON body."""
+    """The property: a parsed request is servable as is; a refusal is a 400 with a JSON body (an
+    unknown model: vLLM's 404)."""
     try:
         parsed = parse_request(kind, body, preparer)
     except GatewayError as exc:
-        assert exc.code is grpc.StatusCode.INVALID_ARGUMENT and exc.http_status == 400, exc
         error = json.loads(json.dumps(exc.openai_body()))["error"]
+        if exc.code is grpc.StatusCode.NOT_FOUND:
+            assert exc.http_status == 404 and error["param"] == "model" and error["type"] == "not_found_error", exc
+            return
+        assert exc.code is grpc.StatusCode.INVALID_ARGUMENT and exc.http_status == 400, exc
         assert error["message"] and error["type"] == "invalid_request_error"
         assert error["param"] is None or isinstance(error["param"], str)
         event(f"refused: {error['param']}")

@@ -234,7 +234,7 @@ def test_rendered_target_pod_serves_openai_and_the_pickers_metrics(render, k8s, 
         streamed = client.completions.create(model="tiny", prompt="def add(a, b):", max_tokens=8, temperature=0,
                                              stream=True, extra_body={"ignore_eos": True})
         assert "".join(c.choices[0].text for c in streamed if c.choices) == completion.choices[0].text
-        # the tiny tokenizer has no chat template of its own: the gateway's fallback template renders it
+        # rendered with the tiny tokenizer's own chat template (saguaro.tiny_models.CHAT_TEMPLATE)
         chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "def add(a, b):"}],
                                               max_tokens=4, temperature=0, extra_body={"ignore_eos": True})
         assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens == 4

@@ -173,6 +173,16 @@ def module_targets():
     started.close_all()
 
 
+@pytest.fixture(scope="module")
+def module_drafts(tmp_path_factory):
+    """module_drafts(model_dir) -> a ready `saguaro draft` process, killed at the module's end."""
+    logs = tmp_path_factory.mktemp("drafts")
+    started = _Started(lambda model_dir: _start_draft(model_dir, logs / f"draft{len(started.items)}.log").wait_ready(),
+                       Child.stop)
+    yield started
+    started.close_all()
+
+
 @pytest.fixture
 def children(tmp_path):
     """children(saguaro_args, address) -> Child (a `saguaro ...` process), killed after the test."""

@@ -78,7 +78,7 @@ def test_text_prompts_over_grpc_and_http_agree_with_the_target(gateway, ssd_pair
     assert data["object"] == "text_completion" and data["model"] == "llama"
     choice = data["choices"][0]
     assert choice["text"] == via_target.text and choice["finish_reason"] == via_target.finish_reason
-    assert data["usage"] == via_target.usage  # tokens, not chunks
+    assert data["usage"].items() >= via_target.usage.items()  # tokens, not chunks (+ prompt_tokens_details)
     assert choice["speculation"]["mode"] == "ssd" and choice["speculation"]["rounds"] >= 1
     assert response.headers["x-saguaro-target"] in {t.address for t in ssd_pairs}
 
@@ -91,7 +91,7 @@ def test_text_prompts_over_grpc_and_http_agree_with_the_target(gateway, ssd_pair
     assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == via_target.text
     finish = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
     assert len(finish) == 1 and finish[0]["choices"][0]["speculation"]["mode"] == "ssd"
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == via_target.usage
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"].items() >= via_target.usage.items()
 
 
 def test_token_id_prompts_over_http_match_and_batch(gateway, reference, http):
@@ -138,11 +138,11 @@ def test_chat_prompt_is_the_rendered_template(gateway, ssd_pairs, http):
     messages = [{"role": "user", "content": "hello"}]
     data = http(gateway.http_url + "/v1/chat/completions", {
         "model": "llama", "messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0}).json()
-    rendered = "<|user|>\nhello\n<|assistant|>\n"  # the fallback template (the tiny tokenizer has none)
+    rendered = "<|user|>\nhello\n<|assistant|>\n"  # the tiny tokenizer's chat template
     with Client(ssd_pairs[1].address) as direct:
         want = direct.generate(rendered, max_tokens=MAX_TOKENS)
     assert data["choices"][0]["message"]["content"] == want.text
-    assert data["usage"] == want.usage
+    assert data["usage"].items() >= want.usage.items()
 
 
 def test_operational_endpoints(gateway, metric, http):

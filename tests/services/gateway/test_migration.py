@@ -198,8 +198,8 @@ def test_a_stopped_target_mid_stream_is_invisible_to_an_sse_client(model_dirs, t
     assert chunks == [e["choices"][0]["text"] for e in unbroken if e["choices"]]
     assert "".join(chunks) == decode(tokenizer, expected)
     assert events[-2]["choices"][0]["finish_reason"] == "length"
-    assert events[-1]["usage"] == {"prompt_tokens": len(PROMPT), "completion_tokens": MAX_TOKENS,
-                                   "total_tokens": len(PROMPT) + MAX_TOKENS}
+    assert events[-1]["usage"].items() >= {"prompt_tokens": len(PROMPT), "completion_tokens": MAX_TOKENS,
+                                           "total_tokens": len(PROMPT) + MAX_TOKENS}.items()
     assert metric(gateway, "saguaro_gateway_migrations_total", outcome="resumed") == 1
 
 

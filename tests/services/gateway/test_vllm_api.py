@@ -119,10 +119,11 @@ def test_the_gateway_tokenizer_adds_special_tokens_only_when_asked():
 
 
 @pytest.mark.parametrize("path, body, param", [
-    ("/tokenize", {"model": "other", "prompt": "x"}, "model"),
     ("/tokenize", {"model": "llama"}, "prompt"),
-    ("/tokenize", {"messages": [{"role": "user", "content": "x"}], "add_generation_prompt": False},
-     "add_generation_prompt"),
+    ("/tokenize", {"messages": [{"role": "user", "content": "x"}], "add_generation_prompt": True,
+                   "continue_final_message": True}, "continue_final_message"),
+    ("/tokenize", {"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": {"tokenize": True}},
+     "chat_template_kwargs"),
     ("/tokenize", {"messages": [{"role": "user", "content": "x"}], "chat_template": "{{ x }}"}, "chat_template"),
     ("/detokenize", {"tokens": [3, 999_999]}, "tokens"),
     ("/detokenize", {"tokens": "3 4"}, "tokens"),

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -66,11 +67,12 @@ def alive(pid: int) -> bool:
 
 def test_up_serves_the_same_tokens_as_local_generation_and_stops_its_children(model_dirs):
     """Two draft workers (data parallelism): two draft processes, the target splits its batch."""
-    port, draft_port = free_port(), free_port_run(2)
+    port, draft_port, http_port = free_port(), free_port_run(2), free_port()
     up = subprocess.Popen(
         [sys.executable, "-m", "saguaro.cli", "up", "--target", model_dirs["llama"],
          "--draft", model_dirs["llama_draft_perturbed"], "--mode", "ssd", "--port", str(port),
-         "--draft-port", str(draft_port), "--draft-workers", "2", "--http-port", str(free_port()),
+         "--draft-port", str(draft_port), "--draft-workers", "2", "--http-port", str(http_port),
+         "--served-model-name", "tiny", "tiny-alias",  # passed through to the gateway
          "--speculation-policy", "always",  # speculate from the first round (adaptive starts plain)
          *SMALL_ARGS],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
@@ -90,6 +92,8 @@ def test_up_serves_the_same_tokens_as_local_generation_and_stops_its_children(mo
             cores = [os.sched_getaffinity(pids["target"]), os.sched_getaffinity(pids["draft"])]
             assert all(len(c) == 1 for c in cores) and cores[0] != cores[1]
 
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/models", timeout=30) as models:
+            assert [m["id"] for m in json.load(models)["data"]] == ["tiny", "tiny-alias"]
         remote = saguaro("generate", "--endpoint", f"127.0.0.1:{port}", *prompts)
         assert remote.returncode == 0, remote.stderr
         local_out, local_err = local.communicate(timeout=300)
