@@ -1,21 +1,33 @@
-"""Custom resources, validated structurally (kubernetes-validate has no schemas for CRDs).
+"""Custom resources, validated against their CRDs (kubernetes-validate has no schemas for CRDs).
 
-The schemas below transcribe the fields of the upstream CRDs the chart uses — KEDA
-`ScaledObject` keda.sh/v1alpha1 (kedacore/keda config/crd/bases/keda.sh_scaledobjects.yaml),
-prometheus-operator `ServiceMonitor` / `PodMonitor` monitoring.coreos.com/v1, Gateway API
-`HTTPRoute` gateway.networking.k8s.io/v1 — with unknown fields rejected at every level, and the
-embedded Kubernetes types (ObjectMeta, LabelSelector, HPA behavior) taken from
-kubernetes-validate's strict 1.30/1.34 definitions (conftest.KUBE_VERSIONS). They are a subset: fields the chart does not
-render are not listed, so adding one to a template means adding it here, from the CRD.
+Every rendered custom resource must satisfy two schemas:
 
-The InferencePool (inference.networking.k8s.io/v1) is checked against the published CRD's own
-openAPIV3Schema, vendored verbatim in data/inferencepool-v1.6.0.schema.json (origin and license in
-its "$comment"), made strict the way the API server's pruning would silently drop unknown fields.
+* the published CRD's openAPIV3Schema (served, storage version), vendored verbatim in data/ with
+  its origin and license in a "$comment": KEDA `ScaledObject` keda.sh/v1alpha1 (kedacore/keda
+  v2.20.2), prometheus-operator `ServiceMonitor` / `PodMonitor` / `PrometheusRule`
+  monitoring.coreos.com/v1 (v0.93.0), Gateway API `HTTPRoute` gateway.networking.k8s.io/v1
+  (v1.6.1) and the `InferencePool` inference.networking.k8s.io/v1 (gateway-api-inference-extension
+  v1.6.0). `no_unknown_fields` makes it fail on a field the CRD does not define (the API server
+  would prune it silently) and reads the int-or-string, preserve-unknown-fields and set extensions
+  as the API server does; `metadata` is checked as ObjectMeta. This is the authority on field
+  names, types, enums and patterns, including the ones the chart does not render yet.
+* a transcribed subset, kept for all but the InferencePool because it catches what the published
+  schema lets through: the CRDs' CEL rules (x-kubernetes-validations, not evaluated here; e.g. an
+  HTTPRoute Service backend needs a port) and the chart's own stricter expectations (non-empty
+  strings, lower-case schemes, at least one trigger or endpoint). It lists only the fields the chart
+  renders, with unknown fields rejected at every level and the embedded Kubernetes types
+  (ObjectMeta, LabelSelector, HPA behavior) taken from kubernetes-validate's strict 1.30/1.34
+  definitions (conftest.KUBE_VERSIONS); adding a field to a template means adding it here, from
+  the CRD. test_structural_checks_catch_mistakes shows which of the two catches which mistake.
+
+Updating a CRD version: replace its data/ file with the new tag's openAPIV3Schema (YAML to JSON,
+"$comment" first) and the file name in SCHEMAS.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -161,46 +173,95 @@ HTTP_ROUTE = strict({
 }, required=("apiVersion", "kind", "metadata", "spec"))
 
 
+GO_INLINE_FLAGS = re.compile(r"(?<=.)\(\?([ims]+)\)(.*)", re.DOTALL)
+
+
+def go_pattern(pattern: str) -> str:
+    """A Go regular expression for Python's re: Go lets inline flags start mid-pattern and apply to
+    the rest of it (prometheus-operator's ``^(?i)(abort|warn)?$``), Python only at the very start,
+    so they become a group scoped over the rest (exact while the flags are not inside a group)."""
+    return GO_INLINE_FLAGS.sub(r"(?\1:\2)", pattern)
+
+
 def no_unknown_fields(schema):
-    """The schema with ``additionalProperties: false`` on every object that lists its properties:
-    the API server prunes unknown fields of a structural CRD without a word, so a misspelled field
-    would be lost in the cluster; here it is an error."""
+    """The CRD schema as the kube-apiserver applies it, in JSON Schema terms: a structural CRD
+    prunes the fields its schema does not define without a word, so a misspelled field would be
+    lost in the cluster; here it is an error (``additionalProperties: false`` on every object that
+    neither sets additionalProperties nor ``x-kubernetes-preserve-unknown-fields: true``, which
+    keeps unknown fields). jsonschema ignores the OpenAPI extensions, so the two that constrain
+    values are spelled out: ``x-kubernetes-int-or-string: true`` accepts an integer or a string
+    (the published node has no ``type``), and ``x-kubernetes-list-type: set`` rejects duplicates.
+    Patterns are Go (RE2) regular expressions; `go_pattern` makes the one Go-only form they use
+    fit Python's re. CEL rules (``x-kubernetes-validations``) are not evaluated; the subsets
+    transcribe the ones that matter."""
     if isinstance(schema, list):
         return [no_unknown_fields(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
     out = {key: no_unknown_fields(value) for key, value in schema.items()}
-    if "properties" in out and "additionalProperties" not in out:
+    if isinstance(out.get("pattern"), str):
+        out["pattern"] = go_pattern(out["pattern"])
+    if out.get("x-kubernetes-int-or-string") is True:
+        out["type"] = ["integer", "string"]
+    if out.get("x-kubernetes-list-type") == "set":
+        out["uniqueItems"] = True
+    is_object = out.get("type") == "object" or "properties" in out
+    keeps_unknown = out.get("x-kubernetes-preserve-unknown-fields") is True
+    if is_object and "additionalProperties" not in out and not keeps_unknown:
         out["additionalProperties"] = False
     return out
 
 
-INFERENCE_POOL_CRD = Path(__file__).with_name("data") / "inferencepool-v1.6.0.schema.json"
-INFERENCE_POOL = no_unknown_fields(json.loads(INFERENCE_POOL_CRD.read_text()))
+def published(file_name: str) -> dict:
+    """A vendored CRD openAPIV3Schema (data/, origin and license in its "$comment"), strict as above.
+    The CRD leaves ``metadata`` as a bare object because the API server validates (and prunes) it
+    as ObjectMeta for every custom resource; so does this schema."""
+    schema = json.loads((Path(__file__).with_name("data") / file_name).read_text())
+    schema["properties"]["metadata"] = META
+    return no_unknown_fields(schema)
 
+
+# Each kind: its published CRD schema, and the transcribed subset where there is one (see the
+# module docstring); a rendered object must satisfy all of them.
 SCHEMAS = {
-    ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT,
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
-    ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
-    ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
-    ("gateway.networking.k8s.io/v1", "HTTPRoute"): HTTP_ROUTE,
-    ("inference.networking.k8s.io/v1", "InferencePool"): INFERENCE_POOL,
+    ("keda.sh/v1alpha1", "ScaledObject"): {
+        "published": published("scaledobject-v2.20.2.schema.json"), "subset": SCALED_OBJECT},
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): {
+        "published": published("servicemonitor-v0.93.0.schema.json"), "subset": SERVICE_MONITOR},
+    ("monitoring.coreos.com/v1", "PodMonitor"): {
+        "published": published("podmonitor-v0.93.0.schema.json"), "subset": POD_MONITOR},
+    ("monitoring.coreos.com/v1", "PrometheusRule"): {
+        "published": published("prometheusrule-v0.93.0.schema.json"), "subset": PROMETHEUS_RULE},
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): {
+        "published": published("httproute-v1.6.1.schema.json"), "subset": HTTP_ROUTE},
+    ("inference.networking.k8s.io/v1", "InferencePool"): {
+        "published": published("inferencepool-v1.6.0.schema.json")},
 }
 
 
 @cache
-def validator(key: tuple[str, str], kube_version: str) -> jsonschema.Validator:
+def validator(schema_key: tuple[str, str, str], kube_version: str) -> jsonschema.Validator:
+    """The validator of SCHEMAS[(apiVersion, kind)][source], with the embedded Kubernetes types
+    resolved against kubernetes-validate's strict definitions of that Kubernetes version."""
+    api_version, kind, source = schema_key
     folder = resources.files("kubernetes_validate") / "kubernetes-json-schema" / f"v{kube_version}.0-local-strict"
     definitions = json.loads((folder / "_definitions.json").read_text())
     registry = Registry().with_resource(definitions["$id"], Resource.from_contents(definitions))
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **SCHEMAS[key]}
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **SCHEMAS[api_version, kind][source]}
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
+def schema_errors(obj: dict, kube_version: str, sources=("published", "subset")) -> list[str]:
+    key = (obj["apiVersion"], obj["kind"])
+    return [f"{obj['kind']} ({source} schema): {e.message} at {list(e.absolute_path)}"
+            for source in sources if source in SCHEMAS[key]
+            for e in sorted(validator((*key, source), kube_version).iter_errors(obj), key=str)]
+
+
 def check(obj: dict, kube_version: str) -> None:
-    errors = sorted(validator((obj["apiVersion"], obj["kind"]), kube_version).iter_errors(obj), key=str)
-    assert not errors, "\n".join(f"{obj['kind']}: {e.message} at {list(e.absolute_path)}" for e in errors)
+    errors = schema_errors(obj, kube_version)
+    assert not errors, "\n".join(errors)
 
 
 def test_custom_resources_match_their_crds(case, render, k8s):
@@ -220,25 +281,33 @@ def test_all_custom_resources_appear_somewhere(render):
     assert set(SCHEMAS) <= kinds
 
 
+BOTH, PUBLISHED, SUBSET = ("published", "subset"), ("published",), ("subset",)
+
+
 @pytest.mark.parametrize("mutation", [
-    ("ScaledObject", lambda o: o["spec"]["triggers"][0].__setitem__("metadata", {"threshold": 4})),
-    ("ScaledObject", lambda o: o["spec"].__setitem__("minReplicas", 1)),
-    ("ScaledObject", lambda o: o["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleUp"]
+    ("ScaledObject", BOTH, lambda o: o["spec"]["triggers"][0].__setitem__("metadata", {"threshold": 4})),
+    ("ScaledObject", BOTH, lambda o: o["spec"].__setitem__("minReplicas", 1)),
+    ("ScaledObject", BOTH, lambda o: o["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleUp"]
      .__setitem__("stabilizationWindow", 60)),
-    ("PodMonitor", lambda o: o["spec"].__setitem__("endpoints", o["spec"].pop("podMetricsEndpoints"))),
-    ("ServiceMonitor", lambda o: o["spec"]["endpoints"][0].__setitem__("interval", "30 seconds")),
-    ("HTTPRoute", lambda o: o["spec"]["rules"][0].__setitem__("backendRef", [])),
-    ("HTTPRoute", lambda o: o["spec"]["rules"][0]["backendRefs"][0].update(group="", kind="Service")),
-    ("InferencePool", lambda o: o["spec"].__setitem__("targetPortNumber", 8080)),
-    ("InferencePool", lambda o: o["spec"]["endpointPickerRef"].__setitem__("failureMode", "Open")),
-    ("InferencePool", lambda o: o["spec"]["selector"].__setitem__("matchExpressions", [])),
-    ("InferencePool", lambda o: o["spec"].pop("targetPorts")),
+    ("PodMonitor", BOTH, lambda o: o["spec"].__setitem__("endpoints", o["spec"].pop("podMetricsEndpoints"))),
+    ("ServiceMonitor", BOTH, lambda o: o["spec"]["endpoints"][0].__setitem__("interval", "30 seconds")),
+    ("ServiceMonitor", SUBSET, lambda o: o["spec"]["endpoints"][0].__setitem__("port", "")),
+    ("HTTPRoute", BOTH, lambda o: o["spec"]["rules"][0].__setitem__("backendRef", [])),
+    # a CEL rule of the CRD, which only the subset transcribes
+    ("HTTPRoute", SUBSET, lambda o: o["spec"]["rules"][0]["backendRefs"][0].update(group="", kind="Service")),
+    ("HTTPRoute", PUBLISHED, lambda o: o["spec"]["parentRefs"][0].__setitem__("sectionName", "HTTPS_443")),
+    ("InferencePool", PUBLISHED, lambda o: o["spec"].__setitem__("targetPortNumber", 8080)),
+    ("InferencePool", PUBLISHED, lambda o: o["spec"]["endpointPickerRef"].__setitem__("failureMode", "Open")),
+    ("InferencePool", PUBLISHED, lambda o: o["spec"]["selector"].__setitem__("matchExpressions", [])),
+    ("InferencePool", PUBLISHED, lambda o: o["spec"].pop("targetPorts")),
 ], ids=["trigger-metadata-not-string", "misnamed-min", "hpa-behavior-typo", "podmonitor-wrong-list",
-        "bad-duration", "httproute-typo", "service-backend-without-port", "inferencepool-v1alpha2-field",
-        "inferencepool-failure-mode", "inferencepool-selector-not-v1", "inferencepool-no-target-ports"])
+        "bad-duration", "empty-port", "httproute-typo", "service-backend-without-port",
+        "section-name-not-dns", "inferencepool-v1alpha2-field", "inferencepool-failure-mode",
+        "inferencepool-selector-not-v1", "inferencepool-no-target-ports"])
 def test_structural_checks_catch_mistakes(render, k8s, mutation):
-    """The structural schemas are strict enough to catch typical template mistakes."""
-    kind, mutate = mutation
+    """The schemas are strict enough to catch typical template mistakes, each of the listed
+    schemas on its own (so each earns its place)."""
+    kind, sources, mutate = mutation
     values = {"autoscaling": {"keda": {"enabled": True}}, "target": {"autoscaling": {"enabled": True}},
               "monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
               "httpRoute": {"enabled": True}, "inferencePool": {"enabled": True}}
@@ -248,8 +317,28 @@ def test_structural_checks_catch_mistakes(render, k8s, mutation):
                                      if o["kind"] == kind and name in (None, o["metadata"]["name"]))))
     check(obj, k8s.KUBE_VERSIONS[-1])
     mutate(obj)
-    with pytest.raises(AssertionError):
-        check(obj, k8s.KUBE_VERSIONS[-1])
+    for source in sources:
+        assert schema_errors(obj, k8s.KUBE_VERSIONS[-1], (source,)), f"the {source} schema missed it"
+
+
+def test_published_schemas_read_the_kubernetes_extensions():
+    """no_unknown_fields gives the OpenAPI extensions of a CRD the API server's meaning."""
+    schema = no_unknown_fields({"type": "object", "properties": {
+        "port": {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True},
+        "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                 "properties": {"known": {"type": "string"}}},
+        "bare": {"type": "object"},
+        "tags": {"type": "array", "items": {"type": "string"}, "x-kubernetes-list-type": "set"},
+        "mode": {"type": "string", "pattern": "^(?i)(abort|warn)?$"},
+    }})
+    validator = jsonschema.Draft202012Validator(schema)
+    valid = {"port": 8080, "free": {"known": "x", "anything": {"goes": 1}}, "bare": {}, "tags": ["a", "b"],
+             "mode": "WARN"}
+    assert not list(validator.iter_errors(valid))
+    for invalid in ({"port": 1.5}, {"port": None}, {"free": {"known": 1}}, {"bare": {"pruned": 1}},
+                    {"tags": ["a", "a"]}, {"mode": "ignore"}, {"typo": 1}):
+        assert list(validator.iter_errors(invalid)), invalid
+    assert validator.is_valid({"port": "http-metrics"})
 
 
 @pytest.mark.parametrize("to_zero", [False, True], ids=["fallback", "fallback-scale-to-zero"])
