@@ -292,6 +292,9 @@ BOTH, PUBLISHED, SUBSET = ("published", "subset"), ("published",), ("subset",)
     ("PodMonitor", BOTH, lambda o: o["spec"].__setitem__("endpoints", o["spec"].pop("podMetricsEndpoints"))),
     ("ServiceMonitor", BOTH, lambda o: o["spec"]["endpoints"][0].__setitem__("interval", "30 seconds")),
     ("ServiceMonitor", SUBSET, lambda o: o["spec"]["endpoints"][0].__setitem__("port", "")),
+    ("ServiceMonitor", BOTH, lambda o: o["metadata"]["labels"].__setitem__("replicas", 2)),
+    ("PrometheusRule", BOTH, lambda o: o["spec"]["groups"][0]["rules"][0].__setitem__("for", "5 minutes")),
+    ("PrometheusRule", BOTH, lambda o: o["spec"]["groups"][0].__setitem__("rule", [])),
     ("HTTPRoute", BOTH, lambda o: o["spec"]["rules"][0].__setitem__("backendRef", [])),
     # a CEL rule of the CRD, which only the subset transcribes
     ("HTTPRoute", SUBSET, lambda o: o["spec"]["rules"][0]["backendRefs"][0].update(group="", kind="Service")),
@@ -301,15 +304,17 @@ BOTH, PUBLISHED, SUBSET = ("published", "subset"), ("published",), ("subset",)
     ("InferencePool", PUBLISHED, lambda o: o["spec"]["selector"].__setitem__("matchExpressions", [])),
     ("InferencePool", PUBLISHED, lambda o: o["spec"].pop("targetPorts")),
 ], ids=["trigger-metadata-not-string", "misnamed-min", "hpa-behavior-typo", "podmonitor-wrong-list",
-        "bad-duration", "empty-port", "httproute-typo", "service-backend-without-port",
-        "section-name-not-dns", "inferencepool-v1alpha2-field", "inferencepool-failure-mode",
-        "inferencepool-selector-not-v1", "inferencepool-no-target-ports"])
+        "bad-duration", "empty-port", "label-not-string", "rule-bad-duration", "rule-group-typo",
+        "httproute-typo", "service-backend-without-port", "section-name-not-dns",
+        "inferencepool-v1alpha2-field", "inferencepool-failure-mode", "inferencepool-selector-not-v1",
+        "inferencepool-no-target-ports"])
 def test_structural_checks_catch_mistakes(render, k8s, mutation):
     """The schemas are strict enough to catch typical template mistakes, each of the listed
     schemas on its own (so each earns its place)."""
     kind, sources, mutate = mutation
     values = {"autoscaling": {"keda": {"enabled": True}}, "target": {"autoscaling": {"enabled": True}},
-              "monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+              "monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
+                             "prometheusRule": {"enabled": True}},
               "httpRoute": {"enabled": True}, "inferencePool": {"enabled": True}}
     # the pool's HTTPRoute (its backendRef is the InferencePool); the gateway's for the other cases
     name = "demo-saguaro-pool" if kind in ("HTTPRoute", "InferencePool") else None
