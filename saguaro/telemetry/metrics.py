@@ -33,6 +33,8 @@ ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0
                5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
                480.0, 960.0, 1920.0, 7680.0)
+# vLLM's 1-2-5 series for token counts (its build_1_2_5_buckets), to a million tokens.
+TOKEN_BUCKETS = tuple(float(m * 10 ** e) for e in range(7) for m in (1, 2, 5))[:19]
 ROUND_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2,
                  0.5, 1.0, 2.5)
 
@@ -88,6 +90,16 @@ DEFINITIONS: tuple[MetricDef, ...] = (
        "First scheduled to first token (prefill phase), seconds.", "target", buckets=E2E_BUCKETS),
     _d("vllm:request_decode_time_seconds", "histogram",
        "First token to last token (decode phase), seconds.", "target", buckets=E2E_BUCKETS),
+    _d("vllm:request_time_per_output_token_seconds", "histogram",
+       "Per request: (end-to-end latency - time to first token) / (output tokens - 1), seconds; 0 for a "
+       "request with at most one output token (vLLM's definition).", "target", buckets=ITL_BUCKETS),
+    _d("vllm:request_prompt_tokens", "histogram", "Prompt tokens per finished request.", "target",
+       buckets=TOKEN_BUCKETS),
+    _d("vllm:request_generation_tokens", "histogram", "Output tokens per finished request.", "target",
+       buckets=TOKEN_BUCKETS),
+    _d("vllm:request_max_num_generation_tokens", "histogram",
+       "Most output tokens of any sequence of a finished request (one sequence per engine request here: "
+       "its output tokens).", "target", buckets=TOKEN_BUCKETS),
     _d("vllm:prefix_cache_queries", "counter",
        "Prompt tokens looked up in the prefix cache (vLLM: queried tokens).", "target"),
     _d("vllm:prefix_cache_hits", "counter",
@@ -214,6 +226,10 @@ class TargetMetrics(_ServiceMetrics):
         self.queue_time = self._child("vllm:request_queue_time_seconds")
         self.prefill_time = self._child("vllm:request_prefill_time_seconds")
         self.decode_time = self._child("vllm:request_decode_time_seconds")
+        self.tpot = self._child("vllm:request_time_per_output_token_seconds")
+        self.prompt_lengths = self._child("vllm:request_prompt_tokens")
+        self.output_lengths = self._child("vllm:request_generation_tokens")
+        self.max_output_lengths = self._child("vllm:request_max_num_generation_tokens")
         self.rounds = RoundTotals()
         registry.register(_RoundState(self.rounds, model_name))
 
@@ -232,6 +248,15 @@ class TargetMetrics(_ServiceMetrics):
         if first > 0:
             self.prefill_time.observe(max(0.0, first - queue))
             self.decode_time.observe(max(0.0, timings.get("total_s", first) - first))
+
+    def lengths(self, timings: Mapping[str, float], prompt_tokens: int, output_tokens: int) -> None:
+        """Observe a finished request's sizes and its time per output token, as vLLM v1 does at
+        request end (the vLLM dashboard's length heatmaps and TPOT panel read them)."""
+        self.prompt_lengths.observe(prompt_tokens)
+        self.output_lengths.observe(output_tokens)
+        self.max_output_lengths.observe(output_tokens)
+        decode = timings.get("total_s", 0.0) - timings.get("time_to_first_token_s", 0.0)
+        self.tpot.observe(max(0.0, decode) / (output_tokens - 1) if output_tokens > 1 else 0.0)
 
     def watch(self, engine: Any, load: Callable[[], Any] | None = None) -> None:
         """Export the engine's queue, KV-cache and draft-session state, read at each scrape.

@@ -117,6 +117,7 @@ class RequestRecord:
         if m is not None:
             m.e2e.observe(timings.get("total_s", 0.0))
             m.phases(timings)
+            m.lengths(timings, final.prompt_tokens, final.completion_tokens)
             m.finished(final.finish_reason)
         trace_id, span_id = tracing.trace_ids(self.span)
         if self.span is not None:

@@ -156,7 +156,7 @@ def test_the_http_api_is_the_gateway_pinned_to_its_target(render, k8s, values):
     assert parsed.targets == [f"127.0.0.1:{target.port}"]
     assert parsed.http_port == port_named(http_api, "http") and parsed.port == 0
     assert parsed.policy == "round-robin" and parsed.max_migrations == 0
-    assert parsed.model_name == manifests.values.get("gateway", {}).get("modelName")
+    assert (parsed.served_model_name or [None])[0] == manifests.values.get("gateway", {}).get("modelName")
     tls = "internalTls" in values
     assert bool(parsed.target_tls_ca) == tls == bool(target.tls_cert)
     if tls:

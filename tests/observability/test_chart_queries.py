@@ -260,3 +260,20 @@ def test_every_autoscaling_trigger_query_returns_data(stack):
 def test_every_rule_passes_promtool_and_returns_data(stack):
     manifests, prometheus, _ = stack
     assert_all_have_data(prometheus, [(query, query.expr) for query in rule_queries(rule_groups(manifests))])
+
+
+VLLM_DASHBOARD = Path(__file__).with_name("data") / "vllm_grafana_queries.json"
+
+
+def test_vllms_own_dashboard_finds_our_series(stack):
+    """vLLM's published Grafana dashboard, pointed at Saguaro's pods, shows data in every panel:
+    people who move from vLLM keep their dashboard (its model_name is the target's)."""
+    _, prometheus, _ = stack
+    board = json.loads(VLLM_DASHBOARD.read_text())
+    (model,) = {labels["model_name"] for labels, _ in prometheus.query("vllm:num_requests_running")}
+    assert model in prometheus.label_values("model_name")  # the variable's label_values(model_name) offers it
+    variables = {**BUILTINS, "model_name": model}
+    checks = [(Query(f"vLLM dashboard / {panel['title']}", expr), substitute(expr, variables))
+              for panel in board["panels"] for expr in panel["exprs"]]
+    assert len(checks) == 32  # the transcription is complete
+    assert_all_have_data(prometheus, checks)

@@ -267,7 +267,7 @@ EXPECTED_MESSAGES = {
     "saguaro.v1.HandshakeRequest", "saguaro.v1.HandshakeResponse", "saguaro.v1.ModelFacts",
     "saguaro.v1.HostIdentity", "saguaro.v1.SpeculationConfig",
     "saguaro.v1.SpeculationRequest", "saguaro.v1.SpeculationResponse",
-    "saguaro.v1.PrefillRequest", "saguaro.v1.PrefillSequence", "saguaro.v1.PrefillReply",
+    "saguaro.v1.PrefillRequest", "saguaro.v1.PrefillSequence", "saguaro.v1.PrefillReply", "saguaro.v1.LogitsProcessing",
     "saguaro.v1.PrefillRowReply", "saguaro.v1.SpeculateRequest", "saguaro.v1.SpeculateRow",
     "saguaro.v1.SpeculateReply", "saguaro.v1.SpeculateRowReply", "saguaro.v1.DraftTimings",
     "saguaro.v1.ReleaseRequest", "saguaro.v1.ReleaseReply", "saguaro.v1.SpeculationError",
