@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,17 +57,20 @@ def dashboards(manifests: list[dict]) -> dict[str, dict]:
     return boards
 
 
-def panel_queries(name: str, board: dict) -> list[Query]:
-    """The PromQL targets of every panel (rows' nested panels included); TraceQL targets skipped."""
-    out = []
+def promql_targets(board: dict) -> Iterator[tuple[dict, str]]:
+    """(panel, PromQL expression) of every panel target (rows' nested panels included); TraceQL
+    targets skipped."""
     panels = list(board["panels"])
     while panels:
         panel = panels.pop(0)
         panels += panel.get("panels", [])
         for target in panel.get("targets", []):
             if "expr" in target:
-                out.append(Query(f"dashboard {name} / {panel.get('title', '?')}", target["expr"]))
-    return out
+                yield panel, target["expr"]
+
+
+def panel_queries(name: str, board: dict) -> list[Query]:
+    return [Query(f"dashboard {name} / {panel.get('title', '?')}", expr) for panel, expr in promql_targets(board)]
 
 
 def query_variables(board: dict) -> list[dict]:
@@ -124,14 +128,8 @@ def query_table(manifests: list[dict]) -> str:
     """docs/observability.md's list of every shipped expression: where it is, what it means, the query."""
     rows = ["| where | what it means | query |", "|---|---|---|"]
     for name, board in sorted(dashboards(manifests).items()):
-        panels = list(board["panels"])
-        while panels:
-            panel = panels.pop(0)
-            panels += panel.get("panels", [])
-            for target in panel.get("targets", []):
-                if "expr" in target:
-                    rows.append(f"| {name} / {_cell(panel['title'])} | {_cell(panel.get('description', ''))} | "
-                                f"`{_cell(target['expr'])}` |")
+        for panel, expr in promql_targets(board):
+            rows.append(f"| {name} / {_cell(panel['title'])} | {_cell(panel.get('description', ''))} | `{_cell(expr)}` |")
     for doc in manifests:
         if doc["kind"] == "ScaledObject":
             for trigger in doc["spec"]["triggers"]:

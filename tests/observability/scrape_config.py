@@ -69,6 +69,11 @@ def _selector_rules(selector: dict, role: str) -> list[dict]:
     return rules
 
 
+def _meta_to(label: str, meta: str) -> dict:
+    """Copy discovery's ``__meta_kubernetes_<meta>`` to the target label ``label``."""
+    return {"source_labels": [f"{META}{meta}"], "target_label": label}
+
+
 def _copy_labels(keys: list[str], role: str) -> list[dict]:
     return [{"source_labels": [f"{META}{role}_label_{sanitize(key)}"], "target_label": sanitize(key),
              "regex": "(.+)", "replacement": "$1"} for key in keys]
@@ -84,11 +89,15 @@ def _relabel(rule: dict) -> dict:
     return out
 
 
-def _endpoint_settings(endpoint: dict) -> dict:
-    settings = {"metrics_path": endpoint.get("path", "/metrics"), "scheme": endpoint.get("scheme", "http")}
+def _job(name: str, targets: list[dict], rules: list[dict], endpoint: dict) -> dict:
+    """One scrape job: the static targets, the relabelling, and the monitor endpoint's own settings
+    (path, scheme, TLS, metric relabelling)."""
+    job = {"job_name": name, "static_configs": targets, "relabel_configs": rules,
+           "metric_relabel_configs": [_relabel(r) for r in endpoint.get("metricRelabelings", [])],
+           "metrics_path": endpoint.get("path", "/metrics"), "scheme": endpoint.get("scheme", "http")}
     if endpoint.get("tlsConfig", {}).get("insecureSkipVerify"):
-        settings["tls_config"] = {"insecure_skip_verify": True}
-    return settings
+        job["tls_config"] = {"insecure_skip_verify": True}
+    return job
 
 
 def pod_monitor_jobs(monitor: dict, pods: list[LocalPod]) -> list[dict]:
@@ -102,17 +111,14 @@ def pod_monitor_jobs(monitor: dict, pods: list[LocalPod]) -> list[dict]:
         namespace = pods[0].namespace if pods else ""
         rules = [*_selector_rules(spec["selector"], "pod"),
                  {"action": "keep", "source_labels": [f"{META}pod_container_port_name"], "regex": re.escape(port)},
-                 {"source_labels": [f"{META}namespace"], "target_label": "namespace"},
-                 {"source_labels": [f"{META}pod_container_name"], "target_label": "container"},
-                 {"source_labels": [f"{META}pod_name"], "target_label": "pod"},
+                 _meta_to("namespace", "namespace"),
+                 _meta_to("container", "pod_container_name"),
+                 _meta_to("pod", "pod_name"),
                  *_copy_labels(spec.get("podTargetLabels", []), "pod"),
                  {"target_label": "job", "replacement": f"{namespace}/{name}"},
                  {"target_label": "endpoint", "replacement": port},
                  *(_relabel(rule) for rule in endpoint.get("relabelings", []))]
-        jobs.append({"job_name": f"podMonitor/{namespace}/{name}/{index}", "static_configs": targets,
-                     "relabel_configs": rules,
-                     "metric_relabel_configs": [_relabel(r) for r in endpoint.get("metricRelabelings", [])],
-                     **_endpoint_settings(endpoint)})
+        jobs.append(_job(f"podMonitor/{namespace}/{name}/{index}", targets, rules, endpoint))
     return jobs
 
 
@@ -137,19 +143,16 @@ def service_monitor_jobs(monitor: dict, pods: list[LocalPod]) -> list[dict]:
         namespace = pods[0].namespace if pods else ""
         rules = [*_selector_rules(spec["selector"], "service"),
                  {"action": "keep", "source_labels": [f"{META}endpoint_port_name"], "regex": re.escape(port)},
-                 {"source_labels": [f"{META}namespace"], "target_label": "namespace"},
-                 {"source_labels": [f"{META}service_name"], "target_label": "service"},
-                 {"source_labels": [f"{META}pod_name"], "target_label": "pod"},
-                 {"source_labels": [f"{META}pod_container_name"], "target_label": "container"},
+                 _meta_to("namespace", "namespace"),
+                 _meta_to("service", "service_name"),
+                 _meta_to("pod", "pod_name"),
+                 _meta_to("container", "pod_container_name"),
                  *_copy_labels(spec.get("targetLabels", []), "service"),
                  *_copy_labels(spec.get("podTargetLabels", []), "pod"),
                  {"source_labels": [f"{META}service_name"], "target_label": "job", "replacement": "$1"},
                  {"target_label": "endpoint", "replacement": port},
                  *(_relabel(rule) for rule in endpoint.get("relabelings", []))]
-        jobs.append({"job_name": f"serviceMonitor/{namespace}/{name}/{index}", "static_configs": targets,
-                     "relabel_configs": rules,
-                     "metric_relabel_configs": [_relabel(r) for r in endpoint.get("metricRelabelings", [])],
-                     **_endpoint_settings(endpoint)})
+        jobs.append(_job(f"serviceMonitor/{namespace}/{name}/{index}", targets, rules, endpoint))
     return jobs
 
 
