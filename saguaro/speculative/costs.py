@@ -40,7 +40,9 @@ class Line:
 
     def at(self, x: int, per_unit_offset: float | None = None) -> float | None:
         """The time at ``x``; with one x measured: flat, or (``per_unit_offset`` = c) scaled as
-        ``x + c`` units of work (a build of k tree steps and one glue step: c = 1)."""
+        ``x + c`` units of work (a build of k tree steps and one glue step: c = 1). Never below
+        0: read below the sizes measured, a steep line would otherwise predict a negative time
+        (and a negative build budget is out of range on the wire)."""
         points = [(p, t, min(self.count_by_x[p], FULL_WEIGHT)) for p, t in sorted(self.by_x.items())]
         if not points:
             return None
@@ -52,4 +54,4 @@ class Line:
         mean_t = sum(t * w for _, t, w in points) / weight
         spread = sum(w * (p - mean_x) ** 2 for p, _, w in points)
         slope = sum(w * (p - mean_x) * (t - mean_t) for p, t, w in points) / spread if spread else 0.0
-        return mean_t + max(0.0, slope) * (x - mean_x)
+        return max(0.0, mean_t + max(0.0, slope) * (x - mean_x))

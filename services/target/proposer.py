@@ -253,7 +253,7 @@ class DraftProposer:
             view.seen = c
             view.n_prev = NO_PREVIOUS_ROUND  # until this round's outcome is observed
         speculate = pb.SpeculateRequest(rows=rows, synchronous=synchronous, lookahead=lookahead,
-                                        build_budget_us=min(int((build_budget_s or 0.0) * 1e6), 2**32 - 1))
+                                        build_budget_us=min(max(int((build_budget_s or 0.0) * 1e6), 0), 2**32 - 1))
         if trace_context:
             speculate.trace_context.update(trace_context)
         futures.append(self.channel.submit(pb.SpeculationRequest(speculate=speculate)))

@@ -10,6 +10,7 @@ import pytest
 
 from saguaro import LLM, SamplingParams
 from saguaro.config import EngineConfig
+from saguaro.speculative.costs import FULL_WEIGHT, Line
 from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.governor import SpeculationGovernor
 from saguaro.services.target.lookahead import DepthModel, LookaheadModel, SSDRound
@@ -174,6 +175,23 @@ def test_the_build_budget_is_the_targets_own_time_between_reply_and_request():
     assert model.build_budget(1, 5) == pytest.approx(0.0082 + 0.0005 + 0.0003, rel=0.02)
     assert model.build_budget(1, 2) == pytest.approx(0.0065 + 0.0005 + 0.0003, rel=0.02)
     assert model.build_budget(4, 5) is None  # another batch-size bucket
+
+
+def test_a_steep_line_read_below_its_measurements_predicts_no_negative_time():
+    """Verify times measured only at deep rounds, read at depth 1, extrapolate below zero: the
+    line stops at 0, so the build budget the target sends (uint32 microseconds on the wire) is
+    never negative. A chaos run once failed every request of a step on exactly this."""
+    line = Line()
+    for _ in range(FULL_WEIGHT):
+        line.observe(4, 0.001)
+        line.observe(5, 0.009)
+    assert line.at(1) == 0.0 and line.at(5) == pytest.approx(0.009)
+    model = DepthModel(5)
+    for _ in range(FULL_WEIGHT):
+        for depth, verify_s in ((4, 0.001), (5, 0.009)):
+            model.observe_round(SSDRound(batch_size=1, depth=depth, round_s=verify_s, verify_s=verify_s,
+                                         draft_wait_s=0.0, backup_s=0.0, misses=0, fast=0))
+    assert model.build_budget(1, 1) == 0.0
 
 
 def test_ssd_depth_waits_for_measurements_and_keeps_a_near_tie():
