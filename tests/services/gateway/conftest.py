@@ -22,10 +22,12 @@ from saguaro import LLM, SamplingParams
 from saguaro.net import free_port
 from saguaro.client import Client
 from saguaro.config import EngineConfig
+from saguaro.services.draft.server import serve
 from saguaro.services.gateway import GatewayConfig, GatewayThread
 from saguaro.services.target.local import speculative_engine
 from saguaro.services.target.loop import EngineLoop
 from saguaro.services.target.server import serve_target
+from saguaro.speculative.settings import DraftSettings
 from saguaro.tokenizer import load_tokenizer
 from tests_support import RedisServer
 
@@ -180,6 +182,23 @@ def module_drafts(tmp_path_factory):
     started = _Started(lambda model_dir: _start_draft(model_dir, logs / f"draft{len(started.items)}.log").wait_ready(),
                        Child.stop)
     yield started
+    started.close_all()
+
+
+def _serve_draft(model_dir: str):
+    """An in-process draft service (K=3, F=2) on a free port: (server, address)."""
+    address = f"127.0.0.1:{free_port()}"
+    config = EngineConfig(model=model_dir, block_size=8, kv_cache_bytes=1 << 24, max_model_len=1024,
+                          show_progress=False)
+    return serve(config, address, DraftSettings(k=3, fan_out=2)), address
+
+
+@pytest.fixture(scope="module")
+def module_draft_services():
+    """module_draft_services(model_dir) -> the address of an in-process draft service, stopped at
+    the module's end (cheaper than a `saguaro draft` process where the test needs no process)."""
+    started = _Started(_serve_draft, lambda served: served[0].stop(None))
+    yield lambda model_dir: started(model_dir)[1]
     started.close_all()
 
 

@@ -16,10 +16,6 @@ import os
 import pytest
 import torch
 
-from saguaro.config import EngineConfig
-from saguaro.net import free_port
-from saguaro.services.draft.server import serve
-from saguaro.speculative.settings import DraftSettings
 from tests_support import hf_greedy, hf_logits
 
 pytestmark = pytest.mark.slow  # two full lm_eval runs (the hf model's included) over a real stack
@@ -50,15 +46,9 @@ def write_tasks(root) -> None:
 
 
 @pytest.fixture(scope="module")
-def gateway(model_dirs, module_targets, start_module_gateway):
-    draft_address = f"127.0.0.1:{free_port()}"
-    draft = EngineConfig(model=model_dirs["llama_draft_perturbed"], block_size=8, kv_cache_bytes=1 << 24,
-                         max_model_len=1024, show_progress=False)
-    server = serve(draft, draft_address, DraftSettings(k=3, fan_out=2))
-    try:
-        yield start_module_gateway([module_targets(model_dirs["llama"], "ssd", draft_address).address])
-    finally:
-        server.stop(None)
+def gateway(model_dirs, module_targets, module_draft_services, start_module_gateway):
+    draft_address = module_draft_services(model_dirs["llama_draft_perturbed"])
+    return start_module_gateway([module_targets(model_dirs["llama"], "ssd", draft_address).address])
 
 
 def evaluate(lm, tasks_dir) -> dict:

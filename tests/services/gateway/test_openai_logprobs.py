@@ -9,10 +9,6 @@ import openai
 import pytest
 import torch
 
-from saguaro.config import EngineConfig
-from saguaro.net import free_port
-from saguaro.services.draft.server import serve
-from saguaro.speculative.settings import DraftSettings
 from saguaro.tokenizer import load_tokenizer
 from tests_support import hf_greedy, hf_logits, make_prompts
 
@@ -21,14 +17,8 @@ MAX_TOKENS = 8
 
 
 @pytest.fixture(scope="module", params=["ar", "sd", "ssd"])
-def gateway(request, model_dirs, module_targets, start_module_gateway):
-    draft_address = None
-    if request.param != "ar":
-        draft_address = f"127.0.0.1:{free_port()}"
-        draft = EngineConfig(model=model_dirs["llama_draft_perturbed"], block_size=8, kv_cache_bytes=1 << 24,
-                             max_model_len=1024, show_progress=False)
-        server = serve(draft, draft_address, DraftSettings(k=3, fan_out=2))
-        request.addfinalizer(lambda: server.stop(None))
+def gateway(request, model_dirs, module_targets, module_draft_services, start_module_gateway):
+    draft_address = module_draft_services(model_dirs["llama_draft_perturbed"]) if request.param != "ar" else None
     target = module_targets(model_dirs["llama"], request.param, draft_address)
     return start_module_gateway([target.address])
 

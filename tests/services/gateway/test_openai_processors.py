@@ -13,9 +13,6 @@ from saguaro.client.errors import InvalidArgumentError
 from saguaro.config import EngineConfig
 from saguaro.engine import LLMEngine
 from saguaro.llm import LLM
-from saguaro.net import free_port
-from saguaro.services.draft.server import serve
-from saguaro.speculative.settings import DraftSettings
 from saguaro.tokenizer import decode, load_tokenizer
 from tests_support import make_prompts
 
@@ -28,13 +25,8 @@ PROCESSORS = {"presence_penalty": 1.2, "frequency_penalty": 0.5, "repetition_pen
 
 
 @pytest.fixture(scope="module")
-def target(model_dirs, module_targets):
-    address = f"127.0.0.1:{free_port()}"
-    draft = EngineConfig(model=model_dirs["llama_draft_perturbed"], block_size=8, kv_cache_bytes=1 << 24,
-                         max_model_len=1024, show_progress=False)
-    server = serve(draft, address, DraftSettings(k=3, fan_out=2))
-    yield module_targets(model_dirs["llama"], "ssd", address)
-    server.stop(None)
+def target(model_dirs, module_targets, module_draft_services):
+    return module_targets(model_dirs["llama"], "ssd", module_draft_services(model_dirs["llama_draft_perturbed"]))
 
 
 @pytest.fixture(scope="module")

@@ -8,25 +8,15 @@ import openai
 import pytest
 
 from saguaro.client import Client
-from saguaro.config import EngineConfig
-from saguaro.net import free_port
 from saguaro.request_rules import MAX_STOP_STRINGS
-from saguaro.services.draft.server import serve
-from saguaro.speculative.settings import DraftSettings
 
 PROMPT = "def add(a, b):"
 MAX_TOKENS = 24
 
 
 @pytest.fixture(scope="module", params=["ar", "ssd"])
-def gateway(request, model_dirs, module_targets, start_module_gateway):
-    draft_address = None
-    if request.param == "ssd":
-        draft_address = f"127.0.0.1:{free_port()}"
-        draft = EngineConfig(model=model_dirs["llama_draft_perturbed"], block_size=8, kv_cache_bytes=1 << 24,
-                             max_model_len=1024, show_progress=False)
-        server = serve(draft, draft_address, DraftSettings(k=3, fan_out=2))
-        request.addfinalizer(lambda: server.stop(None))
+def gateway(request, model_dirs, module_targets, module_draft_services, start_module_gateway):
+    draft_address = module_draft_services(model_dirs["llama_draft_perturbed"]) if request.param == "ssd" else None
     target = module_targets(model_dirs["llama"], request.param, draft_address)
     return start_module_gateway([target.address])
 
