@@ -50,7 +50,8 @@ class GenerateResult(dict):
 
     @property
     def usage(self) -> dict[str, int]:
-        """``prompt_tokens``, ``completion_tokens``, ``total_tokens`` (tokens, not messages)."""
+        """``prompt_tokens``, ``completion_tokens``, ``total_tokens`` (tokens, not messages), and
+        ``cached_prompt_tokens``: prompt tokens served from the target's prefix cache."""
         return self["usage"]
 
     @property
