@@ -50,8 +50,7 @@ class GenerateResult(dict):
 
     @property
     def usage(self) -> dict[str, int]:
-        """``prompt_tokens``, ``completion_tokens``, ``total_tokens`` (tokens, not messages), and
-        ``cached_prompt_tokens``: prompt tokens served from the target's prefix cache."""
+        """``prompt_tokens``, ``completion_tokens``, ``total_tokens`` (tokens, not messages)."""
         return self["usage"]
 
     @property

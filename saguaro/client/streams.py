@@ -77,9 +77,7 @@ class StreamOutput:
             },
             "stats": speculation_from_proto(final.speculation),
             "usage": {"prompt_tokens": final.usage.prompt_tokens, "completion_tokens": final.usage.completion_tokens,
-                      "total_tokens": final.usage.total_tokens,
-                      # prompt tokens the target served from its prefix cache (OpenAI's cached_tokens)
-                      "cached_prompt_tokens": final.usage.cached_prompt_tokens},
+                      "total_tokens": final.usage.total_tokens},
         })
         if final.HasField("stop_token_id"):
             out["stop_token_id"] = final.stop_token_id

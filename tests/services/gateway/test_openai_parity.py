@@ -16,7 +16,6 @@ import openai
 import pytest
 from tests_support import hf_greedy
 
-from saguaro.client import Client
 from saguaro.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.slow  # real target (+ draft) services behind gateways
@@ -67,7 +66,6 @@ def stack(request, folders, module_targets, module_drafts, start_module_gateway)
     plain = start_module_gateway([target.address], generation_config="vllm", chat_template=folders["template"],
                                  model_name="tiny", model_aliases=("tiny-alias",))
     return {"mode": request.param, "auto": _client(auto), "plain": _client(plain), "plain_url": plain.http_url,
-            "plain_grpc": plain.grpc_address,
             "tokenizer": load_tokenizer(folders["target"]), "folder": folders["target"]}
 
 
@@ -202,11 +200,6 @@ def test_cached_tokens_on_a_repeated_prompt(stack):
                                             stream=True, stream_options={"include_usage": True})
     usage = [c.usage for c in stream if c.usage is not None][-1]
     assert usage.prompt_tokens_details.cached_tokens == (usage.prompt_tokens - 1) // 16 * 16 > 0
-    # the SDK's result says the same (the gRPC API sends the text without special tokens)
-    with Client(stack["plain_grpc"], timeout=60) as sdk:
-        sdk.generate(prompt, max_tokens=2)
-        result = sdk.generate(prompt, max_tokens=2)
-    assert result["usage"]["cached_prompt_tokens"] == (result["usage"]["prompt_tokens"] - 1) // 16 * 16 > 0
 
 
 def test_unknown_paths_and_methods_answer_json(stack, http):
