@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from saguaro.services.gateway.api_models import InputMessage, ResponsesRequest
+from saguaro.services.gateway.api_validation import validated
 from saguaro.services.gateway.errors import GatewayError, invalid
-from saguaro.services.gateway.openai_schema import Fields, OpenAIRequest, parse_request
+from saguaro.services.gateway.openai_schema import OpenAIRequest, parse_request
 from saguaro.services.gateway.prepare import Preparer
 from saguaro.services.gateway.request_fields import check_fields
 
-INPUT_ROLES = ("user", "assistant", "system", "developer")
-TEXT_PARTS = ("input_text", "output_text")
 # The request fields a response object repeats, with OpenAI's values when unset.
 ECHOED = {"instructions": None, "max_output_tokens": None, "temperature": None, "top_p": None}
 
@@ -30,11 +30,11 @@ def parse_responses(body: Any, preparer: Preparer) -> OpenAIRequest:
     """A Responses body as the chat request it asks for; ``echoed`` keeps the fields its answer repeats."""
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
+    request = validated(ResponsesRequest, body)
     check_fields("responses", body)
-    fields = Fields(body)
-    chat = {"model": body.get("model"), "messages": _messages(body.get("instructions"), body.get("input")),
-            "max_tokens": fields.integer("max_output_tokens", None, 1, 2**31 - 1),
-            "temperature": body.get("temperature"), "top_p": body.get("top_p"), "stream": body.get("stream")}
+    chat = {"model": request.model, "messages": _messages(request.instructions, request.input),
+            "max_tokens": request.max_output_tokens, "temperature": request.temperature, "top_p": request.top_p,
+            "stream": request.stream}
     try:
         parsed = parse_request("chat", chat, preparer)
     except GatewayError as exc:  # (the chat body's max_tokens is this body's max_output_tokens)
@@ -46,42 +46,14 @@ def parse_responses(body: Any, preparer: Preparer) -> OpenAIRequest:
     return parsed
 
 
-def _messages(instructions: Any, value: Any) -> list[dict[str, str]]:
-    """Chat messages from ``instructions`` (a system message, first) and ``input``: a string
-    (one user message) or a list of messages whose content is a string or text parts."""
-    messages = []
-    if instructions is not None:
-        if not isinstance(instructions, str):
-            raise invalid("instructions must be a string", "instructions")
-        messages.append({"role": "system", "content": instructions})
+def _messages(instructions: str | None, value: str | list[InputMessage]) -> list[dict[str, str]]:
+    """Chat messages from ``instructions`` (a system message, first) and ``input`` (validated): a
+    string (one user message) or messages whose content is a string or text parts (joined)."""
+    messages = [] if instructions is None else [{"role": "system", "content": instructions}]
     if isinstance(value, str):
         return [*messages, {"role": "user", "content": value}]
-    if not isinstance(value, list) or not value:
-        raise invalid("input is required: a string, or a non-empty list of messages", "input")
-    for i, item in enumerate(value):
-        where = f"input[{i}]"
-        if not isinstance(item, dict) or item.get("type", "message") != "message":
-            raise invalid(f"{where}: only messages ({{\"role\", \"content\"}}) are supported as input items", where)
-        role = item.get("role")
-        if role not in INPUT_ROLES:
-            raise invalid(f"{where}.role must be one of {', '.join(INPUT_ROLES)}, got {json.dumps(role)[:50]}",
-                          f"{where}.role")
-        messages.append({"role": role, "content": _text(item.get("content"), f"{where}.content")})
-    return messages
-
-
-def _text(content: Any, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise invalid(f"{where} must be a string or a list of input_text parts", where)
-    texts = []
-    for j, part in enumerate(content):
-        if not (isinstance(part, dict) and part.get("type") in TEXT_PARTS and isinstance(part.get("text"), str)):
-            raise invalid(f"{where}[{j}]: only {{\"type\": \"input_text\", \"text\": ...}} parts are supported",
-                          f"{where}[{j}]")
-        texts.append(part["text"])
-    return "".join(texts)
+    return [*messages, *({"role": item.role, "content": item.content if isinstance(item.content, str)
+                          else "".join(part.text for part in item.content)} for item in value)]
 
 
 def usage_json(usage: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,9 @@ from aiohttp import web
 from saguaro import __version__
 from saguaro.services.gateway.errors import GatewayError, invalid
 from saguaro.services.gateway.http_common import MAX_BODY_BYTES, decode_json, error_response, read_json_body
-from saguaro.services.gateway.openai_schema import Fields, chat_messages, chat_options, unicode_text
+from saguaro.services.gateway.api_models import Body, DetokenizeRequest, TokenizeChatRequest, TokenizePromptRequest
+from saguaro.services.gateway.api_validation import validated
+from saguaro.services.gateway.openai_schema import chat_messages, chat_options, unicode_text
 from saguaro.services.gateway.prepare import Preparer, check_vocabulary
 from saguaro.services.gateway.request_fields import check_fields
 
@@ -89,45 +91,47 @@ class VllmEndpoints:
             return error_response(exc)
 
 
-def _object(raw: bytes, preparer: Preparer) -> dict[str, Any]:
-    """The body as a JSON object whose ``model``, if given, is the served one (vLLM makes it optional)."""
+def _object(raw: bytes) -> dict[str, Any]:
     body = decode_json(raw)
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
-    model = body.get("model")
-    if model is not None:
-        preparer.facts.check_model(model)
     return body
+
+
+def _validated(model: type[Body], body: dict[str, Any], preparer: Preparer) -> Any:
+    """``body`` as ``model``, whose ``model`` field, if given, is a served name (vLLM makes it optional)."""
+    request = validated(model, body)
+    if request.model is not None:
+        preparer.facts.check_model(request.model)
+    return request
 
 
 def _tokenize(raw: bytes, preparer: Preparer) -> dict[str, Any]:
     """``{"prompt"}`` (special tokens added unless ``add_special_tokens`` is false, as vLLM) or
     ``{"messages"}`` (rendered with the chat template, as chat completions are)."""
-    body = _object(raw, preparer)
-    fields = Fields(body)
+    body = _object(raw)
     tokenizer = preparer.tokenizer
     if body.get("messages") is not None:
+        chat: TokenizeChatRequest = _validated(TokenizeChatRequest, body, preparer)
         check_fields("tokenize_chat", body)
-        messages = chat_messages(body["messages"])
+        messages = chat_messages(chat.messages)
         preparer.check_text_size([m["content"] for m in messages], "messages")
-        ids = tokenizer.chat_prompt(messages, chat_options(fields))
+        ids = tokenizer.chat_prompt(messages, chat_options(chat))
+        strings = chat.return_token_strs
     else:
+        request: TokenizePromptRequest = _validated(TokenizePromptRequest, body, preparer)
         check_fields("tokenize_prompt", body)
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str):
-            raise invalid("prompt (a string) or messages is required", "prompt")
-        preparer.check_text_size([prompt], "prompt")
-        ids = tokenizer.encode(unicode_text(prompt, "prompt"), "prompt", fields.boolean("add_special_tokens", True))
-    strings = tokenizer.token_strings(ids) if fields.boolean("return_token_strs", False) else None
-    return {"count": len(ids), "max_model_len": preparer.facts.max_model_len, "tokens": ids, "token_strs": strings}
+        preparer.check_text_size([request.prompt], "prompt")
+        ids = tokenizer.encode(unicode_text(request.prompt, "prompt"), "prompt", request.add_special_tokens)
+        strings = request.return_token_strs
+    return {"count": len(ids), "max_model_len": preparer.facts.max_model_len, "tokens": ids,
+            "token_strs": tokenizer.token_strings(ids) if strings else None}
 
 
 def _detokenize(raw: bytes, preparer: Preparer) -> dict[str, str]:
-    body = _object(raw, preparer)
+    body = _object(raw)
+    tokens = _validated(DetokenizeRequest, body, preparer).tokens
     check_fields("detokenize", body)
-    tokens = body.get("tokens")
-    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
-        raise invalid("tokens is required: a list of token ids", "tokens")
     limit = preparer.facts.max_model_len
     if len(tokens) > limit:
         raise invalid(f"tokens holds {len(tokens)} ids, more than the model's context ({limit})", "tokens")

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from fuzz.support import BODIES, JSON, MODEL_NAME, fuzz_settings, mostly
 from saguaro.request_rules import MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS
 from saguaro.services.gateway.errors import GatewayError
-from saguaro.services.gateway.openai_schema import MAX_N, parse_request
+from saguaro.services.gateway.api_models import MAX_N
+from saguaro.services.gateway.openai_schema import parse_request
 from saguaro.services.gateway.prepare import Preparer
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import MODE_TO_PROTO

@@ -19,7 +19,8 @@ from saguaro.services.gateway.choices import Choice, choice_seed, merged, upstre
 from saguaro.services.gateway.dispatch import Dispatch
 from saguaro.services.gateway.errors import GatewayError
 from saguaro.services.gateway.metrics import GatewayMetrics
-from saguaro.services.gateway.openai_schema import MAX_N, OpenAIRequest
+from saguaro.services.gateway.api_models import MAX_N
+from saguaro.services.gateway.openai_schema import OpenAIRequest
 from saguaro.services.gateway.routing import HealthFilter, RouteRequest
 from saguaro.v1 import inference_pb2 as pb
 
@@ -131,7 +132,7 @@ def test_the_other_choices_reuse_the_first_ones_prompt_kv(client, target):
 def test_n_above_the_bound_is_a_400_naming_it(client):
     with pytest.raises(openai.BadRequestError) as refused:
         client.completions.create(model="llama", prompt=PROMPT, max_tokens=2, n=MAX_N + 1)
-    assert refused.value.body["param"] == "n" and f"between 1 and {MAX_N}" in refused.value.body["message"]
+    assert refused.value.body["param"] == "n" and f"less than or equal to {MAX_N}" in refused.value.body["message"]
 
 
 # -- the parts, alone ------------------------------------------------------------------------------
