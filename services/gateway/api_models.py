@@ -63,7 +63,7 @@ def one_of(*members: tuple[str, Any], kind: Any, expected: str) -> Any:
     error is that member's, at its place, and a value no member takes says ``expected``
     (instead of one error per member)."""
     union = Union[tuple(Annotated[t, Tag(tag)] for tag, t in members)]  # noqa: UP007 (a runtime tuple)
-    return Annotated[union, Discriminator(kind, custom_error_type="one_of", custom_error_message=f"should be {expected}")]
+    return Annotated[union, Discriminator(kind, custom_error_type="one_of", custom_error_message=f"must be {expected}")]
 
 
 def _text_or_list(value: Any) -> str | None:

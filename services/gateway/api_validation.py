@@ -34,8 +34,10 @@ def refusal(error: ErrorDetails, body: Any) -> GatewayError:
     param = field_name(error["loc"], body, missing=error["type"] == "missing")
     if error["type"] == "missing":
         return invalid(f"{param} is required", param)
-    message = error["msg"].removeprefix("Input ")  # pydantic's "Input should be ...", our "should be ..."
-    text = f"{param} {message}" if message.startswith("should ") else f"{param}: {message}"
+    message = error["msg"]
+    if message.startswith("Input should "):  # pydantic's words, in the gateway's ("{param} must be ...")
+        message = "must " + message.removeprefix("Input should ")
+    text = f"{param} {message}" if message.startswith("must ") else f"{param}: {message}"
     return invalid(f"{text}, got {_shown(error['input'])}", param)
 
 
