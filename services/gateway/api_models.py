@@ -40,15 +40,35 @@ def _integral(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-Integer = Annotated[int, BeforeValidator(_integral)]
-TokenId = Annotated[Integer, Field(ge=0)]
+def integer(**bounds: int) -> Any:
+    """An integer field's type, within ``bounds`` (``ge``, ``le``), taking integral floats. (The
+    bounds go on the integer itself, inside the float conversion, so the document shows them.)"""
+    return Annotated[Annotated[int, Field(**bounds)], BeforeValidator(_integral)]
+
+
+TokenId = integer(ge=0)
 TokenIds = list[TokenId]
+
+
+_ANNOTATIONS = ("title", "description", "default")  # (JSON schema keywords that constrain nothing)
+
+
+def _nullable_optionals(schema: dict[str, Any]) -> None:
+    """The document's side of "null means unset": every optional property also takes null."""
+    required = set(schema.get("required", ()))
+    for name, prop in schema.get("properties", {}).items():
+        constraint = {k: v for k, v in prop.items() if k not in _ANNOTATIONS}
+        if name in required or not constraint or {"type": "null"} in prop.get("anyOf", ()):
+            continue  # (an untyped field takes null already)
+        members = constraint["anyOf"] if list(constraint) == ["anyOf"] else [constraint]
+        schema["properties"][name] = {**{k: prop[k] for k in _ANNOTATIONS if k in prop},
+                                      "anyOf": [*members, {"type": "null"}]}
 
 
 class Body(BaseModel):
     """A JSON object the gateway reads: strict types, null as unset, unknown fields allowed."""
 
-    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False, json_schema_extra=_nullable_optionals)
 
     @model_validator(mode="before")
     @classmethod
@@ -173,9 +193,9 @@ class GenerationFields(StructuredOutputFields):
     """The fields completions and chat completions share."""
 
     model: str = Field(min_length=1, description="the served model (GET /v1/models)")
-    max_tokens: Integer | None = Field(None, ge=1, description=(
+    max_tokens: integer(ge=1) | None = Field(None, description=(
         "tokens to generate, within the model's context; completions default 16, chat: the rest of the context"))
-    n: Integer = Field(1, ge=1, le=MAX_N, description=(
+    n: integer(ge=1, le=MAX_N) = Field(1, description=(
         f"choices per prompt (at most {MAX_N}), numbered prompt-major: choice index = prompt index x n + j. With a "
         "seed s, choice j samples with seed s + j (as vLLM); each choice counts as a request against admission and "
         "the per-key stream limit"))
@@ -183,9 +203,9 @@ class GenerationFields(StructuredOutputFields):
     stream_options: StreamOptions | None = None
     temperature: float = Field(1.0, ge=0, le=2, description="0: greedy." + _DEFAULTED)
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass." + _DEFAULTED)
-    top_k: Integer = Field(0, ge=-1, le=INT32_MAX, description=(
+    top_k: integer(ge=-1, le=INT32_MAX) = Field(0, description=(
         "extension: sample among the k most likely tokens (0 or -1: off)." + _DEFAULTED))
-    seed: Integer | None = Field(None, ge=0, le=UINT64_MAX, description=(
+    seed: integer(ge=0, le=UINT64_MAX) | None = Field(None, description=(
         "fixes the sampling randomness; with n > 1, choice j of a prompt uses seed + j (mod 2^64)"))
     stop: Stop | None = Field(None, description=(
                      f"stop strings (at most {MAX_STOP_STRINGS}, each 1 to 256 characters): the output ends before "
@@ -208,7 +228,7 @@ class GenerationFields(StructuredOutputFields):
     min_p: float = Field(0.0, ge=0, le=1, description=(
         "vLLM extension: after temperature, drops tokens less likely than min_p times the most likely token "
         "(sampling only)." + _DEFAULTED))
-    min_tokens: Integer = Field(0, ge=0, le=INT32_MAX, description=(
+    min_tokens: integer(ge=0, le=INT32_MAX) = Field(0, description=(
         "vLLM extension: EOS and stop_token_ids are held back, and stop strings do not end the output, until this "
         "many tokens are generated (at most max_tokens)."))
     logit_bias: dict[str, float] | None = Field(None, description=(
@@ -234,7 +254,7 @@ Prompt = one_of(("text", str), ("ids", Annotated[TokenIds, Field(min_length=1)])
 class CompletionFields(GenerationFields):
     prompt: Prompt = Field(description=(
         f"a string, token ids, or a batch of up to {MAX_BATCH} of either (each its own choices)"))
-    logprobs: Integer | None = Field(None, ge=0, le=MAX_LOGPROBS, description=(
+    logprobs: integer(ge=0, le=MAX_LOGPROBS) | None = Field(None, description=(
         "return each token's log probability and this many most likely alternatives (choices[].logprobs: tokens, "
         "token_logprobs, top_logprobs, text_offset)." + _EXACT))
     echo: bool = Field(False, description=(
@@ -247,10 +267,10 @@ class CompletionFields(GenerationFields):
 
 class ChatCompletionFields(GenerationFields, ChatTemplateFields):
     messages: Messages
-    max_completion_tokens: Integer | None = Field(None, ge=1, description="takes precedence over max_tokens")
+    max_completion_tokens: integer(ge=1) | None = Field(None, description="takes precedence over max_tokens")
     logprobs: bool = Field(False, description=(
         "return each output token's log probability (choices[].logprobs.content)." + _EXACT))
-    top_logprobs: Integer | None = Field(None, ge=0, le=MAX_LOGPROBS, description=(
+    top_logprobs: integer(ge=0, le=MAX_LOGPROBS) | None = Field(None, description=(
         f"most likely alternatives per token (0 to {MAX_LOGPROBS}); needs logprobs: true"))
     echo: bool = Field(False, description="refused unless false: chat completions do not echo (use /v1/completions)")
 
@@ -301,7 +321,7 @@ class ResponsesFields(Body):
     model: str = Field(min_length=1, description="the served model (GET /v1/models)")
     input: Input = Field(description="one user message, or a list of messages")
     instructions: str | None = Field(None, description="a system message before the input")
-    max_output_tokens: Integer | None = Field(None, ge=1, le=INT32_MAX, description="the chat max_tokens")
+    max_output_tokens: integer(ge=1, le=INT32_MAX) | None = Field(None, description="the chat max_tokens")
     temperature: float | None = Field(None, ge=0, le=2, description="0: greedy." + _DEFAULTED)
     top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling mass." + _DEFAULTED)
     stream: bool = Field(False, description="answer with the Responses API's server-sent events")

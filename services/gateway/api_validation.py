@@ -11,6 +11,7 @@ tags drop out (a missing field's name, the last step, is kept).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -34,9 +35,8 @@ def refusal(error: ErrorDetails, body: Any) -> GatewayError:
     param = field_name(error["loc"], body, missing=error["type"] == "missing")
     if error["type"] == "missing":
         return invalid(f"{param} is required", param)
-    message = error["msg"]
-    if message.startswith("Input should "):  # pydantic's words, in the gateway's ("{param} must be ...")
-        message = "must " + message.removeprefix("Input should ")
+    # pydantic's "Input should be ..." / "List should have ..." in the gateway's words: "{param} must be ..."
+    message = re.sub(r"^\w+ should ", "must ", error["msg"]).replace(" after validation", "")
     text = f"{param} {message}" if message.startswith("must ") else f"{param}: {message}"
     return invalid(f"{text}, got {_shown(error['input'])}", param)
 

@@ -248,8 +248,8 @@ def test_responses_plain_and_streaming_equal_the_chat_completion(stack):
     ({"previous_response_id": "resp_1"}, "previous_response_id"),
     ({"store": True}, "store"),
     ({"max_output_tokens": 5000}, "max_output_tokens"),
-    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0]"),
-    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input[0].content[0]"),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0].type"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input[0].content[0].type"),
 ])
 def test_responses_refuse_what_they_cannot_do_naming_the_field(stack, http, fields, param):
     body = {"model": "tiny", "input": "hi", "max_output_tokens": 2, **fields}

@@ -82,14 +82,14 @@ def test_the_sdk_passes_stop_strings_and_reports_the_match(gateway, client):
     assert streamed == text[:text.find(stop)]
 
 
-@pytest.mark.parametrize("stop, why", [
-    ([""], "non-empty"), (["x"] * (MAX_STOP_STRINGS + 1), "at most"), (["y" * 300], "characters long"),
-    ([1, 2], "non-empty string"),
+@pytest.mark.parametrize("stop, param, why", [
+    ([""], "stop", "non-empty"), (["x"] * (MAX_STOP_STRINGS + 1), "stop", "at most"),
+    (["y" * 300], "stop", "characters long"), ([1, 2], "stop[0]", "stop[0] must be a valid string"),
 ])
-def test_bad_stop_strings_are_400_naming_stop(client, stop, why):
+def test_bad_stop_strings_are_400_naming_stop(client, stop, param, why):
     with pytest.raises(openai.BadRequestError) as refused:
         client.completions.create(model="llama", prompt=PROMPT, max_tokens=2, stop=stop)
-    assert refused.value.body["param"] == "stop" and why in refused.value.body["message"]
+    assert refused.value.body["param"] == param and why in refused.value.body["message"]
 
 
 @pytest.mark.parametrize("none", ["", []])

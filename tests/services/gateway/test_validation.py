@@ -135,7 +135,7 @@ def test_oversized_requests_are_refused_before_they_cost_anything(gateway, http,
     body = b'{"model": "llama", "prompt": "' + b"a" * (32 << 20) + b'"}'
     assert http(f"{gateway.http_url}/v1/completions", raw=body).status == 413
     many = http(f"{gateway.http_url}/v1/completions", {**BASE, "prompt": [[3, 4]] * 65})
-    assert many.status == 400 and "prompt: List should have at most 64 items" in many.json()["error"]["message"]
+    assert many.status == 400 and "prompt must have at most 64 items" in many.json()["error"]["message"]
     with pytest.raises(grpc.RpcError) as error:
         list(stub.Generate(pb.GenerateRequest(prompt_text="a" * (64 << 20)), timeout=60))
     assert error.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
