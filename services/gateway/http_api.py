@@ -15,7 +15,7 @@ GET  /version               no    vLLM's: ``{"version": saguaro.__version__}``
 GET  /healthz               no    200 while the process runs (liveness)
 GET  /readyz                no    200 with at least one healthy target, else 503 (readiness)
 GET  /metrics               no    Prometheus text format
-GET  /openapi.json          no    the OpenAPI 3.1 description of this API
+GET  /openapi.json          no    the OpenAPI 3.1 description of this API (generated: ``openapi.py``)
 ==========================  ====  ===========================================================
 
 vLLM's endpoints live in ``vllm_endpoints.py``; what each request field does, in ``request_fields.py``;
@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -42,6 +41,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from saguaro.services.gateway import openapi
 from saguaro.services.gateway.admission import Ticket
 from saguaro.services.gateway.choices import Choice, merged, upstream_requests
 from saguaro.services.gateway.errors import GatewayError
@@ -66,7 +66,6 @@ if TYPE_CHECKING:
     from saguaro.services.gateway.server import Gateway
 
 log = logging.getLogger(__name__)
-OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")  # shipped as package data
 ID_PREFIX = {"completions": "cmpl-", "chat": "chatcmpl-", "responses": "resp_"}  # response ids, as OpenAI's
 
 
@@ -159,7 +158,7 @@ class OpenAIApi:
 
     async def openapi(self, request: web.Request) -> web.Response:
         """For clients and tools (code generators, schemathesis) to read the API off the server."""
-        return web.Response(body=OPENAPI_DOCUMENT.read_bytes(), content_type="application/json")
+        return web.Response(body=openapi.DOCUMENT.read_bytes(), content_type="application/json")
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.gateway.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
