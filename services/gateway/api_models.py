@@ -90,6 +90,10 @@ def _text_or_list(value: Any) -> str | None:
     return "text" if isinstance(value, str) else "list" if isinstance(value, list) else None
 
 
+def _object_or_text(value: Any) -> str | None:
+    return "object" if isinstance(value, dict) else "text" if isinstance(value, str) else None
+
+
 def _text_or_ids(value: Any) -> str | None:
     return "text" if isinstance(value, str) else "ids" if isinstance(value, list) else None
 
@@ -150,7 +154,8 @@ class JsonSchemaResponseFormat(Body):
 
 
 ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaResponseFormat, Discriminator("type")]
-JsonSchema = Annotated[dict[str, Any] | str, Field(union_mode="left_to_right")]
+JsonSchema = one_of(("object", dict[str, Any]), ("text", str), kind=_object_or_text,
+                    expected="a JSON schema (an object, or its text)")
 
 
 class StructuredOutputs(Body):

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -41,7 +42,6 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from saguaro.services.gateway import openapi
 from saguaro.services.gateway.admission import Ticket
 from saguaro.services.gateway.choices import Choice, merged, upstream_requests
 from saguaro.services.gateway.errors import GatewayError
@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from saguaro.services.gateway.server import Gateway
 
 log = logging.getLogger(__name__)
+OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")  # shipped as package data (written by openapi.py)
 ID_PREFIX = {"completions": "cmpl-", "chat": "chatcmpl-", "responses": "resp_"}  # response ids, as OpenAI's
 
 
@@ -158,7 +159,7 @@ class OpenAIApi:
 
     async def openapi(self, request: web.Request) -> web.Response:
         """For clients and tools (code generators, schemathesis) to read the API off the server."""
-        return web.Response(body=openapi.DOCUMENT.read_bytes(), content_type="application/json")
+        return web.Response(body=OPENAPI_DOCUMENT.read_bytes(), content_type="application/json")
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.gateway.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
