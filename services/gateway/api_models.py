@@ -82,7 +82,7 @@ def one_of(*members: tuple[str, Any], kind: Any, expected: str) -> Any:
     """A union validated as the one member ``kind(value)`` names (a tag of ``members``), so an
     error is that member's, at its place, and a value no member takes says ``expected``
     (instead of one error per member)."""
-    union = Union[tuple(Annotated[t, Tag(tag)] for tag, t in members)]  # noqa: UP007 (a runtime tuple)
+    union = Union[tuple(Annotated[t, Tag(tag)] for tag, t in members)]
     return Annotated[union, Discriminator(kind, custom_error_type="one_of", custom_error_message=f"must be {expected}")]
 
 
@@ -120,7 +120,7 @@ Messages = Annotated[list[ChatMessage], Field(min_length=1)]
 
 
 class ChatTemplateFields(Body):
-    """vLLM's chat template fields (chat completions and ``/tokenize`` with messages)."""
+    """vLLM's chat template fields (chat completions and `/tokenize` with messages)."""
 
     add_generation_prompt: bool = Field(True, description="open the assistant's turn after the messages "
                                                           "(the template's add_generation_prompt)")
@@ -159,7 +159,7 @@ JsonSchema = one_of(("object", dict[str, Any]), ("text", str), kind=_object_or_t
 
 
 class StructuredOutputs(Body):
-    """vLLM's ``structured_outputs``: one constraint on the output."""
+    """vLLM's `structured_outputs`: one constraint on the output."""
 
     json_: JsonSchema | None = Field(None, alias="json", description="a JSON schema (object or its text)")
     regex: str | None = Field(None, description="a regular expression the output matches")
@@ -194,8 +194,9 @@ class StreamOptions(Body):
 Stop = one_of(("text", str), ("list", list[str]), kind=_text_or_list, expected="a string or a list of strings")
 
 
-class GenerationFields(StructuredOutputFields):
-    """The fields completions and chat completions share."""
+class GenerationFields(Body):
+    """The fields completions and chat completions share. (The last base of each request, whose
+    fields pydantic, and so the document, lists first: `model` leads.)"""
 
     model: str = Field(min_length=1, description="the served model (GET /v1/models)")
     max_tokens: integer(ge=1) | None = Field(None, description=(
@@ -256,7 +257,7 @@ Prompt = one_of(("text", str), ("ids", Annotated[TokenIds, Field(min_length=1)])
                 kind=_prompt_kind, expected="a string, a list of token ids, or a list of those")
 
 
-class CompletionFields(GenerationFields):
+class CompletionFields(StructuredOutputFields, GenerationFields):
     prompt: Prompt = Field(description=(
         f"a string, token ids, or a batch of up to {MAX_BATCH} of either (each its own choices)"))
     logprobs: integer(ge=0, le=MAX_LOGPROBS) | None = Field(None, description=(
@@ -270,7 +271,7 @@ class CompletionFields(GenerationFields):
         "as given"))
 
 
-class ChatCompletionFields(GenerationFields, ChatTemplateFields):
+class ChatCompletionFields(StructuredOutputFields, ChatTemplateFields, GenerationFields):
     messages: Messages
     max_completion_tokens: integer(ge=1) | None = Field(None, description="takes precedence over max_tokens")
     logprobs: bool = Field(False, description=(

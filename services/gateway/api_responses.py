@@ -39,7 +39,7 @@ class Usage(Answer):
 
 
 class Speculation(Answer):
-    """Extension: how the choice was decoded (docs/speculation.md). For AR only ``mode`` and ``rounds`` mean much."""
+    """Extension: how the choice was decoded (docs/speculation.md). For AR only `mode` and `rounds` mean much."""
 
     mode: Literal["ssd", "sd", "ar"] = Field(description="the mode actually used (the last one, if it changed)")
     transport: str = Field(description="of the target-draft exchange (grpc, unix, torch_distributed ...); "
@@ -70,7 +70,7 @@ class Speculation(Answer):
 
 # -- log probabilities ---------------------------------------------------------------------------
 class CompletionLogprobs(Answer):
-    """Completions' ``logprobs``: per position its token's text, log probability, the most likely
+    """Completions' `logprobs`: per position its token's text, log probability, the most likely
     alternatives (token text -> log probability, the token's own included) and text offset. With
     echo the prompt's positions come first, the first one's log probability and alternatives null.
     Log probabilities below -9999 are sent as -9999."""
@@ -92,7 +92,7 @@ class ChatTokenLogprob(TopLogprob):
 
 
 class ChatLogprobs(Answer):
-    """Chat's ``logprobs``: one entry per output token."""
+    """Chat's `logprobs`: one entry per output token."""
 
     content: list[ChatTokenLogprob]
 
@@ -158,7 +158,7 @@ class CompletionChunkChoice(Answer):
 
 class CompletionChunk(Answer):
     """A streamed completion's chunk: one per token (or round), then each choice's last chunk, then
-    the usage chunk if asked, then ``data: [DONE]``."""
+    the usage chunk if asked, then `data: [DONE]`."""
 
     id: str
     object: Literal["text_completion"]
@@ -184,7 +184,7 @@ class ChatChunkChoice(Answer):
 
 class ChatCompletionChunk(Answer):
     """A streamed chat completion's chunk: each choice's role chunk, one per token (or round), each
-    choice's last chunk, the usage chunk if asked, then ``data: [DONE]``."""
+    choice's last chunk, the usage chunk if asked, then `data: [DONE]`."""
 
     id: str
     object: Literal["chat.completion.chunk"]
@@ -239,7 +239,7 @@ class ResponseText(Answer):
 
 
 class ResponsesResponse(Answer):
-    """POST /v1/responses' answer (and, streamed, the ``response`` of its created, in_progress,
+    """POST /v1/responses' answer (and, streamed, the `response` of its created, in_progress,
     completed and incomplete events). Request fields it repeats are as sent."""
 
     id: str
@@ -327,6 +327,6 @@ class ErrorDetail(Answer):
 
 
 class Error(Answer):
-    """OpenAI's error shape. In a stream, an error after the first chunk is a ``data:`` event of this shape."""
+    """OpenAI's error shape. In a stream, an error after the first chunk is a `data:` event of this shape."""
 
     error: ErrorDetail
