@@ -19,7 +19,9 @@ from atheris_seeds import seed_corpus
 from saguaro.config import ModelConfig
 from saguaro.tokenizer import load_tokenizer
 
-with atheris.instrument_imports(include=["saguaro.services.gateway.openai_schema", "saguaro.services.gateway.prepare"]):
+with atheris.instrument_imports(include=["saguaro.services.gateway.openai_schema", "saguaro.services.gateway.prepare",
+                                         "saguaro.services.gateway.api_models",
+                                         "saguaro.services.gateway.api_validation"]):
     from saguaro.services.gateway.errors import GatewayError
     from saguaro.services.gateway.openai_schema import parse_request
     from saguaro.services.gateway.prepare import ModelFacts, Preparer
