@@ -183,8 +183,8 @@ def test_the_sdk_streams_the_targets_logprobs_over_grpc(gateway, target):
     with Client(gateway.grpc_address, timeout=60) as sdk:
         result = sdk.generate(prompt, max_tokens=MAX_TOKENS, logprobs=2, prompt_logprobs=1)
         plain = sdk.generate(prompt, max_tokens=MAX_TOKENS)
-    assert [e["token_id"] for e in result["logprobs"]] == tokens
-    assert [e["logprob"] for e in result["logprobs"]] == [s.logprob for s in scored]
-    assert [e["top_ids"] for e in result["logprobs"]] == [list(s.top_token_ids) for s in scored]
-    assert [e["token_id"] for e in result["prompt_logprobs"]] == prompt[1:]
-    assert plain["logprobs"] is None and plain["prompt_logprobs"] is None
+    assert [e["token_id"] for e in result.logprobs] == tokens
+    assert [e["logprob"] for e in result.logprobs] == [s.logprob for s in scored]
+    assert [e["top_ids"] for e in result.logprobs] == [list(s.top_token_ids) for s in scored]
+    assert [e["token_id"] for e in result.prompt_logprobs] == prompt[1:]
+    assert plain.logprobs is None and plain.prompt_logprobs is None
