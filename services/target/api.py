@@ -75,7 +75,7 @@ def sampling_from_proto(sampling: pb.SamplingParams, decode_mode: int, server_mo
 
 def check_one_choice(request: pb.GenerateRequest) -> None:
     """A target decodes one completion per request: choices (``n``) are the gateway's, which
-    spreads them over its targets and shares the prompt's KV (docs/gateway.md "Choices")."""
+    spreads them over its targets and shares the prompt's KV (docs/gateway.md "Several choices")."""
     if request.n > 1:
         raise InvalidRequestError(f"n must be 0 or 1 at a target (got n={request.n}): a target serves one choice "
                                   "per request; send n > 1 to a gateway, or n requests")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import random
 import threading
 from dataclasses import is_dataclass
 
@@ -59,6 +60,19 @@ def test_results_are_typed_and_json_ready(target, start_gateway):
     assert health.status == "serving" and health.to_json()["status"] == "serving"
     assert load.max_num_seqs == 8 and json.loads(json.dumps(load.to_json()))["max_num_seqs"] == 8
     assert info.model_name == "llama" and info.to_json()["vocab_size"] == info.vocab_size == 500
+
+
+def test_usage_counts_the_prompt_tokens_the_prefix_cache_served(target, start_gateway):
+    """As the HTTP API's cached_tokens: a repeated prompt's full blocks (16 tokens) come from the
+    target's prefix cache; its last token is always computed."""
+    prompt = random.Random(31).choices(range(3, 500), k=40)  # a prompt no other test sends
+    gateway = start_gateway([target.address])
+    with Client(gateway.grpc_address) as client:
+        first = client.generate(prompt, max_tokens=2)
+        again = client.generate(prompt, max_tokens=2)
+    assert first.usage.cached_prompt_tokens == 0
+    assert again.usage == Usage(prompt_tokens=40, completion_tokens=2, total_tokens=42, cached_prompt_tokens=32)
+    assert again.to_json()["usage"]["cached_prompt_tokens"] == 32
 
 
 def test_every_sampling_field_is_a_keyword_and_a_typo_is_a_type_error():
