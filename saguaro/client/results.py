@@ -114,7 +114,8 @@ class GenerateResult:
         }
         if self.stop_token_id is not None:
             out["stop_token_id"] = self.stop_token_id
-        out["stop_string"], out["logprobs"], out["prompt_logprobs"] = self.stop_string, self.logprobs, self.prompt_logprobs
+        out["stop_string"] = self.stop_string
+        out["logprobs"], out["prompt_logprobs"] = self.logprobs, self.prompt_logprobs
         if self.error_message:
             out["error_message"] = self.error_message
         if self.index is not None:

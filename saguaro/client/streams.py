@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 
 from saguaro.client.errors import ServiceError, service_error
-from saguaro.client.results import GenerateResult, StreamDelta, Timings, Usage
 from saguaro.client.requests import PreparedRequest
+from saguaro.client.results import GenerateResult, StreamDelta, Timings, Usage
 from saguaro.client.settings import RESUMABLE, ClientSettings, remaining
 from saguaro.resume import ReceivedOutput
 from saguaro.v1 import inference_pb2 as pb

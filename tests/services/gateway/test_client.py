@@ -55,7 +55,8 @@ def test_results_are_typed_and_json_ready(target, start_gateway):
     assert list(printed) == ["request_id", "prompt_token_ids", "token_ids", "text", "finish_reason", "timings",
                              "stats", "usage", "stop_string", "logprobs", "prompt_logprobs"]
     assert printed["token_ids"] == out.token_ids and printed["prompt_token_ids"] == [3, 4, 5]
-    assert printed["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6, "cached_prompt_tokens": 0}
+    assert printed["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6,
+                                "cached_prompt_tokens": 0}
     assert list(printed["timings"]) == ["time_to_first_token_s", "total_s", "decode_tokens_per_s", "queue_s"]
     assert health.status == "serving" and health.to_json()["status"] == "serving"
     assert load.max_num_seqs == 8 and json.loads(json.dumps(load.to_json()))["max_num_seqs"] == 8
