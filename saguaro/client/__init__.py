@@ -54,7 +54,8 @@ share: their options, connection and retry policy). The names below are the publ
 
 from saguaro.client.aio import AsyncClient
 from saguaro.client.errors import AuthenticationError, InvalidArgumentError, ServiceError, ServiceUnavailableError
-from saguaro.client.results import GenerateResult, Health, Load, ModelInfo, StreamDelta, Timings, Usage
+from saguaro.client.results import (GenerateResult, Health, Load, ModelInfo, StreamDelta, Timings, TokenLogprob,
+                                    Usage)
 from saguaro.client.streams import AsyncGenerateStream, GenerateStream
 from saguaro.client.sync import Client
 
@@ -64,5 +65,5 @@ GATEWAY_PORT = 50050  # the gateway (`saguaro up` / `saguaro gateway`)
 __all__ = [
     "DEFAULT_PORT", "GATEWAY_PORT", "AsyncClient", "AsyncGenerateStream", "AuthenticationError", "Client",
     "GenerateResult", "GenerateStream", "Health", "InvalidArgumentError", "Load", "ModelInfo", "ServiceError",
-    "ServiceUnavailableError", "StreamDelta", "Timings", "Usage",
+    "ServiceUnavailableError", "StreamDelta", "Timings", "TokenLogprob", "Usage",
 ]

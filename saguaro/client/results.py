@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from saguaro.v1 import inference_pb2 as pb
-from saguaro.wire import PROTO_TO_MODE, STATUS_NAMES, logprobs_from_proto
+from saguaro.wire import PROTO_TO_MODE, STATUS_NAMES
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,30 @@ class Timings:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One position's log probabilities (the ``logprobs`` / ``prompt_logprobs`` options): the
+    token there and the most likely tokens, most likely first. Named as the offline API's
+    (``saguaro.logprobs.TokenLogprob``), so both print the same JSON."""
+
+    token_id: int
+    logprob: float
+    top_ids: list[int]
+    top_logprobs: list[float]  # one per top_ids entry
+
+    @classmethod
+    def from_proto(cls, entries) -> list[TokenLogprob]:
+        """Each of ``entries`` (inference.proto ``TokenLogprob`` messages)."""
+        return [cls(e.token_id, e.logprob, list(e.top_token_ids), list(e.top_logprobs)) for e in entries]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _logprobs_json(entries: list[TokenLogprob] | None) -> list[dict[str, Any]] | None:
+    return None if entries is None else [e.to_json() for e in entries]
+
+
 @dataclass
 class StreamDelta:
     """New completion tokens of one choice, as they arrive."""
@@ -62,17 +86,16 @@ class StreamDelta:
     text: str  # "" while a multi-byte character is incomplete, or when the server has no tokenizer
     offset: int  # the choice's completion tokens before this delta
     round: int
-    # With the ``logprobs`` option: one TokenLogprob per token (token_id, logprob, top_token_ids,
-    # top_logprobs); with ``prompt_logprobs``, the first delta's prompt tokens' (inference.proto).
-    logprobs: list[pb.TokenLogprob] = field(default_factory=list)
-    prompt_logprobs: list[pb.TokenLogprob] = field(default_factory=list)
+    # With the ``logprobs`` option: one per token; with ``prompt_logprobs``, the first delta's
+    # prompt tokens' (from the second: inference.proto ``TokenDelta``).
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
     index: int = 0  # the choice it belongs to (0 unless the request asked for n > 1)
 
     def to_json(self) -> dict[str, Any]:
-        """As JSON, the log probabilities in the offline API's shape (``saguaro.wire.logprobs_from_proto``)."""
         return {"request_id": self.request_id, "index": self.index, "token_ids": self.token_ids, "text": self.text,
-                "offset": self.offset, "round": self.round, "logprobs": logprobs_from_proto(self.logprobs),
-                "prompt_logprobs": logprobs_from_proto(self.prompt_logprobs)}
+                "offset": self.offset, "round": self.round, "logprobs": _logprobs_json(self.logprobs),
+                "prompt_logprobs": _logprobs_json(self.prompt_logprobs)}
 
 
 @dataclass
@@ -91,10 +114,10 @@ class GenerateResult:
     usage: Usage
     stop_token_id: int | None = None  # the EOS / stop token that ended it (finish_reason "stop")
     stop_string: str | None = None  # the stop string (the ``stop`` option) that ended it
-    # With the ``logprobs`` / ``prompt_logprobs`` options, as the offline API's JSON has them
-    # (token_id, logprob, top_ids, top_logprobs per position); None when not asked for.
-    logprobs: list[dict[str, Any]] | None = None
-    prompt_logprobs: list[dict[str, Any]] | None = None
+    # With the ``logprobs`` option, one per completion token; with ``prompt_logprobs``, the prompt
+    # tokens' (from the second); None when not asked for.
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
     error_message: str = ""  # set with finish_reason "error"
     index: int | None = None  # the choice's index (0 to n - 1) when the request asked for n > 1; else None
 
@@ -115,7 +138,7 @@ class GenerateResult:
         if self.stop_token_id is not None:
             out["stop_token_id"] = self.stop_token_id
         out["stop_string"] = self.stop_string
-        out["logprobs"], out["prompt_logprobs"] = self.logprobs, self.prompt_logprobs
+        out["logprobs"], out["prompt_logprobs"] = _logprobs_json(self.logprobs), _logprobs_json(self.prompt_logprobs)
         if self.error_message:
             out["error_message"] = self.error_message
         if self.index is not None:

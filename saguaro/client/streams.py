@@ -14,12 +14,12 @@ import grpc
 
 from saguaro.client.errors import ServiceError, service_error
 from saguaro.client.requests import PreparedRequest
-from saguaro.client.results import GenerateResult, StreamDelta, Timings, Usage
+from saguaro.client.results import GenerateResult, StreamDelta, Timings, TokenLogprob, Usage
 from saguaro.client.settings import RESUMABLE, ClientSettings, remaining
 from saguaro.resume import ReceivedOutput
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
-from saguaro.wire import PROTO_TO_FINISH, logprobs_from_proto, speculation_from_proto
+from saguaro.wire import PROTO_TO_FINISH, speculation_from_proto
 
 
 class ChoiceOutput:
@@ -28,9 +28,9 @@ class ChoiceOutput:
 
     def __init__(self) -> None:
         self.received = ReceivedOutput()  # kept across resumes: what the next resume sends
-        # as the offline API's (None: not asked for); kept across resumes with the tokens
-        self.logprobs: list[dict] | None = None
-        self.prompt_logprobs: list[dict] | None = None
+        # None: not asked for; kept across resumes with the tokens
+        self.logprobs: list[TokenLogprob] | None = None
+        self.prompt_logprobs: list[TokenLogprob] | None = None
         self.result: GenerateResult | None = None
 
 
@@ -71,12 +71,14 @@ class StreamOutput:
                 raise ServiceError(f"stream from {self.address} lost or repeated tokens: delta at offset "
                                    f"{delta.offset}, {len(choice.received.token_ids)} tokens received", "DATA_LOSS")
             choice.received.add(delta)
-            if delta.logprobs:
-                choice.logprobs = (choice.logprobs or []) + logprobs_from_proto(delta.logprobs)
-            if delta.prompt_logprobs:
-                choice.prompt_logprobs = logprobs_from_proto(delta.prompt_logprobs)
+            logprobs = TokenLogprob.from_proto(delta.logprobs)
+            prompt_logprobs = TokenLogprob.from_proto(delta.prompt_logprobs)
+            if logprobs:
+                choice.logprobs = (choice.logprobs or []) + logprobs
+            if prompt_logprobs:
+                choice.prompt_logprobs = prompt_logprobs
             return StreamDelta(response.request_id, list(delta.token_ids), delta.text, delta.offset, delta.round,
-                               list(delta.logprobs), list(delta.prompt_logprobs), response.index)
+                               logprobs, prompt_logprobs, response.index)
         if kind == "final":
             choice.result = self._result(choice, response.final, response.index)
         return None
