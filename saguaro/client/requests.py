@@ -116,14 +116,17 @@ def request_options(
 
 
 Options = ParamSpec("Options")
-Client = TypeVar("Client")
-Result = TypeVar("Result")
+ClientT = TypeVar("ClientT")
+ResultT = TypeVar("ResultT")
 
 
 def _with_options(build: Callable[Options, PreparedRequest]):
-    """A decorator giving a client method ``(self, PreparedRequest)`` the parameters of ``build``."""
+    """A decorator giving a client method ``(self, PreparedRequest)`` the parameters of ``build``
+    (typed through ``ParamSpec``, and in its runtime signature and docstring for ``help`` and IDEs);
+    the method gets what ``build`` makes of them."""
 
-    def decorate(method: Callable[[Client, PreparedRequest], Result]) -> Callable[Concatenate[Client, Options], Result]:
+    def decorate(method: Callable[[ClientT, PreparedRequest], ResultT],
+                 ) -> Callable[Concatenate[ClientT, Options], ResultT]:
         if inspect.iscoroutinefunction(method):
             @functools.wraps(method)
             async def call(self, *args, **kwargs):
