@@ -46,7 +46,7 @@ def generate_remote(args: argparse.Namespace) -> int:
                    seed=args.seed, ignore_eos=args.ignore_eos)
     with Client(args.endpoint, timeout=args.timeout) as client, ThreadPoolExecutor(max_workers=8) as pool:
         for out in pool.map(lambda prompt: client.generate(prompt, **options), args.prompt):
-            print(json.dumps(out) if args.json else out["text"], flush=True)
+            print(json.dumps(out.to_json()) if args.json else out.text, flush=True)
     return 0
 
 

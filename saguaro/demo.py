@@ -195,7 +195,7 @@ def run_demo(plan: DemoPlan, out: TextIO = sys.stdout, verbose: bool = False) ->
     print(f"[1/2] saguaro up --mode ssd{' --emulate ' + profile if profile else ''}: streaming a completion of a "
           "held-out prompt through the gateway ...", file=out, flush=True)
     result = stream_from_stack(target, draft, plan.ssd, demo_prompts(1)[0], plan.stream_tokens, profile, out, verbose)
-    stats = result["stats"]
+    stats = result.stats
     print(f"{stats['rounds']} rounds, {stats['tokens_per_round']:.2f} tokens a round, cache hit rate "
           f"{stats['cache_hit_rate']:.2f}, transport {stats['transport']}\n", file=out, flush=True)
 

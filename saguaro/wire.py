@@ -94,10 +94,3 @@ def speculation_from_proto(spec: pb.SpeculationStats) -> dict[str, Any]:
         "verify_time_s": spec.verify_time_s,
         "draft_build_time_s": spec.draft_build_time_s,
     }
-
-
-def logprobs_from_proto(entries) -> list[dict[str, Any]]:
-    """``TokenLogprob`` messages as the offline API's JSON has them (``saguaro.logprobs.TokenLogprob``
-    as a dict), so ``saguaro generate --json`` prints one shape locally and through an endpoint."""
-    return [{"token_id": e.token_id, "logprob": e.logprob, "top_ids": list(e.top_token_ids),
-             "top_logprobs": list(e.top_logprobs)} for e in entries]

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 
 from saguaro.client.errors import service_error
-from saguaro.client.requests import generate_request
-from saguaro.client.results import GenerateResult, health_json, load_json, model_info_json
+from saguaro.client.requests import PreparedRequest, takes_request_options
+from saguaro.client.results import GenerateResult, Health, Load, ModelInfo
 from saguaro.client.settings import ClientBase
 from saguaro.client.streams import AsyncGenerateStream
 from saguaro.v1 import inference_pb2 as pb
@@ -32,13 +30,16 @@ class AsyncClient(ClientBase):
     async def close(self) -> None:
         await self._channel.close()
 
-    def stream(self, prompt: str | list[int], *, timeout: float | None = None, **options: Any) -> AsyncGenerateStream:
-        """Start a request (options as ``Client.stream``); ``async for`` the result for deltas."""
-        request, prompt_ids = generate_request(prompt, **options)
-        return AsyncGenerateStream(self._stub, request, self._settings, timeout, prompt_ids)
+    @takes_request_options
+    def stream(self, prepared: PreparedRequest) -> AsyncGenerateStream:
+        """Start a request; ``async for`` the returned stream for ``StreamDelta``s, then read its ``result``."""
+        return AsyncGenerateStream(self._stub, prepared, self._settings)
 
-    async def generate(self, prompt: str | list[int], **options: Any) -> GenerateResult:
-        stream = self.stream(prompt, **options)
+    @takes_request_options
+    async def generate(self, prepared: PreparedRequest) -> GenerateResult | list[GenerateResult]:
+        """Run one request to completion: its ``GenerateResult`` (n > 1: the n choices' results, in
+        index order)."""
+        stream = AsyncGenerateStream(self._stub, prepared, self._settings)
         async for _ in stream:
             pass
         return stream.result
@@ -53,11 +54,11 @@ class AsyncClient(ClientBase):
     async def abort(self, request_id: str, timeout: float | None = None) -> bool:
         return (await self._unary(self._stub.Abort, pb.AbortRequest(request_id=request_id), timeout)).found
 
-    async def health(self, timeout: float | None = None) -> dict[str, Any]:
-        return health_json(await self._unary(self._stub.Health, pb.HealthRequest(), timeout))
+    async def health(self, timeout: float | None = None) -> Health:
+        return Health.from_proto(await self._unary(self._stub.Health, pb.HealthRequest(), timeout))
 
-    async def load(self, timeout: float | None = None) -> dict[str, Any]:
-        return load_json(await self._unary(self._stub.Health, pb.HealthRequest(), timeout))
+    async def load(self, timeout: float | None = None) -> Load:
+        return Load.from_proto(await self._unary(self._stub.Health, pb.HealthRequest(), timeout))
 
-    async def model_info(self, timeout: float | None = None) -> dict[str, Any]:
-        return model_info_json(await self._unary(self._stub.ModelInfo, pb.ModelInfoRequest(), timeout))
+    async def model_info(self, timeout: float | None = None) -> ModelInfo:
+        return ModelInfo.from_proto(await self._unary(self._stub.ModelInfo, pb.ModelInfoRequest(), timeout))

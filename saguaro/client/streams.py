@@ -13,103 +13,128 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 
 from saguaro.client.errors import ServiceError, service_error
-from saguaro.client.results import GenerateResult, StreamDelta
+from saguaro.client.requests import PreparedRequest
+from saguaro.client.results import GenerateResult, StreamDelta, Timings, TokenLogprob, Usage
 from saguaro.client.settings import RESUMABLE, ClientSettings, remaining
 from saguaro.resume import ReceivedOutput
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
-from saguaro.wire import PROTO_TO_FINISH, logprobs_from_proto, speculation_from_proto
+from saguaro.wire import PROTO_TO_FINISH, speculation_from_proto
+
+
+class ChoiceOutput:
+    """One choice's output as it arrives: its tokens and text (what a resume sends), its log
+    probabilities, and at its final message, its result."""
+
+    def __init__(self) -> None:
+        self.received = ReceivedOutput()  # kept across resumes: what the next resume sends
+        # None: not asked for; kept across resumes with the tokens
+        self.logprobs: list[TokenLogprob] | None = None
+        self.prompt_logprobs: list[TokenLogprob] | None = None
+        self.result: GenerateResult | None = None
 
 
 class StreamOutput:
-    """Turns Generate responses into deltas and, at the final message, the result."""
+    """Turns Generate responses into deltas and, at each choice's final message, its result."""
 
-    def __init__(self, address: str, prompt_ids: list[int]):
+    def __init__(self, address: str, prompt_ids: list[int], n: int):
         self.address = address
         self.prompt_ids = prompt_ids
+        self.n = n
         self.request_id = ""
-        self.received = ReceivedOutput()  # kept across resumes: what the next resume sends
-        # as the offline API's (None: not asked for); kept across resumes with the tokens
-        self.logprobs: list[dict] | None = None
-        self.prompt_logprobs: list[dict] | None = None
-        self.result: GenerateResult | None = None
+        self.choices = [ChoiceOutput() for _ in range(n)]
         self.answered = False  # a response arrived: the request may no longer be retried
+
+    @property
+    def received(self) -> ReceivedOutput:
+        """What the (one) choice received: a resume continues a request of one choice only."""
+        return self.choices[0].received
+
+    @property
+    def results(self) -> list[GenerateResult] | None:
+        """Every choice's result, in index order, once all have finished (else None)."""
+        if any(c.result is None for c in self.choices):
+            return None
+        return [c.result for c in self.choices]
 
     def feed(self, response: pb.GenerateResponse) -> StreamDelta | None:
         self.answered = True
         self.request_id = response.request_id
+        if response.index >= self.n:
+            raise ServiceError(f"the stream from {self.address} sent choice {response.index} of a request for "
+                               f"{self.n}", "DATA_LOSS")
+        choice = self.choices[response.index]
         kind = response.WhichOneof("kind")
         if kind == "delta":
             delta = response.delta
-            if not self.received.continues(delta):
+            if not choice.received.continues(delta):
                 raise ServiceError(f"stream from {self.address} lost or repeated tokens: delta at offset "
-                                   f"{delta.offset}, {len(self.received.token_ids)} tokens received", "DATA_LOSS")
-            self.received.add(delta)
-            if delta.logprobs:
-                self.logprobs = (self.logprobs or []) + logprobs_from_proto(delta.logprobs)
-            if delta.prompt_logprobs:
-                self.prompt_logprobs = logprobs_from_proto(delta.prompt_logprobs)
+                                   f"{delta.offset}, {len(choice.received.token_ids)} tokens received", "DATA_LOSS")
+            choice.received.add(delta)
+            logprobs = TokenLogprob.from_proto(delta.logprobs)
+            prompt_logprobs = TokenLogprob.from_proto(delta.prompt_logprobs)
+            if logprobs:
+                choice.logprobs = (choice.logprobs or []) + logprobs
+            if prompt_logprobs:
+                choice.prompt_logprobs = prompt_logprobs
             return StreamDelta(response.request_id, list(delta.token_ids), delta.text, delta.offset, delta.round,
-                               list(delta.logprobs), list(delta.prompt_logprobs))
+                               logprobs, prompt_logprobs, response.index)
         if kind == "final":
-            self.result = self._result(response.final)
+            choice.result = self._result(choice, response.final, response.index)
         return None
 
     def check_complete(self) -> None:
-        if self.result is None:
-            raise ServiceError(f"the stream from {self.address} ended without a final message", "DATA_LOSS")
+        if self.results is None:
+            missing = sum(c.result is None for c in self.choices)
+            raise ServiceError(f"the stream from {self.address} ended without a final message ({missing} of "
+                               f"{self.n} choices missing one)", "DATA_LOSS")
 
-    def _result(self, final: pb.GenerateFinal) -> GenerateResult:
-        t = final.timings
-        n = len(self.received.token_ids)
-        decode_time = t.total_s - t.time_to_first_token_s
-        out = GenerateResult({
-            "request_id": self.request_id,
-            "prompt_token_ids": self.prompt_ids,
-            "token_ids": list(self.received.token_ids),
-            "text": self.received.text,
-            "finish_reason": PROTO_TO_FINISH.get(final.finish_reason, ""),
-            "timings": {
-                "time_to_first_token_s": t.time_to_first_token_s,
-                "total_s": t.total_s,
-                "decode_tokens_per_s": (n - 1) / decode_time if n > 1 and decode_time > 0 else 0.0,
-                "queue_s": t.queue_s,
-            },
-            "stats": speculation_from_proto(final.speculation),
-            "usage": {"prompt_tokens": final.usage.prompt_tokens, "completion_tokens": final.usage.completion_tokens,
-                      "total_tokens": final.usage.total_tokens},
-        })
-        if final.HasField("stop_token_id"):
-            out["stop_token_id"] = final.stop_token_id
-        out["stop_string"] = final.stop_string if final.HasField("stop_string") else None  # as the offline API
-        out["logprobs"], out["prompt_logprobs"] = self.logprobs, self.prompt_logprobs  # likewise
-        if final.error_message:
-            out["error_message"] = final.error_message
-        return out
+    def _result(self, choice: ChoiceOutput, final: pb.GenerateFinal, index: int) -> GenerateResult:
+        tokens = list(choice.received.token_ids)
+        return GenerateResult(
+            request_id=self.request_id, prompt_token_ids=self.prompt_ids, token_ids=tokens,
+            text=choice.received.text, finish_reason=PROTO_TO_FINISH.get(final.finish_reason, ""),
+            timings=Timings.from_proto(final.timings, len(tokens)), stats=speculation_from_proto(final.speculation),
+            usage=Usage.from_proto(final.usage),
+            stop_token_id=final.stop_token_id if final.HasField("stop_token_id") else None,
+            stop_string=final.stop_string if final.HasField("stop_string") else None,
+            logprobs=choice.logprobs, prompt_logprobs=choice.prompt_logprobs, error_message=final.error_message,
+            index=index if self.n > 1 else None)
 
 
 class StreamBase:
     """What the sync and async streams share: the call, its retry and resume inputs and the
     accumulated output."""
 
-    def __init__(self, stub: pb_grpc.InferenceStub, request: pb.GenerateRequest, settings: ClientSettings,
-                 timeout: float | None, prompt_token_ids: list[int]):
-        """``timeout``: seconds for the whole request (None: the client's)."""
+    def __init__(self, stub: pb_grpc.InferenceStub, prepared: PreparedRequest, settings: ClientSettings):
         self._stub = stub
-        self._request = request  # sent again, with ``resume`` set, after the stream broke off
+        self._request = prepared.request  # sent again, with ``resume`` set, after the stream broke off
         self._settings = settings
-        self._timeout = settings.timeout if timeout is None else timeout  # named in a deadline error
+        # seconds for the whole request (None: the client's), named in a deadline error
+        self._timeout = settings.timeout if prepared.timeout is None else prepared.timeout
         self._deadline = None if self._timeout is None else time.monotonic() + self._timeout
         self._metadata = settings.metadata()  # the caller's trace context, for every attempt
-        self._state = StreamOutput(settings.address, prompt_token_ids)
+        self._state = StreamOutput(settings.address, prepared.prompt_ids, prepared.n)
         self._cancelled = False
         self._attempt = 1  # of the current submission (the first, or a resume)
         self.resumes = 0  # times the stream was resumed after its server went away
         self._call = self._start()
 
     request_id = property(lambda self: self._state.request_id)
-    token_ids = property(lambda self: self._state.received.token_ids)
-    result = property(lambda self: self._state.result)
+    token_ids = property(lambda self: self._state.received.token_ids)  # received so far (choice 0's)
+
+    @property
+    def results(self) -> list[GenerateResult] | None:
+        """Every choice's result in index order once the stream is complete; None before, or
+        after a cancel."""
+        return self._state.results
+
+    @property
+    def result(self) -> GenerateResult | list[GenerateResult] | None:
+        """What ``generate`` returns: the result (a request for n > 1 choices: the list of them);
+        None before the stream is complete, or after a cancel."""
+        results = self._state.results
+        return results if results is None or self._state.n > 1 else results[0]
 
     def _start(self):
         return self._stub.Generate(self._request, timeout=remaining(self._deadline), metadata=self._metadata or None)
@@ -121,8 +146,8 @@ class StreamBase:
         connection resumes it (``resumes``): the request goes out again with ``resume`` holding
         what arrived, so the server continues after it (no token repeats, the text continues).
         """
-        if self._state.answered:
-            if exc.code() not in RESUMABLE or self.resumes >= self._settings.resumes:
+        if self._state.answered:  # (a resume continues one choice: a request for several is not resumed)
+            if exc.code() not in RESUMABLE or self.resumes >= self._settings.resumes or self._state.n > 1:
                 return None
             self.resumes += 1
             self._request.resume.CopyFrom(self._state.received.resume())
@@ -162,7 +187,7 @@ class GenerateStream(StreamBase):
                     self._call = self._start()
             self._state.check_complete()
         finally:
-            if self._state.result is None and not self._cancelled:
+            if self._state.results is None and not self._cancelled:
                 self._call.cancel()  # abandoned: the server aborts the request
 
     def cancel(self) -> None:
@@ -198,7 +223,7 @@ class AsyncGenerateStream(StreamBase):
                     self._call = self._start()
             self._state.check_complete()
         finally:
-            if self._state.result is None and not self._call.done():
+            if self._state.results is None and not self._call.done():
                 self._call.cancel()
 
     def cancel(self) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import grpc
 
 from saguaro.client.errors import ServiceError, ServiceUnavailableError, service_error
-from saguaro.client.requests import generate_request
-from saguaro.client.results import GenerateResult, health_json, load_json, model_info_json
+from saguaro.client.requests import PreparedRequest, takes_request_options
+from saguaro.client.results import GenerateResult, Health, Load, ModelInfo
 from saguaro.client.settings import ClientBase
 from saguaro.client.streams import GenerateStream
 from saguaro.v1 import inference_pb2 as pb
@@ -42,19 +41,16 @@ class Client(ClientBase):
         self._channel.close()
 
     # -- Generate ------------------------------------------------------------------------------
-    def stream(self, prompt: str | list[int], *, timeout: float | None = None, **options: Any) -> GenerateStream:
-        """Start a request; iterate the result for deltas. Options: ``max_tokens`` (None: the
-        server's default), ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop_token_ids``,
-        ``stop`` (stop strings), ``include_stop_str_in_output``, ``ignore_eos``,
-        ``draft_temperature``, ``mode`` ("ar" opts out of speculation; "sd", "ssd"),
-        ``request_id`` (for ``abort``), ``stream_tokens_individually``; ``timeout`` overrides the
-        client's deadline."""
-        request, prompt_ids = generate_request(prompt, **options)
-        return GenerateStream(self._stub, request, self._settings, timeout, prompt_ids)
+    @takes_request_options
+    def stream(self, prepared: PreparedRequest) -> GenerateStream:
+        """Start a request; iterate the returned stream for ``StreamDelta``s, then read its ``result``."""
+        return GenerateStream(self._stub, prepared, self._settings)
 
-    def generate(self, prompt: str | list[int], **options: Any) -> GenerateResult:
-        """Run one request to completion (same options as ``stream``)."""
-        stream = self.stream(prompt, **options)
+    @takes_request_options
+    def generate(self, prepared: PreparedRequest) -> GenerateResult | list[GenerateResult]:
+        """Run one request to completion: its ``GenerateResult`` (n > 1: the n choices' results, in
+        index order)."""
+        stream = GenerateStream(self._stub, prepared, self._settings)
         for _ in stream:
             pass
         return stream.result
@@ -71,26 +67,26 @@ class Client(ClientBase):
         """True if the request was running (its stream ends with finish_reason "abort")."""
         return self._unary(self._stub.Abort, pb.AbortRequest(request_id=request_id), timeout).found
 
-    def health(self, timeout: float | None = None) -> dict[str, Any]:
+    def health(self, timeout: float | None = None) -> Health:
         """Status, mode and whether the draft is connected."""
-        return health_json(self._unary(self._stub.Health, pb.HealthRequest(), timeout))
+        return Health.from_proto(self._unary(self._stub.Health, pb.HealthRequest(), timeout))
 
-    def load(self, timeout: float | None = None) -> dict[str, Any]:
+    def load(self, timeout: float | None = None) -> Load:
         """Load from Health: running and waiting requests, KV-cache usage, prefix-cache counters
         (a gateway sums its healthy targets')."""
-        return load_json(self._unary(self._stub.Health, pb.HealthRequest(), timeout))
+        return Load.from_proto(self._unary(self._stub.Health, pb.HealthRequest(), timeout))
 
-    def model_info(self, timeout: float | None = None) -> dict[str, Any]:
-        return model_info_json(self._unary(self._stub.ModelInfo, pb.ModelInfoRequest(), timeout))
+    def model_info(self, timeout: float | None = None) -> ModelInfo:
+        return ModelInfo.from_proto(self._unary(self._stub.ModelInfo, pb.ModelInfoRequest(), timeout))
 
-    def wait_until_ready(self, timeout: float = 60.0, want: tuple[str, ...] = ("serving",)) -> dict[str, Any]:
+    def wait_until_ready(self, timeout: float = 60.0, want: tuple[str, ...] = ("serving",)) -> Health:
         """Poll Health until its status is in ``want``; raises ServiceUnavailableError on timeout."""
         deadline = time.monotonic() + timeout
-        last: dict[str, Any] | str = "no answer"
+        last: Health | str = "no answer"
         while True:
             try:
                 health = self.health(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
-                if health["status"] in want:
+                if health.status in want:
                     return health
                 last = health
             except ServiceError as exc:

@@ -61,10 +61,10 @@ class InferenceServicer:
 
     def Generate(self, request, context):
         """Server-streaming generation: zero or more `delta` messages with new tokens, then exactly
-        one `final` message, then the stream ends with gRPC status OK. Errors detected before
-        the first delta (bad arguments, overload) are reported as a gRPC status instead
-        (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE); later errors as a final message with
-        FINISH_REASON_ERROR. A request with `resume` continues a stream that broke off: see Resume.
+        one `final` message (one per choice with GenerateRequest.n > 1), then the stream ends with
+        gRPC status OK. Errors detected before the first delta (bad arguments, overload) are
+        reported as a gRPC status instead (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE); later
+        errors as a final message with FINISH_REASON_ERROR. A request with `resume` continues a stream that broke off: see Resume.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,4 +1,5 @@
-"""The choices of one HTTP request: ``n`` per prompt, for one prompt or several.
+"""The choices of one request: ``n`` per prompt, for one prompt or several (the HTTP API), or
+``GenerateRequest.n`` of one prompt (the gRPC API).
 
 OpenAI numbers choices prompt-major, as vLLM does: choice ``p * n + j`` is the j-th sample of
 prompt p. Each choice is an upstream request of its own, but they are not independent work:
@@ -25,7 +26,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from saguaro.services.gateway.dispatch import Dispatch, Dispatcher
-from saguaro.services.gateway.openai_schema import OpenAIRequest
+from saguaro.services.gateway.errors import invalid
+from saguaro.services.gateway.openai_schema import MAX_N, OpenAIRequest
 from saguaro.v1 import inference_pb2 as pb
 
 SEED_SPACE = 2**64  # SamplingParams.seed is a uint64
@@ -47,22 +49,40 @@ def choice_seed(seed: int, j: int) -> int:
     return (seed + j) % SEED_SPACE
 
 
+def choice_count(request: pb.GenerateRequest) -> int:
+    """A gRPC request's ``n`` (0: one), checked: 1 to ``MAX_N``, as the HTTP API's; ``resume``
+    continues one stream, so it takes one choice."""
+    n = max(request.n, 1)
+    if n > MAX_N:
+        raise invalid(f"n must be between 1 and {MAX_N} (choices per request), got {n}", "n")
+    if n > 1 and request.HasField("resume"):
+        raise invalid(f"resume continues one choice's stream: n must be 0 or 1 with it, got {n}", "n")
+    return n
+
+
+def choice_request(request: pb.GenerateRequest, j: int, request_id: str) -> pb.GenerateRequest:
+    """The upstream request of a prompt's j-th choice: ``request`` (one completion, ``n`` unset,
+    as a target takes it) with the choice's seed and ``request_id``."""
+    out = pb.GenerateRequest()
+    out.CopyFrom(request)
+    out.ClearField("n")
+    out.request_id = request_id
+    if request.sampling.HasField("seed"):
+        out.sampling.seed = choice_seed(request.sampling.seed, j)
+    return out
+
+
 def upstream_requests(parsed: OpenAIRequest, request_id: str) -> list[tuple[int, pb.GenerateRequest]]:
     """``(prompt, upstream request)`` per choice, in choice order; prompts are filled in by
     ``Preparer.dispatch``. One choice keeps the client's request id; several get ``id-index``."""
     many = len(parsed.prompts) * parsed.n > 1
+    request = pb.GenerateRequest(sampling=parsed.sampling, decode_mode=parsed.decode_mode,
+                                 stream_tokens_individually=parsed.stream and parsed.tokens_individually)
     out = []
     for p in range(len(parsed.prompts)):
         for j in range(parsed.n):
-            sampling = pb.SamplingParams()
-            sampling.CopyFrom(parsed.sampling)
-            if parsed.sampling.HasField("seed"):
-                sampling.seed = choice_seed(parsed.sampling.seed, j)
             index = p * parsed.n + j
-            out.append((p, pb.GenerateRequest(
-                request_id=f"{request_id}-{index}" if many else request_id, sampling=sampling,
-                decode_mode=parsed.decode_mode,
-                stream_tokens_individually=parsed.stream and parsed.tokens_individually)))
+            out.append((p, choice_request(request, j, f"{request_id}-{index}" if many else request_id)))
     return out
 
 

@@ -2,19 +2,25 @@
 
 Differences a client may notice: the prompt is tokenised and validated here (errors name the
 field, e.g. ``sampling.max_tokens``); ``Health`` sums the load of the healthy targets;
-trailing metadata ``saguaro-target`` names the target that served a request, and refusals for
-overload carry ``retry-after`` (seconds) and ``grpc-retry-pushback-ms``.
+trailing metadata ``saguaro-target`` names the target that served a request (one per choice,
+comma-separated), and refusals for overload carry ``retry-after`` (seconds) and
+``grpc-retry-pushback-ms``. ``n`` > 1 (choices) is served here, as the HTTP API's ``n``
+(``choices.py``): each choice is an upstream request ``id-j``, and the stream interleaves their
+messages, each with its ``index``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from saguaro.services.gateway.admission import Ticket
+from saguaro.services.gateway.choices import Choice, choice_count, choice_request, merged
 from saguaro.services.gateway.errors import GatewayError
 from saguaro.services.gateway.prepare import scoped_request_id
 from saguaro.services.gateway.telemetry import GatewaySpan
@@ -58,16 +64,26 @@ def end_span(span: GatewaySpan | None, code: grpc.StatusCode, finals: Sequence[p
                     [PROTO_TO_FINISH.get(f.finish_reason, "stop") for f in finals])
 
 
+def _targets(choices: Sequence[Choice]) -> str:
+    """The ``saguaro-target`` trailer: the target of each choice, in choice order."""
+    return ",".join(c.dispatch.target or "" for c in choices)
+
+
 class GatewayInferenceService(pb_grpc.InferenceServicer):
     def __init__(self, gateway: "Gateway"):
         self.gateway = gateway
+        # A live request's upstream ids, by its id in its key's namespace, for ``Abort``: the
+        # choices of one with n > 1 run as ``id-0`` ... ``id-(n-1)``.
+        self.upstream_ids: dict[str, list[str]] = {}
 
     async def Generate(self, request: pb.GenerateRequest, context):
         gw = self.gateway
         started = time.perf_counter()
         code, message = grpc.StatusCode.OK, ""
-        dispatch = span = None
-        release = None
+        span = release = None
+        scoped_id = upstream_ids = None
+        choices: list[Choice] = []
+        tickets: list[Ticket] = []
         finals: list[pb.GenerateFinal] = []
         try:
             metadata = _metadata(context)
@@ -76,25 +92,35 @@ class GatewayInferenceService(pb_grpc.InferenceServicer):
                                      server=tracing.server_attributes(metadata.get(":authority"), gw.config.host, gw.grpc_port))
             preparer = gw.preparer()
             preparer.check_request_id(request.request_id)
+            n = choice_count(request)
             prompt = await preparer.tokenizer.run(preparer.prompt_from_proto, request)
             preparer.check_sampling(request.sampling, "sampling.")
             span.requested(**sampling_attributes(request.sampling))
-            release = gw.streams.acquire(key)
-            if not request.request_id:
-                request.request_id = gw.dispatcher.new_request_id()
+            release = gw.streams.acquire(key, n)
+            client_id = request.request_id or gw.dispatcher.new_request_id()
             remaining = context.time_remaining()
             timeout = min(remaining, gw.config.request_timeout_s) if remaining is not None else gw.config.request_timeout_s
-            dispatch = preparer.dispatch(request, prompt, timeout, "grpc", span, owner=key)
-            async for response in gw.dispatcher.stream(dispatch):
-                response.request_id = dispatch.client_id  # the targets saw it in the key's namespace
-                span.first_token()
-                if response.WhichOneof("kind") == "final":
-                    finals.append(response.final)
-                yield response
-            context.set_trailing_metadata((("saguaro-target", dispatch.target or ""),))
+            tickets = gw.dispatcher.admission.admit_many(n)
+            for j, ticket in enumerate(tickets):
+                upstream = choice_request(request, j, f"{client_id}-{j}" if n > 1 else client_id)
+                dispatch = preparer.dispatch(upstream, prompt, timeout, "grpc", span, owner=key)
+                dispatch.ticket = ticket
+                choices.append(Choice(j, 0, dispatch))
+            scoped_id = scoped_request_id(key, client_id)
+            upstream_ids = [c.dispatch.request.request_id for c in choices]
+            self.upstream_ids.setdefault(scoped_id, upstream_ids)  # (a duplicate id is refused upstream)
+            async with contextlib.aclosing(merged(gw.dispatcher, choices, n)) as messages:
+                async for choice, response in messages:
+                    response.request_id = client_id  # the targets saw the choice's id, in the key's namespace
+                    response.index = choice.index
+                    span.first_token()
+                    if response.WhichOneof("kind") == "final":
+                        finals.append(response.final)
+                    yield response
+            context.set_trailing_metadata((("saguaro-target", _targets(choices)),))
         except GatewayError as exc:
             code, message = exc.code, exc.message
-            trailer = [("saguaro-target", dispatch.target)] if dispatch is not None and dispatch.target else []
+            trailer = [("saguaro-target", _targets(choices))] if any(c.dispatch.target for c in choices) else []
             if exc.retry_after is not None:
                 trailer += [("retry-after", str(exc.retry_after)),
                             ("grpc-retry-pushback-ms", str(exc.retry_after * 1000))]
@@ -106,8 +132,12 @@ class GatewayInferenceService(pb_grpc.InferenceServicer):
             gw.metrics.requests.labels("grpc", code.name).inc()
             gw.metrics.duration.labels("grpc").observe(time.perf_counter() - started)
             end_span(span, code, finals, message)
+            if scoped_id is not None and self.upstream_ids.get(scoped_id) is upstream_ids:
+                del self.upstream_ids[scoped_id]
             if release is not None:
                 release()
+            for ticket in tickets:  # (choices that never started)
+                ticket.leave()
 
     async def Abort(self, request: pb.AbortRequest, context) -> pb.AbortResponse:
         try:
@@ -115,7 +145,10 @@ class GatewayInferenceService(pb_grpc.InferenceServicer):
         except GatewayError as exc:
             await context.abort(exc.code, exc.message)
         # only the caller's own requests: ids live in the key's namespace
-        return pb.AbortResponse(found=await self.gateway.dispatcher.abort(scoped_request_id(key, request.request_id)))
+        scoped_id = scoped_request_id(key, request.request_id)
+        found = await asyncio.gather(*(self.gateway.dispatcher.abort(upstream)
+                                       for upstream in self.upstream_ids.get(scoped_id, [scoped_id])))
+        return pb.AbortResponse(found=any(found))
 
     async def Health(self, request: pb.HealthRequest, context) -> pb.HealthResponse:
         """Open to everyone (probes): SERVING while a target serves; load summed over them."""

@@ -73,6 +73,14 @@ def sampling_from_proto(sampling: pb.SamplingParams, decode_mode: int, server_mo
     return params
 
 
+def check_one_choice(request: pb.GenerateRequest) -> None:
+    """A target decodes one completion per request: choices (``n``) are the gateway's, which
+    spreads them over its targets and shares the prompt's KV (docs/gateway.md "Several choices")."""
+    if request.n > 1:
+        raise InvalidRequestError(f"n must be 0 or 1 at a target (got n={request.n}): a target serves one choice "
+                                  "per request; send n > 1 to a gateway, or n requests")
+
+
 def prompt_from_proto(request: pb.GenerateRequest, tokenizer) -> list[int]:
     kind = request.WhichOneof("prompt")
     if kind is None:
@@ -146,6 +154,7 @@ class InferenceService(pb_grpc.InferenceServicer):
         arrival, request_id = record.arrival, record.request_id
         received = ReceivedOutput.of_request(request)  # a resumed stream continues after it
         try:
+            check_one_choice(request)
             with self._tokenizer_lock:
                 prompt = prompt_from_proto(request, self.tokenizer)
             params = sampling_from_proto(request.sampling, request.decode_mode, self.mode)

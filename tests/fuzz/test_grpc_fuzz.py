@@ -72,11 +72,12 @@ PROMPT = mostly(st.text(min_size=1, max_size=60).map(lambda t: {"prompt_text": t
 
 @fuzz_settings(LIVE)
 @given(prompt=PROMPT, sampling=SAMPLING, decode_mode=mostly(st.sampled_from([0, 1]), st.integers(-3, 8)),
-       individually=st.booleans(), request_id=mostly(st.just(""), st.text(max_size=300)))
+       individually=st.booleans(), request_id=mostly(st.just(""), st.text(max_size=300)),
+       n=mostly(st.sampled_from([0, 1, 2]), st.integers(0, 2**32 - 1)))
 def test_random_field_values_are_served_or_invalid_argument(channel, prompt, sampling, decode_mode, individually,
-                                                            request_id):
+                                                            request_id, n):
     request = pb.GenerateRequest(sampling=sampling, decode_mode=decode_mode, stream_tokens_individually=individually,
-                                 request_id=request_id, **(prompt or {}))
+                                 request_id=request_id, n=n, **(prompt or {}))
     try:
         messages = list(pb_grpc.InferenceStub(channel).Generate(request, timeout=60))
     except grpc.RpcError as error:

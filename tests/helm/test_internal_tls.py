@@ -351,7 +351,7 @@ def test_rendered_pods_serve_over_mtls_on_every_hop(render, k8s, tmp_path):
         grpc_port = next(p["containerPort"] for p in gateway_spec["ports"] if p["name"] == "grpc")
         with Client(f"127.0.0.1:{grpc_port}", timeout=60) as client:
             out = client.generate("def add(a, b):", max_tokens=8, ignore_eos=True)
-        assert len(out["token_ids"]) == 8
+        assert len(out.token_ids) == 8
     finally:
         gateway.stop()
         target.stop()

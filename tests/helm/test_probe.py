@@ -199,7 +199,7 @@ def test_rendered_pods_serve_and_pass_their_probes(render, k8s, tiny_model, tmp_
         grpc_port = next(p["containerPort"] for p in gateway_spec["ports"] if p["name"] == "grpc")
         with Client(f"127.0.0.1:{grpc_port}", timeout=60) as client:
             out = client.generate("def add(a, b):", max_tokens=8, ignore_eos=True)
-        assert len(out["token_ids"]) == 8
+        assert len(out.token_ids) == 8
     finally:
         gateway.stop()
         target.stop()
@@ -314,7 +314,7 @@ def test_two_colocated_draft_workers_serve_one_target(render, k8s, tiny_model, t
 
         with Client(f"127.0.0.1:{values['target']['port']}", timeout=60) as client:
             out = client.generate("def add(a, b):", max_tokens=8, ignore_eos=True)
-        assert len(out["token_ids"]) == 8
+        assert len(out.token_ids) == 8
     finally:
         if target is not None:
             target.stop()

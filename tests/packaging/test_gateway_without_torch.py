@@ -1,4 +1,5 @@
-"""The gateway process never loads torch: it routes, tokenises and proxies, and holds no tensors.
+"""The gateway process never loads torch: it routes, tokenises and proxies, and holds no tensors;
+nor does the client SDK (``saguaro.client``).
 
 torch costs seconds and hundreds of MB at start-up, which the gateway's image and its restarts
 should not pay. A clean interpreter imports the gateway's server module and must end without
@@ -18,21 +19,28 @@ REPO = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import json, sys
-import saguaro.services.gateway.server
-print(json.dumps({name: name in sys.modules for name in ("torch", "transformers")}))
+import {module}
+print(json.dumps({{name: name in sys.modules for name in ("torch", "transformers")}}))
 """
 
 
-def _loaded_after_import() -> dict[str, bool]:
-    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=REPO, timeout=120)
+def _loaded_after_import(module: str) -> dict[str, bool]:
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(module=module)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_importing_the_gateway_server_loads_no_torch():
-    loaded = _loaded_after_import()
+    loaded = _loaded_after_import("saguaro.services.gateway.server")
     assert not loaded["torch"], "importing saguaro.services.gateway.server imported torch"
     assert not loaded["transformers"], "the gateway imports transformers (which imports torch) at import time"
+
+
+def test_importing_the_client_sdk_loads_no_torch():
+    """An application that only calls a Saguaro endpoint must not pay for torch either."""
+    loaded = _loaded_after_import("saguaro.client")
+    assert loaded == {"torch": False, "transformers": False}, f"importing saguaro.client loaded {loaded}"
 
 
 def test_the_package_still_exports_its_names_on_first_use():

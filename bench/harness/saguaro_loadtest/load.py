@@ -137,7 +137,7 @@ async def send(client, workload: Workload, index: int, epoch: float) -> Outcome:
         finish = stream.result.finish_reason
         fallback = stream.result.stats.get("fallback_rounds", 0)
         if finish not in ("stop", "length"):
-            error = stream.result.get("error_message") or finish
+            error = stream.result.error_message or finish
     except ServiceError as exc:
         code, error = exc.code, f"{exc.code}: {exc}"
     received = list(stream.token_ids)

@@ -160,8 +160,8 @@ class Stack:
         try:
             while True:
                 try:
-                    drafts = all(c.health(timeout=2)["draft_connected"] for c, draft in clients if draft)
-                    if drafts and gateway.health(timeout=2)["message"] == want:
+                    drafts = all(c.health(timeout=2).draft_connected for c, draft in clients if draft)
+                    if drafts and gateway.health(timeout=2).message == want:
                         return
                 except ServiceError:
                     pass

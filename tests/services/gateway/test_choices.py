@@ -2,7 +2,8 @@
 `openai` client against a real gateway and target: greedy choices equal the one-choice answer,
 seeded choices are reproducible and differ from one another, streams interleave choices that
 all finish, running usage only grows and ends at the final usage, choices are numbered
-prompt-major, and n beyond the bound is a 400 naming it."""
+prompt-major, and n beyond the bound is a 400 naming it. The gRPC API's ``n`` likewise, through
+the SDK."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import grpc
 import openai
 import pytest
 
+from saguaro.client import AsyncClient, Client, InvalidArgumentError
 from saguaro.services.gateway.admission import Admission
 from saguaro.services.gateway.choices import Choice, choice_seed, merged, upstream_requests
 from saguaro.services.gateway.dispatch import Dispatch
@@ -23,6 +25,7 @@ from saguaro.services.gateway.api_models import MAX_N
 from saguaro.services.gateway.openai_schema import OpenAIRequest
 from saguaro.services.gateway.routing import HealthFilter, RouteRequest
 from saguaro.v1 import inference_pb2 as pb
+from saguaro.v1 import inference_pb2_grpc as pb_grpc
 
 CONTEXT = 64
 PROMPT = "def add(a, b):"
@@ -124,15 +127,70 @@ def test_the_other_choices_reuse_the_first_ones_prompt_kv(client, target):
     """They start once the first choice has prefilled the prompt, so they find its full blocks
     in the target's prefix cache (block size 16: a 40-token prompt has two full blocks)."""
     prompt = random.Random(14).choices(range(3, 500), k=40)  # a prompt no earlier test sent
-    before = target.client.load()["prefix_cache_hit_tokens"]
+    before = target.client.load().prefix_cache_hit_tokens
     client.completions.create(model="llama", prompt=prompt, max_tokens=2, temperature=0, n=3)
-    assert target.client.load()["prefix_cache_hit_tokens"] - before >= 2 * 32
+    assert target.client.load().prefix_cache_hit_tokens - before >= 2 * 32
 
 
 def test_n_above_the_bound_is_a_400_naming_it(client):
     with pytest.raises(openai.BadRequestError) as refused:
         client.completions.create(model="llama", prompt=PROMPT, max_tokens=2, n=MAX_N + 1)
     assert refused.value.body["param"] == "n" and f"less than or equal to {MAX_N}" in refused.value.body["message"]
+
+
+# -- n over gRPC (GenerateRequest.n), with the SDK ---------------------------------------------------
+@pytest.fixture(scope="module")
+def sdk(gateway):
+    with Client(gateway.grpc_address, timeout=60) as client:
+        yield client
+
+
+def test_grpc_greedy_choices_are_the_one_choice_result(sdk):
+    one = sdk.generate(PROMPT, max_tokens=8)
+    three = sdk.generate(PROMPT, max_tokens=8, n=3, request_id="three")
+    assert one.index is None and [r.index for r in three] == [0, 1, 2]
+    assert all(r.request_id == "three" and r.finish_reason == one.finish_reason for r in three)
+    assert [r.token_ids for r in three] == [one.token_ids] * 3 and [r.text for r in three] == [one.text] * 3
+    assert [r.usage.completion_tokens for r in three] == [one.usage.completion_tokens] * 3
+    assert [r.to_json()["index"] for r in three] == [0, 1, 2] and "index" not in one.to_json()
+
+
+def test_grpc_seeded_choices_are_reproducible_per_choice(sdk):
+    def sample() -> list[list[int]]:
+        return [r.token_ids for r in sdk.generate(PROMPT, max_tokens=12, temperature=2, seed=7, n=3)]
+
+    first = sample()
+    assert sample() == first
+    assert len({tuple(t) for t in first}) == 3  # seeds 7, 8, 9 at temperature 2: three different samples
+    assert sdk.generate(PROMPT, max_tokens=12, temperature=2, seed=9).token_ids == first[2]  # choice j: seed + j
+
+
+def test_grpc_streams_interleave_indexed_deltas(gateway):
+    async def run():
+        async with AsyncClient(gateway.grpc_address, timeout=60) as client:
+            stream = client.stream(PROMPT, max_tokens=16, n=2, stream_tokens_individually=True)
+            return [d async for d in stream], stream.result, await client.generate(PROMPT, max_tokens=16)
+
+    deltas, results, whole = asyncio.run(run())
+    indices = [d.index for d in deltas]
+    assert set(indices) == {0, 1} and indices != sorted(indices)  # interleaved
+    for result in results:
+        mine = [d for d in deltas if d.index == result.index]
+        assert [d.offset for d in mine] == list(range(len(mine)))  # each choice's offsets count its own tokens
+        assert [t for d in mine for t in d.token_ids] == result.token_ids == whole.token_ids
+
+
+def test_grpc_n_out_of_bounds_or_at_a_target_is_refused_naming_it(sdk, gateway, target):
+    with pytest.raises(InvalidArgumentError, match=f"n must be between 1 and {MAX_N}"):
+        sdk.generate(PROMPT, max_tokens=2, n=MAX_N + 1)
+    with grpc.insecure_channel(gateway.grpc_address) as channel:
+        resumed = pb.GenerateRequest(prompt_text=PROMPT, n=2, resume=pb.Resume(token_ids=[5]))
+        with pytest.raises(grpc.RpcError) as refused:
+            list(pb_grpc.InferenceStub(channel).Generate(resumed, timeout=30))
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "resume continues one choice's stream: n must be 0 or 1" in refused.value.details()
+    with pytest.raises(InvalidArgumentError, match="n must be 0 or 1 at a target"):
+        target.client.generate(PROMPT, max_tokens=2, n=2)
 
 
 # -- the parts, alone ------------------------------------------------------------------------------

@@ -1,17 +1,23 @@
-"""The gRPC client SDK against the gateway: typed results, retries before the first token,
+"""The gRPC client SDK against the gateway: typed results, keyword options, retries before the first token,
 cancellation that aborts on the target (sync break, async task cancel), API-key and W3C
 trace-context metadata reaching the target through the gateway."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import json
+import random
 import threading
+from dataclasses import is_dataclass
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from saguaro.client import AsyncClient, Client, GenerateResult, ServiceUnavailableError
+from saguaro.client import AsyncClient, Client, GenerateResult, ServiceUnavailableError, Usage
+from saguaro.errors import InvalidRequestError
 from saguaro.services.target.api import InferenceService
+from saguaro.v1 import inference_pb2 as pb
 
 
 class RecordingService(InferenceService):
@@ -26,7 +32,7 @@ class RecordingService(InferenceService):
 
 def idle(client: Client) -> bool:
     load = client.load()
-    return load["num_running"] + load["num_waiting"] == 0 and load["kv_cache_usage"] == 0
+    return load.num_running + load.num_waiting == 0 and load.kv_cache_usage == 0
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +44,67 @@ def test_results_are_typed_and_json_ready(target, start_gateway):
     gateway = start_gateway([target.address])
     with Client(gateway.grpc_address) as client:
         out = client.generate([3, 4, 5], max_tokens=3, request_id="typed-1")
-    assert isinstance(out, GenerateResult) and isinstance(out, dict)
-    assert out.request_id == "typed-1" and out.token_ids == out["token_ids"] and len(out.token_ids) == 3
-    assert out.finish_reason == "length" and out.usage["completion_tokens"] == 3
-    assert out.stats["mode"] == "ar" and out.timings["total_s"] > 0 and isinstance(out.text, str)
+        health, load, info = client.health(), client.load(), client.model_info()
+    assert isinstance(out, GenerateResult) and is_dataclass(out) and not isinstance(out, dict)
+    assert out.request_id == "typed-1" and len(out.token_ids) == 3 and isinstance(out.text, str)
+    assert out.finish_reason == "length" and out.stop_reason is None and out.index is None
+    assert out.usage == Usage(prompt_tokens=3, completion_tokens=3, total_tokens=6, cached_prompt_tokens=0)
+    assert out.stats["mode"] == "ar" and out.timings.total_s >= out.timings.time_to_first_token_s > 0
+    # to_json: what `saguaro generate --json` prints (the offline API's keys, usage with cached_prompt_tokens)
+    printed = json.loads(json.dumps(out.to_json()))
+    assert list(printed) == ["request_id", "prompt_token_ids", "token_ids", "text", "finish_reason", "timings",
+                             "stats", "usage", "stop_string", "logprobs", "prompt_logprobs"]
+    assert printed["token_ids"] == out.token_ids and printed["prompt_token_ids"] == [3, 4, 5]
+    assert printed["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6,
+                                "cached_prompt_tokens": 0}
+    assert list(printed["timings"]) == ["time_to_first_token_s", "total_s", "decode_tokens_per_s", "queue_s"]
+    assert health.status == "serving" and health.to_json()["status"] == "serving"
+    assert load.max_num_seqs == 8 and json.loads(json.dumps(load.to_json()))["max_num_seqs"] == 8
+    assert info.model_name == "llama" and info.to_json()["vocab_size"] == info.vocab_size == 500
+
+
+def test_usage_counts_the_prompt_tokens_the_prefix_cache_served(target, start_gateway):
+    """As the HTTP API's cached_tokens: a repeated prompt's full blocks (16 tokens) come from the
+    target's prefix cache; its last token is always computed."""
+    prompt = random.Random(31).choices(range(3, 500), k=40)  # a prompt no other test sends
+    gateway = start_gateway([target.address])
+    with Client(gateway.grpc_address) as client:
+        first = client.generate(prompt, max_tokens=2)
+        again = client.generate(prompt, max_tokens=2)
+    assert first.usage.cached_prompt_tokens == 0
+    assert again.usage == Usage(prompt_tokens=40, completion_tokens=2, total_tokens=42, cached_prompt_tokens=32)
+    assert again.to_json()["usage"]["cached_prompt_tokens"] == 32
+
+
+def test_every_sampling_field_is_a_keyword_and_a_typo_is_a_type_error():
+    """One keyword-only parameter per field of SamplingParams, on both clients' generate and
+    stream; a misspelt keyword fails before anything is sent, naming it."""
+    fields = {f.name for f in pb.SamplingParams.DESCRIPTOR.fields} - {"structured_output"}
+    for method in (Client.generate, Client.stream, AsyncClient.generate, AsyncClient.stream):
+        parameters = inspect.signature(method).parameters
+        keyword_only = {name for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        assert fields | {"n", "mode", "request_id", "timeout", "stream_tokens_individually"} == keyword_only, method
+        assert "max_tokens" in inspect.getdoc(method)
+    with Client("127.0.0.1:9") as client:
+        with pytest.raises(TypeError, match="'temprature'"):
+            client.generate([3], temprature=0.5)
+        with pytest.raises(InvalidRequestError, match="n must be at least 1"):
+            client.generate([3], n=0)
+
+
+def test_abort_stops_every_choice(target, start_gateway):
+    gateway = start_gateway([target.address])
+    with Client(gateway.grpc_address) as client:
+        stream = client.stream([8, 9, 10], max_tokens=1000, ignore_eos=True, n=2, request_id="both")
+        started, aborted = set(), False
+        for delta in stream:
+            started.add(delta.index)
+            if started == {0, 1} and not aborted:  # both choices run on the target
+                aborted = client.abort("both")
+    assert aborted
+    assert [r.index for r in stream.result] == [0, 1]
+    assert [r.finish_reason for r in stream.result] == ["abort", "abort"]
+    assert all(r.usage.completion_tokens == len(r.token_ids) < 1000 for r in stream.result)
 
 
 def test_requests_refused_before_the_first_token_are_retried(model_dirs, targets, start_gateway, metric, wait_until):
@@ -89,7 +152,7 @@ def test_cancelling_an_async_task_aborts_on_the_target(target, start_gateway, wa
 
             task = asyncio.create_task(consume())
             await started.wait()
-            assert target.client.load()["num_running"] == 1  # (the gateway's Health lags by a poll)
+            assert target.client.load().num_running == 1  # (the gateway's Health lags by a poll)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

@@ -113,7 +113,7 @@ def test_a_target_streams_a_snapshot_then_its_events(model_dirs, targets):
         files = stub.GetTokenizer(rpb.GetTokenizerRequest(), timeout=30)
         assert files.has_tokenizer and "tokenizer.json" in files.files
     load = target.client.load()
-    assert load["prefix_cache_queried_tokens"] >= len(prompt) and load["max_num_seqs"] == 8
+    assert load.prefix_cache_queried_tokens >= len(prompt) and load.max_num_seqs == 8
 
 
 def test_the_gateway_refuses_prefix_routing_with_another_block_size(model_dirs, targets, start_gateway, caplog):

@@ -17,7 +17,7 @@ import pytest
 from tests_support import hf_greedy
 
 from saguaro.net import free_port
-from saguaro.client import AsyncClient, Client, GenerateResult, StreamDelta
+from saguaro.client import AsyncClient, Client, GenerateResult, StreamDelta, Usage
 from saguaro.tokenizer import decode, load_tokenizer
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
@@ -157,8 +157,8 @@ def test_a_sigkilled_target_mid_stream_is_invisible_to_a_grpc_client(model_dirs,
     assert pieces(deltas) == unbroken  # same tokens, offsets and text chunks as an unbroken stream
     assert result.text == decode(tokenizer, expected)
     assert result.finish_reason == "length"
-    assert result.usage == {"prompt_tokens": len(PROMPT), "completion_tokens": MAX_TOKENS,
-                            "total_tokens": len(PROMPT) + MAX_TOKENS}
+    assert result.usage == Usage(prompt_tokens=len(PROMPT), completion_tokens=MAX_TOKENS,
+                                 total_tokens=len(PROMPT) + MAX_TOKENS, cached_prompt_tokens=0)
     assert metric(gateway, "saguaro_gateway_migrations_total", outcome="resumed") == 1
     assert sum(p.proc.poll() is not None for p in pods) == 1  # one pod did die mid-stream
 
@@ -214,9 +214,9 @@ def test_stop_tokens_hold_across_the_seam(model_dirs, targets, start_gateway, ex
                                           lambda: pods[serving_target(gateway, "stop")].close(),
                                           max_tokens=MAX_TOKENS, stop_token_ids=[expected[stop_at]], request_id="stop")
     assert result.token_ids == expected[:stop_at + 1]
-    assert (result.finish_reason, result["stop_token_id"]) == ("stop", expected[stop_at])
+    assert (result.finish_reason, result.stop_token_id) == ("stop", expected[stop_at])
     assert [d.offset for d in deltas] == list(range(stop_at + 1))
-    assert result.usage["completion_tokens"] == stop_at + 1
+    assert result.usage.completion_tokens == stop_at + 1
     assert metric(gateway, "saguaro_gateway_migrations_total", outcome="resumed") == 1
 
 
@@ -249,9 +249,9 @@ def test_a_spent_migration_budget_ends_the_stream_with_a_clear_error(model_dirs,
                 pods[serving_target(gateway, "doomed")].close()
     result = stream.result
     assert result.finish_reason == "error"
-    assert "not migrated" in result["error_message"] and "--max-migrations 1" in result["error_message"]
+    assert "not migrated" in result.error_message and "--max-migrations 1" in result.error_message
     assert result.token_ids == expected[:len(result.token_ids)] and len(result.token_ids) >= 8
-    assert result.usage["completion_tokens"] == len(result.token_ids)
+    assert result.usage.completion_tokens == len(result.token_ids)
     assert metric(gateway, "saguaro_gateway_migrations_total", outcome="resumed") == 1
     assert metric(gateway, "saguaro_gateway_migrations_total", outcome="exhausted") == 1
 
@@ -297,4 +297,4 @@ def test_the_sdk_resumes_on_a_restarted_gateway_after_a_sigkill(kind, model_dirs
     assert result.token_ids == expected
     assert pieces(deltas) == unbroken
     assert result.text == decode(tokenizer, expected)
-    assert result.usage["completion_tokens"] == MAX_TOKENS and result.finish_reason == "length"
+    assert result.usage.completion_tokens == MAX_TOKENS and result.finish_reason == "length"

@@ -176,15 +176,15 @@ def test_the_sdk_streams_the_targets_logprobs_over_grpc(gateway, target):
     scored = [s for d in deltas for s in d.logprobs]
     assert [s.token_id for s in scored] == tokens
     assert all(abs(s.logprob - ref[len(prompt) - 1 + i][s.token_id].item()) <= TOL for i, s in enumerate(scored))
-    assert all(list(s.top_token_ids) == ref[len(prompt) - 1 + i].topk(2).indices.tolist() for i, s in enumerate(scored))
+    assert all(s.top_ids == ref[len(prompt) - 1 + i].topk(2).indices.tolist() for i, s in enumerate(scored))
     assert [s.token_id for s in deltas[0].prompt_logprobs] == prompt[1:]
     assert all(abs(s.logprob - ref[j][s.token_id].item()) <= TOL for j, s in enumerate(deltas[0].prompt_logprobs))
     # the result carries them as the offline API's RequestOutput does (one JSON shape); None when not asked
     with Client(gateway.grpc_address, timeout=60) as sdk:
         result = sdk.generate(prompt, max_tokens=MAX_TOKENS, logprobs=2, prompt_logprobs=1)
         plain = sdk.generate(prompt, max_tokens=MAX_TOKENS)
-    assert [e["token_id"] for e in result["logprobs"]] == tokens
-    assert [e["logprob"] for e in result["logprobs"]] == [s.logprob for s in scored]
-    assert [e["top_ids"] for e in result["logprobs"]] == [list(s.top_token_ids) for s in scored]
-    assert [e["token_id"] for e in result["prompt_logprobs"]] == prompt[1:]
-    assert plain["logprobs"] is None and plain["prompt_logprobs"] is None
+    assert result.logprobs == scored and [e.token_id for e in result.logprobs] == tokens
+    assert [e.token_id for e in result.prompt_logprobs] == prompt[1:]
+    assert result.to_json()["logprobs"][0] == {"token_id": tokens[0], "logprob": scored[0].logprob,
+                                               "top_ids": scored[0].top_ids, "top_logprobs": scored[0].top_logprobs}
+    assert plain.logprobs is None and plain.prompt_logprobs is None

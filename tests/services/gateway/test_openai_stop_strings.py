@@ -77,8 +77,8 @@ def test_the_sdk_passes_stop_strings_and_reports_the_match(gateway, client):
         out = sdk.generate(PROMPT, max_tokens=MAX_TOKENS, stop=stop, include_stop_str_in_output=True)
         streamed = "".join(d.text for d in sdk.stream(PROMPT, max_tokens=MAX_TOKENS, stop=[stop],
                                                       stream_tokens_individually=True))
-    assert out.text == text[:text.find(stop)] + stop and out["stop_string"] == stop
-    assert out.finish_reason == "stop" and "stop_token_id" not in out
+    assert out.text == text[:text.find(stop)] + stop and out.stop_string == stop
+    assert out.finish_reason == "stop" and out.stop_token_id is None and out.stop_reason == stop
     assert streamed == text[:text.find(stop)]
 
 

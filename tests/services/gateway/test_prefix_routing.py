@@ -52,7 +52,7 @@ class Workload:
     def run(self, gateways: list, pods, http, rounds: int = ROUNDS, between=None) -> Outcome:
         """``rounds`` rounds over all tenants in random order, cycling through ``gateways``;
         ``between(i)`` runs before request i (fault injection)."""
-        before = sum(p.client.load()["prefix_cache_hit_tokens"] for p in pods)
+        before = sum(p.client.load().prefix_cache_hit_tokens for p in pods)
         failures, sent, placements = 0, 0, {}
         for _ in range(rounds):
             order = list(range(TENANTS))
@@ -66,7 +66,7 @@ class Workload:
                     failures += 1
                     continue
                 placements.setdefault(tenant, set()).add(reply.headers["x-saguaro-target"])
-        after = sum(p.client.load()["prefix_cache_hit_tokens"] for p in pods)
+        after = sum(p.client.load().prefix_cache_hit_tokens for p in pods)
         return Outcome((after - before) / (sent * PREFIX_TOKENS), failures, placements)
 
     def _send(self, gateway, http, tenant: int):

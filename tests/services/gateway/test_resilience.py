@@ -22,12 +22,12 @@ SLOW_FORWARD_S = 0.4  # every forward of the slow targets takes this long (emula
 
 def load_of(client: Client) -> int:
     load = client.load()
-    return load["num_running"] + load["num_waiting"]
+    return load.num_running + load.num_waiting
 
 
 def idle(client: Client) -> bool:
     load = client.load()
-    return load["num_running"] == load["num_waiting"] == 0 and load["kv_cache_usage"] == 0
+    return load.num_running == load.num_waiting == 0 and load.kv_cache_usage == 0
 
 
 def test_a_pod_killed_before_the_first_token_is_retried_on_another(model_dirs, children, reference, metric,
@@ -196,9 +196,9 @@ def test_targets_come_and_go_without_a_restart(fast_target, model_dirs, targets,
     with Client(gateway.grpc_address) as client:
         for _ in range(4):
             assert client.generate([3, 4, 5], max_tokens=2).finish_reason == "length"
-        assert client.health()["message"] == "1 of 1 targets healthy"
+        assert client.health().message == "1 of 1 targets healthy"
     assert metric(gateway, "saguaro_gateway_target_healthy", target=fast_target.address) == 0  # series removed
-    assert newcomer.client.load()["prefix_cache_queried_tokens"] >= 4 * 3  # it served them all
+    assert newcomer.client.load().prefix_cache_queried_tokens >= 4 * 3  # it served them all
 
 
 STREAMS = 64
@@ -232,7 +232,7 @@ def test_streams_at_the_target_limit_are_served_and_readiness_holds(model_dirs, 
     ready, health = [], []
     while any(thread.is_alive() for thread in threads):
         ready.append(http(gateway.http_url + "/readyz").status)
-        health.append(target.client.health(timeout=5)["status"])
+        health.append(target.client.health(timeout=5).status)
         time.sleep(0.05)
     for thread in threads:
         thread.join()

@@ -57,10 +57,10 @@ def test_api_keys_guard_both_apis_but_not_the_probes(target, start_gateway, http
     with Client(gateway.grpc_address) as anonymous:
         with pytest.raises(AuthenticationError, match="missing API key"):
             anonymous.generate([3, 4], max_tokens=2)
-        assert anonymous.health()["status"] == "serving"  # probes need no key
+        assert anonymous.health().status == "serving"  # probes need no key
     with Client(gateway.grpc_address, api_key="key-one") as client:
         assert client.generate([3, 4], max_tokens=2).finish_reason == "length"
-        assert client.model_info()["model_name"] == "llama"
+        assert client.model_info().model_name == "llama"
 
 
 # -- TLS on the public ports -----------------------------------------------------------------------

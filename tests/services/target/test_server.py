@@ -10,7 +10,7 @@ import grpc
 import pytest
 from tests_support import make_prompts
 
-from saguaro.client import InvalidArgumentError
+from saguaro.client import Health, InvalidArgumentError, Usage
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
 
@@ -57,17 +57,18 @@ def test_generate_matches_the_ar_engine(servers, reference, mode):
     expected = reference(prompts, MAX_TOKENS)
     for prompt, want in zip(prompts, expected):
         deltas, out = run_stream(servers[mode].client, prompt, max_tokens=MAX_TOKENS)
-        assert out["token_ids"] == want
+        assert out.token_ids == want
         assert [t for d in deltas for t in d.token_ids] == want
         assert [d.offset for d in deltas] == [sum(len(e.token_ids) for e in deltas[:i]) for i in range(len(deltas))]
         assert all(d.token_ids for d in deltas) and deltas[0].round == 0
         n = len(want)
-        assert out["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": n, "total_tokens": len(prompt) + n}
-        assert out["finish_reason"] in ("stop", "length") and out["prompt_token_ids"] == prompt
-        timings = out["timings"]
-        assert 0 <= timings["queue_s"] <= timings["time_to_first_token_s"] <= timings["total_s"]
+        assert out.usage == Usage(prompt_tokens=len(prompt), completion_tokens=n, total_tokens=len(prompt) + n,
+                                  cached_prompt_tokens=0)  # (a new prompt: nothing in the prefix cache)
+        assert out.finish_reason in ("stop", "length") and out.prompt_token_ids == prompt
+        timings = out.timings
+        assert 0 <= timings.queue_s <= timings.time_to_first_token_s <= timings.total_s
 
-        stats = out["stats"]
+        stats = out.stats
         assert stats["mode"] == mode
         # the prefill commits the first token; every later token comes from a decode round
         assert stats["rounds"] == sum(stats["tokens_per_round_histogram"]) >= 1
@@ -92,17 +93,17 @@ def test_generate_matches_the_ar_engine(servers, reference, mode):
 
 def test_an_identical_draft_is_accepted(sd_server):
     _, out = run_stream(sd_server.client, make_prompts(1, 500, seed=12)[0], max_tokens=12, ignore_eos=True)
-    assert out["stats"]["tokens_per_round"] > 2  # a copy of the target: most proposals pass
+    assert out.stats["tokens_per_round"] > 2  # a copy of the target: most proposals pass
 
 
 def test_text_prompt_streams_one_token_per_message(ssd_server, reference):
     deltas, out = run_stream(ssd_server.client, "def add(a, b):", max_tokens=12, stream_tokens_individually=True)
     want = reference(["def add(a, b):"], 12)[0]
-    assert out["token_ids"] == want
+    assert out.token_ids == want
     assert [d.token_ids for d in deltas] == [[t] for t in want]
     assert [d.offset for d in deltas] == list(range(len(want)))
     text = reference.tokenizer.decode(want, skip_special_tokens=True)
-    assert "".join(d.text for d in deltas) == out["text"] == text
+    assert "".join(d.text for d in deltas) == out.text == text
 
 
 def test_concurrent_requests_share_the_loop(ssd_server, reference):
@@ -111,7 +112,7 @@ def test_concurrent_requests_share_the_loop(ssd_server, reference):
     results: dict[int, list[int]] = {}
 
     def worker(i: int) -> None:
-        results[i] = ssd_server.client.generate(prompts[i], max_tokens=MAX_TOKENS)["token_ids"]
+        results[i] = ssd_server.client.generate(prompts[i], max_tokens=MAX_TOKENS).token_ids
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
     for t in threads:
@@ -124,8 +125,8 @@ def test_concurrent_requests_share_the_loop(ssd_server, reference):
 def test_a_request_may_opt_out_to_ar(ssd_server, reference):
     prompt = make_prompts(1, 500, seed=14)[0]
     out = ssd_server.client.generate(prompt, max_tokens=MAX_TOKENS, mode="ar")
-    assert out["token_ids"] == reference([prompt], MAX_TOKENS)[0]
-    stats = out["stats"]
+    assert out.token_ids == reference([prompt], MAX_TOKENS)[0]
+    stats = out.stats
     assert stats["mode"] == "ar" and stats["transport"] == "" and stats["draft_tokens"] == 0
     assert stats["lookahead_k"] == 0 and stats["cache_hits"] + stats["cache_misses"] == 0
 
@@ -144,7 +145,7 @@ def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(ssd_server, 
     with pytest.raises(InvalidArgumentError, match=message) as info:
         ssd_server.client.generate(prompt, **options)
     assert info.value.code == "INVALID_ARGUMENT"
-    assert ssd_server.client.generate([7, 8, 9], max_tokens=4)["token_ids"] == reference([[7, 8, 9]], 4)[0]
+    assert ssd_server.client.generate([7, 8, 9], max_tokens=4).token_ids == reference([[7, 8, 9]], 4)[0]
 
 
 def test_missing_prompt_and_text_without_tokenizer_are_refused(ssd_server):
@@ -191,11 +192,11 @@ def test_abort_ends_a_running_request(ar_server):
 
     deltas = _first_delta_then(stream, abort)
     assert found == [True]
-    assert stream.result["finish_reason"] == "abort"
-    assert stream.result["usage"]["completion_tokens"] == len(stream.result["token_ids"]) < 1000
-    assert [t for d in deltas for t in d.token_ids] == stream.result["token_ids"]
+    assert stream.result.finish_reason == "abort"
+    assert stream.result.usage.completion_tokens == len(stream.result.token_ids) < 1000
+    assert [t for d in deltas for t in d.token_ids] == stream.result.token_ids
     assert client.abort("long-1") is False and client.abort("never-seen") is False
-    assert client.generate([5, 6, 7], max_tokens=2, request_id="long-1")["finish_reason"] == "length"
+    assert client.generate([5, 6, 7], max_tokens=2, request_id="long-1").finish_reason == "length"
 
 
 def test_client_cancel_aborts_the_request_in_the_engine(ar_server):
@@ -209,33 +210,33 @@ def test_client_cancel_aborts_the_request_in_the_engine(ar_server):
 
 
 def test_health_and_model_info(ar_server, ssd_server):
-    assert ar_server.client.health() == {"status": "serving", "draft_connected": False, "mode": "ar", "message": ""}
+    assert ar_server.client.health() == Health(status="serving", draft_connected=False, mode="ar", message="")
     info = ar_server.client.model_info()
-    assert info["model_name"] == "llama" and info["architecture"] == "LlamaForCausalLM"
-    assert info["vocab_size"] == 500 and info["max_model_len"] == 1024 and info["dtype"] == "float32"
-    assert info["decode_mode"] == "ar" and info["lookahead_k"] == 0 and info["draft_model_name"] == ""
-    assert info["has_tokenizer"] and info["eos_token_ids"]
+    assert info.model_name == "llama" and info.architecture == "LlamaForCausalLM"
+    assert info.vocab_size == 500 and info.max_model_len == 1024 and info.dtype == "float32"
+    assert info.decode_mode == "ar" and info.lookahead_k == 0 and info.draft_model_name == ""
+    assert info.has_tokenizer and info.eos_token_ids
 
-    assert ssd_server.client.health() == {"status": "serving", "draft_connected": True, "mode": "ssd", "message": ""}
+    assert ssd_server.client.health() == Health(status="serving", draft_connected=True, mode="ssd", message="")
     info = ssd_server.client.model_info()
-    assert info["decode_mode"] == "ssd" and info["lookahead_k"] == K and info["fan_out"] == 2
-    assert info["fan_out_list"] == [2] * (K + 1) and info["draft_model_name"] == "llama_draft_perturbed"
+    assert info.decode_mode == "ssd" and info.lookahead_k == K and info.fan_out == 2
+    assert info.fan_out_list == [2] * (K + 1) and info.draft_model_name == "llama_draft_perturbed"
 
 
 def test_health_is_degraded_once_the_draft_dies(model_dirs, reference, serve_model, start_draft):
     draft = start_draft(model_dirs["llama_draft_perturbed"])
     served = serve_model(model_dirs["llama"], "ssd", draft_address=draft.address, draft_timeout_s=2.0)
     try:
-        assert served.client.health()["status"] == "serving"
+        assert served.client.health().status == "serving"
         prompt = make_prompts(1, 500, seed=15)[0]
-        assert served.client.generate(prompt, max_tokens=6)["stats"]["fallback_rounds"] == 0
+        assert served.client.generate(prompt, max_tokens=6).stats["fallback_rounds"] == 0
         draft.stop()
         out = served.client.generate(prompt, max_tokens=MAX_TOKENS)
-        assert out["token_ids"] == reference([prompt], MAX_TOKENS)[0]  # still exact, decoded without the draft
-        assert out["stats"]["fallback_rounds"] > 0
+        assert out.token_ids == reference([prompt], MAX_TOKENS)[0]  # still exact, decoded without the draft
+        assert out.stats["fallback_rounds"] > 0
         health = served.client.health()
-        assert health == {"status": "degraded", "draft_connected": False, "mode": "ar",
-                          "message": "draft unavailable, decoding without speculation"}
+        assert health == Health(status="degraded", draft_connected=False, mode="ar",
+                                message="draft unavailable, decoding without speculation")
     finally:
         served.close()
 

@@ -97,7 +97,7 @@ def stack(model_dirs, pki, tmp_path_factory):
             while True:
                 assert target.poll() is None and draft.poll() is None, f"a service exited; see {logs}"
                 try:
-                    if client.health()["draft_connected"]:
+                    if client.health().draft_connected:
                         break
                 except ServiceUnavailableError:
                     pass

@@ -175,7 +175,7 @@ def test_a_killed_draft_is_restarted_and_every_stream_completes_exactly(model_di
             while time.monotonic() < deadline:
                 again = client.generate(prompts[0], max_tokens=16, ignore_eos=True)
                 assert again.token_ids == plain[0][:16]
-                if target.health()["draft_connected"] and again.stats["spec_rounds"] > 0:
+                if target.health().draft_connected and again.stats["spec_rounds"] > 0:
                     break
                 time.sleep(0.5)
         assert again.stats["spec_rounds"] > 0, "\n".join(l for l in out.lines[-30:] if l is not None)
