@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 from saguaro.services.gateway.dispatch import Dispatch, Dispatcher
 from saguaro.services.gateway.errors import invalid
-from saguaro.services.gateway.openai_schema import MAX_N, OpenAIRequest
+from saguaro.services.gateway.api_models import MAX_N
+from saguaro.services.gateway.openai_schema import OpenAIRequest
 from saguaro.v1 import inference_pb2 as pb
 
 SEED_SPACE = 2**64  # SamplingParams.seed is a uint64
