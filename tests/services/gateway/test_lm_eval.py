@@ -1,12 +1,13 @@
 """lm-evaluation-harness against the gateway, unchanged: its ``local-completions`` model (what
 people point at an OpenAI-compatible server) scores a multiple-choice task (loglikelihoods:
 ``echo`` + ``logprobs`` over token-id prompts) and a ``generate_until`` task (greedy with stop
-strings) exactly as transformers does on the same weights, on an SSD target. (lm_eval's own
-``hf`` model would be the natural reference, but it needs ``accelerate``, which the environment
-lacks; the reference below feeds transformers lm_eval's own tokenization of each request.)
+strings) on an SSD target exactly as lm_eval's own ``hf`` model (``HFLM``: transformers, fp32,
+CPU) scores them on the same weights: every metric, and every sample's answer, within 1e-4.
 
-Everything is local: the tasks are YAML files and JSONL datasets written by the test, the
-tokenizer is the tiny model's folder, and the hub is off."""
+Both runs tokenize with the tiny model's tokenizer, which adds no special tokens; the
+local-completions model sends token ids, which the gateway passes on as given (as vLLM does), so
+the two models see the same tokens. Everything is local: the tasks are YAML files and JSONL
+datasets written by the test, and the hub is off."""
 
 from __future__ import annotations
 
@@ -14,13 +15,11 @@ import json
 import os
 
 import pytest
-import torch
 
-from tests_support import hf_greedy, hf_logits
-
-pytestmark = pytest.mark.slow  # two full lm_eval runs (the hf model's included) over a real stack
+pytestmark = pytest.mark.slow  # two full lm_eval runs (one through a real SSD stack)
 
 TOL = 1e-4
+TASKS = ["saguaro_mc", "saguaro_gen"]
 MC = [
     {"question": "The sky is", "choices": [" blue", " green", " made of cheese"], "answer": 0},
     {"question": "Two plus two equals", "choices": [" four", " five"], "answer": 0},
@@ -51,62 +50,50 @@ def gateway(model_dirs, module_targets, module_draft_services, start_module_gate
     return start_module_gateway([module_targets(model_dirs["llama"], "ssd", draft_address).address])
 
 
-def evaluate(lm, tasks_dir) -> dict:
+def evaluate(model, tasks_dir, **model_kwargs) -> dict:
+    """One lm_eval run over both tasks, seeded, keeping every sample."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    return lm_eval.simple_evaluate(model=lm, tasks=["saguaro_mc", "saguaro_gen"],
-                                   task_manager=TaskManager(include_path=str(tasks_dir)), log_samples=True,
-                                   random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+    return lm_eval.simple_evaluate(model=model, tasks=TASKS, task_manager=TaskManager(include_path=str(tasks_dir)),
+                                   log_samples=True, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
+                                   fewshot_random_seed=0, **model_kwargs)
 
 
 def samples(result: dict, task: str) -> list[dict]:
     return sorted(result["samples"][task], key=lambda s: s["doc_id"])
 
 
-def reference_loglikelihood(model_dir: str, context: list[int], continuation: list[int]) -> tuple[float, bool]:
-    """What lm_eval's hf model computes: the continuation's summed log probability under the
-    target, and whether it is the greedy continuation."""
-    logprobs = torch.log_softmax(hf_logits(model_dir, context + continuation).double(), dim=-1)
-    rows = logprobs[len(context) - 1: len(context) + len(continuation) - 1]
-    target = torch.tensor(continuation)
-    return rows.gather(-1, target[:, None]).sum().item(), bool((rows.argmax(-1) == target).all())
+def assert_same_answers(ours: dict, reference: dict) -> None:
+    """Every request of every document got the same answer: loglikelihoods within TOL and the
+    same is-greedy flag; generated text identical."""
+    for task in TASKS:
+        pairs = list(zip(samples(ours, task), samples(reference, task), strict=True))
+        assert len(pairs) == (len(MC) if task == "saguaro_mc" else len(GEN))
+        for got, want in pairs:
+            assert got["arguments"] == want["arguments"]
+            for got_resp, want_resp in zip(got["resps"], want["resps"], strict=True):
+                if task == "saguaro_mc":
+                    (got_ll, got_greedy), (want_ll, want_greedy) = got_resp[0], want_resp[0]
+                    assert abs(float(got_ll) - float(want_ll)) <= TOL and bool(got_greedy) == bool(want_greedy)
+                else:
+                    assert got_resp == want_resp
 
 
-def test_lm_eval_scores_through_the_gateway_equal_transformers(gateway, model_dirs, tmp_path, monkeypatch):
-    """The reference is transformers on the same weights, fed lm_eval's own tokenization of each
-    request (``_encode_pair``), as lm_eval's ``hf`` model does it."""
-    from lm_eval.api.registry import get_model
-
+def test_lm_eval_scores_through_the_gateway_equal_lm_evals_hf_model(gateway, model_dirs, tmp_path, monkeypatch):
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.setenv(name, "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
     write_tasks(tmp_path)
     model_dir = model_dirs["llama"]
-    lm = get_model("local-completions")(base_url=gateway.http_url + "/v1/completions",
-                                        model=os.path.basename(model_dir), tokenizer=model_dir,
-                                        tokenizer_backend="huggingface", max_retries=1)
-    result = evaluate(lm, tmp_path)
-    assert len(samples(result, "saguaro_mc")) == len(MC) and len(samples(result, "saguaro_gen")) == len(GEN)
-    correct, correct_norm = [], []
-    for sample, doc in zip(samples(result, "saguaro_mc"), MC):
-        scored = []
-        for (context, continuation), resp in zip(sample["arguments"], sample["resps"]):
-            ll, greedy = reference_loglikelihood(model_dir, *lm._encode_pair(context, continuation))
-            assert abs(float(resp[0][0]) - ll) <= TOL and resp[0][1] == greedy
-            scored.append((ll, len(continuation.encode())))
-        correct.append(max(range(len(scored)), key=lambda i: scored[i][0]) == doc["answer"])
-        correct_norm.append(max(range(len(scored)), key=lambda i: scored[i][0] / scored[i][1]) == doc["answer"])
-    mc = result["results"]["saguaro_mc"]
-    assert abs(mc["acc,none"] - sum(correct) / len(MC)) <= TOL
-    assert abs(mc["acc_norm,none"] - sum(correct_norm) / len(MC)) <= TOL
-    matches = []
-    for sample, doc in zip(samples(result, "saguaro_gen"), GEN):
-        context, options = sample["arguments"][0]
-        prompt = lm.tok_encode(context)
-        text = lm.tokenizer.decode(hf_greedy(model_dir, prompt, options["max_gen_toks"]))
-        for stop in options["until"]:
-            text = text.split(stop)[0]
-        assert sample["resps"][0][0] == text
-        matches.append(text.strip() == doc["target"].strip())
-    assert abs(result["results"]["saguaro_gen"]["exact_match,none"] - sum(matches) / len(GEN)) <= TOL
+    ours = evaluate("local-completions", tmp_path, model_args=dict(
+        base_url=gateway.http_url + "/v1/completions", model=os.path.basename(model_dir), tokenizer=model_dir,
+        tokenizer_backend="huggingface", max_retries=1))
+    reference = evaluate("hf", tmp_path, model_args=f"pretrained={model_dir},dtype=float32,device=cpu", batch_size=1)
+    assert_same_answers(ours, reference)
+    for task in TASKS:
+        metrics = {k: v for k, v in reference["results"][task].items() if k != "alias"}
+        assert metrics and set(ours["results"][task]) - {"alias"} == set(metrics)
+        for key, value in metrics.items():
+            got = ours["results"][task][key]
+            assert (got == value) if isinstance(value, str) else abs(got - value) <= TOL, (task, key, got, value)
