@@ -47,6 +47,18 @@ def hf_greedy(model_dir: str, prompt: list[int], max_new_tokens: int) -> list[in
     return out[0, len(prompt):].tolist()
 
 
+def add_bos(model_dir) -> None:
+    """Make the tokenizer in ``model_dir`` prepend ``<|bos|>`` (id 0) to every text, as Llama 3's
+    does (the tiny models' own tokenizer adds no special tokens)."""
+    from tokenizers import Tokenizer, processors
+
+    path = f"{model_dir}/tokenizer.json"
+    backend = Tokenizer.from_file(path)
+    backend.post_processor = processors.TemplateProcessing(single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B",
+                                                           special_tokens=[("<|bos|>", 0)])
+    backend.save(path)
+
+
 def hf_logits(model_dir: str, token_ids: list[int]) -> torch.Tensor:
     """Logits at every position of ``token_ids`` ([T, V], fp32)."""
     with torch.inference_mode():

@@ -95,6 +95,7 @@ class GatewayInferenceService(pb_grpc.InferenceServicer):
             n = choice_count(request)
             prompt = await preparer.tokenizer.run(preparer.prompt_from_proto, request)
             preparer.check_sampling(request.sampling, "sampling.")
+            preparer.check_mode(request.decode_mode, "decode_mode")
             span.requested(**sampling_attributes(request.sampling))
             release = gw.streams.acquire(key, n)
             client_id = request.request_id or gw.dispatcher.new_request_id()

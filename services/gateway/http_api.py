@@ -200,6 +200,7 @@ class OpenAIApi:
                                        gw.config.http_body_timeout_s)
             parsed = await preparer.tokenizer.run(_parse_body, kind, raw, preparer)
             span.requested(**sampling_attributes(parsed.sampling))
+            preparer.check_mode(parsed.decode_mode, "mode")
             count = len(parsed.prompts) * parsed.n
             release = gw.streams.acquire(key, count)
             request_id = request.headers.get("x-request-id") or gw.dispatcher.new_request_id()

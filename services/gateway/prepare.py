@@ -26,6 +26,7 @@ from saguaro.services.gateway.migration import resumed_prompt
 from saguaro.services.gateway.telemetry import GatewaySpan
 from saguaro.services.gateway.tokenization import GatewayTokenizer
 from saguaro.v1 import inference_pb2 as pb
+from saguaro.wire import PROTO_TO_MODE
 
 MAX_REQUEST_ID_CHARS = 256
 TEXT_SLACK = 4  # the byte limit on text allows this many times the bytes a full context can hold
@@ -40,6 +41,7 @@ class ModelFacts:
     max_model_len: int
     vocab_size: int
     aliases: tuple[str, ...] = ()  # further names requests may use (the other --served-model-name)
+    decode_mode: int = pb.DECODE_MODE_DEFAULT  # the targets' own mode (DEFAULT: not known)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -154,6 +156,16 @@ class Preparer:
             check_stop_strings(sampling.stop)
         except InvalidRequestError as exc:
             raise invalid(str(exc), f"{prefix}stop") from None
+
+    def check_mode(self, decode_mode: int, param: str) -> None:
+        """A request may ask for AR or the targets' own mode (the target refuses another, but
+        its refusal could not name the field)."""
+        served = self.facts.decode_mode
+        if decode_mode in (pb.DECODE_MODE_SD, pb.DECODE_MODE_SSD) and served not in (pb.DECODE_MODE_DEFAULT,
+                                                                                    decode_mode):
+            mode, own = PROTO_TO_MODE[decode_mode], PROTO_TO_MODE.get(served, "ar")
+            raise invalid(f"{param}: this deployment decodes with mode {own!r}; a request may ask for "
+                          f"{'ar' if own == 'ar' else 'ar or ' + repr(own)} or leave it unset, not {mode!r}", param)
 
     def check_max_tokens(self, value: int, param: str) -> None:
         limit = self.facts.max_model_len

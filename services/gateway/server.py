@@ -175,7 +175,7 @@ class Gateway:
                 continue
             info = target.model_info
             facts = ModelFacts(self.config.model_name or info.model_name, info.max_model_len, info.vocab_size,
-                               tuple(self.config.model_aliases))
+                               tuple(self.config.model_aliases), info.decode_mode)
             defaults = self._generation_defaults(info.generation_config)
             self._preparer = Preparer(facts, tokenizer, self.config.block_size, self.config.max_prefix_blocks,
                                       defaults)

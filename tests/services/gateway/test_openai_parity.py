@@ -14,7 +14,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from tests_support import hf_greedy
+from tests_support import add_bos, hf_greedy
 
 from saguaro.tokenizer import load_tokenizer
 
@@ -30,13 +30,8 @@ MESSAGES = [{"role": "system", "content": "You write Python."}, {"role": "user",
 
 def _vllm_like(source: str, folder: Path) -> str:
     """``source`` copied to ``folder`` with a BOS-adding tokenizer, no chat template and sampling defaults."""
-    from tokenizers import Tokenizer, processors
-
     shutil.copytree(source, folder)
-    backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    backend.post_processor = processors.TemplateProcessing(single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B",
-                                                           special_tokens=[("<|bos|>", 0)])
-    backend.save(str(folder / "tokenizer.json"))
+    add_bos(folder)
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
