@@ -164,7 +164,7 @@ class Preparer:
         if decode_mode in (pb.DECODE_MODE_SD, pb.DECODE_MODE_SSD) and served not in (pb.DECODE_MODE_DEFAULT,
                                                                                     decode_mode):
             mode, own = PROTO_TO_MODE[decode_mode], PROTO_TO_MODE.get(served, "ar")
-            raise invalid(f"{param}: this deployment decodes with mode {own!r}; a request may ask for "
+            raise invalid(f"{param}: this server decodes with mode {own!r}; a request may ask for "
                           f"{'ar' if own == 'ar' else 'ar or ' + repr(own)} or leave it unset, not {mode!r}", param)
 
     def check_max_tokens(self, value: int, param: str) -> None:

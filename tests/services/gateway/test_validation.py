@@ -107,7 +107,7 @@ GRPC_CASES = [
     (grpc_request(sampling=pb.SamplingParams(top_p=1.5)), "sampling.top_p must be in (0, 1]"),
     (grpc_request(sampling=pb.SamplingParams(draft_temperature=math.inf)), "sampling.draft_temperature"),
     (grpc_request(request_id="x" * 1000), "request_id is 1000 characters long"),
-    (grpc_request(decode_mode=pb.DECODE_MODE_SSD), "this server decodes with mode 'ar'"),  # the target's answer
+    (grpc_request(decode_mode=pb.DECODE_MODE_SSD), "decode_mode: this server decodes with mode 'ar'"),
 ]
 
 
