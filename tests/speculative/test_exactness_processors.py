@@ -126,6 +126,10 @@ def test_greedy_tokens_equal_transformers_with_processors(model_dirs, batch, mod
     try:
         outputs = LLM.from_engine(eng, None).generate(prompts, params)
         assert [o.token_ids for o in outputs] == expected
+        if mode != "ar":  # a failing draft would leave plain decoding, still exact
+            assert all(o.stats["fallback_rounds"] == 0 for o in outputs)
+        if mode == "ssd":  # the speculation cache was built under the processors
+            assert sum(o.stats["cache_hits"] for o in outputs) > 0
     finally:
         if mode != "ar":
             eng.proposer.close()

@@ -229,3 +229,6 @@ def test_sampled_output_with_logits_processors_has_the_processed_target_law(pair
     if mode != "ar":
         stats = [o.stats for o in outputs]
         assert sum(sum(s["accepted_per_position"]) for s in stats) > 0  # rows after a draft token were verified
+        assert all(s["fallback_rounds"] == 0 for s in stats)  # (a failing draft would leave plain decoding)
+        if mode == "ssd":  # and the speculation cache was built under the processors
+            assert sum(s["cache_hits"] for s in stats) > 0
