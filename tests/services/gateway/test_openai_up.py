@@ -210,7 +210,9 @@ def _final_usage(usages: list[dict]) -> dict:
 
 
 def assert_mode(choices: list[dict], mode: str) -> None:
-    assert all(c["speculation"]["mode"] == mode for c in choices)
+    """Decoded in ``mode``, and never by plain decoding after a draft failure (exact too, so
+    only the statistics would show it)."""
+    assert all(c["speculation"]["mode"] == mode and c["speculation"].get("fallback_rounds", 0) == 0 for c in choices)
 
 
 # -- generation -----------------------------------------------------------------------------
