@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 FinishReason = Literal["stop", "length", "abort", "error"]
 _FINISH = "why the choice ended: stop (EOS, a stop token or string), length (max_tokens or the context), abort, error"
-_STOP_REASON = "vLLM's: the stop string that ended the choice, else null"
+_STOP_REASON = "vLLM's: the stop string, or the id of the stop_token_ids entry, that ended the choice; else null"
 
 
 class Answer(BaseModel):
@@ -103,7 +103,7 @@ class CompletionChoice(Answer):
     text: str = Field(description="the output (after the prompt's text, with echo)")
     logprobs: CompletionLogprobs | None
     finish_reason: FinishReason = Field(description=_FINISH)
-    stop_reason: str | None = Field(description=_STOP_REASON)
+    stop_reason: str | int | None = Field(description=_STOP_REASON)
     speculation: Speculation | None = None
 
 
@@ -117,7 +117,7 @@ class ChatChoice(Answer):
     message: AssistantMessage
     logprobs: ChatLogprobs | None
     finish_reason: FinishReason = Field(description=_FINISH)
-    stop_reason: str | None = Field(description=_STOP_REASON)
+    stop_reason: str | int | None = Field(description=_STOP_REASON)
     speculation: Speculation | None = None
 
 
@@ -152,7 +152,7 @@ class CompletionChunkChoice(Answer):
     text: str
     logprobs: CompletionLogprobs | None = Field(description="the chunk's tokens', when asked")
     finish_reason: FinishReason | None = Field(description="set on the choice's last chunk")
-    stop_reason: str | None = Field(None, description=_STOP_REASON + " (last chunk)")
+    stop_reason: str | int | None = Field(None, description=_STOP_REASON + " (last chunk)")
     speculation: Speculation | None = Field(None, description="on the choice's last chunk")
 
 
@@ -178,7 +178,7 @@ class ChatChunkChoice(Answer):
     delta: ChatDelta
     logprobs: ChatLogprobs | None = Field(description="the chunk's tokens', when asked")
     finish_reason: FinishReason | None = Field(description="set on the choice's last chunk")
-    stop_reason: str | None = Field(None, description=_STOP_REASON + " (last chunk)")
+    stop_reason: str | int | None = Field(None, description=_STOP_REASON + " (last chunk)")
     speculation: Speculation | None = Field(None, description="on the choice's last chunk")
 
 

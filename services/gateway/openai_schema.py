@@ -12,14 +12,14 @@ Extensions (vLLM-style, optional): ``top_k``, ``seed``, ``stop_token_ids``, ``ig
 ``repetition_penalty``, ``min_p``, ``min_tokens``, ``logit_bias``), ``mode`` (``ssd`` / ``sd`` / ``ar``: per-request opt-out of speculation) and
 ``stream_tokens_individually`` (default true: one SSE chunk per token). Responses carry a
 ``speculation`` object per choice (in streams: on the chunk with the finish reason), and vLLM's
-``stop_reason`` (the stop string that ended the choice, else null). ``n`` choices per prompt are
+``stop_reason`` (the stop string or stop token id that ended the choice, else null). ``n`` choices per prompt are
 served by ``choices.py``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -255,9 +255,14 @@ def _stop_strings(value: str | list[str] | None) -> list[str]:
     return stops
 
 
-def stop_reason(final: pb.GenerateFinal) -> str | None:
-    """vLLM's ``stop_reason``: the stop string that ended the choice (None otherwise)."""
-    return final.stop_string if final.HasField("stop_string") else None
+def stop_reason(final: pb.GenerateFinal, stop_token_ids: Collection[int]) -> str | int | None:
+    """vLLM's ``stop_reason``: the stop string that ended the choice, or the id of the request's
+    ``stop_token_ids`` entry that did; None otherwise (EOS, length)."""
+    if final.HasField("stop_string"):
+        return final.stop_string
+    if final.HasField("stop_token_id") and final.stop_token_id in stop_token_ids:
+        return final.stop_token_id
+    return None
 
 
 # -- responses ----------------------------------------------------------------------------------
@@ -276,7 +281,7 @@ def prompt_usage(choices: Iterable[tuple[bool, pb.GenerateFinal]]) -> tuple[int,
 
 
 def choice_json(kind: str, index: int, text: str, finish_reason: str, speculation: dict | None,
-                stop_reason: str | None = None, logprobs: dict | None = None) -> dict:
+                stop_reason: str | int | None = None, logprobs: dict | None = None) -> dict:
     choice: dict[str, Any] = {"index": index}
     if kind == "completions":
         choice["text"] = text
@@ -334,7 +339,7 @@ class ChunkWriter:
                             "finish_reason": None}, usage)
 
     def finish(self, finish_reason: str, speculation: dict, index: int = 0, usage: dict[str, int] | None = None,
-               stop_reason: str | None = None) -> bytes:
+               stop_reason: str | int | None = None) -> bytes:
         choice: dict[str, Any] = {"index": index, "logprobs": None, "finish_reason": finish_reason,
                                   "stop_reason": stop_reason, "speculation": speculation}
         choice["text" if self.kind == "completions" else "delta"] = "" if self.kind == "completions" else {}

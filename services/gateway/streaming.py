@@ -96,7 +96,7 @@ async def stream_choices(request: web.Request, parsed: OpenAIRequest, dispatcher
                     break
                 await response.write(writer.finish(PROTO_TO_FINISH.get(final.finish_reason, "stop"),
                                                    speculation_from_proto(final.speculation), choice.index, running(),
-                                                   stop_reason(final)))
+                                                   stop_reason(final, parsed.sampling.stop_token_ids)))
                 if len(finals) == len(choices):
                     if parsed.include_usage:
                         await response.write(writer.usage(usage.json()))

@@ -269,9 +269,16 @@ def test_chat_greedy_logprobs_and_template_options(api, reference, stream):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_stop_strings_with_and_without_the_stop_in_the_output(api, reference, stream):
+def test_stop_strings_with_and_without_the_stop_in_the_output_and_stop_token_ids(api, reference, stream):
+    """A stop token ends the output after it, and shows in its text (it is no special token), as vLLM."""
     ids = reference.tokenizer(PROMPT)["input_ids"]
-    text = reference.text(hf_greedy(reference.folder, ids, 16))
+    tokens = hf_greedy(reference.folder, ids, 16)
+    text = reference.text(tokens)
+    end = next(i for i in range(2, len(tokens)) if tokens[i] not in tokens[:i])
+    choices, usage = completion(api.client, stream, model="tiny", prompt=PROMPT, max_tokens=16,
+                                **api.extra(stop_token_ids=[tokens[end]]))
+    assert choices[0]["text"] == reference.text(tokens[:end + 1]) and usage["completion_tokens"] == end + 1
+    assert choices[0]["finish_reason"] == "stop" and choices[0]["stop_reason"] == tokens[end]
     stop = next(text[i:i + 2] for i in range(3, len(text) - 2)
                 if text[i:i + 2].isascii() and text[i:i + 2].isprintable() and text.find(text[i:i + 2]) == i)
     for include in (False, True):
