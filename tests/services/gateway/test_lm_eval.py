@@ -4,17 +4,22 @@ people point at an OpenAI-compatible server) scores a multiple-choice task (logl
 strings) on an SSD target exactly as lm_eval's own ``hf`` model (``HFLM``: transformers, fp32,
 CPU) scores them on the same weights: every metric, and every sample's answer, within 1e-4.
 
-Both runs tokenize with the tiny model's tokenizer, which adds no special tokens; the
+The model is a copy of the tiny Llama whose tokenizer adds BOS, as Llama 3's does. The ``hf``
+model tokenizes with the tokenizer's defaults, so its requests start with BOS; the
 local-completions model sends token ids, which the gateway passes on as given (as vLLM does), so
-the two models see the same tokens. Everything is local: the tasks are YAML files and JSONL
-datasets written by the test, and the hub is off."""
+it is told to add the BOS itself (``add_bos_token``, lm_eval's switch for such models) and the
+two see the same tokens. Everything is local: the tasks are YAML files and JSONL datasets
+written by the test, and the hub is off."""
 
 from __future__ import annotations
 
 import json
-import os
+import shutil
 
 import pytest
+
+from saguaro.tokenizer import load_tokenizer
+from tests_support import add_bos
 
 pytestmark = pytest.mark.slow  # two full lm_eval runs (one through a real SSD stack)
 
@@ -45,9 +50,19 @@ def write_tasks(root) -> None:
 
 
 @pytest.fixture(scope="module")
-def gateway(model_dirs, module_targets, module_draft_services, start_module_gateway):
-    draft_address = module_draft_services(model_dirs["llama_draft_perturbed"])
-    return start_module_gateway([module_targets(model_dirs["llama"], "ssd", draft_address).address])
+def folders(model_dirs, tmp_path_factory) -> dict[str, str]:
+    """The target and its draft, their tokenizer adding BOS (a draft must share the target's)."""
+    root = tmp_path_factory.mktemp("bos")
+    for name, source in (("llama", model_dirs["llama"]), ("draft", model_dirs["llama_draft_perturbed"])):
+        shutil.copytree(source, root / name)
+        add_bos(root / name)
+    return {"target": str(root / "llama"), "draft": str(root / "draft")}
+
+
+@pytest.fixture(scope="module")
+def gateway(folders, module_targets, module_draft_services, start_module_gateway):
+    draft_address = module_draft_services(folders["draft"])
+    return start_module_gateway([module_targets(folders["target"], "ssd", draft_address).address])
 
 
 def evaluate(model, tasks_dir, **model_kwargs) -> dict:
@@ -80,15 +95,16 @@ def assert_same_answers(ours: dict, reference: dict) -> None:
                     assert got_resp == want_resp
 
 
-def test_lm_eval_scores_through_the_gateway_equal_lm_evals_hf_model(gateway, model_dirs, tmp_path, monkeypatch):
+def test_lm_eval_scores_through_the_gateway_equal_lm_evals_hf_model(gateway, folders, tmp_path, monkeypatch):
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.setenv(name, "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
     write_tasks(tmp_path)
-    model_dir = model_dirs["llama"]
+    model_dir = folders["target"]
+    assert load_tokenizer(model_dir)("The sky is")["input_ids"][0] == 0  # (BOS: what the hf model sends)
     ours = evaluate("local-completions", tmp_path, model_args=dict(
-        base_url=gateway.http_url + "/v1/completions", model=os.path.basename(model_dir), tokenizer=model_dir,
-        tokenizer_backend="huggingface", max_retries=1))
+        base_url=gateway.http_url + "/v1/completions", model="llama", tokenizer=model_dir,
+        tokenizer_backend="huggingface", add_bos_token=True, max_retries=1))
     reference = evaluate("hf", tmp_path, model_args=f"pretrained={model_dir},dtype=float32,device=cpu", batch_size=1)
     assert_same_answers(ours, reference)
     for task in TASKS:
