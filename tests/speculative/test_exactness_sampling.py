@@ -213,7 +213,8 @@ def test_sampled_output_with_logits_processors_has_the_processed_target_law(pair
     make = lambda model: EngineConfig(model=model, max_num_seqs=64, block_size=8, kv_cache_bytes=1 << 24,  # noqa: E731
                                       show_progress=False)
     settings = DraftSettings(k=2, fan_out=3) if mode != "ar" else None
-    engine = speculative_engine(make(target), mode, make(draft), settings)
+    options = {} if mode == "ar" else {"draft_soft_deadline": False}  # every round waits for its proposal
+    engine = speculative_engine(make(target), mode, make(draft), settings, **options)
     try:
         params = [SamplingParams(max_tokens=3, temperature=1.0, seed=i, ignore_eos=True, **PROCESSORS)
                   for i in range(SAMPLES)]
