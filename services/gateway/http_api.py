@@ -263,8 +263,8 @@ class OpenAIApi:
         for choice, final in zip(choices, ends):
             answers.append(choice_json(parsed.kind, choice.index, "".join(pieces[choice.index]),
                                        PROTO_TO_FINISH.get(final.finish_reason, "stop"),
-                                       speculation_from_proto(final.speculation), stop_reason(final, parsed.sampling.stop_token_ids),
-                                       scores[choice.index].whole()))
+                                       speculation_from_proto(final.speculation),
+                                       stop_reason(final, parsed.sampling.stop_token_ids), scores[choice.index].whole()))
         prompt_tokens, cached_tokens = prompt_usage((c.leads(parsed.n), final) for c, final in zip(choices, ends))
         completion_tokens = sum(final.usage.completion_tokens for final in ends)
         usage = usage_json(prompt_tokens, completion_tokens, cached_tokens)
