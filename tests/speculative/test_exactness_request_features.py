@@ -59,8 +59,11 @@ def requests(model_dirs) -> list[tuple[list[int], SamplingParams, object]]:
         stop = pick_stop(tokenizer, generated, 5 + i % 9) if len(generated) > 10 + i % 9 else None
         if stop is not None:
             include, stops = i % 2 == 0, stops + 1
-            params = SamplingParams(max_tokens=STOP_TOKENS, stop=[stop, "zzzz-never"], include_stop_str_in_output=include)
-            out.append((prompt, params, stop_reference(tokenizer, generated, [stop, "zzzz-never"], include)))
+            stops_asked = [stop, "zzzz-never"]
+            params = SamplingParams(max_tokens=STOP_TOKENS, stop=stops_asked, include_stop_str_in_output=include)
+            expected = stop_reference(tokenizer, generated, stops_asked, include)
+            assert expected[2] == stop  # (the stop string is met before max_tokens)
+            out.append((prompt, params, expected))
     assert stops >= 3
     for prompt in make_prompts(4, 380, seed=6, min_len=3, max_len=16):
         out.append((prompt, SamplingParams(max_tokens=LOGPROB_TOKENS, logprobs=TOP, prompt_logprobs=2), None))

@@ -137,7 +137,8 @@ def reference(folders):
 
         def top(self, row: torch.Tensor, token: int, k: int) -> dict[str, float]:
             values, ids = row.topk(k)
-            return {self.token(token): row[token].item(), **{self.token(i): v for i, v in zip(ids.tolist(), values.tolist())}}
+            alternatives = {self.token(i): v for i, v in zip(ids.tolist(), values.tolist())}
+            return {self.token(token): row[token].item(), **alternatives}
 
     return Reference()
 
