@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from cryptography import x509
@@ -57,6 +58,16 @@ def add_bos(model_dir) -> None:
     backend.post_processor = processors.TemplateProcessing(single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B",
                                                            special_tokens=[("<|bos|>", 0)])
     backend.save(path)
+
+
+def bos_pair(model_dirs: dict, root: Path) -> dict[str, str]:
+    """Copies of the tiny target and its perturbed draft under ``root`` whose tokenizers add BOS
+    (a draft must share the target's tokenizer): ``{"target": ..., "draft": ...}``."""
+    pair = {"target": Path(model_dirs["llama"]), "draft": Path(model_dirs["llama_draft_perturbed"])}
+    for source in pair.values():  # (the folder's name is the served model's name: kept)
+        shutil.copytree(source, root / source.name)
+        add_bos(root / source.name)
+    return {role: str(root / source.name) for role, source in pair.items()}
 
 
 def hf_logits(model_dir: str, token_ids: list[int]) -> torch.Tensor:

@@ -14,12 +14,11 @@ written by the test, and the hub is off."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
 from saguaro.tokenizer import load_tokenizer
-from tests_support import add_bos
+from tests_support import bos_pair
 
 pytestmark = pytest.mark.slow  # two full lm_eval runs (one through a real SSD stack)
 
@@ -52,11 +51,7 @@ def write_tasks(root) -> None:
 @pytest.fixture(scope="module")
 def folders(model_dirs, tmp_path_factory) -> dict[str, str]:
     """The target and its draft, their tokenizer adding BOS (a draft must share the target's)."""
-    root = tmp_path_factory.mktemp("bos")
-    for name, source in (("llama", model_dirs["llama"]), ("draft", model_dirs["llama_draft_perturbed"])):
-        shutil.copytree(source, root / name)
-        add_bos(root / name)
-    return {"target": str(root / "llama"), "draft": str(root / "draft")}
+    return bos_pair(model_dirs, tmp_path_factory.mktemp("bos"))
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ The processors' reference is transformers' logits with vLLM's arithmetic written
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -22,7 +22,7 @@ import torch
 
 from saguaro.net import free_port
 from saguaro.tokenizer import load_tokenizer
-from tests_support import add_bos, hf_greedy, hf_logits
+from tests_support import bos_pair, hf_greedy, hf_logits
 
 pytestmark = pytest.mark.slow  # two `saguaro up` stacks of child processes
 
@@ -41,12 +41,10 @@ STACK_OF = {"ar": "ssd", "sd": "sd", "ssd": "ssd"}  # the stack that serves each
 @pytest.fixture(scope="module")
 def folders(model_dirs, tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("up_models")
-    for name, source in (("target", model_dirs["llama"]), ("draft", model_dirs["llama_draft_perturbed"])):
-        shutil.copytree(source, root / name)
-        add_bos(root / name)
-    (root / "target" / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG))
+    folders = bos_pair(model_dirs, root)
+    (Path(folders["target"]) / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG))
     (root / "template.jinja").write_text(TEMPLATE)
-    return {name: str(root / name) for name in ("target", "draft", "template.jinja")}
+    return {**folders, "template.jinja": str(root / "template.jinja")}
 
 
 class UpStack:
