@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asaguaro/v1/inference.proto\x12\nsaguaro.v1\"\xa1\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\x0bprompt_text\x18\x02 \x01(\tH\x00\x12\x30\n\x10prompt_token_ids\x18\x03 \x01(\x0b\x32\x14.saguaro.v1.TokenIdsH\x00\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.saguaro.v1.SamplingParams\x12+\n\x0b\x64\x65\x63ode_mode\x18\x05 \x01(\x0e\x32\x16.saguaro.v1.DecodeMode\x12\"\n\x1astream_tokens_individually\x18\x06 \x01(\x08\x12\"\n\x06resume\x18\x07 \x01(\x0b\x32\x12.saguaro.v1.ResumeB\x08\n\x06promptJ\x04\x08\x08\x10\x10\")\n\x06Resume\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xca\x05\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x01\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\x05\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x1e\n\x11\x64raft_temperature\x18\x08 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12\"\n\x1ainclude_stop_str_in_output\x18\n \x01(\x08\x12\x15\n\x08logprobs\x18\x0b \x01(\rH\x03\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x0c \x01(\rH\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\r \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x0e \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0f \x01(\x02H\x07\x88\x01\x01\x12\x12\n\x05min_p\x18\x10 \x01(\x02H\x08\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x11 \x01(\rH\t\x88\x01\x01\x12=\n\nlogit_bias\x18\x12 \x03(\x0b\x32).saguaro.v1.SamplingParams.LogitBiasEntry\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x07\n\x05_seedB\x14\n\x12_draft_temperatureB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobsB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x08\n\x06_min_pB\r\n\x0b_min_tokens\"\x83\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x16.saguaro.v1.TokenDeltaH\x00\x12*\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x19.saguaro.v1.GenerateFinalH\x00\x42\x06\n\x04kind\"\xb9\x01\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x11\n\x04text\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x0e\n\x06offset\x18\x03 \x01(\r\x12\r\n\x05round\x18\x04 \x01(\r\x12*\n\x08logprobs\x18\x05 \x03(\x0b\x32\x18.saguaro.v1.TokenLogprob\x12\x31\n\x0fprompt_logprobs\x18\x06 \x03(\x0b\x32\x18.saguaro.v1.TokenLogprobB\x07\n\x05_text\"^\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x15\n\rtop_token_ids\x18\x03 \x03(\x05\x12\x14\n\x0ctop_logprobs\x18\x04 \x03(\x02\"\xb0\x02\n\rGenerateFinal\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.saguaro.v1.FinishReason\x12\x1a\n\rstop_token_id\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12 \n\x05usage\x18\x04 \x01(\x0b\x32\x11.saguaro.v1.Usage\x12$\n\x07timings\x18\x05 \x01(\x0b\x32\x13.saguaro.v1.Timings\x12\x31\n\x0bspeculation\x18\x06 \x01(\x0b\x32\x1c.saguaro.v1.SpeculationStats\x12\x18\n\x0bstop_string\x18\x07 \x01(\tH\x01\x88\x01\x01\x42\x10\n\x0e_stop_token_idB\x0e\n\x0c_stop_stringJ\x04\x08\x08\x10\x10\"m\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\r\"J\n\x07Timings\x12\x1d\n\x15time_to_first_token_s\x18\x01 \x01(\x01\x12\x0f\n\x07total_s\x18\x02 \x01(\x01\x12\x0f\n\x07queue_s\x18\x03 \x01(\x01\"\x98\x04\n\x10SpeculationStats\x12+\n\x0b\x64\x65\x63ode_mode\x18\x01 \x01(\x0e\x32\x16.saguaro.v1.DecodeMode\x12\x11\n\ttransport\x18\x02 \x01(\t\x12\x0e\n\x06rounds\x18\x03 \x01(\r\x12\x13\n\x0blookahead_k\x18\x04 \x01(\r\x12\x1d\n\x15mean_tokens_per_round\x18\x05 \x01(\x01\x12\"\n\x1atokens_per_round_histogram\x18\x06 \x03(\r\x12\x1d\n\x15\x61\x63\x63\x65pted_per_position\x18\x07 \x03(\r\x12\x14\n\x0c\x64raft_tokens\x18\x08 \x01(\r\x12\x1d\n\x15\x61\x63\x63\x65pted_draft_tokens\x18\t \x01(\r\x12\x12\n\ncache_hits\x18\n \x01(\r\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x0b \x01(\r\x12\x13\n\x0bjit_backups\x18\x0c \x01(\r\x12\x14\n\x0c\x66\x61st_backups\x18\r \x01(\r\x12\x14\n\x0c\x61r_fallbacks\x18\x0e \x01(\r\x12\x1a\n\x12\x61r_fallback_rounds\x18\x0f \x01(\r\x12\x14\n\x0c\x64raft_time_s\x18\x10 \x01(\x01\x12\x15\n\rverify_time_s\x18\x11 \x01(\x01\x12\x1a\n\x12\x64raft_build_time_s\x18\x12 \x01(\x01\x12\x18\n\x10policy_ar_rounds\x18\x13 \x01(\r\x12\x18\n\x10policy_sd_rounds\x18\x1e \x01(\rJ\x04\x08\x14\x10\x1e\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x0f\n\rHealthRequest\"\xa9\x02\n\x0eHealthResponse\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.saguaro.v1.ServingStatus\x12\x17\n\x0f\x64raft_connected\x18\x02 \x01(\x08\x12$\n\x04mode\x18\x03 \x01(\x0e\x32\x16.saguaro.v1.DecodeMode\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x13\n\x0bnum_running\x18\x05 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x06 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x07 \x01(\x02\x12\x14\n\x0cmax_num_seqs\x18\x08 \x01(\r\x12#\n\x1bprefix_cache_queried_tokens\x18\t \x01(\x04\x12\x1f\n\x17prefix_cache_hit_tokens\x18\n \x01(\x04\"\x12\n\x10ModelInfoRequest\"\xc9\x02\n\x11ModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x15\n\rmax_model_len\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12+\n\x0b\x64\x65\x63ode_mode\x18\x06 \x01(\x0e\x32\x16.saguaro.v1.DecodeMode\x12\x13\n\x0blookahead_k\x18\x07 \x01(\r\x12\x0f\n\x07\x66\x61n_out\x18\x08 \x01(\r\x12\x14\n\x0c\x66\x61n_out_list\x18\t \x03(\r\x12\x18\n\x10\x64raft_model_name\x18\n \x01(\t\x12\x15\n\rhas_tokenizer\x18\x0b \x01(\x08\x12\x15\n\reos_token_ids\x18\x0c \x03(\x05\x12\x19\n\x11generation_config\x18\r \x01(\tJ\x04\x08\x0e\x10\x10*b\n\nDecodeMode\x12\x17\n\x13\x44\x45\x43ODE_MODE_DEFAULT\x10\x00\x12\x12\n\x0e\x44\x45\x43ODE_MODE_AR\x10\x01\x12\x12\n\x0e\x44\x45\x43ODE_MODE_SD\x10\x02\x12\x13\n\x0f\x44\x45\x43ODE_MODE_SSD\x10\x03*\x91\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04*\x88\x01\n\rServingStatus\x12\x1e\n\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16SERVING_STATUS_SERVING\x10\x01\x12\x1b\n\x17SERVING_STATUS_DEGRADED\x10\x02\x12\x1e\n\x1aSERVING_STATUS_NOT_SERVING\x10\x03\x32\x9d\x02\n\tInference\x12G\n\x08Generate\x12\x1b.saguaro.v1.GenerateRequest\x1a\x1c.saguaro.v1.GenerateResponse0\x01\x12<\n\x05\x41\x62ort\x12\x18.saguaro.v1.AbortRequest\x1a\x19.saguaro.v1.AbortResponse\x12?\n\x06Health\x12\x19.saguaro.v1.HealthRequest\x1a\x1a.saguaro.v1.HealthResponse\x12H\n\tModelInfo\x12\x1c.saguaro.v1.ModelInfoRequest\x1a\x1d.saguaro.v1.ModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asaguaro/v1/inference.proto\x12\nsaguaro.v1\"\xa1\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\x0bprompt_text\x18\x02 \x01(\tH\x00\x12\x30\n\x10prompt_token_ids\x18\x03 \x01(\x0b\x32\x14.saguaro.v1.TokenIdsH\x00\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.saguaro.v1.SamplingParams\x12+\n\x0b\x64\x65\x63ode_mode\x18\x05 \x01(\x0e\x32\x16.saguaro.v1.DecodeMode\x12\"\n\x1astream_tokens_individually\x18\x06 \x01(\x08\x12\"\n\x06resume\x18\x07 \x01(\x0b\x32\x12.saguaro.v1.ResumeB\x08\n\x06promptJ\x04\x08\x08\x10\x10\")\n\x06Resume\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x83\x06\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x01\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\x05\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x1e\n\x11\x64raft_temperature\x18\x08 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12\"\n\x1ainclude_stop_str_in_output\x18\n \x01(\x08\x12\x15\n\x08logprobs\x18\x0b \x01(\rH\x03\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x0c \x01(\rH\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\r \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x0e \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0f \x01(\x02H\x07\x88\x01\x01\x12\x12\n\x05min_p\x18\x10 \x01(\x02H\x08\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x11 \x01(\rH\t\x88\x01\x01\x12=\n\nlogit_bias\x18\x12 \x03(\x0b\x32).saguaro.v1.SamplingParams.LogitBiasEntry\x12\x37\n\x11structured_output\x18\x13 \x01(\x0b\x32\x1c.saguaro.v1.StructuredOutput\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x07\n\x05_seedB\x14\n\x12_draft_temperatureB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobsB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x08\n\x06_min_pB\r\n\x0b_min_tokens\"\xc0\x01\n\x10StructuredOutput\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x0f\n\x05regex\x18\x02 \x01(\tH\x00\x12\x36\n\x06\x63hoice\x18\x03 \x01(\x0b\x32$.saguaro.v1.StructuredOutput.ChoicesH\x00\x12\x11\n\x07grammar\x18\x04 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x05 \x01(\x08H\x00\x1a\x1a\n\x07\x43hoices\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\tB\x06\n\x04kind\"\x83\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x16.saguaro.v1.TokenDeltaH\x00\x12*\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x19.saguaro.v1.GenerateFinalH\x00\x42\x06\n\x04kind\"\xb9\x01\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x11\n\x04text\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x0e\n\x06offset\x18\x03 \x01(\r\x12\r\n\x05round\x18\x04 \x01(\r\x12*\n\x08logprobs\x18\x05 \x03(\x0b\x32\x18.saguaro.v1.TokenLogprob\x12\x31\n\x0fprompt_logprobs\x18\x06 \x03(\x0b\x32\x18.saguaro.v1.TokenLogprobB\x07\n\x05_text\"^\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x15\n\rtop_token_ids\x18\x03 \x03(\x05\x12\x14\n\x0ctop_logprobs\x18\x04 \x03(\x02\"\xb0\x02\n\rGenerateFinal\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.saguaro.v1.FinishReason\x12\x1a\n\rstop_token_id\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12 \n\x05usage\x18\x04 \x01(\x0b\x32\x11.saguaro.v1.Usage\x12$\n\x07timings\x18\x05 \x01(\x0b\x32\x13.saguaro.v1.Timings\x12\x31\n\x0bspeculation\x18\x06 \x01(\x0b\x32\x1c.saguaro.v1.SpeculationStats\x12\x18\n\x0bstop_string\x18\x07 \x01(\tH\x01\x88\x01\x01\x42\x10\n\x0e_stop_token_idB\x0e\n\x0c_stop_stringJ\x04\x08\x08\x10\x10\"m\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\r\"J\n\x07Timings\x12\x1d\n\x15time_to_first_token_s\x18\x01 \x01(\x01\x12\x0f\n\x07total_s\x18\x02 \x01(\x01\x12\x0f\n\x07queue_s\x18\x03 \x01(\x01\"\x98\x04\n\x10SpeculationStats\x12+\n\x0b\x64\x65\x63ode_mode\x18\x01 \x01(\x0e\x32\x16.saguaro.v1.DecodeMode\x12\x11\n\ttransport\x18\x02 \x01(\t\x12\x0e\n\x06rounds\x18\x03 \x01(\r\x12\x13\n\x0blookahead_k\x18\x04 \x01(\r\x12\x1d\n\x15mean_tokens_per_round\x18\x05 \x01(\x01\x12\"\n\x1atokens_per_round_histogram\x18\x06 \x03(\r\x12\x1d\n\x15\x61\x63\x63\x65pted_per_position\x18\x07 \x03(\r\x12\x14\n\x0c\x64raft_tokens\x18\x08 \x01(\r\x12\x1d\n\x15\x61\x63\x63\x65pted_draft_tokens\x18\t \x01(\r\x12\x12\n\ncache_hits\x18\n \x01(\r\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x0b \x01(\r\x12\x13\n\x0bjit_backups\x18\x0c \x01(\r\x12\x14\n\x0c\x66\x61st_backups\x18\r \x01(\r\x12\x14\n\x0c\x61r_fallbacks\x18\x0e \x01(\r\x12\x1a\n\x12\x61r_fallback_rounds\x18\x0f \x01(\r\x12\x14\n\x0c\x64raft_time_s\x18\x10 \x01(\x01\x12\x15\n\rverify_time_s\x18\x11 \x01(\x01\x12\x1a\n\x12\x64raft_build_time_s\x18\x12 \x01(\x01\x12\x18\n\x10policy_ar_rounds\x18\x13 \x01(\r\x12\x18\n\x10policy_sd_rounds\x18\x1e \x01(\rJ\x04\x08\x14\x10\x1e\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x0f\n\rHealthRequest\"\xa9\x02\n\x0eHealthResponse\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.saguaro.v1.ServingStatus\x12\x17\n\x0f\x64raft_connected\x18\x02 \x01(\x08\x12$\n\x04mode\x18\x03 \x01(\x0e\x32\x16.saguaro.v1.DecodeMode\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x13\n\x0bnum_running\x18\x05 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x06 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x07 \x01(\x02\x12\x14\n\x0cmax_num_seqs\x18\x08 \x01(\r\x12#\n\x1bprefix_cache_queried_tokens\x18\t \x01(\x04\x12\x1f\n\x17prefix_cache_hit_tokens\x18\n \x01(\x04\"\x12\n\x10ModelInfoRequest\"\xc9\x02\n\x11ModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x15\n\rmax_model_len\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12+\n\x0b\x64\x65\x63ode_mode\x18\x06 \x01(\x0e\x32\x16.saguaro.v1.DecodeMode\x12\x13\n\x0blookahead_k\x18\x07 \x01(\r\x12\x0f\n\x07\x66\x61n_out\x18\x08 \x01(\r\x12\x14\n\x0c\x66\x61n_out_list\x18\t \x03(\r\x12\x18\n\x10\x64raft_model_name\x18\n \x01(\t\x12\x15\n\rhas_tokenizer\x18\x0b \x01(\x08\x12\x15\n\reos_token_ids\x18\x0c \x03(\x05\x12\x19\n\x11generation_config\x18\r \x01(\tJ\x04\x08\x0e\x10\x10*b\n\nDecodeMode\x12\x17\n\x13\x44\x45\x43ODE_MODE_DEFAULT\x10\x00\x12\x12\n\x0e\x44\x45\x43ODE_MODE_AR\x10\x01\x12\x12\n\x0e\x44\x45\x43ODE_MODE_SD\x10\x02\x12\x13\n\x0f\x44\x45\x43ODE_MODE_SSD\x10\x03*\x91\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04*\x88\x01\n\rServingStatus\x12\x1e\n\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16SERVING_STATUS_SERVING\x10\x01\x12\x1b\n\x17SERVING_STATUS_DEGRADED\x10\x02\x12\x1e\n\x1aSERVING_STATUS_NOT_SERVING\x10\x03\x32\x9d\x02\n\tInference\x12G\n\x08Generate\x12\x1b.saguaro.v1.GenerateRequest\x1a\x1c.saguaro.v1.GenerateResponse0\x01\x12<\n\x05\x41\x62ort\x12\x18.saguaro.v1.AbortRequest\x1a\x19.saguaro.v1.AbortResponse\x12?\n\x06Health\x12\x19.saguaro.v1.HealthRequest\x1a\x1a.saguaro.v1.HealthResponse\x12H\n\tModelInfo\x12\x1c.saguaro.v1.ModelInfoRequest\x1a\x1d.saguaro.v1.ModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_DECODEMODE']._serialized_start=3307
-  _globals['_DECODEMODE']._serialized_end=3405
-  _globals['_FINISHREASON']._serialized_start=3408
-  _globals['_FINISHREASON']._serialized_end=3553
-  _globals['_SERVINGSTATUS']._serialized_start=3556
-  _globals['_SERVINGSTATUS']._serialized_end=3692
+  _globals['_DECODEMODE']._serialized_start=3559
+  _globals['_DECODEMODE']._serialized_end=3657
+  _globals['_FINISHREASON']._serialized_start=3660
+  _globals['_FINISHREASON']._serialized_end=3805
+  _globals['_SERVINGSTATUS']._serialized_start=3808
+  _globals['_SERVINGSTATUS']._serialized_end=3944
   _globals['_GENERATEREQUEST']._serialized_start=43
   _globals['_GENERATEREQUEST']._serialized_end=332
   _globals['_RESUME']._serialized_start=334
@@ -46,35 +46,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENIDS']._serialized_start=377
   _globals['_TOKENIDS']._serialized_end=400
   _globals['_SAMPLINGPARAMS']._serialized_start=403
-  _globals['_SAMPLINGPARAMS']._serialized_end=1117
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=899
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=947
-  _globals['_GENERATERESPONSE']._serialized_start=1120
-  _globals['_GENERATERESPONSE']._serialized_end=1251
-  _globals['_TOKENDELTA']._serialized_start=1254
-  _globals['_TOKENDELTA']._serialized_end=1439
-  _globals['_TOKENLOGPROB']._serialized_start=1441
-  _globals['_TOKENLOGPROB']._serialized_end=1535
-  _globals['_GENERATEFINAL']._serialized_start=1538
-  _globals['_GENERATEFINAL']._serialized_end=1842
-  _globals['_USAGE']._serialized_start=1844
-  _globals['_USAGE']._serialized_end=1953
-  _globals['_TIMINGS']._serialized_start=1955
-  _globals['_TIMINGS']._serialized_end=2029
-  _globals['_SPECULATIONSTATS']._serialized_start=2032
-  _globals['_SPECULATIONSTATS']._serialized_end=2568
-  _globals['_ABORTREQUEST']._serialized_start=2570
-  _globals['_ABORTREQUEST']._serialized_end=2604
-  _globals['_ABORTRESPONSE']._serialized_start=2606
-  _globals['_ABORTRESPONSE']._serialized_end=2636
-  _globals['_HEALTHREQUEST']._serialized_start=2638
-  _globals['_HEALTHREQUEST']._serialized_end=2653
-  _globals['_HEALTHRESPONSE']._serialized_start=2656
-  _globals['_HEALTHRESPONSE']._serialized_end=2953
-  _globals['_MODELINFOREQUEST']._serialized_start=2955
-  _globals['_MODELINFOREQUEST']._serialized_end=2973
-  _globals['_MODELINFORESPONSE']._serialized_start=2976
-  _globals['_MODELINFORESPONSE']._serialized_end=3305
-  _globals['_INFERENCE']._serialized_start=3695
-  _globals['_INFERENCE']._serialized_end=3980
+  _globals['_SAMPLINGPARAMS']._serialized_end=1174
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=956
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=1004
+  _globals['_STRUCTUREDOUTPUT']._serialized_start=1177
+  _globals['_STRUCTUREDOUTPUT']._serialized_end=1369
+  _globals['_STRUCTUREDOUTPUT_CHOICES']._serialized_start=1335
+  _globals['_STRUCTUREDOUTPUT_CHOICES']._serialized_end=1361
+  _globals['_GENERATERESPONSE']._serialized_start=1372
+  _globals['_GENERATERESPONSE']._serialized_end=1503
+  _globals['_TOKENDELTA']._serialized_start=1506
+  _globals['_TOKENDELTA']._serialized_end=1691
+  _globals['_TOKENLOGPROB']._serialized_start=1693
+  _globals['_TOKENLOGPROB']._serialized_end=1787
+  _globals['_GENERATEFINAL']._serialized_start=1790
+  _globals['_GENERATEFINAL']._serialized_end=2094
+  _globals['_USAGE']._serialized_start=2096
+  _globals['_USAGE']._serialized_end=2205
+  _globals['_TIMINGS']._serialized_start=2207
+  _globals['_TIMINGS']._serialized_end=2281
+  _globals['_SPECULATIONSTATS']._serialized_start=2284
+  _globals['_SPECULATIONSTATS']._serialized_end=2820
+  _globals['_ABORTREQUEST']._serialized_start=2822
+  _globals['_ABORTREQUEST']._serialized_end=2856
+  _globals['_ABORTRESPONSE']._serialized_start=2858
+  _globals['_ABORTRESPONSE']._serialized_end=2888
+  _globals['_HEALTHREQUEST']._serialized_start=2890
+  _globals['_HEALTHREQUEST']._serialized_end=2905
+  _globals['_HEALTHRESPONSE']._serialized_start=2908
+  _globals['_HEALTHRESPONSE']._serialized_end=3205
+  _globals['_MODELINFOREQUEST']._serialized_start=3207
+  _globals['_MODELINFOREQUEST']._serialized_end=3225
+  _globals['_MODELINFORESPONSE']._serialized_start=3228
+  _globals['_MODELINFORESPONSE']._serialized_end=3557
+  _globals['_INFERENCE']._serialized_start=3947
+  _globals['_INFERENCE']._serialized_end=4232
 # @@protoc_insertion_point(module_scope)

@@ -27,6 +27,7 @@ from saguaro.services.target.loop import EngineLoop, Final, LoopStopped
 from saguaro.services.target.request_telemetry import RequestRecord, RequestTelemetry
 from saguaro.services.target.request_telemetry import error_type as request_error_type
 from saguaro.tokenizer import encode
+from saguaro import structured_output
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
 from saguaro.wire import DTYPE_NAMES, FINISH_TO_PROTO, MODE_TO_PROTO, PROTO_TO_MODE, speculation_to_proto
@@ -68,6 +69,7 @@ def sampling_from_proto(sampling: pb.SamplingParams, decode_mode: int, server_mo
         min_p=sampling.min_p,
         min_tokens=sampling.min_tokens,
         logit_bias=dict(sampling.logit_bias),
+        structured_output=structured_output.from_proto(sampling.structured_output),
     )
     params.validate()
     return params

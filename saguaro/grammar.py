@@ -1,0 +1,142 @@
+"""A request's grammar applied to logits rows: a matcher per sequence, and the mask.
+
+The spec and its validation are ``saguaro.structured_output``. How a row is masked follows the
+logits processors (saguaro/logits_processors.py; docs/speculation.md, "Structured output"): a
+row is a sequence's committed output plus ``extra`` tokens generated after it (the draft tokens
+before a verify row, a tree branch's tokens on the draft). ``GrammarMatcher.follow`` brings the
+sequence's matcher to its committed output (rolling back what is no longer there);
+``GrammarMatcher.allowed`` advances along the extra tokens, computes the mask and rolls back.
+A row after an extra token the grammar rejects can never be reached (the target rejects that
+token first), so it gets no mask at all. When the grammar is accepting, EOS is allowed; once it
+is complete, EOS is the only token allowed, so the request ends with finish_reason "stop".
+Rows of requests without a grammar never reach this module.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
+
+import llguidance
+import llguidance.hf
+import torch
+
+from saguaro.errors import InvalidRequestError
+from saguaro.structured_output import StructuredOutput, llguidance_grammar
+
+COMPILED_CACHE = 64  # compiled grammars kept per tokenizer
+
+
+class GrammarMatcher:
+    """One sequence's grammar state, following the tokens it has committed.
+
+    The state is the matcher after ``tokens``; ``follow`` moves it to another output by rolling
+    back to the common prefix and consuming the rest, so the target (whose output only grows)
+    and the draft (whose last token, the target's recovery token, changes every round) use one
+    mechanism, preemption and resumed streams included."""
+
+    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int):
+        self._matcher = matcher
+        self._vocab = vocab_size
+        self._tokens: list[int] = []
+        self._followed: object = None  # the output object followed last (rows of one sequence share it)
+
+    def follow(self, output: Sequence[int]) -> bool:
+        """Make the state the one after ``output``; False when the grammar rejects it (the state
+        is then the one after its longest accepted prefix)."""
+        if output is self._followed:
+            return True
+        n = len(self._tokens)
+        common = n if len(output) >= n and list(output[:n]) == self._tokens else _common_prefix(self._tokens, output)
+        if common < n:
+            self._matcher.rollback(n - common)
+            del self._tokens[common:]
+        rest = [int(t) for t in output[common:]]
+        accepted = self._matcher.validate_tokens(rest) if rest else 0
+        if accepted:
+            self._matcher.consume_tokens(rest[:accepted])
+            self._tokens.extend(rest[:accepted])
+        self._followed = output if accepted == len(rest) else None
+        return accepted == len(rest)
+
+    def allowed(self, extra: Sequence[int] = ()) -> torch.Tensor | None:
+        """[V] bool: the tokens the grammar allows after the followed output plus ``extra``;
+        None when it rejects ``extra`` (an unreachable row) or allows nothing (an error)."""
+        matcher = self._matcher
+        extra = list(extra)
+        if extra:
+            if matcher.validate_tokens(extra) < len(extra):
+                return None
+            matcher.consume_tokens(extra)
+        try:
+            bias = matcher.compute_logit_bias()
+        finally:
+            if extra:
+                matcher.rollback(len(extra))
+        allowed = torch.zeros(self._vocab, dtype=torch.bool)
+        known = min(len(bias), self._vocab)
+        allowed[:known] = torch.frombuffer(bytearray(bias[:known]), dtype=torch.uint8) > 0
+        return allowed if bool(allowed.any()) else None
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class GrammarCompiler:
+    """One model's tokenizer, wrapped for llguidance, and its compiled grammars (by spec).
+
+    Thread safe: the target's engine thread and a draft worker may share none, but a compiler
+    is cheap to lock."""
+
+    def __init__(self, hf_tokenizer, vocab_size: int, eos_ids: Collection[int]):
+        if hf_tokenizer is None:
+            raise InvalidRequestError("structured output needs the model's tokenizer, and this model folder has "
+                                      "no tokenizer.json")
+        eos = sorted(t for t in eos_ids if 0 <= t < vocab_size) or None
+        self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size, eos_token=eos)
+        self.vocab_size = vocab_size
+        self._compiled: OrderedDict[StructuredOutput, llguidance.LLMatcher] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def matcher(self, spec: StructuredOutput) -> GrammarMatcher:
+        """A fresh matcher of ``spec`` at the start of the output (``InvalidRequestError``:
+        the grammar does not compile for this tokenizer)."""
+        spec.check()
+        with self._lock:
+            compiled = self._compiled.get(spec)
+            if compiled is None:
+                compiled = llguidance.LLMatcher(self.tokenizer, llguidance_grammar(spec), log_level=0)
+                if compiled.is_error():
+                    raise InvalidRequestError(f"structured_output.{spec.kind.value}: {compiled.get_error()}")
+                self._compiled[spec] = compiled
+                if len(self._compiled) > COMPILED_CACHE:
+                    self._compiled.popitem(last=False)
+            else:
+                self._compiled.move_to_end(spec)
+            return GrammarMatcher(compiled.deep_copy(), self.vocab_size)
+
+
+def mask_rows(logits: torch.Tensor, rows: Sequence[int], matchers: Sequence[GrammarMatcher],
+              outputs: Sequence[Sequence[int]], extra: Sequence[Sequence[int]] | None) -> torch.Tensor:
+    """``logits`` [N, V] with row ``rows[i]`` masked to what ``matchers[i]`` allows after
+    ``outputs[i]`` plus ``extra[i]`` (tokens < 0 are padding); in place, and returned."""
+    disallowed = torch.zeros(len(rows), logits.shape[-1], dtype=torch.bool)
+    masked = torch.zeros(len(rows), dtype=torch.bool)
+    for i, (matcher, output) in enumerate(zip(matchers, outputs)):
+        if not matcher.follow(output):
+            continue  # the committed tokens leave the grammar (a desynchronised draft): no mask
+        allowed = matcher.allowed([t for t in extra[i] if t >= 0] if extra is not None else ())
+        if allowed is not None:
+            disallowed[i] = ~allowed
+            masked[i] = True
+    if bool(masked.any()):
+        index = torch.tensor(list(rows), dtype=torch.long)[masked].to(logits.device)
+        logits[index] = logits[index].masked_fill(disallowed[masked].to(logits.device), float("-inf"))
+    return logits

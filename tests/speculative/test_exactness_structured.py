@@ -1,0 +1,173 @@
+"""Structured output is exact in every mode: greedy tokens under a JSON schema, a regex and a
+choice equal transformers' greedy decoding of the target with llguidance's mask applied at each
+step (written here with llguidance directly), in AR, SD and SSD at several K and fan-outs, in one
+batch with a request that has no grammar. The draft masks its proposals with the same grammar:
+every proposal is inside it, a draft equal to the target has every proposal accepted, and a draft
+that cannot mask (no tokenizer) accepts fewer (docs/speculation.md, "Structured output").
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import llguidance
+import llguidance.hf
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from saguaro import SamplingParams
+from saguaro.config import EngineConfig
+from saguaro.engine import LLMEngine
+from saguaro.llm import LLM
+from saguaro.services.target.local import speculative_engine
+from saguaro.speculative.settings import DraftSettings
+from saguaro.structured_output import Kind, StructuredOutput
+from saguaro.v1 import speculation_pb2 as pb
+from tests_support import hf_model, make_prompts
+
+NEW_TOKENS = 24
+EOS = 1  # the tiny tokenizer's <|eos|>
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 6}, "ok": {"type": "boolean"},
+                                           "n": {"enum": [1, 22, 333]}},
+          "required": ["name", "ok", "n"], "additionalProperties": False}
+REGEX = r"(def|class) [a-z_]{1,8}\((a|b)?\):"
+CHOICES = ("yes", "no", "maybe so", "print")
+
+# What each request asks, as Saguaro's spec and as the llguidance grammar the reference builds.
+SPECS = {
+    "json": (StructuredOutput(Kind.JSON_SCHEMA, json.dumps(SCHEMA)),
+             llguidance.LLMatcher.grammar_from_json_schema(SCHEMA, defaults={"whitespace_flexible": False})),
+    "regex": (StructuredOutput(Kind.REGEX, REGEX), llguidance.LLMatcher.grammar_from_regex(REGEX)),
+    "choice": (StructuredOutput(Kind.CHOICE, choices=CHOICES),
+               llguidance.LLMatcher.grammar_from_lark("start: " + " | ".join(f'"{c}"' for c in CHOICES))),
+    "none": (None, None),
+}
+
+
+def reference_matcher(model_dir: str, grammar: str) -> llguidance.LLMatcher:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    vocab = hf_model(model_dir).config.vocab_size
+    return llguidance.LLMatcher(llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab, eos_token=EOS), grammar,
+                                log_level=0)
+
+
+def reference(model_dir: str, prompt: list[int], grammar: str | None) -> list[int]:
+    """transformers' greedy decoding, each step's logits masked by llguidance's allowed tokens."""
+    model = hf_model(model_dir)
+    matcher = reference_matcher(model_dir, grammar) if grammar is not None else None
+    ids, out = list(prompt), []
+    with torch.inference_mode():
+        for _ in range(NEW_TOKENS):
+            logits = model(torch.tensor([ids])).logits[0, -1].float()
+            if matcher is not None:
+                allowed = torch.tensor(list(matcher.compute_logit_bias()))[:logits.shape[0]] > 0
+                logits = logits.masked_fill(~allowed, float("-inf"))
+            token = int(logits.argmax())
+            out.append(token)
+            ids.append(token)
+            if token == EOS:
+                break
+            if matcher is not None:
+                assert matcher.consume_token(token), matcher.get_error()
+    return out
+
+
+@pytest.fixture(scope="module")
+def batch(model_dirs):
+    """Two requests of each kind on varied prompts, with their reference tokens."""
+    model = model_dirs["llama"]
+    kinds = [kind for kind in SPECS for _ in range(2)]
+    prompts = make_prompts(len(kinds), 380, seed=11, min_len=4, max_len=20)
+    params = [SamplingParams(max_tokens=NEW_TOKENS, structured_output=SPECS[kind][0]) for kind in kinds]
+    expected = [reference(model, p, SPECS[kind][1]) for p, kind in zip(prompts, kinds)]
+    free = [reference(model, p, None) for p in prompts]
+    assert all(e != f for e, f, kind in zip(expected, free, kinds) if kind != "none"), \
+        "every grammar must change its request's greedy output, or the test proves nothing"
+    return kinds, prompts, params, expected
+
+
+def config(model: str, batch_size: int) -> EngineConfig:
+    return EngineConfig(model=model, block_size=8, kv_cache_bytes=1 << 24, max_model_len=256, max_num_seqs=batch_size,
+                        show_progress=False)
+
+
+def engine(model_dirs, mode: str, draft: str | None, k: int, fan_out: int, batch_size: int):
+    target = config(model_dirs["llama"], batch_size)
+    if mode == "ar":
+        return LLMEngine(target)
+    settings = DraftSettings(k=k, fan_out=fan_out, backup_policy=pb.BACKUP_POLICY_JIT)
+    draft_dir = model_dirs[draft] if draft in model_dirs else draft
+    return speculative_engine(target, mode, config(draft_dir, batch_size), settings, draft_soft_deadline=False)
+
+
+def run(eng, prompts, params) -> tuple[list, list]:
+    """The outputs, and every verified proposal (with its request's spec, the output committed
+    before it and how many of it the target accepted)."""
+    rounds = []
+    observe = eng._observe if hasattr(eng, "_observe") else None
+
+    def record(result, trace):
+        for row in result.rows:
+            if row.proposal is not None:
+                before = row.seq.output_token_ids[:row.seq.num_output_tokens - row.committed]
+                rounds.append((row.seq.params.structured_output, before, list(row.proposal.tokens), row.accepted))
+        observe(result, trace)
+
+    if observe is not None:
+        eng._observe = record
+    try:
+        return LLM.from_engine(eng, None).generate(prompts, params), rounds
+    finally:
+        if observe is not None:
+            eng.proposer.close()
+
+
+@pytest.mark.parametrize("mode,draft,k,fan_out", [
+    ("ar", None, 0, 0),
+    ("sd", "llama_draft_perturbed", 3, 2),
+    ("ssd", "llama_draft_perturbed", 3, 2),
+    ("ssd", "llama_draft_random", 2, 3),
+    ("ssd", "llama_draft_perturbed", 4, 1),
+])
+def test_greedy_tokens_equal_masked_transformers(model_dirs, batch, mode, draft, k, fan_out):
+    kinds, prompts, params, expected = batch
+    outputs, _ = run(engine(model_dirs, mode, draft, k, fan_out, len(prompts)), prompts, params)
+    assert [o.token_ids for o in outputs] == expected
+    tokenizer = AutoTokenizer.from_pretrained(model_dirs["llama"])
+    for kind, out in zip(kinds, outputs):
+        if kind == "choice" and out.finish_reason == "stop":
+            assert tokenizer.decode(out.token_ids, skip_special_tokens=True) in CHOICES
+
+
+def test_draft_proposals_stay_inside_the_grammar(model_dirs, batch, tmp_path):
+    """Every proposal of a masking draft is grammar-valid up to its end (or an EOS), so a draft
+    equal to the target has every proposal accepted; a draft without a tokenizer cannot mask and
+    accepts fewer. Prints both acceptance rates."""
+    kinds, prompts, params, expected = batch
+    idx = [i for i, kind in enumerate(kinds) if kind != "none"]
+    prompts, params, expected = [prompts[i] for i in idx], [params[i] for i in idx], [expected[i] for i in idx]
+    blind = tmp_path / "draft_without_tokenizer"
+    shutil.copytree(model_dirs["llama_draft_copy"], blind)
+    (blind / "tokenizer.json").unlink()
+    k = 3
+    rates = {}
+    for name, draft in (("masked", "llama_draft_copy"), ("unmasked", str(blind))):
+        outputs, rounds = run(engine(model_dirs, "ssd", draft, k, 2, len(prompts)), prompts, params)
+        assert [o.token_ids for o in outputs] == expected
+        rates[name] = sum(a for *_, a in rounds) / (len(rounds) * k)
+        if name == "masked":
+            grammars = {spec: grammar for spec, grammar in SPECS.values()}
+            matchers = {}
+            for spec, before, proposal, accepted in rounds:
+                matcher = matchers.setdefault(spec, reference_matcher(model_dirs["llama"], grammars[spec]))
+                matcher.reset()
+                assert matcher.consume_tokens(before)
+                valid = matcher.validate_tokens(proposal)  # (where the output is complete, EOS may follow)
+                assert valid == len(proposal) or EOS in proposal[:valid + 1], (before, proposal)
+                assert accepted == len(proposal) or EOS in proposal[:accepted + 1], (before, proposal)
+    print(f"\nacceptance per proposed token, draft = target copy, K={k}: masked {rates['masked']:.3f}, "
+          f"unmasked {rates['unmasked']:.3f}")
+    assert rates["masked"] > rates["unmasked"]
