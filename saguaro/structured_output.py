@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import llguidance
@@ -39,11 +40,34 @@ class Kind(str, enum.Enum):
 @dataclass(frozen=True)
 class StructuredOutput:
     """A request's grammar spec. ``text``: the JSON Schema (JSON text), the regex or the Lark
-    grammar; ``choices``: the strings of a choice (empty otherwise)."""
+    grammar; ``choices``: the strings of a choice (empty otherwise). The Python API builds one
+    with the class methods: ``SamplingParams(structured_output=StructuredOutput.regex("[0-9]+"))``."""
 
     kind: Kind
     text: str = ""
     choices: tuple[str, ...] = ()
+
+    @classmethod
+    def json_schema(cls, schema: dict | bool | str) -> StructuredOutput:
+        """JSON following ``schema`` (an object, or its JSON text)."""
+        return cls(Kind.JSON_SCHEMA, schema if isinstance(schema, str) else json.dumps(schema))
+
+    @classmethod
+    def json_object(cls) -> StructuredOutput:
+        return cls(Kind.JSON_OBJECT)
+
+    @classmethod
+    def regex(cls, pattern: str) -> StructuredOutput:
+        return cls(Kind.REGEX, pattern)
+
+    @classmethod
+    def choice(cls, choices: Iterable[str]) -> StructuredOutput:
+        return cls(Kind.CHOICE, choices=tuple(choices))
+
+    @classmethod
+    def grammar(cls, lark: str) -> StructuredOutput:
+        """A Lark grammar (llguidance's dialect)."""
+        return cls(Kind.GRAMMAR, lark)
 
     def check(self, field: str = "structured_output") -> None:
         """Refuse a spec no grammar can be built from (``InvalidRequestError`` naming the field)."""

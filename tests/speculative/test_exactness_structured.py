@@ -24,9 +24,10 @@ from saguaro.engine import LLMEngine
 from saguaro.llm import LLM
 from saguaro.services.target.local import speculative_engine
 from saguaro.speculative.settings import DraftSettings
-from saguaro.structured_output import Kind, StructuredOutput
+from saguaro.structured_output import StructuredOutput
 from saguaro.v1 import speculation_pb2 as pb
-from tests_support import hf_model, make_prompts
+from saguaro.tiny_models import build_tiny_model, perturbed_copy
+from tests_support import assert_same_law, hf_logits, hf_model, make_prompts
 
 NEW_TOKENS = 24
 EOS = 1  # the tiny tokenizer's <|eos|>
@@ -38,10 +39,10 @@ CHOICES = ("yes", "no", "maybe so", "print")
 
 # What each request asks, as Saguaro's spec and as the llguidance grammar the reference builds.
 SPECS = {
-    "json": (StructuredOutput(Kind.JSON_SCHEMA, json.dumps(SCHEMA)),
+    "json": (StructuredOutput.json_schema(SCHEMA),
              llguidance.LLMatcher.grammar_from_json_schema(SCHEMA, defaults={"whitespace_flexible": False})),
-    "regex": (StructuredOutput(Kind.REGEX, REGEX), llguidance.LLMatcher.grammar_from_regex(REGEX)),
-    "choice": (StructuredOutput(Kind.CHOICE, choices=CHOICES),
+    "regex": (StructuredOutput.regex(REGEX), llguidance.LLMatcher.grammar_from_regex(REGEX)),
+    "choice": (StructuredOutput.choice(CHOICES),
                llguidance.LLMatcher.grammar_from_lark("start: " + " | ".join(f'"{c}"' for c in CHOICES))),
     "none": (None, None),
 }
@@ -171,3 +172,77 @@ def test_draft_proposals_stay_inside_the_grammar(model_dirs, batch, tmp_path):
     print(f"\nacceptance per proposed token, draft = target copy, K={k}: masked {rates['masked']:.3f}, "
           f"unmasked {rates['unmasked']:.3f}")
     assert rates["masked"] > rates["unmasked"]
+
+
+SAMPLED_REGEX = r"[abc]{1,2}"  # EOS allowed after one letter (accepting), the only token after two (complete)
+SAMPLED_PROMPT = [40, 41, 42]
+SAMPLES = 2000
+
+
+@pytest.fixture(scope="module")
+def sampled_pair(tmp_path_factory):
+    """A small target with a tokenizer, and a draft far from it (many rejections)."""
+    root = tmp_path_factory.mktemp("structured_sampling")
+    target = build_tiny_model(root / "target", vocab_size=300, hidden_size=32, intermediate_size=64, init_range=0.6,
+                              seed=4)
+    return str(target), str(perturbed_copy(target, root / "draft", noise=0.6, seed=5))
+
+
+@pytest.fixture(scope="module")
+def sampled_law(sampled_pair) -> dict[tuple[int, ...], float]:
+    return masked_law(sampled_pair[0], SAMPLED_PROMPT, llguidance.LLMatcher.grammar_from_regex(SAMPLED_REGEX))
+
+
+def masked_law(model_dir: str, prompt: list[int], grammar: str) -> dict[tuple[int, ...], float]:
+    """The exact law of the whole output under the target at temperature 1 with llguidance's
+    mask, by enumerating every token path the grammar allows (each ends with EOS)."""
+    matcher = reference_matcher(model_dir, grammar)
+    law: dict[tuple[int, ...], float] = {}
+
+    def walk(out: list[int], prob: float) -> None:
+        logits = hf_logits(model_dir, prompt + out)[-1].double()
+        allowed = torch.tensor(list(matcher.compute_logit_bias()))[:logits.shape[0]] > 0
+        p = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
+        for token in allowed.nonzero().flatten().tolist():
+            if token == EOS:
+                law[(*out, token)] = prob * float(p[token])
+                continue
+            assert matcher.consume_token(token)
+            walk(out + [token], prob * float(p[token]))
+            matcher.rollback(1)
+
+    walk([], 1.0)
+    return law
+
+
+@pytest.mark.slow  # chi-square over thousands of sampled requests per mode
+@pytest.mark.parametrize("mode, settings", [
+    ("ar", None),
+    ("sd", DraftSettings(k=2, fan_out=2)),
+    ("ssd", DraftSettings(k=2, fan_out=4)),
+    ("ssd", DraftSettings(k=1, fan_out=3, downweight=0.5)),
+])
+def test_sampled_output_has_the_masked_target_law(sampled_pair, sampled_law, mode, settings):
+    """Seeded chi-square: SD and SSD with a grammar (rejections, residual draws, cache hits)
+    sample the whole output from AR's masked law, enumerated exactly (12 outcomes)."""
+    target, draft = sampled_pair
+    law, prompt = sampled_law, SAMPLED_PROMPT
+    outcomes = sorted(law)
+    make = lambda model: EngineConfig(model=model, max_num_seqs=64, block_size=8, kv_cache_bytes=1 << 24,  # noqa: E731
+                                      show_progress=False)
+    engine = speculative_engine(make(target), mode, make(draft), settings)
+    try:
+        params = [SamplingParams(max_tokens=4, temperature=1.0, seed=i,
+                                 structured_output=StructuredOutput.regex(SAMPLED_REGEX)) for i in range(SAMPLES)]
+        outputs = LLM.from_engine(engine, None).generate([prompt] * SAMPLES, params)
+    finally:
+        if engine.proposer is not None:
+            engine.proposer.close()
+    counts = torch.zeros(len(outcomes), dtype=torch.float64)
+    for out in outputs:
+        counts[outcomes.index(tuple(out.token_ids))] += 1  # (a path outside the law raises here)
+    print(f"\n{mode}: {len(outcomes)} outcomes, acceptance "
+          f"{sum(sum(o.stats.get('accepted_per_position', [])) for o in outputs) / SAMPLES:.2f} tokens/request")
+    assert_same_law(counts, torch.tensor([law[o] for o in outcomes], dtype=torch.float64))
+    if mode != "ar":
+        assert sum(sum(o.stats["accepted_per_position"]) for o in outputs) > 0
