@@ -111,6 +111,8 @@ class RequestTracker:
         params = seq.params
         if (token in self.eos_ids and not params.ignore_eos) or token in params.stop_token_ids:
             return FinishReason.STOP
+        if token in self.eos_ids and seq.grammar is not None:  # the grammar allows EOS only where its output is whole
+            return FinishReason.STOP
         if seq.stop_string is not None:
             return FinishReason.STOP
         if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.runner.max_model_len:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import llguidance
@@ -19,8 +20,9 @@ import torch
 from transformers import AutoTokenizer
 
 from saguaro import SamplingParams
-from saguaro.config import EngineConfig
+from saguaro.config import EngineConfig, ModelConfig
 from saguaro.engine import LLMEngine
+from saguaro.errors import InvalidRequestError
 from saguaro.llm import LLM
 from saguaro.services.target.local import speculative_engine
 from saguaro.speculative.settings import DraftSettings
@@ -95,11 +97,17 @@ def config(model: str, batch_size: int) -> EngineConfig:
                         show_progress=False)
 
 
-def engine(model_dirs, mode: str, draft: str | None, k: int, fan_out: int, batch_size: int):
+def engine(model_dirs, mode: str, draft: str | None, k: int, fan_out: int, batch_size: int,
+           backup: int = pb.BACKUP_POLICY_JIT, preempt: bool = False):
+    """``preempt``: a target cache of 14 blocks (~2 sequences) preempts the batch's sequences."""
     target = config(model_dirs["llama"], batch_size)
+    if preempt:
+        facts = ModelConfig.from_dir(model_dirs["llama"])
+        target = replace(target, kv_cache_bytes=2 * facts.num_layers * facts.num_kv_heads * facts.head_dim * 4 * 8 * 14,
+                         max_model_len=64)
     if mode == "ar":
         return LLMEngine(target)
-    settings = DraftSettings(k=k, fan_out=fan_out, backup_policy=pb.BACKUP_POLICY_JIT)
+    settings = DraftSettings(k=k, fan_out=fan_out, backup_policy=backup)
     draft_dir = model_dirs[draft] if draft in model_dirs else draft
     return speculative_engine(target, mode, config(draft_dir, batch_size), settings, draft_soft_deadline=False)
 
@@ -126,21 +134,55 @@ def run(eng, prompts, params) -> tuple[list, list]:
             eng.proposer.close()
 
 
-@pytest.mark.parametrize("mode,draft,k,fan_out", [
-    ("ar", None, 0, 0),
-    ("sd", "llama_draft_perturbed", 3, 2),
-    ("ssd", "llama_draft_perturbed", 3, 2),
-    ("ssd", "llama_draft_random", 2, 3),
-    ("ssd", "llama_draft_perturbed", 4, 1),
+FAST = pb.BACKUP_POLICY_FAST  # placeholders: proposals outside the grammar, rows after them unreachable
+
+
+@pytest.mark.parametrize("mode,draft,k,fan_out,options", [
+    ("ar", None, 0, 0, {}),
+    ("ar", None, 0, 0, {"preempt": True}),
+    ("sd", "llama_draft_perturbed", 3, 2, {}),
+    ("sd", "llama_draft_random", 2, 1, {"preempt": True}),
+    ("ssd", "llama_draft_perturbed", 3, 2, {}),
+    ("ssd", "llama_draft_random", 2, 3, {}),
+    ("ssd", "llama_draft_perturbed", 4, 1, {"backup": FAST}),
+    ("ssd", "llama_draft_perturbed", 3, 2, {"backup": FAST, "preempt": True}),
 ])
-def test_greedy_tokens_equal_masked_transformers(model_dirs, batch, mode, draft, k, fan_out):
+def test_greedy_tokens_equal_masked_transformers(model_dirs, batch, mode, draft, k, fan_out, options):
     kinds, prompts, params, expected = batch
-    outputs, _ = run(engine(model_dirs, mode, draft, k, fan_out, len(prompts)), prompts, params)
+    eng = engine(model_dirs, mode, draft, k, fan_out, len(prompts), **options)
+    outputs, _ = run(eng, prompts, params)
     assert [o.token_ids for o in outputs] == expected
+    if options.get("preempt"):
+        assert eng.scheduler.num_preemptions > 0
     tokenizer = AutoTokenizer.from_pretrained(model_dirs["llama"])
     for kind, out in zip(kinds, outputs):
         if kind == "choice" and out.finish_reason == "stop":
             assert tokenizer.decode(out.token_ids, skip_special_tokens=True) in CHOICES
+
+
+def test_a_resumed_request_continues_inside_the_grammar(model_dirs, batch):
+    """A migrated stream's tokens (``output_token_ids``) advance the grammar before decoding
+    goes on; tokens the grammar rejects are refused."""
+    kinds, prompts, params, expected = batch
+    i = kinds.index("json")
+    eng = engine(model_dirs, "ar", None, 0, 0, 1)
+    seq = eng.add_request(prompts[i], params[i], expected[i][:5])
+    while eng.has_work():
+        eng.step()
+    assert seq.output_token_ids == expected[i]
+    with pytest.raises(InvalidRequestError, match="structured_output"):
+        eng.add_request(prompts[i], params[i], [expected[i][1]] * 3)
+
+
+def test_ignore_eos_still_ends_a_whole_output(model_dirs, batch):
+    """EOS is allowed only where the grammar's output is whole, so it ends the request even
+    with ignore_eos (which otherwise decodes past EOS)."""
+    kinds, prompts, params, expected = batch
+    i = kinds.index("choice")
+    assert expected[i][-1] == EOS
+    out = LLM.from_engine(engine(model_dirs, "ar", None, 0, 0, 1), None).generate(
+        prompts[i], replace(params[i], ignore_eos=True))[0]
+    assert out.token_ids == expected[i] and out.finish_reason == "stop"
 
 
 def test_draft_proposals_stay_inside_the_grammar(model_dirs, batch, tmp_path):
