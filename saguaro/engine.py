@@ -18,6 +18,7 @@ import torch
 
 from saguaro.config import EngineConfig
 from saguaro.errors import InvalidRequestError
+from saguaro.grammar import GrammarCompiler
 from saguaro.logits_processors import resolve
 from saguaro.logprobs import TokenLogprob, token_logprobs
 from saguaro.model_runner import CausalChunk, ModelRunner
@@ -26,7 +27,6 @@ from saguaro.sampling import SamplingParams, make_generator, sample
 from saguaro.scheduler import ScheduledBatch, Scheduler
 from saguaro.sequence import FinishReason, Sequence
 from saguaro.stop_strings import StopText
-from saguaro.grammar import GrammarCompiler
 from saguaro.tokenizer import load_tokenizer
 
 

@@ -46,8 +46,8 @@ from saguaro.speculative import processing_codec, proposal_codec
 from saguaro.speculative.fanout import placeholder_fan_out, scale_fan_out, select_fan_out, shorten_fan_out
 from saguaro.speculative.fork import fork_candidates
 from saguaro.speculative.settings import DraftSettings
-from saguaro.tokenizer import load_tokenizer
 from saguaro.telemetry.attributes import BACKUP_SPAN, FORK_SPAN, GLUE_SPAN, LOOKUP_SPAN, TREE_SPAN
+from saguaro.tokenizer import load_tokenizer
 from saguaro.v1 import speculation_pb2 as pb
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+from saguaro import structured_output
 from saguaro.detokenizer import IncrementalDetokenizer
 from saguaro.errors import InvalidRequestError
 from saguaro.logprobs import TokenLogprob
@@ -27,7 +28,6 @@ from saguaro.services.target.loop import EngineLoop, Final, LoopStopped
 from saguaro.services.target.request_telemetry import RequestRecord, RequestTelemetry
 from saguaro.services.target.request_telemetry import error_type as request_error_type
 from saguaro.tokenizer import encode
-from saguaro import structured_output
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
 from saguaro.wire import DTYPE_NAMES, FINISH_TO_PROTO, MODE_TO_PROTO, PROTO_TO_MODE, speculation_to_proto

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import grpc
 import torch
 
+from saguaro import structured_output
 from saguaro.sequence import Sequence
 from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.channels import DraftChannel
-from saguaro import structured_output
 from saguaro.speculative import processing_codec, proposal_codec
 from saguaro.speculative.backup import Backup
 from saguaro.v1 import speculation_pb2 as pb
