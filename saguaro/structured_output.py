@@ -48,7 +48,7 @@ class StructuredOutput:
     choices: tuple[str, ...] = ()
 
     @classmethod
-    def json_schema(cls, schema: dict | bool | str) -> StructuredOutput:
+    def json_schema(cls, schema: dict | str) -> StructuredOutput:
         """JSON following ``schema`` (an object, or its JSON text)."""
         return cls(Kind.JSON_SCHEMA, schema if isinstance(schema, str) else json.dumps(schema))
 
@@ -98,8 +98,8 @@ def grammar_error(spec: StructuredOutput) -> str:
             schema = json.loads(spec.text)
         except ValueError as exc:
             return f"not valid JSON ({exc})"
-        if not isinstance(schema, (dict, bool)):
-            return "a JSON Schema is an object (or a boolean)"
+        if not isinstance(schema, dict):
+            return "a JSON Schema here is an object"
     if spec.kind is Kind.CHOICE and (not spec.choices or not all(spec.choices)):
         return "give at least one choice, and no empty one"
     if spec.kind in (Kind.REGEX, Kind.GRAMMAR) and not spec.text:

@@ -66,7 +66,7 @@ def _json(value: Any, path: str, name: str) -> tuple[StructuredOutput, str]:
             value = json.loads(value)
         except ValueError as exc:
             raise invalid(f"{path}: not valid JSON ({exc})", name) from None
-    if not isinstance(value, (dict, bool)):
+    if not isinstance(value, dict):
         raise invalid(f"{path} must be a JSON Schema (an object)", name)
     return StructuredOutput(Kind.JSON_SCHEMA, json.dumps(value)), path
 
