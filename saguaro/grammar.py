@@ -124,9 +124,14 @@ class GrammarCompiler:
 
 
 def mask_rows(logits: torch.Tensor, rows: Sequence[int], matchers: Sequence[GrammarMatcher],
-              outputs: Sequence[Sequence[int]], extra: Sequence[Sequence[int]] | None) -> torch.Tensor:
+              outputs: Sequence[Sequence[int]], extra: Sequence[Sequence[int]] | None,
+              unprocessed: torch.Tensor | None = None) -> torch.Tensor:
     """``logits`` [N, V] with row ``rows[i]`` masked to what ``matchers[i]`` allows after
-    ``outputs[i]`` plus ``extra[i]`` (tokens < 0 are padding); in place, and returned."""
+    ``outputs[i]`` plus ``extra[i]`` (tokens < 0 are padding); in place, and returned.
+
+    ``unprocessed``: the rows before the logits processors. Where the processors and the grammar
+    together leave no token (``min_tokens`` holding back the EOS a whole output needs), the
+    grammar wins: the row is the grammar's mask of its unprocessed logits."""
     disallowed = torch.zeros(len(rows), logits.shape[-1], dtype=torch.bool)
     masked = torch.zeros(len(rows), dtype=torch.bool)
     for i, (matcher, output) in enumerate(zip(matchers, outputs)):
@@ -136,7 +141,14 @@ def mask_rows(logits: torch.Tensor, rows: Sequence[int], matchers: Sequence[Gram
         if allowed is not None:
             disallowed[i] = ~allowed
             masked[i] = True
-    if bool(masked.any()):
-        index = torch.tensor(list(rows), dtype=torch.long)[masked].to(logits.device)
-        logits[index] = logits[index].masked_fill(disallowed[masked].to(logits.device), float("-inf"))
+    if not bool(masked.any()):
+        return logits
+    index = torch.tensor(list(rows), dtype=torch.long)[masked].to(logits.device)
+    ruled_out = disallowed[masked].to(logits.device)
+    result = logits[index].masked_fill(ruled_out, float("-inf"))
+    if unprocessed is not None:
+        dead = ~torch.isfinite(result).any(dim=-1)
+        if bool(dead.any()):
+            result[dead] = unprocessed[index][dead].to(result.dtype).masked_fill(ruled_out[dead], float("-inf"))
+    logits[index] = result
     return logits

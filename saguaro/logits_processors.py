@@ -99,11 +99,12 @@ def process_logits(logits: torch.Tensor, histories: Sequence[History | None],
     grammars = [i for i, h in enumerate(histories) if h is not None and h.grammar is not None]
     if not grammars:
         return processed
+    unprocessed = None if processed is logits else logits
     if processed is logits:
         processed = logits.float().clone()
     rows_extra = extra[grammars].tolist() if extra is not None else None
     return mask_rows(processed, grammars, [histories[i].grammar for i in grammars],
-                     [histories[i].output for i in grammars], rows_extra)
+                     [histories[i].output for i in grammars], rows_extra, unprocessed)
 
 
 def _penalise(logits: torch.Tensor, histories: Sequence[History | None], extra: torch.Tensor | None) -> torch.Tensor:

@@ -185,6 +185,17 @@ def test_ignore_eos_still_ends_a_whole_output(model_dirs, batch):
     assert out.token_ids == expected[i] and out.finish_reason == "stop"
 
 
+@pytest.mark.parametrize("mode", ["ar", "ssd"])
+def test_the_grammar_wins_over_min_tokens(model_dirs, batch, mode):
+    """min_tokens holds EOS back, but a whole choice allows only EOS: the grammar wins (the row
+    is the grammar's mask of the unprocessed logits), in AR and on SSD's verify rows alike."""
+    kinds, prompts, params, expected = batch
+    i = kinds.index("choice")
+    eng = engine(model_dirs, mode, "llama_draft_perturbed", 3, 2, 1)
+    outputs, _ = run(eng, [prompts[i]], [replace(params[i], min_tokens=NEW_TOKENS - 1)])
+    assert outputs[0].token_ids == expected[i] and outputs[0].finish_reason == "stop"
+
+
 def test_draft_proposals_stay_inside_the_grammar(model_dirs, batch, tmp_path):
     """Every proposal of a masking draft is grammar-valid up to its end (or an EOS), so a draft
     equal to the target has every proposal accepted; a draft without a tokenizer cannot mask and
