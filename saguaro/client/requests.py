@@ -8,6 +8,7 @@ the request's temperature).
 from __future__ import annotations
 
 from saguaro.errors import InvalidRequestError
+from saguaro.structured_output import StructuredOutput, to_proto
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import MODE_TO_PROTO
 
@@ -38,6 +39,7 @@ def generate_request(
     min_p: float | None = None,
     min_tokens: int | None = None,
     logit_bias: dict[int, float] | None = None,
+    structured_output: StructuredOutput | None = None,
 ) -> tuple[pb.GenerateRequest, list[int]]:
     """The GenerateRequest of ``Client.stream``'s options, and the prompt ids (empty for text)."""
     if mode not in MODES:
@@ -63,6 +65,8 @@ def generate_request(
             if value is not None:
                 setattr(sampling, name, value)
         sampling.logit_bias.update(logit_bias or {})
+        if structured_output is not None:  # the output follows this grammar (docs/protocol.md)
+            sampling.structured_output.CopyFrom(to_proto(structured_output))
         request = pb.GenerateRequest(request_id=request_id, sampling=sampling, decode_mode=MODES[mode],
                                      stream_tokens_individually=stream_tokens_individually)
         if isinstance(prompt, str):

@@ -14,6 +14,8 @@ import jsonschema
 import openai
 import pytest
 
+from saguaro import StructuredOutput
+from saguaro.client import Client
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.v1 import inference_pb2_grpc as pb_grpc
 
@@ -155,3 +157,10 @@ def test_grpc_refuses_an_invalid_grammar_as_invalid_argument(clients, spec, fiel
             list(pb_grpc.InferenceStub(channel).Generate(request, timeout=60))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details().startswith(field)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_sdk_sends_a_grammar_over_grpc(clients, mode):
+    with Client(clients[1][mode].address, timeout=60) as client:
+        result = client.generate(PROMPT, max_tokens=MAX_TOKENS, structured_output=StructuredOutput.choice(CHOICES))
+    assert result.text in CHOICES and result.finish_reason == "stop"
