@@ -31,10 +31,10 @@ COMPILED_CACHE = 64  # compiled grammars kept per tokenizer
 class GrammarMatcher:
     """One sequence's grammar state, following the tokens it has committed.
 
-    The state is the matcher after ``tokens``; ``follow`` moves it to another output by rolling
-    back to the common prefix and consuming the rest, so the target (whose output only grows)
-    and the draft (whose last token, the target's recovery token, changes every round) use one
-    mechanism, preemption and resumed streams included."""
+    The state is the matcher after the tokens it followed last; ``follow`` moves it to another
+    output by rolling back to the common prefix and consuming the rest, so the target (whose
+    output only grows) and the draft (whose last token, the target's recovery token, changes
+    every round) use one mechanism, preemption and resumed streams included."""
 
     def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int):
         self._matcher = matcher
@@ -92,8 +92,8 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class GrammarCompiler:
     """One model's tokenizer, wrapped for llguidance, and its compiled grammars (by spec).
 
-    Thread safe: the target's engine thread and a draft worker may share none, but a compiler
-    is cheap to lock."""
+    The target's engine owns one, each draft worker another; a lock guards the cache all the
+    same, since it costs nothing next to a compile."""
 
     def __init__(self, hf_tokenizer, vocab_size: int, eos_ids: Collection[int]):
         if hf_tokenizer is None:

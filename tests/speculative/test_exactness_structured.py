@@ -8,10 +8,8 @@ that cannot mask (no tokenizer) accepts fewer (docs/speculation.md, "Structured 
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import replace
-from pathlib import Path
 from pathlib import Path
 
 import llguidance
@@ -28,8 +26,8 @@ from saguaro.llm import LLM
 from saguaro.services.target.local import speculative_engine
 from saguaro.speculative.settings import DraftSettings
 from saguaro.structured_output import StructuredOutput
-from saguaro.v1 import speculation_pb2 as pb
 from saguaro.tiny_models import build_tiny_model, perturbed_copy
+from saguaro.v1 import speculation_pb2 as pb
 from tests_support import assert_same_law, hf_logits, hf_model, make_prompts
 
 NEW_TOKENS = 24

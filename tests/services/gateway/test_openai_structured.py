@@ -152,7 +152,8 @@ def test_text_response_format_is_free_text(clients):
 ])
 def test_grpc_refuses_an_invalid_grammar_as_invalid_argument(clients, spec, field):
     with grpc.insecure_channel(clients[1]["ssd"].address) as channel:
-        request = pb.GenerateRequest(prompt_text=PROMPT, sampling=pb.SamplingParams(max_tokens=4, structured_output=spec))
+        request = pb.GenerateRequest(prompt_text=PROMPT,
+                                     sampling=pb.SamplingParams(max_tokens=4, structured_output=spec))
         with pytest.raises(grpc.RpcError) as refused:
             list(pb_grpc.InferenceStub(channel).Generate(request, timeout=60))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
