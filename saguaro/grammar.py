@@ -36,9 +36,10 @@ class GrammarMatcher:
     output only grows) and the draft (whose last token, the target's recovery token, changes
     every round) use one mechanism, preemption and resumed streams included."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int):
+    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int, eos_ids: frozenset[int]):
         self._matcher = matcher
         self._vocab = vocab_size
+        self._eos = eos_ids
         self._tokens: list[int] = []
         self._followed: object = None  # the output object followed last (rows of one sequence share it)
 
@@ -62,9 +63,12 @@ class GrammarMatcher:
 
     def allowed(self, extra: Sequence[int] = ()) -> torch.Tensor | None:
         """[V] bool: the tokens the grammar allows after the followed output plus ``extra``;
-        None when it rejects ``extra`` (an unreachable row) or allows nothing (an error)."""
+        None for a row no one reaches (``extra`` holds an EOS, which ends the output, or a token
+        the grammar rejects) and where it allows nothing (an error)."""
         matcher = self._matcher
         extra = list(extra)
+        if self._eos.intersection(extra):
+            return None
         if extra:
             if matcher.validate_tokens(extra) < len(extra):
                 return None
@@ -99,8 +103,9 @@ class GrammarCompiler:
         if hf_tokenizer is None:
             raise InvalidRequestError("structured output needs the model's tokenizer, and this model folder has "
                                       "no tokenizer.json")
-        eos = sorted(t for t in eos_ids if 0 <= t < vocab_size) or None
-        self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size, eos_token=eos)
+        self.eos_ids = frozenset(t for t in eos_ids if 0 <= t < vocab_size)
+        self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size,
+                                                      eos_token=sorted(self.eos_ids) or None)
         self.vocab_size = vocab_size
         self._compiled: OrderedDict[StructuredOutput, llguidance.LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
@@ -120,7 +125,7 @@ class GrammarCompiler:
                     self._compiled.popitem(last=False)
             else:
                 self._compiled.move_to_end(spec)
-            return GrammarMatcher(compiled.deep_copy(), self.vocab_size)
+            return GrammarMatcher(compiled.deep_copy(), self.vocab_size, self.eos_ids)
 
 
 def mask_rows(logits: torch.Tensor, rows: Sequence[int], matchers: Sequence[GrammarMatcher],

@@ -382,7 +382,8 @@ class DraftWorker:
                 attend = None if self.runner.graphs is not None else functools.partial(
                     tree_attention, tree=layout and dataclasses.replace(layout, step=step))
                 logits = self.runner.forward(current.reshape(-1), positions, meta, attention=attend).view(batch, m, -1)
-                extra = torch.cat([before_fork, forks[:, :, None], *tree_tokens], dim=2) if processed else None
+                extra = torch.cat([before_fork, forks[:, :, None], *(t[:, :, None] for t in tree_tokens)],
+                                  dim=2) if processed else None
                 current, probs = self.sampler.sample(logits, temps, gens, histories, extra)
             tree_tokens.append(current)
             tree_probs.append(probs)
