@@ -313,3 +313,5 @@ def test_sampled_output_has_the_masked_target_law(sampled_pair, sampled_law, mod
     assert_same_law(counts, torch.tensor([law[o] for o in outcomes], dtype=torch.float64))
     if mode != "ar":
         assert sum(sum(o.stats["accepted_per_position"]) for o in outputs) > 0
+    if mode == "ssd":
+        assert sum(o.stats["cache_hits"] for o in outputs) > SAMPLES // 10, "the masked tree must be exercised"
