@@ -31,7 +31,7 @@ from saguaro.attention.tree_attention import TreeStep, tree_attention
 from saguaro import structured_output
 from saguaro.config import EngineConfig
 from saguaro.engine import stop_token_ids
-from saguaro.errors import InvalidRequestError
+from saguaro.errors import InvalidRequestError, ModelLoadError
 from saguaro.grammar import GrammarCompiler, GrammarMatcher
 from saguaro.model_runner import CausalChunk, ModelRunner
 from saguaro.sampling import role_seed
@@ -48,6 +48,7 @@ from saguaro.speculative.fork import fork_candidates
 from saguaro.speculative.settings import DraftSettings
 from saguaro.telemetry.attributes import BACKUP_SPAN, FORK_SPAN, GLUE_SPAN, LOOKUP_SPAN, TREE_SPAN
 from saguaro.tokenizer import load_tokenizer
+from saguaro.v1 import inference_pb2
 from saguaro.v1 import speculation_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class DraftWorker:
             self._forward_catch_up(fresh)
         return pb.PrefillReply(rows=rows, prefill_us=int((time.perf_counter() - start) * 1e6))
 
-    def _grammar(self, message) -> GrammarMatcher | None:
+    def _grammar(self, message: inference_pb2.StructuredOutput) -> GrammarMatcher | None:
         """The sequence's grammar matcher, so its proposals stay inside the grammar (None: a
         draft without a tokenizer, or a spec it cannot compile, proposes unmasked; the target's
         verify keeps the output exact either way: docs/speculation.md, "Structured output")."""
@@ -156,12 +157,17 @@ class DraftWorker:
 
     @functools.cached_property
     def grammars(self) -> GrammarCompiler | None:
-        """This draft model's grammars, built by the first sequence with structured output."""
-        tokenizer = load_tokenizer(self.runner.model_dir)
-        if tokenizer is None:
+        """This draft model's grammars, built by the first sequence with structured output (None:
+        its folder has no usable tokenizer, and its proposals go unmasked)."""
+        try:
+            tokenizer = load_tokenizer(self.runner.model_dir)
+            if tokenizer is None:
+                return None
+            eos = stop_token_ids(self.runner.model_dir, self.runner.model_config.eos_token_ids)
+            return GrammarCompiler(tokenizer, self.runner.vocab_size, eos)
+        except (ModelLoadError, ValueError) as exc:  # a broken or slow (non-fast) tokenizer
+            log.warning("draft proposals unmasked: no grammar for this draft's tokenizer (%s)", exc)
             return None
-        eos = stop_token_ids(self.runner.model_dir, self.runner.model_config.eos_token_ids)
-        return GrammarCompiler(tokenizer, self.runner.vocab_size, eos)
 
     def _forward_catch_up(self, seqs: list[DraftSequence]) -> None:
         chunks = [CausalChunk(s.table.blocks, len(s.kv_tokens), s.tokens[len(s.kv_tokens) :]) for s in seqs]
