@@ -5,9 +5,9 @@ logits processors (saguaro/logits_processors.py; docs/speculation.md, "Structure
 row is a sequence's committed output plus ``extra`` tokens generated after it (the draft tokens
 before a verify row, a tree branch's tokens on the draft). ``GrammarMatcher.follow`` brings the
 sequence's matcher to its committed output (rolling back what is no longer there);
-``GrammarMatcher.allowed`` advances along the extra tokens, computes the mask and rolls back.
-A row after an extra token the grammar rejects can never be reached (the target rejects that
-token first), so it gets no mask at all. When the grammar is accepting, EOS is allowed; once it
+``GrammarMatcher.fill`` advances along the extra tokens, writes the mask and rolls back.
+A row after an extra token the grammar rejects, or after an EOS, can never be reached (the
+target rejects that token first, or the output ends there), so it gets no mask at all. When the grammar is accepting, EOS is allowed; once it
 is complete, EOS is the only token allowed, so the request ends with finish_reason "stop".
 Rows of requests without a grammar never reach this module.
 """
@@ -61,27 +61,25 @@ class GrammarMatcher:
         self._followed = output if accepted == len(rest) else None
         return accepted == len(rest)
 
-    def allowed(self, extra: Sequence[int] = ()) -> torch.Tensor | None:
-        """[V] bool: the tokens the grammar allows after the followed output plus ``extra``;
-        None for a row no one reaches (``extra`` holds an EOS, which ends the output, or a token
-        the grammar rejects) and where it allows nothing (an error)."""
+    def fill(self, extra: Sequence[int], bitmask: torch.Tensor) -> bool:
+        """Write into ``bitmask`` (int32 [ceil(V/32)], bit t of word t // 32) the tokens the
+        grammar allows after the followed output plus ``extra``. False, writing nothing, for a
+        row no one reaches: ``extra`` holds an EOS (which ends the output) or a token the
+        grammar rejects."""
         matcher = self._matcher
         extra = list(extra)
         if self._eos.intersection(extra):
-            return None
+            return False
         if extra:
             if matcher.validate_tokens(extra) < len(extra):
-                return None
+                return False
             matcher.consume_tokens(extra)
         try:
-            bias = matcher.compute_logit_bias()
+            matcher.unsafe_compute_mask_ptr(bitmask.data_ptr(), bitmask.numel() * bitmask.element_size())
         finally:
             if extra:
                 matcher.rollback(len(extra))
-        allowed = torch.zeros(self._vocab, dtype=torch.bool)
-        known = min(len(bias), self._vocab)
-        allowed[:known] = torch.frombuffer(bytearray(bias[:known]), dtype=torch.uint8) > 0
-        return allowed if bool(allowed.any()) else None
+        return True
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -128,28 +126,35 @@ class GrammarCompiler:
             return GrammarMatcher(compiled.deep_copy(), self.vocab_size, self.eos_ids)
 
 
+def bitmask_words(vocab_size: int) -> int:
+    return (vocab_size + 31) // 32
+
+
 def mask_rows(logits: torch.Tensor, rows: Sequence[int], matchers: Sequence[GrammarMatcher],
               outputs: Sequence[Sequence[int]], extra: Sequence[Sequence[int]] | None,
               unprocessed: torch.Tensor | None = None) -> torch.Tensor:
     """``logits`` [N, V] with row ``rows[i]`` masked to what ``matchers[i]`` allows after
     ``outputs[i]`` plus ``extra[i]`` (tokens < 0 are padding); in place, and returned.
 
-    ``unprocessed``: the rows before the logits processors. Where the processors and the grammar
-    together leave no token (``min_tokens`` holding back the EOS a whole output needs), the
-    grammar wins: the row is the grammar's mask of its unprocessed logits."""
-    disallowed = torch.zeros(len(rows), logits.shape[-1], dtype=torch.bool)
+    llguidance writes each row's bitmask (one bit per token) straight into one int32 tensor,
+    unpacked for all rows at once. ``unprocessed``: the rows before the logits processors.
+    Where the processors and the grammar together leave no token (``min_tokens`` holding back
+    the EOS a whole output needs), the grammar wins: the row is the grammar's mask of its
+    unprocessed logits."""
+    vocab = logits.shape[-1]
+    bitmask = torch.zeros(len(rows), bitmask_words(vocab), dtype=torch.int32)
     masked = torch.zeros(len(rows), dtype=torch.bool)
     for i, (matcher, output) in enumerate(zip(matchers, outputs)):
         if not matcher.follow(output):
             continue  # the committed tokens leave the grammar (a desynchronised draft): no mask
-        allowed = matcher.allowed([t for t in extra[i] if t >= 0] if extra is not None else ())
-        if allowed is not None:
-            disallowed[i] = ~allowed
-            masked[i] = True
+        masked[i] = matcher.fill([t for t in extra[i] if t >= 0] if extra is not None else (), bitmask[i])
     if not bool(masked.any()):
         return logits
+    bits = (bitmask[masked, :, None] >> torch.arange(32, dtype=torch.int32)) & 1
+    ruled_out = bits.reshape(-1, bitmask.shape[1] * 32)[:, :vocab] == 0
+    ruled_out[ruled_out.all(dim=-1)] = False  # a grammar in error allows nothing: leave such a row alone
     index = torch.tensor(list(rows), dtype=torch.long)[masked].to(logits.device)
-    ruled_out = disallowed[masked].to(logits.device)
+    ruled_out = ruled_out.to(logits.device)
     result = logits[index].masked_fill(ruled_out, float("-inf"))
     if unprocessed is not None:
         dead = ~torch.isfinite(result).any(dim=-1)
