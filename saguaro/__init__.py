@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from saguaro.errors import ConfigError, InvalidRequestError, ModelLoadError, SaguaroError
     from saguaro.llm import LLM, RequestOutput
     from saguaro.sampling import SamplingParams
+    from saguaro.structured_output import StructuredOutput
 
 _EXPORTS = {
     "LLM": "saguaro.llm",
@@ -27,9 +28,11 @@ _EXPORTS = {
     "ModelLoadError": "saguaro.errors",
     "SaguaroError": "saguaro.errors",
     "SamplingParams": "saguaro.sampling",
+    "StructuredOutput": "saguaro.structured_output",
 }
 
-__all__ = ["LLM", "ConfigError", "InvalidRequestError", "ModelLoadError", "RequestOutput", "SaguaroError", "SamplingParams"]
+__all__ = ["LLM", "ConfigError", "InvalidRequestError", "ModelLoadError", "RequestOutput", "SaguaroError", "SamplingParams",
+           "StructuredOutput"]
 __version__ = "0.1.0"
 
 

@@ -18,6 +18,7 @@ import torch
 
 from saguaro.config import EngineConfig
 from saguaro.errors import InvalidRequestError
+from saguaro.grammar import GrammarCompiler
 from saguaro.logits_processors import resolve
 from saguaro.logprobs import TokenLogprob, token_logprobs
 from saguaro.model_runner import CausalChunk, ModelRunner
@@ -76,6 +77,10 @@ class RequestTracker:
         seq.processing = resolve(params.presence_penalty, params.frequency_penalty, params.repetition_penalty,
                                  params.logit_bias, params.min_tokens,
                                  {t for t in self.eos_ids | set(params.stop_token_ids) if 0 <= t < self.runner.vocab_size})
+        if params.structured_output is not None:
+            seq.grammar = self.grammars.matcher(params.structured_output)
+            if not seq.grammar.follow(seq.output_token_ids):
+                raise InvalidRequestError("the resumed token ids do not follow the request's structured_output")
         if params.logprobs is not None:
             seq.logprobs = [None] * len(output_token_ids)  # resumed tokens: scored by the server that sent them
         if params.stop:
@@ -96,10 +101,17 @@ class RequestTracker:
         instance of the engine's own (a fast tokenizer is not thread safe)."""
         return load_tokenizer(self.runner.model_dir)
 
+    @cached_property
+    def grammars(self) -> GrammarCompiler:
+        """The model's grammars for structured output: built by the first request that has one."""
+        return GrammarCompiler(self.tokenizer, self.runner.vocab_size, self.eos_ids)
+
     def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
         """Why ``seq`` ends with its newest token ``token``; None: it goes on."""
         params = seq.params
         if (token in self.eos_ids and not params.ignore_eos) or token in params.stop_token_ids:
+            return FinishReason.STOP
+        if token in self.eos_ids and seq.grammar is not None:  # the grammar allows EOS only where its output is whole
             return FinishReason.STOP
         if seq.stop_string is not None:
             return FinishReason.STOP

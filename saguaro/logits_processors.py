@@ -19,6 +19,8 @@ a ``History`` (the request's committed prompt and output) plus ``extra`` tokens 
 it (the draft tokens before that row): the target's AR rows and verify rows, and the draft's
 proposals, all call :func:`process_logits`, so a row is processed the same way wherever it is.
 ``min_p`` is a filter after temperature (``saguaro.sampling.filter_logits``), not here.
+A request's grammar (structured output, ``saguaro.structured_output``) is applied last, the
+same way: its mask of a row follows the committed output plus the row's ``extra`` tokens.
 Rows of requests that use none of them cost nothing; neither does a batch without any.
 """
 
@@ -28,6 +30,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from saguaro.grammar import GrammarMatcher, mask_rows
 
 NO_TOKEN = -1  # padding in ``extra``
 
@@ -62,11 +66,13 @@ def resolve(presence_penalty: float, frequency_penalty: float, repetition_penalt
 
 @dataclass(frozen=True)
 class History:
-    """One request's committed tokens, split as the penalties need them."""
+    """One request's committed tokens, split as the penalties and the grammar need them
+    (``processing`` None: no processor; ``grammar`` None: no structured output)."""
 
-    processing: LogitsProcessing
+    processing: LogitsProcessing | None
     prompt: Sequence[int]
     output: Sequence[int]
+    grammar: GrammarMatcher | None = None
 
 
 def _padded(rows: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -88,8 +94,23 @@ def process_logits(logits: torch.Tensor, histories: Sequence[History | None],
 
     ``histories``: per row, the request's history (None: it uses no processor). ``extra``
     [N, L]: tokens generated after that history for the row (``NO_TOKEN`` padding), e.g. the
-    draft tokens before a verify row (:func:`block_extra`)."""
-    rows = [i for i, h in enumerate(histories) if h is not None]
+    draft tokens before a verify row (:func:`block_extra`). The grammar's mask comes last."""
+    processed = _penalise(logits, histories, extra)
+    grammars = [i for i, h in enumerate(histories) if h is not None and h.grammar is not None]
+    if not grammars:
+        return processed
+    unprocessed = None if processed is logits else logits
+    if processed is logits:
+        processed = logits.float().clone()
+    rows_extra = extra[grammars].tolist() if extra is not None else None
+    return mask_rows(processed, grammars, [histories[i].grammar for i in grammars],
+                     [histories[i].output for i in grammars], rows_extra, unprocessed)
+
+
+def _penalise(logits: torch.Tensor, histories: Sequence[History | None], extra: torch.Tensor | None) -> torch.Tensor:
+    """The penalties, ``logit_bias`` and ``min_tokens`` of :func:`process_logits` (``logits``
+    itself when no row has any)."""
+    rows = [i for i, h in enumerate(histories) if h is not None and h.processing is not None]
     if not rows:
         return logits
     vocab = logits.shape[-1]

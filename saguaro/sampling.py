@@ -16,6 +16,7 @@ from saguaro.errors import InvalidRequestError
 from saguaro.logits_processors import History, process_logits
 from saguaro.request_rules import (MAX_LOGPROBS, check_processor_fields, check_stop_strings, valid_logprobs,
                                    valid_temperature, valid_top_p)
+from saguaro.structured_output import StructuredOutput
 from saguaro.wire import MODES
 
 DEFAULT_MAX_TOKENS = 64  # also what a Generate request without sampling.max_tokens gets (inference.proto)
@@ -55,6 +56,9 @@ class SamplingParams:
     min_p: float = 0.0
     min_tokens: int = 0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    # Structured output (saguaro/structured_output.py; docs/speculation.md, "Structured
+    # output"): the output follows this grammar, exactly in every mode. None: free text.
+    structured_output: StructuredOutput | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # one stop string, as OpenAI and vLLM accept it
@@ -81,6 +85,8 @@ class SamplingParams:
                 raise InvalidRequestError(f"{name} must be an integer in [0, {MAX_LOGPROBS}] (or unset), got {value!r}")
         check_processor_fields(self.presence_penalty, self.frequency_penalty, self.repetition_penalty, self.min_p,
                                self.min_tokens, self.max_tokens, self.logit_bias)
+        if self.structured_output is not None:
+            self.structured_output.check()
 
     @property
     def greedy(self) -> bool:

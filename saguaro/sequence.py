@@ -14,6 +14,7 @@ from saguaro.logits_processors import History, LogitsProcessing
 from saguaro.logprobs import TokenLogprob
 from saguaro.sampling import SamplingParams
 from saguaro.stop_strings import StopText
+from saguaro.grammar import GrammarMatcher
 
 
 class SequenceStatus(enum.Enum):
@@ -61,13 +62,16 @@ class Sequence:
     prompt_logprobs: list[TokenLogprob] | None = None
     # Its logits processors, resolved (saguaro/logits_processors.py); None: it uses none.
     processing: LogitsProcessing | None = None
+    # Its grammar's matcher (saguaro/structured_output.py); None: no structured output.
+    grammar: GrammarMatcher | None = None
 
     @property
     def history(self) -> History | None:
-        """What its logits processors condition on now (None: it has none)."""
-        if self.processing is None:
+        """What its logits processors and grammar condition on now (None: it has neither)."""
+        if self.processing is None and self.grammar is None:
             return None
-        return History(self.processing, self.token_ids[:self.num_prompt_tokens], self.token_ids[self.num_prompt_tokens:])
+        return History(self.processing, self.token_ids[:self.num_prompt_tokens], self.token_ids[self.num_prompt_tokens:],
+                       self.grammar)
 
     @property
     def scores_prompt(self) -> bool:

@@ -23,6 +23,8 @@ from cryptography.x509.oid import NameOID
 
 from saguaro.net import free_port
 
+CHI_SQUARE_SIGNIFICANCE = 1e-3
+
 
 def make_prompts(count: int, vocab: int, seed: int = 0, min_len: int = 3, max_len: int = 40) -> list[list[int]]:
     """Varied-length prompts of token ids (avoiding the special ids 0-2)."""
@@ -68,6 +70,23 @@ def bos_pair(model_dirs: dict, root: Path) -> dict[str, str]:
         shutil.copytree(source, root / source.name)
         add_bos(root / source.name)
     return {role: str(root / source.name) for role, source in pair.items()}
+
+
+def assert_same_law(counts: torch.Tensor, law: torch.Tensor) -> None:
+    """Seeded chi-square: ``counts`` of sampled outcomes follow ``law`` (any shape, one cell per
+    outcome), pooling the rarest cells so each expects at least 20."""
+    from scipy.stats import chisquare
+
+    expected = (law / law.sum() * counts.sum()).flatten()  # fp32 softmax sums to 1 only to ~1e-7
+    observed = counts.flatten()
+    order = torch.argsort(expected)
+    small = expected[order].cumsum(0) < 5 * 4  # pool the rarest cells into one bucket (expected >= 20)
+    pooled = order[small]
+    keep = order[~small]
+    obs = torch.cat([observed[keep], observed[pooled].sum().view(1)])
+    exp = torch.cat([expected[keep], expected[pooled].sum().view(1)])
+    stat = chisquare(obs.numpy(), exp.numpy())
+    assert stat.pvalue > CHI_SQUARE_SIGNIFICANCE, f"chi-square p-value {stat.pvalue:.2e} (statistic {stat.statistic:.1f})"
 
 
 def hf_logits(model_dir: str, token_ids: list[int]) -> torch.Tensor:

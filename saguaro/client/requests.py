@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
 from saguaro.errors import InvalidRequestError
+from saguaro.structured_output import StructuredOutput, to_proto
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import MODE_TO_PROTO
 
@@ -55,6 +56,7 @@ def request_options(
     min_p: float | None = None,
     min_tokens: int | None = None,
     logit_bias: dict[int, float] | None = None,
+    structured_output: StructuredOutput | None = None,
     n: int = 1,
     mode: str | None = None,
     request_id: str = "",
@@ -76,6 +78,8 @@ def request_options(
     * ``presence_penalty``, ``frequency_penalty`` (in [-2, 2]), ``repetition_penalty`` (> 0),
       ``min_p`` (in [0, 1]), ``min_tokens``, ``logit_bias`` (token id -> bias in [-100, 100]):
       vLLM's logits processors, exact under speculation; None: off (docs/protocol.md).
+    * ``structured_output``: a grammar the output follows (``StructuredOutput.json_schema(...)``,
+      ``.regex``, ``.choice``, ``.grammar``, ``.json_object``), exact under speculation.
     * ``n``: choices, 1 to 16 (a gateway serves n > 1; a target refuses it): ``generate`` then
       returns a list of n results, and stream deltas carry their choice's ``index``.
     * ``mode``: "ar" opts out of speculation; "sd", "ssd" (the server's own); None: the server's.
@@ -103,6 +107,8 @@ def request_options(
         for name, value in optional.items():  # None stays absent: the server's default
             if value is not None:
                 setattr(sampling, name, value)
+        if structured_output is not None:  # the output follows this grammar (docs/protocol.md)
+            sampling.structured_output.CopyFrom(to_proto(structured_output))
         request = pb.GenerateRequest(request_id=request_id, sampling=sampling, decode_mode=MODES[mode],
                                      stream_tokens_individually=stream_tokens_individually, n=n if n > 1 else 0)
         if isinstance(prompt, str):

@@ -1,3 +1,4 @@
+from saguaro.v1 import inference_pb2 as _inference_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -245,18 +246,22 @@ class PrefillRequest(_message.Message):
     def __init__(self, sequences: _Optional[_Iterable[_Union[PrefillSequence, _Mapping]]] = ...) -> None: ...
 
 class PrefillSequence(_message.Message):
-    __slots__ = ("seq_id", "prompt_token_ids", "reset", "seed", "processing")
+    __slots__ = ("seq_id", "prompt_token_ids", "reset", "seed", "processing", "structured_output", "prompt_len")
     SEQ_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     PROCESSING_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_LEN_FIELD_NUMBER: _ClassVar[int]
     seq_id: int
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     reset: bool
     seed: int
     processing: LogitsProcessing
-    def __init__(self, seq_id: _Optional[int] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., reset: _Optional[bool] = ..., seed: _Optional[int] = ..., processing: _Optional[_Union[LogitsProcessing, _Mapping]] = ...) -> None: ...
+    structured_output: _inference_pb2.StructuredOutput
+    prompt_len: int
+    def __init__(self, seq_id: _Optional[int] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., reset: _Optional[bool] = ..., seed: _Optional[int] = ..., processing: _Optional[_Union[LogitsProcessing, _Mapping]] = ..., structured_output: _Optional[_Union[_inference_pb2.StructuredOutput, _Mapping]] = ..., prompt_len: _Optional[int] = ...) -> None: ...
 
 class LogitsProcessing(_message.Message):
     __slots__ = ("presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "min_tokens", "min_tokens_stop_ids", "prompt_len")

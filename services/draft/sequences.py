@@ -12,6 +12,7 @@ import torch
 
 from saguaro.cache import BlockTable
 from saguaro.logits_processors import History, LogitsProcessing
+from saguaro.grammar import GrammarMatcher
 
 
 @dataclass
@@ -31,12 +32,15 @@ class DraftSequence:
     # The request's logits processors and prompt length, from its prefill (None: it has none)
     processing: LogitsProcessing | None = None
     prompt_len: int = 0
+    # The request's grammar, from its prefill (None: no structured output, or no tokenizer here)
+    grammar: GrammarMatcher | None = None
 
     def history(self, recovery: int) -> History | None:
-        """What the processors condition on at the recovery token's next position."""
-        if self.processing is None:
+        """What the processors and the grammar condition on at the recovery token's next position."""
+        if self.processing is None and self.grammar is None:
             return None
-        return History(self.processing, self.tokens[:self.prompt_len], [*self.tokens[self.prompt_len:], recovery])
+        return History(self.processing, self.tokens[:self.prompt_len], [*self.tokens[self.prompt_len:], recovery],
+                       self.grammar)
 
 
 @dataclass

@@ -28,7 +28,11 @@ from dataclasses import replace
 import torch
 
 from saguaro.attention.tree_attention import TreeStep, tree_attention
+from saguaro import structured_output
 from saguaro.config import EngineConfig
+from saguaro.engine import stop_token_ids
+from saguaro.errors import InvalidRequestError, ModelLoadError
+from saguaro.grammar import GrammarCompiler, GrammarMatcher
 from saguaro.model_runner import CausalChunk, ModelRunner
 from saguaro.sampling import role_seed
 from saguaro.services.draft.policy import RoundEconomics, TreeBudget
@@ -43,6 +47,8 @@ from saguaro.speculative.fanout import placeholder_fan_out, scale_fan_out, selec
 from saguaro.speculative.fork import fork_candidates
 from saguaro.speculative.settings import DraftSettings
 from saguaro.telemetry.attributes import BACKUP_SPAN, FORK_SPAN, GLUE_SPAN, LOOKUP_SPAN, TREE_SPAN
+from saguaro.tokenizer import load_tokenizer
+from saguaro.v1 import inference_pb2
 from saguaro.v1 import speculation_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -107,6 +113,8 @@ class DraftWorker:
                 raise ValueError(f"sequence {item.seq_id}: {total} tokens exceed the draft's context ({limit})")
             if item.HasField("processing"):
                 processing_codec.from_proto(item.processing, vocab)
+            if item.HasField("structured_output") and item.prompt_len > len(tokens):
+                raise ValueError(f"sequence {item.seq_id}: prompt_len {item.prompt_len} exceeds its tokens")
         if len({item.seq_id for item in request.sequences}) != len(request.sequences):
             raise ValueError("a prefill request names a sequence more than once")
         for item in request.sequences:
@@ -119,6 +127,8 @@ class DraftWorker:
                 seq = DraftSequence(item.seq_id, tokens, torch.Generator().manual_seed(seed))
                 if item.HasField("processing"):
                     seq.processing, seq.prompt_len = processing_codec.from_proto(item.processing, vocab)
+                if item.HasField("structured_output"):
+                    seq.grammar, seq.prompt_len = self._grammar(item.structured_output), item.prompt_len
                 self.sequences[item.seq_id] = seq
             else:
                 seq.tokens.extend(tokens)
@@ -131,6 +141,33 @@ class DraftWorker:
         if fresh:
             self._forward_catch_up(fresh)
         return pb.PrefillReply(rows=rows, prefill_us=int((time.perf_counter() - start) * 1e6))
+
+    def _grammar(self, message: inference_pb2.StructuredOutput) -> GrammarMatcher | None:
+        """The sequence's grammar matcher, so its proposals stay inside the grammar (None: a
+        draft without a tokenizer, or a spec it cannot compile, proposes unmasked; the target's
+        verify keeps the output exact either way: docs/speculation.md, "Structured output")."""
+        spec = structured_output.from_proto(message)
+        if spec is None or self.grammars is None:
+            return None
+        try:
+            return self.grammars.matcher(spec)
+        except InvalidRequestError as exc:
+            log.warning("draft proposals unmasked: %s", exc)
+            return None
+
+    @functools.cached_property
+    def grammars(self) -> GrammarCompiler | None:
+        """This draft model's grammars, built by the first sequence with structured output (None:
+        its folder has no usable tokenizer, and its proposals go unmasked)."""
+        try:
+            tokenizer = load_tokenizer(self.runner.model_dir)
+            if tokenizer is None:
+                return None
+            eos = stop_token_ids(self.runner.model_dir, self.runner.model_config.eos_token_ids)
+            return GrammarCompiler(tokenizer, self.runner.vocab_size, eos)
+        except (ModelLoadError, ValueError) as exc:  # a broken or slow (non-fast) tokenizer
+            log.warning("draft proposals unmasked: no grammar for this draft's tokenizer (%s)", exc)
+            return None
 
     def _forward_catch_up(self, seqs: list[DraftSequence]) -> None:
         chunks = [CausalChunk(s.table.blocks, len(s.kv_tokens), s.tokens[len(s.kv_tokens) :]) for s in seqs]

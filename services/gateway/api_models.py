@@ -132,7 +132,7 @@ class ChatTemplateFields(Body):
                                                         "template's (vLLM's default: false)")
 
 
-# -- structured output (declared; whether it is honoured is request_fields.py's) -----------------
+# -- structured output (its meaning: structured_fields.py) ----------------------------------------
 class JsonSchemaFormat(Body):
     name: str = Field(description="the schema's name")
     schema_: dict[str, Any] | None = Field(None, alias="schema", description="the JSON schema the output follows")
@@ -164,18 +164,30 @@ class StructuredOutputs(Body):
     json_: JsonSchema | None = Field(None, alias="json", description="a JSON schema (object or its text)")
     regex: str | None = Field(None, description="a regular expression the output matches")
     choice: list[str] | None = Field(None, description="the output is one of these strings")
-    grammar: str | None = Field(None, description="a context-free grammar (EBNF / Lark)")
+    grammar: str | None = Field(None, description="a context-free grammar (Lark)")
     json_object: bool | None = Field(None, description="the output is some JSON object")
 
 
 class StructuredOutputFields(Body):
+    """Structured output (structured_fields.py reads these): at most one of them per request."""
+
     response_format: ResponseFormat | None = Field(None, description=(
-        "OpenAI's output format: text, json_object or json_schema {name, schema, strict, description}"))
-    structured_outputs: StructuredOutputs | None = Field(None, description="vLLM's structured output constraint")
-    guided_json: JsonSchema | None = Field(None, description="vLLM (earlier releases): a JSON schema")
-    guided_regex: str | None = Field(None, description="vLLM (earlier releases): a regular expression")
-    guided_choice: list[str] | None = Field(None, description="vLLM (earlier releases): one of these strings")
-    guided_grammar: str | None = Field(None, description="vLLM (earlier releases): a context-free grammar")
+        'Structured output (OpenAI): {"type": "text"} (free text), {"type": "json_object"} (any JSON object) or '
+        '{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}} (JSON following the '
+        "schema, compact). At most one of response_format, structured_outputs and guided_*; an invalid schema is "
+        "a 400 naming the field."))
+    structured_outputs: StructuredOutputs | None = Field(None, description=(
+        "vLLM extension, structured output: an object with exactly one of json (a JSON Schema), regex, choice (a "
+        "list of strings), grammar (Lark) or json_object (true). At most one of response_format, "
+        "structured_outputs and guided_*; an invalid one is a 400 naming the field."))
+    guided_json: JsonSchema | None = Field(None, description=(
+        "vLLM extension (older spelling of structured_outputs.json): the output is JSON following this JSON Schema."))
+    guided_regex: str | None = Field(None, description=(
+        "vLLM extension (older spelling of structured_outputs.regex): the output matches this regular expression."))
+    guided_choice: list[str] | None = Field(None, description=(
+        "vLLM extension (older spelling of structured_outputs.choice): the output is one of these strings."))
+    guided_grammar: str | None = Field(None, description=(
+        "vLLM extension (older spelling of structured_outputs.grammar): the output follows this Lark grammar."))
 
 
 # -- generation ----------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from saguaro.services.gateway.api_validation import validated
 from saguaro.services.gateway.errors import invalid
 from saguaro.services.gateway.prepare import Preparer, check_vocabulary
 from saguaro.services.gateway.request_fields import check_fields
+from saguaro.services.gateway.structured_fields import read_structured_output
 from saguaro.services.gateway.tokenization import ChatOptions
 from saguaro.v1 import inference_pb2 as pb
 from saguaro.wire import MODE_TO_PROTO
@@ -170,6 +171,9 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     # None: until the context is full (chat without max_tokens).
     sampling.max_tokens = max_tokens if max_tokens is not None else limit
     _logits_processors(request, sampling, facts.vocab_size)
+    grammar = read_structured_output(body)
+    if grammar is not None:
+        sampling.structured_output.CopyFrom(grammar)
     logprobs, echo = _logprobs(request)
     if (logprobs is not None or echo) and not preparer.tokenizer.available:
         name = "echo" if echo else "logprobs"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from saguaro.services.gateway.errors import invalid
+from saguaro.services.gateway.structured_fields import FIELDS as STRUCTURED_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 _GENERATION = frozenset({
     "model", "max_tokens", "n", "stream", "stream_options", "temperature", "top_p", "top_k", "seed",
     "stop", "include_stop_str_in_output", "stop_token_ids", "ignore_eos", "mode", "stream_tokens_individually",
-    "presence_penalty", "frequency_penalty", "repetition_penalty", "min_p", "min_tokens", "logit_bias"})
+    "presence_penalty", "frequency_penalty", "repetition_penalty", "min_p", "min_tokens", "logit_bias",
+    *STRUCTURED_FIELDS})
 _CHAT_TEMPLATE = ("add_generation_prompt", "continue_final_message", "chat_template_kwargs")
 HONOURED = {
     "completions": _GENERATION | {"prompt", "logprobs", "echo", "add_special_tokens"},
@@ -68,7 +70,7 @@ def _same(value: Any, neutral: Any) -> bool:
 
 
 _LOGPROBS = "only the logprobs of the sampled tokens (and the prompt's, with echo) are returned"
-_STRUCTURED = "structured output (grammars, JSON schemas, choices) is not supported"
+_STRUCTURED = "only structured_outputs, response_format and guided_json/regex/choice/grammar are supported"
 _TEMPLATE = "per-request chat templates are not supported (the gateway's --chat-template FILE sets one)"
 _TRANSFER = "disaggregated serving parameters are not supported"
 _REPETITION = "repetition detection is not supported"
@@ -78,7 +80,6 @@ REFUSED: Mapping[str, Refusal] = {
     # sampling and output (OpenAI)
     "suffix": Refusal("suffix is not supported", ("",)),
     "best_of": Refusal("only 1 is supported", (1,)),
-    "response_format": Refusal("only {\"type\": \"text\"} is supported", ({"type": "text"},)),
     "tools": Refusal("tool calls are not supported", ([],)),
     "tool_choice": Refusal("tool calls are not supported", ("none", "auto")),
     "functions": Refusal("function calls are not supported", ([],)),
@@ -106,11 +107,6 @@ REFUSED: Mapping[str, Refusal] = {
     "min_repetition_pattern_size": Refusal(_REPETITION, (0,)),
     "repetition_min_count": Refusal(_REPETITION, (0,)),
     # structured output (vLLM)
-    "structured_outputs": Refusal(_STRUCTURED),
-    "guided_json": Refusal(_STRUCTURED),
-    "guided_regex": Refusal(_STRUCTURED),
-    "guided_choice": Refusal(_STRUCTURED),
-    "guided_grammar": Refusal(_STRUCTURED),
     "structural_tag": Refusal(_STRUCTURED),
     "guided_decoding_backend": Refusal(_STRUCTURED),
     "guided_whitespace_pattern": Refusal(_STRUCTURED),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+from saguaro import structured_output
 from saguaro.detokenizer import IncrementalDetokenizer
 from saguaro.errors import InvalidRequestError
 from saguaro.logprobs import TokenLogprob
@@ -68,6 +69,7 @@ def sampling_from_proto(sampling: pb.SamplingParams, decode_mode: int, server_mo
         min_p=sampling.min_p,
         min_tokens=sampling.min_tokens,
         logit_bias=dict(sampling.logit_bias),
+        structured_output=structured_output.from_proto(sampling.structured_output),
     )
     params.validate()
     return params

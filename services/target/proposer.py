@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import grpc
 import torch
 
+from saguaro import structured_output
 from saguaro.sequence import Sequence
 from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.channels import DraftChannel
@@ -211,6 +212,9 @@ class DraftProposer:
                 item.seed = s.params.seed
             if s.processing is not None:
                 item.processing.CopyFrom(processing_codec.to_proto(s.processing, s.num_prompt_tokens))
+            if s.params.structured_output is not None:
+                item.structured_output.CopyFrom(structured_output.to_proto(s.params.structured_output))
+                item.prompt_len = s.num_prompt_tokens
             items.append(item)
             self.views[s.seq_id] = DraftView(seen=c)
         return pb.SpeculationRequest(prefill=pb.PrefillRequest(sequences=items))

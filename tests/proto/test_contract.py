@@ -263,7 +263,7 @@ EXPECTED_MESSAGES = {
     "saguaro.v1.Timings", "saguaro.v1.SpeculationStats", "saguaro.v1.AbortRequest",
     "saguaro.v1.AbortResponse", "saguaro.v1.HealthRequest", "saguaro.v1.HealthResponse",
     "saguaro.v1.ModelInfoRequest", "saguaro.v1.ModelInfoResponse", "saguaro.v1.TokenIds", "saguaro.v1.Resume",
-    "saguaro.v1.TokenLogprob",
+    "saguaro.v1.TokenLogprob", "saguaro.v1.StructuredOutput", "saguaro.v1.StructuredOutput.Choices",
     "saguaro.v1.HandshakeRequest", "saguaro.v1.HandshakeResponse", "saguaro.v1.ModelFacts",
     "saguaro.v1.HostIdentity", "saguaro.v1.SpeculationConfig",
     "saguaro.v1.SpeculationRequest", "saguaro.v1.SpeculationResponse",

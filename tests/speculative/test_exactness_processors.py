@@ -152,5 +152,7 @@ def test_copy_draft_accepts_every_proposal_under_penalties(model_dirs, batch, mo
             assert rounds > 0
             # every round but the last accepts all K (the last may be cut by the request's end)
             assert accepted >= (rounds - 1) * k, stats
+        if mode == "ssd":  # the processed tree was built and used (a build that raised leaves only misses)
+            assert sum(out.stats["cache_hits"] for out in outputs) > 0
     finally:
         eng.proposer.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from scipy.stats import chisquare
 
 from saguaro import LLM, SamplingParams
 from saguaro.config import EngineConfig
@@ -22,14 +21,13 @@ from saguaro.speculative.settings import DraftSettings
 from saguaro.services.target.local import speculative_engine
 from saguaro.tiny_models import build_tiny_model, perturbed_copy
 from saguaro.v1 import speculation_pb2 as pb
-from tests_support import cycle_depths, flapping_governor, hf_logits
+from tests_support import assert_same_law, cycle_depths, flapping_governor, hf_logits
 
 pytestmark = pytest.mark.slow  # chi-square tests over thousands of sampled tokens
 
 VOCAB = 10
 PROMPT = [4, 7, 3]
 SAMPLES = 3000
-SIGNIFICANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -74,19 +72,6 @@ def sample_pairs(engine, top_k: int = 0, draft_temperature: float | None = None)
     for o in outputs:
         counts[o.token_ids[1], o.token_ids[2]] += 1
     return counts, outputs
-
-
-def assert_same_law(counts: torch.Tensor, law: torch.Tensor) -> None:
-    expected = (law / law.sum() * counts.sum()).flatten()  # fp32 softmax sums to 1 only to ~1e-7
-    observed = counts.flatten()
-    order = torch.argsort(expected)
-    small = expected[order].cumsum(0) < 5 * 4  # pool the rarest cells into one bucket (expected >= 20)
-    pooled = order[small]
-    keep = order[~small]
-    obs = torch.cat([observed[keep], observed[pooled].sum().view(1)])
-    exp = torch.cat([expected[keep], expected[pooled].sum().view(1)])
-    stat = chisquare(obs.numpy(), exp.numpy())
-    assert stat.pvalue > SIGNIFICANCE, f"chi-square p-value {stat.pvalue:.2e} (statistic {stat.statistic:.1f})"
 
 
 CONFIGS = {

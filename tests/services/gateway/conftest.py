@@ -53,9 +53,11 @@ class Target:
 
 
 def _start_target(model_dir: str, mode: str = "ar", draft_address: str | None = None, address: str | None = None,
-                  **engine) -> Target:
+                  draft_model: str | None = None, **engine) -> Target:
+    """``draft_model``: an in-process draft (mode sd) instead of a draft service's address."""
     config = EngineConfig(model=model_dir, **{**SMALL, **engine})
-    target_engine = speculative_engine(config, mode, None, None, draft_address)
+    draft = EngineConfig(model=draft_model, **SMALL) if draft_model is not None else None
+    target_engine = speculative_engine(config, mode, draft, None, draft_address)
     address = address or f"127.0.0.1:{free_port()}"
     server, loop = serve_target(target_engine, load_tokenizer(model_dir), address,
                                 draft_model_name=os.path.basename(model_dir))
@@ -162,7 +164,8 @@ class _Started:
 
 @pytest.fixture
 def targets():
-    """targets(model_dir, mode="ar", draft_address=None, address=None, **EngineConfig fields) -> Target here."""
+    """targets(model_dir, mode="ar", draft_address=None, address=None, draft_model=None, **EngineConfig fields)
+    -> Target here."""
     started = _Started(_start_target, Target.close)
     yield started
     started.close_all()

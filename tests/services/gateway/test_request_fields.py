@@ -53,9 +53,9 @@ def test_neutral_values_and_nulls_pass(kind):
 
 
 @pytest.mark.parametrize("name, value", [
-    ("length_penalty", 0.5), ("guided_json", {"type": "object"}), ("structured_outputs", {"regex": "a+"}),
+    ("length_penalty", 0.5), ("guided_decoding_backend", "xgrammar"), ("structural_tag", {"type": "x"}),
     ("bad_words", ["x"]), ("skip_special_tokens", False), ("prompt_logprobs", 1),
-    ("return_tokens_as_token_ids", True), ("use_beam_search", True), ("response_format", {"type": "json_object"}),
+    ("return_tokens_as_token_ids", True), ("use_beam_search", True), ("guided_whitespace_pattern", " "),
     ("cache_salt", "x"),
     ("priority", 1), ("best_of", False),
 ])

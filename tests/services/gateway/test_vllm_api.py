@@ -35,7 +35,7 @@ def tokenizer(model_dirs):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("bad_words", ["x"]), ("allowed_token_ids", [3]), ("guided_json", {"type": "object"}), ("structured_outputs", {"json": {}}),
+    ("bad_words", ["x"]), ("allowed_token_ids", [3]), ("guided_decoding_backend", "xgrammar"), ("structural_tag", {"type": "x"}),
     ("length_penalty", 0.5), ("use_beam_search", True), ("skip_special_tokens", False),
 ])
 def test_vllm_fields_not_honoured_are_400_naming_them(client, field, value):
