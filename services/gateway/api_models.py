@@ -191,6 +191,8 @@ class StructuredOutputFields(Body):
 
 
 # -- generation ----------------------------------------------------------------------------------
+DecodeMode = Literal["ssd", "sd", "ar"]
+_MODE = "extension: per-request decoding mode (opt out of speculation); unset: the server's"
 _DEFAULTED = " Unset: the model's generation_config.json default, if any (--generation-config), else OpenAI's."
 _EXACT = (" Log probabilities are the target's raw ones (log_softmax of its logits before temperature, top-k and "
           "top-p, as vLLM's default), exact under speculation.")
@@ -231,8 +233,7 @@ class GenerationFields(Body):
     include_stop_str_in_output: bool = Field(False, description="vLLM extension: keep the stop string in the text")
     stop_token_ids: TokenIds | None = Field(None, description="extension: stop at any of these token ids")
     ignore_eos: bool = Field(False, description="extension: generate past the end-of-sequence token")
-    mode: Literal["ssd", "sd", "ar"] | None = Field(None, description=(
-        "extension: per-request decoding mode (opt out of speculation); unset: the server's"))
+    mode: DecodeMode | None = Field(None, description=_MODE)
     stream_tokens_individually: bool = Field(True, description=(
         "extension: one SSE chunk per token (false: one per round)"))
     presence_penalty: float = Field(0.0, ge=-MAX_PENALTY, le=MAX_PENALTY, description=(
@@ -343,6 +344,7 @@ class ResponsesFields(Body):
     temperature: float | None = Field(None, ge=0, le=2, description="0: greedy." + _DEFAULTED)
     top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling mass." + _DEFAULTED)
     stream: bool = Field(False, description="answer with the Responses API's server-sent events")
+    mode: DecodeMode | None = Field(None, description=_MODE)
 
 
 ResponsesRequest = create_model("ResponsesRequest", __base__=ResponsesFields, __doc__=(

@@ -37,7 +37,8 @@ HONOURED = {
     "tokenize_chat": frozenset({"model", "messages", "add_special_tokens", "return_token_strs", *_CHAT_TEMPLATE}),
     "detokenize": frozenset({"model", "tokens"}),
     # /v1/responses (responses_schema.py): read there, then served as a chat completion
-    "responses": frozenset({"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream"}),
+    "responses": frozenset({"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream",
+                            "mode"}),
 }
 
 # Accepted with any value: they change nothing in the output (vLLM ignores them too, or they are

@@ -34,7 +34,7 @@ def parse_responses(body: Any, preparer: Preparer) -> OpenAIRequest:
     check_fields("responses", body)
     chat = {"model": request.model, "messages": _messages(request.instructions, request.input),
             "max_tokens": request.max_output_tokens, "temperature": request.temperature, "top_p": request.top_p,
-            "stream": request.stream}
+            "stream": request.stream, "mode": request.mode}
     try:
         parsed = parse_request("chat", chat, preparer)
     except GatewayError as exc:  # (the chat body's max_tokens is this body's max_output_tokens)

@@ -11,11 +11,13 @@ The processors' reference is transformers' logits with vLLM's arithmetic written
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import openai
 import pytest
 import torch
@@ -341,18 +343,37 @@ def test_seeded_sampling_repeats_and_a_repeated_prompt_is_cached(api, reference)
     assert again.usage.prompt_tokens_details.cached_tokens == full_blocks > 0
 
 
-@pytest.mark.parametrize("stack", ["ssd", "sd"])
-def test_responses_plain_and_streamed_equal_the_chat_completion(stacks, stack):
-    """(/v1/responses takes no ``mode``: it runs in the stack's own.)"""
-    client = Api(stacks[stack], stack).client
-    chat_answer = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=6)
+THING = {"type": "object", "properties": {"color": {"enum": ["red", "green", "blue"]}, "size": {"const": 3}},
+         "required": ["color", "size"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_structured_output_follows_the_schema_as_ar_does(api, stacks, stream):
+    """response_format json_schema on chat and structured_outputs regex on completions: the output
+    is whole ("stop"), follows the grammar, and is AR's (docs/speculation.md "Structured output")."""
+    ar = Api(stacks["ssd"], "ar")
+    response_format = {"type": "json_schema", "json_schema": {"name": "thing", "schema": THING}}
+    answers = [chat(a.client, stream, model="tiny", messages=MESSAGES, max_tokens=40, response_format=response_format,
+                    **a.extra())[0][0] for a in (api, ar)]
+    assert answers[0]["text"] == answers[1]["text"] and answers[0]["finish_reason"] == "stop"
+    jsonschema.validate(json.loads(answers[0]["text"]), THING)
+    regex = {"structured_outputs": {"regex": r"(def|class) [a-z]{1,6}\(\):"}}
+    texts = [completion(a.client, stream, model="tiny", prompt=PROMPT, max_tokens=20, **a.extra(**regex))[0][0]
+             for a in (api, ar)]
+    assert texts[0]["text"] == texts[1]["text"] and texts[0]["finish_reason"] == "stop"
+    assert re.fullmatch(r"(def|class) [a-z]{1,6}\(\):", texts[0]["text"])
+
+
+def test_responses_plain_and_streamed_equal_the_chat_completion(api):
+    client = api.client
+    chat_answer = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=6, **api.extra())
     response = client.responses.create(model="tiny-alias", instructions="You write Python.", input="def add(a, b):",
-                                       max_output_tokens=6)
+                                       max_output_tokens=6, **api.extra())
     assert response.output_text == chat_answer.choices[0].message.content and response.model == "tiny"
     assert (response.usage.input_tokens, response.usage.output_tokens) == (chat_answer.usage.prompt_tokens,
                                                                           chat_answer.usage.completion_tokens)
     events = list(client.responses.create(model="tiny", instructions="You write Python.", input="def add(a, b):",
-                                          max_output_tokens=6, stream=True))
+                                          max_output_tokens=6, stream=True, **api.extra()))
     assert [e.type for e in events][:2] == ["response.created", "response.in_progress"]
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == response.output_text
     assert events[-1].type in ("response.completed", "response.incomplete")
