@@ -24,6 +24,9 @@ class Shapes:
     peer_tokens: int
     exact_prompts: int
     exact_tokens: int
+    # the kernel tests the kernels step runs: all of them on the GPU; on the dry run one file proves
+    # the step works (the suite runs tests/kernels itself, under Triton's interpreter)
+    kernel_tests: tuple[str, ...] = ("tests/kernels",)
 
 
 GPU = Shapes(
@@ -41,7 +44,7 @@ DRY = Shapes(
     target=dict(vocab_size=500, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
     draft=dict(vocab_size=500, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64),
     step_tokens=(1, 2, 4, 8), context=24, repeats=2, peer_batches=(1, 2), peer_tokens=6, exact_prompts=3,
-    exact_tokens=8,
+    exact_tokens=8, kernel_tests=("tests/kernels/test_kv_store.py",),
 )
 
 
