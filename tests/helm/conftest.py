@@ -372,6 +372,6 @@ def k8s():
         expand=expand, container_environment=container_environment, expanded_args=expanded_args,
         pod_spec=pod_spec, pod_labels=pod_labels, component_of=component_of, role_of=role_of, deep_merge=deep_merge,
         parse_rendered=parse_rendered, FAKE_SECRET=FAKE_SECRET, RELEASE=RELEASE, NAMESPACE=NAMESPACE,
-        KUBE_VERSIONS=KUBE_VERSIONS, CHART=CHART, REPO=REPO, TOGGLES=TOGGLES,
+        KUBE_VERSIONS=KUBE_VERSIONS, CHART=CHART, REPO=REPO, TOGGLES=TOGGLES, combo_values=combo_values,
         INTERNAL_TLS_SECRET=INTERNAL_TLS_SECRET,
     )
