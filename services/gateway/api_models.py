@@ -336,6 +336,23 @@ Input = one_of(("text", str), ("list", Annotated[list[InputMessage], Field(min_l
                expected="a string or a non-empty list of messages")
 
 
+class ResponsesJsonSchemaFormat(Body):
+    type: Literal["json_schema"]
+    name: str = Field(description="the schema's name")
+    schema_: dict[str, Any] = Field(alias="schema", description="the JSON schema the output follows")
+    strict: bool | None = Field(None, description="follow the schema exactly")
+    description: str | None = None
+
+
+ResponsesFormat = Annotated[TextFormat | JsonObjectFormat | ResponsesJsonSchemaFormat, Discriminator("type")]
+
+
+class ResponsesText(Body):
+    format: ResponsesFormat | None = Field(None, description=(
+        '{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "name", "schema", "strict"}: '
+        "structured output, as chat's response_format"))
+
+
 class ResponsesFields(Body):
     model: str = Field(min_length=1, description="the served model (GET /v1/models)")
     input: Input = Field(description="one user message, or a list of messages")
@@ -344,6 +361,7 @@ class ResponsesFields(Body):
     temperature: float | None = Field(None, ge=0, le=2, description="0: greedy." + _DEFAULTED)
     top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling mass." + _DEFAULTED)
     stream: bool = Field(False, description="answer with the Responses API's server-sent events")
+    text: ResponsesText | None = Field(None, description="the output's format")
     mode: DecodeMode | None = Field(None, description=_MODE)
 
 

@@ -234,8 +234,20 @@ class TextFormatType(Answer):
     type: Literal["text"]
 
 
+class JsonObjectFormatType(Answer):
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormatType(Answer):
+    type: Literal["json_schema"]
+    name: str
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
 class ResponseText(Answer):
-    format: TextFormatType
+    format: TextFormatType | JsonObjectFormatType | JsonSchemaFormatType = Field(description="as the request's text.format")
 
 
 class ResponsesResponse(Answer):

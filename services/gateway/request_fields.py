@@ -38,7 +38,7 @@ HONOURED = {
     "detokenize": frozenset({"model", "tokens"}),
     # /v1/responses (responses_schema.py): read there, then served as a chat completion
     "responses": frozenset({"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream",
-                            "mode"}),
+                            "text", "mode"}),
 }
 
 # Accepted with any value: they change nothing in the output (vLLM ignores them too, or they are
@@ -143,8 +143,6 @@ RESPONSES_REFUSED: Mapping[str, Refusal] = {
     "max_tool_calls": Refusal(_TOOLS),
     "include": Refusal("no extra output can be included", ([],)),
     "reasoning": Refusal("reasoning options are not supported"),
-    "text": Refusal("only text output is supported: {\"format\": {\"type\": \"text\"}}",
-                    ({"format": {"type": "text"}}, {})),
     "truncation": Refusal("truncation is not supported (\"disabled\" only)", ("disabled",)),
     "top_logprobs": Refusal("/v1/responses returns no log probabilities (0 only)", (0,)),
     "prompt": Refusal("reusable prompt templates are not supported"),

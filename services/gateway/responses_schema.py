@@ -3,7 +3,8 @@ another envelope.
 
 Current OpenAI SDKs reach for ``client.responses.create`` first. A Responses body becomes a
 chat completions body (``instructions`` a system message before ``input``'s messages,
-``max_output_tokens`` the max_tokens), so the chat path validates, tokenises and serves it
+``max_output_tokens`` the max_tokens, ``text.format`` the response_format), so the chat path
+validates, tokenises and serves it
 (one path: the same tokens as the chat completion of the same messages); only the answer's
 shape differs: a ``response`` object, or when streamed the Responses event sequence
 (``ResponsesWriter``, which stands in for the chat ``ChunkWriter``). Nothing is stored, so
@@ -32,18 +33,29 @@ def parse_responses(body: Any, preparer: Preparer) -> OpenAIRequest:
         raise invalid("the request body must be a JSON object")
     request = validated(ResponsesRequest, body)
     check_fields("responses", body)
+    output_format = (body.get("text") or {}).get("format") or {"type": "text"}
     chat = {"model": request.model, "messages": _messages(request.instructions, request.input),
             "max_tokens": request.max_output_tokens, "temperature": request.temperature, "top_p": request.top_p,
-            "stream": request.stream, "mode": request.mode}
+            "stream": request.stream, "mode": request.mode, "response_format": _response_format(output_format)}
     try:
         parsed = parse_request("chat", chat, preparer)
-    except GatewayError as exc:  # (the chat body's max_tokens is this body's max_output_tokens)
-        if exc.param == "max_tokens":
-            exc.param, exc.message = "max_output_tokens", exc.message.replace("max_tokens", "max_output_tokens")
+    except GatewayError as exc:  # (the chat body's fields under this body's names)
+        for chat_name, name in (("max_tokens", "max_output_tokens"), ("response_format", "text.format")):
+            if exc.param == chat_name:
+                exc.param, exc.message = name, exc.message.replace(chat_name, name)
         raise
     parsed.include_usage = True  # response.completed carries the usage
-    parsed.echoed = {name: body.get(name, default) for name, default in ECHOED.items()}
+    parsed.echoed = {**{name: body.get(name, default) for name, default in ECHOED.items()},
+                     "text": {"format": output_format}}
     return parsed
+
+
+def _response_format(output_format: dict[str, Any]) -> dict[str, Any]:
+    """Responses' ``text.format`` as chat's ``response_format``: the same kinds, with a JSON
+    schema's fields one level up (``{"type": "json_schema", "name", "schema", ...}``)."""
+    if output_format["type"] != "json_schema":
+        return {"type": output_format["type"]}
+    return {"type": "json_schema", "json_schema": {k: v for k, v in output_format.items() if k != "type"}}
 
 
 def _messages(instructions: str | None, value: str | list[InputMessage]) -> list[dict[str, str]]:
@@ -88,7 +100,7 @@ def response_json(response_id: str, created: int, model: str, echoed: dict[str, 
         incomplete = {"reason": "max_output_tokens"} if cut else None
     return {"id": response_id, "object": "response", "created_at": created, "status": status, "model": model,
             "output": output, "error": None, "incomplete_details": incomplete, **echoed,
-            "parallel_tool_calls": False, "tool_choice": "none", "tools": [], "text": {"format": {"type": "text"}},
+            "parallel_tool_calls": False, "tool_choice": "none", "tools": [],
             "truncation": "disabled", "store": False, "previous_response_id": None, "reasoning": None,
             "metadata": {}, "usage": usage_json(usage) if usage is not None else None}
 

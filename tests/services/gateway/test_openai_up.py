@@ -364,6 +364,25 @@ def test_structured_output_follows_the_schema_as_ar_does(api, stacks, stream):
     assert re.fullmatch(r"(def|class) [a-z]{1,6}\(\):", texts[0]["text"])
 
 
+def test_responses_text_format_is_chats_response_format(api):
+    """Responses' structured output (``text.format``) is chat's ``response_format``: the same
+    output in every mode, echoed in the response; an invalid schema is a 400 naming it."""
+    schema = {"name": "thing", "schema": THING, "strict": True}
+    chat_answer = api.client.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=40, response_format={"type": "json_schema", "json_schema": schema},
+        **api.extra())
+    response = api.client.responses.create(model="tiny", instructions="You write Python.", input="def add(a, b):",
+                                           max_output_tokens=40, text={"format": {"type": "json_schema", **schema}},
+                                           **api.extra())
+    assert response.output_text == chat_answer.choices[0].message.content and response.status == "completed"
+    jsonschema.validate(json.loads(response.output_text), THING)
+    assert response.text.format.type == "json_schema" and response.text.format.name == "thing"
+    with pytest.raises(openai.BadRequestError) as refused:
+        api.client.responses.create(model="tiny", input="x", text={"format": {
+            "type": "json_schema", "name": "bad", "schema": {"type": "no-such-type"}}}, **api.extra())
+    assert refused.value.body["param"] == "text.format"
+
+
 def test_responses_plain_and_streamed_equal_the_chat_completion(api):
     client = api.client
     chat_answer = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=6, **api.extra())
