@@ -10,11 +10,11 @@ from typing import Any
 import torch
 
 from saguaro.cache import BlockTable
+from saguaro.grammar import GrammarMatcher
 from saguaro.logits_processors import History, LogitsProcessing
 from saguaro.logprobs import TokenLogprob
 from saguaro.sampling import SamplingParams
 from saguaro.stop_strings import StopText
-from saguaro.grammar import GrammarMatcher
 
 
 class SequenceStatus(enum.Enum):
