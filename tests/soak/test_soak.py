@@ -1,6 +1,8 @@
-"""The CI soak: ``bench/soak.py`` for exactly 60 s of load (4 streaming clients) against a real
-local stack, run as the script it is. No faults, so every request must complete with exactly the
-target-only greedy tokens, and every service must still run at the end."""
+"""The CI soak: ``bench/soak.py`` for exactly 30 s of load (4 streaming clients) against a real
+local stack, run as the script it is (the long runs, 10 minutes and more, are in
+docs/reliability.md; this short variant keeps the harness and its guarantees checked in CI).
+No faults, so every request must complete with exactly the target-only greedy tokens, and
+every service must still run at the end."""
 
 from __future__ import annotations
 
@@ -11,11 +13,11 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SECONDS = 60
+SECONDS = 30
 PROCESSES = {"redis", "draft0", "target0", "gateway", "client"}
 
 
-def test_a_one_minute_soak_completes_every_request_exactly(model_dirs, tmp_path):
+def test_a_short_soak_completes_every_request_exactly(model_dirs, tmp_path):
     out = tmp_path / "soak.json"
     run = subprocess.run(
         [sys.executable, str(REPO / "bench" / "soak.py"), "--seconds", str(SECONDS), "--concurrency", "4",
