@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import logging
 import queue
 import threading
 from concurrent.futures import Future
@@ -21,6 +22,8 @@ import grpc
 from saguaro.transport.socket_link import MessageLink, SocketLink
 from saguaro.v1 import speculation_pb2 as pb
 from saguaro.v1 import speculation_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
 
 
 class ChannelClosed(ConnectionError):
@@ -72,10 +75,13 @@ class InProcessChannel:
             request, future = item
             try:
                 future.set_result(self.worker.handle(request))
-                self.worker.build()
             except Exception as exc:  # surfaced to the target, which falls back
-                if not future.done():
-                    future.set_exception(exc)
+                future.set_exception(exc)
+                continue
+            try:
+                self.worker.build()
+            except Exception:  # no reply waits on it, but every later round misses the cache: say why
+                log.exception("in-process draft: building the speculation cache failed")
 
     def close(self) -> None:
         if not self._closed:
