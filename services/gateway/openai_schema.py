@@ -171,7 +171,7 @@ def parse_request(kind: str, body: Any, preparer: Preparer) -> OpenAIRequest:
     # None: until the context is full (chat without max_tokens).
     sampling.max_tokens = max_tokens if max_tokens is not None else limit
     _logits_processors(request, sampling, facts.vocab_size)
-    grammar = read_structured_output(body)
+    grammar = read_structured_output(request)
     if grammar is not None:
         sampling.structured_output.CopyFrom(grammar)
     logprobs, echo = _logprobs(request)

@@ -21,45 +21,35 @@ from saguaro.structured_output import Kind, StructuredOutput, grammar_error, to_
 from saguaro.v1 import inference_pb2 as pb
 
 FIELDS = ("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
-# structured_outputs' keys, and the spec each one's value gives
-_VLLM_KEYS = ("json", "regex", "choice", "grammar", "json_object")
+# structured_outputs' keys (as sent -> the request model's attribute)
+_VLLM_KEYS = {"json": "json_", "regex": "regex", "choice": "choice", "grammar": "grammar", "json_object": "json_object"}
 
 
-def read_structured_output(body: dict[str, Any]) -> pb.StructuredOutput | None:
-    """The grammar the body asks for (None: free text); ``GatewayError`` 400 naming the field."""
-    asked = [name for name in FIELDS if body.get(name) is not None and not (name == "response_format"
-                                                                            and _is_text(body[name]))]
+def read_structured_output(request: Any) -> pb.StructuredOutput | None:
+    """The grammar a validated request body asks for (``api_models.StructuredOutputFields``,
+    whose types already hold: a schema is an object or its text, a choice a list of strings);
+    None: free text. ``GatewayError`` 400 naming the field."""
+    asked = [name for name in FIELDS if getattr(request, name) is not None
+             and not (name == "response_format" and request.response_format.type == "text")]
     if len(asked) > 1:
         raise invalid(f"{' and '.join(asked)}: give at most one of them (each sets the output's grammar)", asked[0])
     if not asked:
         return None
     name = asked[0]
-    spec, path = _READERS[name](body[name], name)
+    spec, path = _READERS[name](getattr(request, name), name)
     error = grammar_error(spec)
     if error:
         raise invalid(f"{path}: {error}", name)
     return to_proto(spec)
 
 
-def _is_text(value: Any) -> bool:
-    return isinstance(value, dict) and value.get("type") == "text"
-
-
 def _response_format(value: Any, name: str) -> tuple[StructuredOutput, str]:
-    kind = value.get("type") if isinstance(value, dict) else None
-    if kind == "json_object":
+    if value.type == "json_object":
         return StructuredOutput(Kind.JSON_OBJECT), name
-    if kind != "json_schema":
-        raise invalid(f'{name}.type must be "text", "json_object" or "json_schema", got {json.dumps(kind)[:50]}', name)
-    spec = value.get("json_schema")
-    if not isinstance(spec, dict):
-        raise invalid(f"{name}.json_schema must be an object with the schema in its \"schema\"", name)
-    if spec.get("name") is not None and not isinstance(spec["name"], str):
-        raise invalid(f"{name}.json_schema.name must be a string", name)
-    return _json(spec.get("schema"), f"{name}.json_schema.schema", name)
+    return _json(value.json_schema.schema_, f"{name}.json_schema.schema", name)
 
 
-def _json(value: Any, path: str, name: str) -> tuple[StructuredOutput, str]:
+def _json(value: dict[str, Any] | str | None, path: str, name: str) -> tuple[StructuredOutput, str]:
     """A JSON Schema given as an object, or as JSON text (vLLM accepts both)."""
     if isinstance(value, str):
         try:
@@ -71,46 +61,33 @@ def _json(value: Any, path: str, name: str) -> tuple[StructuredOutput, str]:
     return StructuredOutput(Kind.JSON_SCHEMA, json.dumps(value)), path
 
 
-def _text(kind: Kind) -> Callable[[Any, str], tuple[StructuredOutput, str]]:
-    def read(value: Any, path: str, name: str | None = None) -> tuple[StructuredOutput, str]:
-        if not isinstance(value, str):
-            raise invalid(f"{path} must be a string", name or path)
-        return StructuredOutput(kind, value), path
-    return read
-
-
-def _choice(value: Any, path: str, name: str | None = None) -> tuple[StructuredOutput, str]:
-    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-        raise invalid(f"{path} must be a list of strings", name or path)
-    return StructuredOutput(Kind.CHOICE, choices=tuple(value)), path
-
-
 def _structured_outputs(value: Any, name: str) -> tuple[StructuredOutput, str]:
-    if not isinstance(value, dict):
-        raise invalid(f"{name} must be an object with one of {', '.join(_VLLM_KEYS)}", name)
-    unknown = [key for key, v in value.items() if key not in _VLLM_KEYS and v not in (None, False)]
+    unknown = [key for key, v in (value.model_extra or {}).items() if v not in (None, False)]
     if unknown:
         raise invalid(f"{name}.{unknown[0]} is not supported (give one of {', '.join(_VLLM_KEYS)})", name)
-    given = [key for key in _VLLM_KEYS if value.get(key) not in (None, False)]
+    given = {key: getattr(value, attribute) for key, attribute in _VLLM_KEYS.items()
+             if getattr(value, attribute) not in (None, False)}
     if len(given) != 1:
         raise invalid(f"{name} must give exactly one of {', '.join(_VLLM_KEYS)}, got {len(given)}", name)
-    key, path = given[0], f"{name}.{given[0]}"
+    (key, given_value), = given.items()
+    path = f"{name}.{key}"
     if key == "json_object":
-        if value[key] is not True:
-            raise invalid(f"{path} must be true", name)
         return StructuredOutput(Kind.JSON_OBJECT), path
     if key == "json":
-        return _json(value[key], path, name)
-    if key == "choice":
-        return _choice(value[key], path, name)
-    return _text(Kind.REGEX if key == "regex" else Kind.GRAMMAR)(value[key], path, name)
+        return _json(given_value, path, name)
+    return _SPECS[key](given_value), path
 
 
+_SPECS: dict[str, Callable[[Any], StructuredOutput]] = {  # the fields whose value is the spec as it is
+    "regex": lambda value: StructuredOutput(Kind.REGEX, value),
+    "grammar": lambda value: StructuredOutput(Kind.GRAMMAR, value),
+    "choice": lambda value: StructuredOutput(Kind.CHOICE, choices=tuple(value)),
+}
 _READERS: dict[str, Callable[[Any, str], tuple[StructuredOutput, str]]] = {
     "response_format": _response_format,
     "structured_outputs": _structured_outputs,
     "guided_json": lambda value, name: _json(value, name, name),
-    "guided_regex": _text(Kind.REGEX),
-    "guided_choice": _choice,
-    "guided_grammar": _text(Kind.GRAMMAR),
+    "guided_regex": lambda value, name: (_SPECS["regex"](value), name),
+    "guided_choice": lambda value, name: (_SPECS["choice"](value), name),
+    "guided_grammar": lambda value, name: (_SPECS["grammar"](value), name),
 }
