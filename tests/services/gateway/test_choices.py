@@ -1,7 +1,8 @@
 """``n`` choices per prompt and ``stream_options.continuous_usage_stats``, with the official
 `openai` client against a real gateway and target: greedy choices equal the one-choice answer,
 seeded choices are reproducible and differ from one another, streams carry every choice to its
-end (the merge interleaves them: shown on scripted streams, since live timing decides the order), running usage only grows and ends at the final usage, choices are numbered
+end (the merge interleaves them, shown on scripted streams: on live targets their timing decides
+the order), running usage only grows and ends at the final usage, choices are numbered
 prompt-major, and n beyond the bound is a 400 naming it. The gRPC API's ``n`` likewise, through
 the SDK."""
 
@@ -71,7 +72,7 @@ def test_seeded_choices_are_reproducible_and_differ(client):
     assert alone.choices[0].text == first[1]  # choice j samples with seed + j (vLLM's rule)
 
 
-def test_a_stream_interleaves_the_choices_and_ends_each(client):
+def test_a_stream_carries_every_choice_to_its_end(client):
     chunks = list(client.completions.create(model="llama", prompt=PROMPT, max_tokens=16, temperature=0, n=2,
                                             stream=True, stream_options={"include_usage": True}))
     indices = [c.choices[0].index for c in chunks if c.choices]
