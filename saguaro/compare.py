@@ -210,18 +210,19 @@ class ModeEngine:
 
         self.engine._decode = counted
 
-    def timed(self, prompts: list[list[int]], new_tokens: int) -> tuple[list, float, int]:
-        """Decode ``new_tokens`` greedily (EOS ignored) for every prompt: (outputs, seconds, rounds)."""
+    def timed(self, prompts: list[list[int]], new_tokens: int, **sampling) -> tuple[list, float, int]:
+        """Decode ``new_tokens`` greedily (EOS ignored) for every prompt: (outputs, seconds, rounds).
+        ``sampling``: further ``SamplingParams`` fields (a grammar, say), the same for every prompt."""
         from saguaro import SamplingParams
 
         self.last_rounds = 0
         start = time.perf_counter()
-        outputs = self.llm.generate(prompts, SamplingParams(max_tokens=new_tokens, ignore_eos=True))
+        outputs = self.llm.generate(prompts, SamplingParams(max_tokens=new_tokens, ignore_eos=True, **sampling))
         return outputs, time.perf_counter() - start, self.last_rounds
 
-    def run(self, prompts: list[list[int]], new_tokens: int) -> ModeResult:
-        """One timed run of every prompt."""
-        return ModeResult.from_outputs(self.setup, self.batch, self.profile, *self.timed(prompts, new_tokens))
+    def run(self, prompts: list[list[int]], new_tokens: int, **sampling) -> ModeResult:
+        """One timed run of every prompt (``sampling``: as ``timed``'s)."""
+        return ModeResult.from_outputs(self.setup, self.batch, self.profile, *self.timed(prompts, new_tokens, **sampling))
 
     def warm_up(self, prompts: list[list[int]]) -> None:
         """A short untimed request: first-call costs stay out of the timed runs."""

@@ -20,6 +20,7 @@ from collections.abc import Collection, Sequence
 
 import llguidance
 import llguidance.hf
+import numpy
 import torch
 
 from saguaro.errors import InvalidRequestError
@@ -136,29 +137,36 @@ def mask_rows(logits: torch.Tensor, rows: Sequence[int], matchers: Sequence[Gram
     """``logits`` [N, V] with row ``rows[i]`` masked to what ``matchers[i]`` allows after
     ``outputs[i]`` plus ``extra[i]`` (tokens < 0 are padding); in place, and returned.
 
-    llguidance writes each row's bitmask (one bit per token) straight into one int32 tensor,
-    unpacked for all rows at once. ``unprocessed``: the rows before the logits processors.
-    Where the processors and the grammar together leave no token (``min_tokens`` holding back
-    the EOS a whole output needs), the grammar wins: the row is the grammar's mask of its
-    unprocessed logits."""
+    llguidance writes each row's bitmask (one bit per token) straight into one int32 array,
+    unpacked for all rows at once by numpy (bit t of word t // 32 is bit t % 8 of little-endian
+    byte t // 8): a handful of operations per call, since this runs on every masked row of
+    every round and small torch operations cost tens of microseconds each. ``unprocessed``: the
+    rows before the logits processors. Where the processors and the grammar together leave no
+    token (``min_tokens`` holding back the EOS a whole output needs), the grammar wins: the row
+    is the grammar's mask of its unprocessed logits."""
     vocab = logits.shape[-1]
     bitmask = torch.zeros(len(rows), bitmask_words(vocab), dtype=torch.int32)
-    masked = torch.zeros(len(rows), dtype=torch.bool)
+    filled = []
     for i, (matcher, output) in enumerate(zip(matchers, outputs)):
         if not matcher.follow(output):
             continue  # the committed tokens leave the grammar (a desynchronised draft): no mask
-        masked[i] = matcher.fill([t for t in extra[i] if t >= 0] if extra is not None else (), bitmask[i])
-    if not bool(masked.any()):
+        if matcher.fill([t for t in extra[i] if t >= 0] if extra is not None else (), bitmask[i]):
+            filled.append(i)
+    if not filled:
         return logits
-    bits = (bitmask[masked, :, None] >> torch.arange(32, dtype=torch.int32)) & 1
-    ruled_out = bits.reshape(-1, bitmask.shape[1] * 32)[:, :vocab] == 0
-    ruled_out[ruled_out.all(dim=-1)] = False  # a grammar in error allows nothing: leave such a row alone
-    index = torch.tensor(list(rows), dtype=torch.long)[masked].to(logits.device)
-    ruled_out = ruled_out.to(logits.device)
-    result = logits[index].masked_fill(ruled_out, float("-inf"))
+    words = bitmask.numpy()[filled].view(numpy.uint8)
+    allowed = numpy.unpackbits(words, axis=1, count=vocab, bitorder="little").view(numpy.bool_)
+    alive = allowed.any(axis=1)  # a grammar in error allows nothing: leave such a row alone
+    if not alive.all():
+        filled = [i for i, ok in zip(filled, alive) if ok]
+        allowed = allowed[alive]
+        if not filled:
+            return logits
+    index = torch.tensor([rows[i] for i in filled], dtype=torch.long, device=logits.device)
+    ruled_out = torch.from_numpy(~allowed).to(logits.device)
+    result = logits.index_select(0, index).masked_fill_(ruled_out, float("-inf"))
     if unprocessed is not None:
         dead = ~torch.isfinite(result).any(dim=-1)
         if bool(dead.any()):
             result[dead] = unprocessed[index][dead].to(result.dtype).masked_fill(ruled_out[dead], float("-inf"))
-    logits[index] = result
-    return logits
+    return logits.index_copy_(0, index, result)

@@ -1,0 +1,130 @@
+"""What a grammar costs: AR, SD and SSD with and without structured output, side by side.
+
+Every mode runs the same prompts once per grammar, alternating modes and grammars, over
+``--repeats`` passes (this VM drifts 10-20 % between runs, so each ratio is taken within one
+pass pattern). Grammars (the pair writes Python, so each is one such a model can follow):
+
+* ``none``: no structured output (the baseline);
+* ``ascii``: the regex ``[\\t\\n -~]*``, printable ASCII, which this model's output almost never
+  leaves: the grammar work (a matcher per row, a bitmask per verify and draft row) at nearly
+  unchanged tokens, so it isolates the mask's cost;
+* ``json``: a JSON Schema (an object with a string and an integer), which the model must be
+  forced into: the grammar decides most tokens, the output ends when the object is whole.
+
+Raw CPU timings of the pair's small models, one thread per process (the SSD draft is a
+``saguaro draft`` service on the last core; SD's draft is in process). Reported per mode and
+grammar: tokens/s, its ratio to the same mode without a grammar, tokens per decode step of the
+batch, and the time this process spends in ``mask_rows`` (the target's masks; with SD also the
+in-process draft's) per generated token. The SSD draft's own masks run in its process: they
+show only in tokens/s. Outputs of every mode are checked to be identical for each grammar.
+
+    python bench/structured_output.py
+    python bench/structured_output.py --batch-sizes 1 --new-tokens 64 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import defaultdict
+
+from common import add_pair_args, load_prompts, markdown_table, pin_threads
+from saguaro.compare import ModeEngine, ModeSetup, machine_cores
+
+CORES = machine_cores()
+JSON_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24},
+                                                "line": {"type": "integer"}},
+               "required": ["name", "line"], "additionalProperties": False}
+
+
+def grammars():
+    from saguaro.structured_output import StructuredOutput
+
+    return {"none": None, "ascii": StructuredOutput.regex(r"[\t\n -~]*"),
+            "json": StructuredOutput.json_schema(JSON_SCHEMA)}
+
+
+class MaskClock:
+    """Seconds spent in ``mask_rows`` in this process, observed by wrapping the function where
+    the logits processors call it (the engine itself is not touched)."""
+
+    def __init__(self):
+        import saguaro.logits_processors as processors
+
+        self.seconds = 0.0
+        inner = processors.mask_rows
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        processors.mask_rows = timed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_pair_args(parser, new_tokens=96)
+    parser.add_argument("--num-prompts", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sd-k", type=int, default=3)
+    parser.add_argument("--ssd-k", type=int, default=5)
+    parser.add_argument("--ssd-fan-out", type=int, default=3)
+    parser.add_argument("--backup", choices=["jit", "fast", "adaptive"], default="jit")
+    args = parser.parse_args()
+    pin_threads(1)
+    os.sched_setaffinity(0, {CORES[0]})
+
+    from saguaro.tokenizer import load_tokenizer
+
+    prompts = load_prompts(args.prompts, load_tokenizer(args.target), args.num_prompts)
+    specs = grammars()
+    clock = MaskClock()
+    setups = [ModeSetup("ar"), ModeSetup("sd", args.sd_k), ModeSetup("ssd", args.ssd_k, args.ssd_fan_out, args.backup)]
+    rows, mismatched = [], []
+    for batch in args.batch_sizes:
+        engines = [ModeEngine(args.target, args.draft, s, batch, draft_core=CORES[-1]) for s in setups]
+        try:
+            # (label, grammar) -> [seconds, tokens, rounds, mask seconds], and the outputs of a pass
+            totals: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0, 0, 0.0])
+            outputs: dict[tuple[str, str], list[list[int]]] = {}
+            for engine in engines:
+                for spec in specs.values():  # first compiles and first-call costs stay out of the timings
+                    engine.timed(prompts[:1], 8, structured_output=spec)
+            for _ in range(args.repeats):
+                for name, spec in specs.items():
+                    for engine in engines:
+                        before = clock.seconds
+                        out, seconds, rounds = engine.timed(prompts, args.new_tokens, structured_output=spec)
+                        key = (engine.setup.label, name)
+                        t = totals[key]
+                        t[0] += seconds
+                        t[1] += sum(len(o.token_ids) for o in out)
+                        t[2] += rounds
+                        t[3] += clock.seconds - before
+                        outputs[key] = [list(o.token_ids) for o in out]
+            for name in specs:
+                reference = outputs[(setups[0].label, name)]
+                mismatched += [f"batch {batch} {s.label} {name}" for s in setups if outputs[(s.label, name)] != reference]
+                for s in setups:
+                    seconds, tokens, rounds, mask_s = totals[(s.label, name)]
+                    base_s, base_tokens, _, _ = totals[(s.label, "none")]
+                    tok_s = tokens / seconds
+                    rows.append([batch, s.label, name, round(tok_s, 1), round(tok_s / (base_tokens / base_s), 2),
+                                 round(tokens / rounds, 2) if rounds else 0.0,
+                                 round(mask_s / tokens * 1e3, 3), round(tokens / args.repeats / len(prompts), 1)])
+        finally:
+            for engine in engines:
+                engine.close()
+        print(f"done: batch {batch}", file=sys.stderr, flush=True)
+    print(markdown_table(["batch", "mode", "grammar", "tok/s", "vs no grammar", "tokens per decode step",
+                          "mask ms/token (this process)", "tokens per request"], rows))
+    print(f"\nidentical outputs across modes, per grammar: {'yes' if not mismatched else 'NO: ' + ', '.join(mismatched)}")
+
+
+if __name__ == "__main__":
+    main()
