@@ -70,6 +70,7 @@ def test_draft_failure_mid_generation_falls_back_and_resumes(model_dirs, expecte
         seq = engine.add_request(PROMPT, params)
         run_until(engine, seq, lambda: seq.num_output_tokens >= 12)
         assert seq.stats.spec_rounds > 0
+        late_before = engine.proposer.late_replies  # (a busy machine may have let a reply be late already)
         os.kill(draft.pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
         run_until(engine, seq, lambda: False)
         stats = engine.request_stats(seq)
@@ -78,7 +79,7 @@ def test_draft_failure_mid_generation_falls_back_and_resumes(model_dirs, expecte
         if fault == "stall":
             # one soft deadline, then plain rounds while the reply is overdue: the request ends
             # long before the 2 s hard timeout would declare the draft down
-            assert engine.proposer.late_replies == 1 and engine.proposer.failures == 0
+            assert engine.proposer.late_replies - late_before == 1 and engine.proposer.failures == 0
             os.kill(draft.pid, signal.SIGCONT)  # the late reply is dropped; the same session goes on
         else:  # a closed stream fails at once; a dead gloo peer only past the hard timeout
             assert engine.proposer.failures + engine.proposer.late_replies >= 1

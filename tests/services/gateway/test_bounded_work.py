@@ -60,30 +60,43 @@ class LiveStream(threading.Thread):
                     self.arrivals.append(time.monotonic())
                     self.lines.append(line)
 
-    def longest_gap(self) -> float:
-        return max(b - a for a, b in zip(self.arrivals, self.arrivals[1:]))
 
 
-def beside_a_stream(gateway, hostile) -> tuple[LiveStream, object]:
+# The stream's longest wait across the hostile request: its chunks come every 50 ms (up to 0.2 s
+# when an incomplete UTF-8 character holds a few back), so 1 s is far above its own pace on a busy
+# machine, and far below what tokenizing the refused text on the event loop would cost (seconds).
+# That each request is refused before its costly work is shown by its answer, not by this bound.
+STALL_S = 1.0
+
+
+def beside_a_stream(gateway, hostile) -> tuple[float, object]:
+    """``hostile()`` while a stream runs: (the stream's gap across the call, its answer). The gap
+    runs from the last chunk before the call to the first after it, so it measures the call's
+    effect, not the stream's own jitter elsewhere."""
     stream = LiveStream(gateway)
     stream.start()
     deadline = time.monotonic() + 30
     while len(stream.arrivals) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
+    began = time.monotonic()
     answer = hostile()
+    ended = time.monotonic()
     stream.join(60)
     assert stream.lines[-1] == "data: [DONE]"
-    return stream, answer
+    before = [t for t in stream.arrivals if t <= began]
+    after = [t for t in stream.arrivals if t >= ended]
+    assert before and after, "the stream must run on both sides of the hostile request"
+    return after[0] - before[-1], answer
 
 
 def test_a_multi_megabyte_prompt_is_refused_and_live_streams_keep_flowing(gateway):
     """8 MB of text, beyond what any request to this model needs: refused while the body is
-    read (413); the live stream's chunks never wait half a second."""
+    read (413); the live stream is not held up (its gap across the request stays under STALL_S)."""
     prompt = "def add(a, b):\n    return a + b\n" * ((8 << 20) // 32)
     body = json.dumps({"model": "llama", "prompt": prompt, "max_tokens": 4}).encode()
-    stream, (status, answer) = beside_a_stream(gateway, lambda: post(gateway, body))
+    gap, (status, answer) = beside_a_stream(gateway, lambda: post(gateway, body))
     assert status == 413 and "larger than" in answer["error"]["message"]
-    assert stream.longest_gap() < 0.5
+    assert gap < STALL_S
 
 
 def test_text_beyond_what_the_context_can_hold_is_refused_before_tokenizing(gateway):
@@ -94,9 +107,9 @@ def test_text_beyond_what_the_context_can_hold_is_refused_before_tokenizing(gate
     limit = preparer.text_byte_limit
     assert preparer.body_byte_limit > 6 * limit
     over = json.dumps({"model": "llama", "prompt": "a" * (limit + 1), "max_tokens": 4}).encode()
-    stream, (status, answer) = beside_a_stream(gateway, lambda: post(gateway, over))
+    gap, (status, answer) = beside_a_stream(gateway, lambda: post(gateway, over))
     assert status == 400 and answer["error"]["param"] == "prompt" and "bytes of text" in answer["error"]["message"]
-    assert stream.longest_gap() < 0.5
+    assert gap < STALL_S
     under = json.dumps({"model": "llama", "prompt": "a " * (limit // 2), "max_tokens": 4}).encode()
     status, answer = post(gateway, under)
     assert status == 400 and "max_model_len" in answer["error"]["message"]
@@ -108,10 +121,10 @@ def test_a_body_that_inflates_past_the_limit_is_413_and_live_streams_keep_flowin
     inflated = b'{"model": "llama", "prompt": "' + b" " * (30 << 20) + b'", "max_tokens": 1}'
     body = gzip.compress(inflated)
     assert len(body) < 64 << 10
-    stream, (status, answer) = beside_a_stream(
+    gap, (status, answer) = beside_a_stream(
         gateway, lambda: post(gateway, body, {"Content-Encoding": "gzip"}))
     assert status == 413 and "larger than" in answer["error"]["message"]
-    assert stream.longest_gap() < 0.5
+    assert gap < STALL_S
 
 
 def test_a_chat_whose_messages_exceed_the_context_is_refused_before_rendering(gateway):
