@@ -16,7 +16,8 @@ Raw CPU timings of the pair's small models, one thread per process (the SSD draf
 grammar: tokens/s, its ratio to the same mode without a grammar, tokens per decode step of the
 batch, and the time this process spends in ``mask_rows`` (the target's masks; with SD also the
 in-process draft's) per generated token. The SSD draft's own masks run in its process: they
-show only in tokens/s. Outputs of every mode are checked to be identical for each grammar.
+show in its build time per round (glue, fork and K tree steps, as its replies report it) and in
+tokens/s. Outputs of every mode are checked to be identical for each grammar.
 
     python bench/structured_output.py
     python bench/structured_output.py --batch-sizes 1 --new-tokens 64 --repeats 2
@@ -31,7 +32,7 @@ import time
 from collections import defaultdict
 
 from common import add_pair_args, load_prompts, markdown_table, pin_threads
-from saguaro.compare import ModeEngine, ModeSetup, machine_cores
+from saguaro.compare import ModeEngine, ModeResult, ModeSetup, machine_cores
 
 CORES = machine_cores()
 JSON_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24},
@@ -89,8 +90,9 @@ def main() -> None:
     for batch in args.batch_sizes:
         engines = [ModeEngine(args.target, args.draft, s, batch, draft_core=CORES[-1]) for s in setups]
         try:
-            # (label, grammar) -> [seconds, tokens, rounds, mask seconds], and the outputs of a pass
-            totals: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0, 0, 0.0])
+            # (label, grammar) -> [seconds, tokens, rounds, mask seconds, draft build seconds per
+            # round summed over passes], and the outputs of a pass
+            totals: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0, 0, 0.0, 0.0])
             outputs: dict[tuple[str, str], list[list[int]]] = {}
             for engine in engines:
                 for spec in specs.values():  # first compiles and first-call costs stay out of the timings
@@ -106,23 +108,26 @@ def main() -> None:
                         t[1] += sum(len(o.token_ids) for o in out)
                         t[2] += rounds
                         t[3] += clock.seconds - before
+                        t[4] += ModeResult.from_outputs(engine.setup, batch, None, out, seconds, rounds).build_s
                         outputs[key] = [list(o.token_ids) for o in out]
             for name in specs:
                 reference = outputs[(setups[0].label, name)]
                 mismatched += [f"batch {batch} {s.label} {name}" for s in setups if outputs[(s.label, name)] != reference]
                 for s in setups:
-                    seconds, tokens, rounds, mask_s = totals[(s.label, name)]
-                    base_s, base_tokens, _, _ = totals[(s.label, "none")]
+                    seconds, tokens, rounds, mask_s, build_s = totals[(s.label, name)]
+                    base_s, base_tokens = totals[(s.label, "none")][:2]
                     tok_s = tokens / seconds
                     rows.append([batch, s.label, name, round(tok_s, 1), round(tok_s / (base_tokens / base_s), 2),
                                  round(tokens / rounds, 2) if rounds else 0.0,
-                                 round(mask_s / tokens * 1e3, 3), round(tokens / args.repeats / len(prompts), 1)])
+                                 round(mask_s / tokens * 1e3, 3),
+                                 round(build_s / args.repeats * 1e3, 2) if s.mode == "ssd" else "-",
+                                 round(tokens / args.repeats / len(prompts), 1)])
         finally:
             for engine in engines:
                 engine.close()
         print(f"done: batch {batch}", file=sys.stderr, flush=True)
     print(markdown_table(["batch", "mode", "grammar", "tok/s", "vs no grammar", "tokens per decode step",
-                          "mask ms/token (this process)", "tokens per request"], rows))
+                          "mask ms/token (this process)", "SSD draft build ms/round", "tokens per request"], rows))
     print(f"\nidentical outputs across modes, per grammar: {'yes' if not mismatched else 'NO: ' + ', '.join(mismatched)}")
 
 

@@ -62,11 +62,11 @@ class GrammarMatcher:
         self._followed = output if accepted == len(rest) else None
         return accepted == len(rest)
 
-    def fill(self, extra: Sequence[int], bitmask: torch.Tensor) -> bool:
-        """Write into ``bitmask`` (int32 [ceil(V/32)], bit t of word t // 32) the tokens the
-        grammar allows after the followed output plus ``extra``. False, writing nothing, for a
-        row no one reaches: ``extra`` holds an EOS (which ends the output) or a token the
-        grammar rejects."""
+    def fill(self, extra: Sequence[int], bitmask: numpy.ndarray) -> bool:
+        """Write into ``bitmask`` (int32 [ceil(V/32)], contiguous; bit t of word t // 32) the
+        tokens the grammar allows after the followed output plus ``extra``. False, writing
+        nothing, for a row no one reaches: ``extra`` holds an EOS (which ends the output) or a
+        token the grammar rejects."""
         matcher = self._matcher
         extra = list(extra)
         if self._eos.intersection(extra):
@@ -76,7 +76,7 @@ class GrammarMatcher:
                 return False
             matcher.consume_tokens(extra)
         try:
-            matcher.unsafe_compute_mask_ptr(bitmask.data_ptr(), bitmask.numel() * bitmask.element_size())
+            matcher.unsafe_compute_mask_ptr(bitmask.ctypes.data, bitmask.nbytes)
         finally:
             if extra:
                 matcher.rollback(len(extra))
@@ -131,6 +131,37 @@ def bitmask_words(vocab_size: int) -> int:
     return (vocab_size + 31) // 32
 
 
+NEG_INF_BITS = numpy.uint32(0xFF800000)  # float32 -inf; 0 is +0.0
+
+
+class Disallowed:
+    """Rows' disallowed tokens, in the form that applies fastest where the logits live.
+
+    On the CPU, an additive bias of -inf (disallowed) and 0 (allowed), built from the bitmask
+    without a branch (bit * the bits of -inf, viewed as float32): adding it is branch-free,
+    while ``masked_fill_`` on an irregular mask costs about ten times as much (measured:
+    docs/benchmarks.md §7). x + 0 is x and x + -inf is -inf for every logit the model gives, so
+    the masked rows are the same values either way. On an accelerator, the packed bitmask is
+    copied (V / 8 bytes a row, not a byte per token) and unpacked there (``packed``: that way
+    wherever the logits are; the tests run it on the CPU against the bias)."""
+
+    def __init__(self, words: numpy.ndarray, vocab: int, device: torch.device, packed: bool | None = None):
+        self.bias = self.mask = None
+        if not (device.type != "cpu" if packed is None else packed):
+            ruled_out = numpy.unpackbits(~words.view(numpy.uint8), axis=1, count=vocab, bitorder="little")
+            self.bias = torch.from_numpy(numpy.multiply(ruled_out, NEG_INF_BITS, dtype=numpy.uint32).view(numpy.float32))
+        else:
+            packed = torch.from_numpy(words).to(device)
+            shifts = torch.arange(32, dtype=torch.int32, device=device)
+            self.mask = (((packed[:, :, None] >> shifts) & 1) == 0).reshape(len(words), -1)[:, :vocab]
+
+    def apply_(self, logits: torch.Tensor, which: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        """``logits`` (rows ``which`` of this mask's rows) with their disallowed tokens at -inf, in place."""
+        if self.bias is not None:
+            return logits.add_(self.bias[which].to(logits.dtype))
+        return logits.masked_fill_(self.mask[which], float("-inf"))
+
+
 def mask_rows(logits: torch.Tensor, rows: Sequence[int], matchers: Sequence[GrammarMatcher],
               outputs: Sequence[Sequence[int]], extra: Sequence[Sequence[int]] | None,
               unprocessed: torch.Tensor | None = None) -> torch.Tensor:
@@ -138,14 +169,13 @@ def mask_rows(logits: torch.Tensor, rows: Sequence[int], matchers: Sequence[Gram
     ``outputs[i]`` plus ``extra[i]`` (tokens < 0 are padding); in place, and returned.
 
     llguidance writes each row's bitmask (one bit per token) straight into one int32 array,
-    unpacked for all rows at once by numpy (bit t of word t // 32 is bit t % 8 of little-endian
-    byte t // 8): a handful of operations per call, since this runs on every masked row of
-    every round and small torch operations cost tens of microseconds each. ``unprocessed``: the
-    rows before the logits processors. Where the processors and the grammar together leave no
-    token (``min_tokens`` holding back the EOS a whole output needs), the grammar wins: the row
-    is the grammar's mask of its unprocessed logits."""
+    applied to all rows at once (``Disallowed``): a handful of operations per call, since this
+    runs on every masked row of every round (a tree step masks every branch). ``unprocessed``:
+    the rows before the logits processors. Where the processors and the grammar together leave
+    no token (``min_tokens`` holding back the EOS a whole output needs), the grammar wins: the
+    row is the grammar's mask of its unprocessed logits."""
     vocab = logits.shape[-1]
-    bitmask = torch.zeros(len(rows), bitmask_words(vocab), dtype=torch.int32)
+    bitmask = numpy.zeros((len(rows), bitmask_words(vocab)), dtype=numpy.int32)
     filled = []
     for i, (matcher, output) in enumerate(zip(matchers, outputs)):
         if not matcher.follow(output):
@@ -154,19 +184,21 @@ def mask_rows(logits: torch.Tensor, rows: Sequence[int], matchers: Sequence[Gram
             filled.append(i)
     if not filled:
         return logits
-    words = bitmask.numpy()[filled].view(numpy.uint8)
-    allowed = numpy.unpackbits(words, axis=1, count=vocab, bitorder="little").view(numpy.bool_)
-    alive = allowed.any(axis=1)  # a grammar in error allows nothing: leave such a row alone
+    words = bitmask[filled]
+    if vocab % 32:
+        words[:, -1] &= (1 << (vocab % 32)) - 1  # (no bit beyond the vocabulary counts)
+    alive = words.any(axis=1)  # a grammar in error allows nothing: leave such a row alone
     if not alive.all():
-        filled = [i for i, ok in zip(filled, alive) if ok]
-        allowed = allowed[alive]
+        filled, words = [i for i, ok in zip(filled, alive) if ok], words[alive]
         if not filled:
             return logits
+    disallowed = Disallowed(words, vocab, logits.device)
+    if unprocessed is None and len(filled) == logits.shape[0] and list(rows) == list(range(len(rows))):
+        return disallowed.apply_(logits)  # every row masked, in order (a tree step)
     index = torch.tensor([rows[i] for i in filled], dtype=torch.long, device=logits.device)
-    ruled_out = torch.from_numpy(~allowed).to(logits.device)
-    result = logits.index_select(0, index).masked_fill_(ruled_out, float("-inf"))
+    result = disallowed.apply_(logits.index_select(0, index))
     if unprocessed is not None:
         dead = ~torch.isfinite(result).any(dim=-1)
         if bool(dead.any()):
-            result[dead] = unprocessed[index][dead].to(result.dtype).masked_fill(ruled_out[dead], float("-inf"))
+            result[dead] = disallowed.apply_(unprocessed[index][dead].to(result.dtype), dead.cpu())
     return logits.index_copy_(0, index, result)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import llguidance
 import llguidance.hf
+import numpy
 import pytest
 import torch
 from transformers import AutoTokenizer
 
-from saguaro.grammar import GrammarCompiler, mask_rows
+from saguaro.grammar import Disallowed, GrammarCompiler, bitmask_words, mask_rows
 from saguaro.structured_output import StructuredOutput
 
 EOS = 1  # the tiny tokenizer's <|eos|>
@@ -78,3 +79,18 @@ def test_where_the_processors_left_nothing_the_grammar_wins(tokenizer, vocab):
     mask_rows(logits, [0], [compiler.matcher(StructuredOutput.regex(REGEX))], [whole], None, unprocessed)
     assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [EOS]
     assert logits[0, EOS] == unprocessed[0, EOS]
+
+
+def test_the_cpu_bias_and_the_accelerator_mask_agree():
+    """Both forms of ``Disallowed`` (a -inf/0 bias on the CPU, the packed bitmask unpacked where
+    the logits live) give the same rows, on the CPU here: random bitmasks, a partial last word."""
+    generator = numpy.random.default_rng(5)
+    vocab = 100
+    words = generator.integers(-2**31, 2**31, size=(3, bitmask_words(vocab)), dtype=numpy.int64).astype(numpy.int32)
+    logits = torch.randn(3, vocab)
+    biased = Disallowed(words, vocab, logits.device).apply_(logits.clone())
+    masked = Disallowed(words, vocab, logits.device, packed=True).apply_(logits.clone())
+    assert torch.equal(biased, masked)
+    bits = numpy.unpackbits(words.view(numpy.uint8), axis=1, count=vocab, bitorder="little").astype(bool)
+    assert torch.equal(torch.isfinite(biased), torch.from_numpy(bits))  # bit t of word t // 32: token t allowed
+    assert torch.equal(biased[torch.from_numpy(bits)], logits[torch.from_numpy(bits)])  # allowed logits unchanged
