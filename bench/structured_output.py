@@ -19,6 +19,11 @@ in-process draft's) per generated token. The SSD draft's own masks run in its pr
 show in its build time per round (glue, fork and K tree steps, as its replies report it) and in
 tokens/s. Outputs of every mode are checked to be identical for each grammar.
 
+First, steadier than the end-to-end runs on a noisy VM: ``mask_rows`` alone, timed on the
+target's tokenizer for the row counts a round masks (1: an AR row; K + 1: a verify block;
+B (K + 1) F: a tree step of a batch of B, every branch one row), each row with its own extra
+tokens, as the engine calls it.
+
     python bench/structured_output.py
     python bench/structured_output.py --batch-sizes 1 --new-tokens 64 --repeats 2
 """
@@ -67,6 +72,36 @@ class MaskClock:
         processors.mask_rows = timed
 
 
+def mask_micro(args, rows_per_call: list[int], calls: int = 300) -> list[list[object]]:
+    """Microseconds per ``mask_rows`` call and per row, with the ``ascii`` grammar after a real
+    prompt (its own tokens as each row's extra tokens, 0 to ``--ssd-k`` of them)."""
+    import numpy
+    import torch
+
+    from saguaro.grammar import GrammarCompiler, mask_rows
+    from saguaro.config import ModelConfig
+    from saguaro.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.target)
+    vocab = ModelConfig.from_dir(args.target).vocab_size
+    compiler = GrammarCompiler(tokenizer, vocab, [tokenizer.eos_token_id])
+    text = load_prompts(args.prompts, tokenizer, 1)[0]
+    output, pool = text[: len(text) // 2], text[len(text) // 2:]
+    matcher = compiler.matcher(grammars()["ascii"])
+    generator = numpy.random.default_rng(0)
+    table = []
+    for n in rows_per_call:
+        extras = [pool[s: s + d] for s, d in zip(generator.integers(0, len(pool) - args.ssd_k, n),
+                                                 generator.integers(0, args.ssd_k + 1, n))]
+        logits = torch.randn(n, vocab)
+        start = time.perf_counter()
+        for _ in range(calls):  # (the same rows each time: a masked value masks again at the same cost)
+            mask_rows(logits, range(n), [matcher] * n, [output] * n, extras)
+        per_call = (time.perf_counter() - start) / calls * 1e6
+        table.append([n, round(per_call), round(per_call / n, 1)])
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_args(parser, new_tokens=96)
@@ -82,6 +117,10 @@ def main() -> None:
 
     from saguaro.tokenizer import load_tokenizer
 
+    micro_rows = [1, args.ssd_k + 1, (args.ssd_k + 1) * args.ssd_fan_out] + [
+        (args.ssd_k + 1) * args.ssd_fan_out * b for b in args.batch_sizes if b > 1]
+    print(markdown_table(["rows per mask_rows call", "us per call", "us per row"], mask_micro(args, micro_rows)))
+    print(flush=True)
     prompts = load_prompts(args.prompts, load_tokenizer(args.target), args.num_prompts)
     specs = grammars()
     clock = MaskClock()
