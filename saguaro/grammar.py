@@ -140,8 +140,9 @@ class Disallowed:
     On the CPU, an additive bias of -inf (disallowed) and 0 (allowed), built from the bitmask
     without a branch (bit * the bits of -inf, viewed as float32): adding it is branch-free,
     while ``masked_fill_`` on an irregular mask costs about ten times as much (measured:
-    docs/benchmarks.md §7). x + 0 is x and x + -inf is -inf for every logit the model gives, so
-    the masked rows are the same values either way. On an accelerator, the packed bitmask is
+    docs/benchmarks.md §7). x + 0 is x and x + -inf is -inf for every finite logit (and for
+    -inf), so the masked rows hold the same values either way; only a +inf or NaN logit, which
+    no working model gives, would come out NaN here where ``masked_fill_`` writes -inf. On an accelerator, the packed bitmask is
     copied (V / 8 bytes a row, not a byte per token) and unpacked there (``packed``: that way
     wherever the logits are; the tests run it on the CPU against the bias)."""
 

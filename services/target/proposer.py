@@ -153,6 +153,12 @@ class DraftProposer:
         self.transport = "none"
         self._down_since = time.monotonic()
 
+    @property
+    def reply_overdue(self) -> bool:
+        """Whether a round went ahead without its reply and that reply is still outstanding (no
+        new soft deadline is set meanwhile: the draft is still busy with it)."""
+        return self._late is not None
+
     def _soft_wait_s(self) -> float:
         if not self.soft_deadline or self.reply_s is None:
             return self.timeout_s

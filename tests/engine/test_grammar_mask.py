@@ -56,6 +56,9 @@ def test_each_row_allows_what_llguidance_allows(tokenizer, vocab):
         assert torch.equal(torch.isfinite(logits[row]), allowed)
         assert torch.equal(logits[row][allowed], before[row][allowed])
     assert torch.equal(logits[[0, 4]], before[[0, 4]])  # rows not asked for are untouched
+    every = before[[1, 2, 3, 5]].clone()  # every row of the logits, in order: masked in place
+    mask_rows(every, range(4), [matcher] * 4, [output] * 4, extras)
+    assert torch.equal(every, logits[[1, 2, 3, 5]])
 
 
 def test_unreachable_rows_and_a_whole_output(tokenizer, vocab):
