@@ -60,7 +60,8 @@ class GatewayConfig:
     # an HTTP connection that has not sent a whole request head this long after it opened (or
     # after its last response) is closed: slow-header (slowloris) connections cannot pile up
     http_header_timeout_s: float = 30.0
-    # a request body that has not fully arrived this long after its head: 408
+    # a request body that has not fully arrived this long after its head: 408 (and the unread rest
+    # of a refused body is drained for no longer, 10 s at most, before the connection closes)
     http_body_timeout_s: float = 30.0
 
     def validate(self) -> None:

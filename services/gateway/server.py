@@ -42,6 +42,7 @@ from saguaro.tls import channel_credentials, http_ssl_context, server_credential
 from saguaro.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
+AIOHTTP_LINGERING_S = 10.0  # aiohttp's default lingering time (RequestHandler.lingering_time)
 
 
 class Gateway:
@@ -134,9 +135,13 @@ class Gateway:
         if config.http_port is None:
             return
         # aiohttp's keep-alive timer runs from the connection's start until a request head is
-        # complete, and again after each response: it is the header read timeout
+        # complete, and again after each response: it is the header read timeout. After a refusal
+        # that left a body unread, aiohttp drains the rest before closing (so the client reads the
+        # answer, not a reset) for up to its lingering time, 10 s: never longer than a body may
+        # take to arrive, or a refused slow body would hold its connection (and a shutdown) longer
         runner = HttpRunner(OpenAIApi(self).app(), handler_cancellation=True, access_log=None,
-                            keepalive_timeout=config.http_header_timeout_s)
+                            keepalive_timeout=config.http_header_timeout_s,
+                            lingering_time=min(AIOHTTP_LINGERING_S, config.http_body_timeout_s))
         await runner.setup()
         ssl_context = http_ssl_context(config.tls_cert, config.tls_key) if config.tls_cert else None
         site = web.TCPSite(runner, config.host, config.http_port, ssl_context=ssl_context)

@@ -178,6 +178,9 @@ def test_a_body_sent_too_slowly_is_408(impatient_gateway):
     connection.close()
     assert response.status == 408
     assert "did not arrive within 0.5 s" in json.loads(body)["error"]["message"]
+    # and its unread rest is drained no longer than a body may take (aiohttp's default: 10 s,
+    # which held this gateway's shutdown as long)
+    assert impatient_gateway.gateway._http_runner.server._kwargs["lingering_time"] == 0.5
 
 
 def test_a_request_from_a_half_closed_socket_is_answered(impatient_gateway):
