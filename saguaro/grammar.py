@@ -142,9 +142,11 @@ class Disallowed:
     while ``masked_fill_`` on an irregular mask costs about ten times as much (measured:
     docs/benchmarks.md §7). x + 0 is x and x + -inf is -inf for every finite logit (and for
     -inf), so the masked rows hold the same values either way; only a +inf or NaN logit, which
-    no working model gives, would come out NaN here where ``masked_fill_`` writes -inf. On an accelerator, the packed bitmask is
-    copied (V / 8 bytes a row, not a byte per token) and unpacked there (``packed``: that way
-    wherever the logits are; the tests run it on the CPU against the bias)."""
+    no working model gives, would come out NaN here where ``masked_fill_`` writes -inf.
+
+    On an accelerator, the packed bitmask is copied (V / 8 bytes a row, not a byte per token)
+    and unpacked there (``packed``: that way wherever the logits are; the tests run it on the
+    CPU against the bias)."""
 
     def __init__(self, words: numpy.ndarray, vocab: int, device: torch.device, packed: bool | None = None):
         self.bias = self.mask = None
@@ -152,9 +154,9 @@ class Disallowed:
             ruled_out = numpy.unpackbits(~words.view(numpy.uint8), axis=1, count=vocab, bitorder="little")
             self.bias = torch.from_numpy(numpy.multiply(ruled_out, NEG_INF_BITS, dtype=numpy.uint32).view(numpy.float32))
         else:
-            packed = torch.from_numpy(words).to(device)
+            on_device = torch.from_numpy(words).to(device)
             shifts = torch.arange(32, dtype=torch.int32, device=device)
-            self.mask = (((packed[:, :, None] >> shifts) & 1) == 0).reshape(len(words), -1)[:, :vocab]
+            self.mask = (((on_device[:, :, None] >> shifts) & 1) == 0).reshape(len(words), -1)[:, :vocab]
 
     def apply_(self, logits: torch.Tensor, which: torch.Tensor | slice = slice(None)) -> torch.Tensor:
         """``logits`` (rows ``which`` of this mask's rows) with their disallowed tokens at -inf, in place."""
