@@ -35,6 +35,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 from common import add_pair_args, load_prompts, markdown_table, pin_threads
 from saguaro.compare import ModeEngine, ModeResult, ModeSetup, machine_cores
@@ -43,6 +44,17 @@ CORES = machine_cores()
 JSON_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24},
                                                 "line": {"type": "integer"}},
                "required": ["name", "line"], "additionalProperties": False}
+
+
+@dataclass
+class Tally:
+    """One mode and grammar, summed over the passes."""
+
+    seconds: float = 0.0
+    tokens: int = 0
+    rounds: int = 0
+    mask_s: float = 0.0  # in mask_rows, in this process
+    build_s: float = 0.0  # the SSD draft's build time per round, summed over passes
 
 
 def grammars():
@@ -130,9 +142,8 @@ def main() -> None:
     for batch in args.batch_sizes:
         engines = [ModeEngine(args.target, args.draft, s, batch, draft_core=CORES[-1]) for s in setups]
         try:
-            # (label, grammar) -> [seconds, tokens, rounds, mask seconds, draft build seconds per
-            # round summed over passes], and the outputs of a pass
-            totals: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0, 0, 0.0, 0.0])
+            # (label, grammar) -> its tally, and the outputs of a pass
+            totals: dict[tuple[str, str], Tally] = defaultdict(Tally)
             outputs: dict[tuple[str, str], list[list[int]]] = {}
             for engine in engines:
                 for spec in specs.values():  # first compiles and first-call costs stay out of the timings
@@ -144,24 +155,23 @@ def main() -> None:
                         out, seconds, rounds = engine.timed(prompts, args.new_tokens, structured_output=spec)
                         key = (engine.setup.label, name)
                         t = totals[key]
-                        t[0] += seconds
-                        t[1] += sum(len(o.token_ids) for o in out)
-                        t[2] += rounds
-                        t[3] += clock.seconds - before
-                        t[4] += ModeResult.from_outputs(engine.setup, batch, None, out, seconds, rounds).build_s
+                        t.seconds += seconds
+                        t.tokens += sum(len(o.token_ids) for o in out)
+                        t.rounds += rounds
+                        t.mask_s += clock.seconds - before
+                        t.build_s += ModeResult.from_outputs(engine.setup, batch, None, out, seconds, rounds).build_s
                         outputs[key] = [list(o.token_ids) for o in out]
             for name in specs:
                 reference = outputs[(setups[0].label, name)]
                 mismatched += [f"batch {batch} {s.label} {name}" for s in setups if outputs[(s.label, name)] != reference]
                 for s in setups:
-                    seconds, tokens, rounds, mask_s, build_s = totals[(s.label, name)]
-                    base_s, base_tokens = totals[(s.label, "none")][:2]
-                    tok_s = tokens / seconds
-                    rows.append([batch, s.label, name, round(tok_s, 1), round(tok_s / (base_tokens / base_s), 2),
-                                 round(tokens / rounds, 2) if rounds else 0.0,
-                                 round(mask_s / tokens * 1e3, 3),
-                                 round(build_s / args.repeats * 1e3, 2) if s.mode == "ssd" else "-",
-                                 round(tokens / args.repeats / len(prompts), 1)])
+                    t, base = totals[(s.label, name)], totals[(s.label, "none")]
+                    tok_s = t.tokens / t.seconds
+                    rows.append([batch, s.label, name, round(tok_s, 1), round(tok_s / (base.tokens / base.seconds), 2),
+                                 round(t.tokens / t.rounds, 2) if t.rounds else 0.0,
+                                 round(t.mask_s / t.tokens * 1e3, 3),
+                                 round(t.build_s / args.repeats * 1e3, 2) if s.mode == "ssd" else "-",
+                                 round(t.tokens / args.repeats / len(prompts), 1)])
         finally:
             for engine in engines:
                 engine.close()
